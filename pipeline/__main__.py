@@ -1,0 +1,63 @@
+"""`python -m pipeline <stage>`: dispatch to a stage module, imported only when run."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from pipeline.errors import PipelineError
+
+# stage name -> (module, one-line description); modules are imported lazily so that
+# `python -m pipeline split` never pays for torch.
+STAGES = {
+    "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
+    "split": ("pipeline.split", "stratified, deterministic train/val/test split"),
+    "augment": ("pipeline.augment.stage", "offline augmented copies of the train samples under a policy file (AutoAugment, RandAugment, TrivialAugment, albumentations)"),
+    "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),
+    "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
+    "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),
+    "lr-find": ("pipeline.lr_find", "LR range test: sweep the learning rate and suggest a maximum"),
+    "label": ("pipeline.labelstudio.cli", "push samples to / pull annotations from Label Studio; serve a local one"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Data-centric pipeline stages. Each reads its section of params.yaml.")
+    sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    for name, (_, help_) in STAGES.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    return parser
+
+
+def stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module_name, help_ = STAGES[name]
+    module = importlib.import_module(module_name)
+    p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_)
+    p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
+    module.add_arguments(p)
+    return p, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in STAGES:
+        build_parser().parse_args(argv)  # prints help or "invalid choice", exits
+    name, rest = argv[0], argv[1:]
+    parser, module = stage_parser(name)
+    args = parser.parse_args(rest)
+    from pipeline import console, params
+
+    console.setup(args.quiet)
+    try:
+        module.main(params.load(args.params), args)
+    except PipelineError as e:
+        print(f"pipeline {name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

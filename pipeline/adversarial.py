@@ -1,0 +1,154 @@
+"""adversarial: FGSM / PGD examples of train samples, as a derived dataset with lineage.
+
+Writes `<out>/manifest.parquet` + `<out>/images/` (one row per adversarial example:
+`parent_id`, `attack`, `eps`, `norm`, `steps`, `source_model`, `flipped`, `pred_label`),
+`metrics/adversarial.json` and a PNG grid (originals, amplified perturbations, adversarial
+images with predictions). Only train samples are attacked; a child inherits its parent's
+split and label. When `adversarial.enabled` is false the stage writes an empty manifest.
+
+The source model is trained here on the train split (`source_model: own`, so the DAG has
+no cycle through the train stage), or read from a model file path (e.g. a previous run's
+`models/model.pt`). Pixels are stored as uint8, so `flipped` is measured on the rounded
+image that training will actually see.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import dataset, gallery
+from pipeline.console import log, progress
+from pipeline.errors import PipelineError
+from pipeline.params import Adversarial, Params
+
+COLUMNS = ["sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id",
+           "attack", "eps", "norm", "steps", "source_model", "flipped", "pred_label", "weight",
+           "pixel_sha256", "store", "row"]
+
+
+def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Train samples chosen by a per-sample draw from (seed, sample_id): stable under additions."""
+    train = df[(df["split"] == "train") & (df["origin"] == "real")]
+    u = np.array([dataset.sample_seed(seed, f"adversarial:{s}") / 2**64 for s in train["sample_id"]])
+    return train[u < fraction]
+
+
+def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
+    """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
+    import torch
+    from pipeline import fit
+
+    cfg = params.adversarial
+    if cfg.source_model != "own":
+        path = Path(cfg.source_model)
+        if not path.exists():
+            raise PipelineError(f"adversarial.source_model: {path}: no such model file")
+        model, config, model_classes = fit.load_model(path)
+        if model_classes != classes:
+            raise PipelineError(f"adversarial.source_model: {path} was trained on other classes")
+        return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    tr, va = split_df[split_df["split"] == "train"], split_df[split_df["split"] == "val"]
+    train_cfg = params.train.model_copy(update={"epochs": cfg.source_epochs})
+    result = fit.fit(dataset.load_pixels(tr), tr["label_id"].to_numpy(), dataset.load_pixels(va),
+                     va["label_id"].to_numpy(), train_cfg, len(classes), params.base.seed,
+                     desc="adversarial source model")
+    state = b"".join(t.numpy().tobytes() for t in result.model.state_dict().values()
+                     if isinstance(t, torch.Tensor))
+    return result.model, hashlib.sha256(state).hexdigest()[:16]
+
+
+def generate(model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, seed: int,
+             num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adversarial uint8 pixels and the model's predictions on them."""
+    import torch
+    from pipeline import attacks
+
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    y = torch.from_numpy(labels).long()
+    if cfg.targeted:  # a random other class per sample, drawn apart from the attack
+        g = torch.Generator().manual_seed(seed)
+        y = (y + torch.randint(1, num_classes, y.shape, generator=g)) % num_classes
+    acfg = attacks.AttackConfig(eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
+                                random_start=cfg.random_start, targeted=cfg.targeted)
+    out, preds = [], []
+    model.eval()
+    for i in progress(range(0, len(x), cfg.batch_size), desc=f"adversarial {cfg.attack}", unit="batch"):
+        adv = attacks.attack_batches(model, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size],
+                                     cfg.attack, acfg, seed=seed + i)
+        adv8 = torch.round(adv * 255).to(torch.uint8)
+        with torch.no_grad():
+            preds.append(model(adv8.float() / 255).argmax(1).numpy())
+        out.append(adv8.permute(0, 2, 3, 1).numpy())
+    if not out:
+        return np.zeros((0, *pixels.shape[1:]), np.uint8), np.zeros(0, np.int64)
+    return np.concatenate(out), np.concatenate(preds)
+
+
+def run(params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, final_dir: Path,
+        plots: Path | None = None) -> tuple[pd.DataFrame, dict]:
+    cfg = params.adversarial
+    chosen = select(split_df, cfg.fraction, params.base.seed) if cfg.enabled else split_df.iloc[:0]
+    metrics = {"enabled": cfg.enabled, "attack": cfg.attack, "eps": cfg.eps, "attacked": len(chosen)}
+    if len(chosen) == 0:
+        metrics.update(kept=0, flip_rate=0.0)
+        return pd.DataFrame(columns=COLUMNS), metrics
+    model, model_id = source_model(params, split_df, classes)
+    clean = dataset.load_pixels(chosen)
+    labels = chosen["label_id"].to_numpy()
+    adv, pred = generate(model, clean, labels, cfg, params.base.seed, len(classes))
+    flipped = pred != labels
+    keep = flipped if cfg.keep == "successful" else np.ones(len(adv), bool)
+    writer = dataset.ShardWriter(out / "images", final_dir / "images")
+    rows = []
+    for (_, parent), px, p, f in zip(chosen[keep].iterrows(), adv[keep], pred[keep], flipped[keep]):
+        store, row = writer.add(px)
+        rows.append({
+            "sample_id": dataset.sample_id(parent["sample_id"], "adversarial", cfg.attack, cfg.eps,
+                                           cfg.steps, model_id),
+            "path": parent["path"], "label": parent["label"], "label_id": int(parent["label_id"]),
+            "group": parent.get("group"), "split": parent["split"], "origin": "adversarial",
+            "parent_id": parent["sample_id"], "attack": cfg.attack, "eps": cfg.eps,
+            "norm": "l2" if cfg.attack == "pgd_l2" else "linf", "steps": cfg.steps,
+            "source_model": model_id, "flipped": bool(f), "pred_label": classes[int(p)],
+            "weight": cfg.weight, "pixel_sha256": dataset.pixel_hash(px), "store": store, "row": row})
+    writer.close()
+    metrics.update(kept=len(rows), flip_rate=round(float(flipped.mean()), 6), source_model=model_id,
+                   mean_linf=round(float(np.abs(adv.astype(int) - clean).max(axis=(1, 2, 3)).mean() / 255), 6))
+    if plots is not None:
+        gallery.save(_examples(clean, adv, labels, pred, classes), plots / "examples.png")
+    return pd.DataFrame(rows, columns=COLUMNS), metrics
+
+
+def _examples(clean, adv, labels, pred, classes, n: int = 8):
+    """Three rows: originals, perturbations amplified around grey, adversarial images."""
+    n = min(n, len(clean))
+    delta = adv[:n].astype(np.int16) - clean[:n]
+    scale = 127 / max(1, int(np.abs(delta).max()))
+    amplified = np.clip(128 + delta * scale, 0, 255).astype(np.uint8)
+    images = np.concatenate([clean[:n], amplified, adv[:n]])
+    caps = ([f"{classes[y]}" for y in labels[:n]] + ["perturbation"] * n
+            + [f"-> {classes[p]}" for p in pred[:n]])
+    return gallery.grid(images, caps, cols=n, title="original / perturbation (amplified) / adversarial")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
+    p.add_argument("--out", default="data/adversarial", help="output folder (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/adversarial.json", help="(default: %(default)s)")
+    p.add_argument("--plots", default="plots/adversarial", help="(default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    split_df, classes = dataset.read_manifest(args.split)
+    out, plots = Path(args.out), Path(args.plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    with dataset.staged_dir(out) as tmp:
+        df, metrics = run(params, split_df, classes, tmp, out, plots)
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+    dataset.write_json(args.metrics, metrics)
+    log.info("adversarial: %d examples kept of %d attacked (flip rate %.3f)", metrics["kept"],
+             metrics["attacked"], metrics["flip_rate"])

@@ -1,0 +1,88 @@
+"""assemble: the training set, one manifest of real train samples plus derived ones.
+
+Writes `<out>/manifest.parquet` with a `weight` column. Derived manifests (augmented,
+adversarial, synthetic) are admitted only if their lineage holds (see `check_lineage`):
+a derived sample's parent is a real train sample and the child inherits its split;
+nothing derives from val or test, and no id is reused.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline import dataset
+from pipeline.console import log
+from pipeline.errors import PipelineError
+from pipeline.params import Params
+
+DERIVED_ORIGINS = {"augmented", "adversarial", "synthetic"}
+
+
+def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
+    """Raise PipelineError naming the first rule `derived` breaks against the split `real`."""
+    def fail(rule: str, rows: pd.DataFrame) -> None:
+        ids = ", ".join(rows["sample_id"].astype(str).head(3))
+        raise PipelineError(f"{name}: {len(rows)} sample(s) {rule} (e.g. {ids})")
+
+    bad_origin = derived[~derived["origin"].isin(DERIVED_ORIGINS)]
+    if len(bad_origin):
+        fail(f"have an origin outside {sorted(DERIVED_ORIGINS)}", bad_origin)
+    reused = derived[derived["sample_id"].isin(real["sample_id"]) | derived["sample_id"].duplicated()]
+    if len(reused):
+        fail("reuse an existing sample_id", reused)
+    if (derived["split"] != "train").any():
+        fail("are not in the train split", derived[derived["split"] != "train"])
+    has_parent = derived["parent_id"].notna() & (derived["parent_id"].astype(str) != "")
+    if (has_parent & (derived["origin"] == "synthetic")).any():
+        fail("are synthetic but name a parent", derived[has_parent & (derived["origin"] == "synthetic")])
+    needs_parent = derived["origin"] != "synthetic"
+    if (needs_parent & ~has_parent).any():
+        fail("are derived but name no parent_id", derived[needs_parent & ~has_parent])
+    parent_split = derived.loc[has_parent, "parent_id"].map(real.set_index("sample_id")["split"])
+    if parent_split.isna().any():
+        fail("name a parent_id that is not a real sample", derived.loc[parent_split[parent_split.isna()].index])
+    if (parent_split != "train").any():
+        fail("derive from a val or test sample", derived.loc[parent_split[parent_split != "train"].index])
+
+
+def run(split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float) -> tuple[pd.DataFrame, dict]:
+    real = split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")].copy()
+    real["weight"] = real_weight
+    parts, counts = [real], {"real": len(real)}
+    for name, df in derived.items():
+        check_lineage(split_df, df, name)
+        df = df.copy()
+        if "weight" not in df:
+            df["weight"] = 1.0
+        parts.append(df)
+        counts[name] = len(df)
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else real.reset_index(drop=True)
+    metrics = {"total": len(out), "by_source": counts,
+               "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()}}
+    return out, metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
+    p.add_argument("--derived", nargs="*", default=[], metavar="DIR",
+                   help="derived dataset folders to admit (each with a manifest.parquet)")
+    p.add_argument("--out", default="data/assemble", help="output folder (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/assemble.json", help="counts (default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    split_df, classes = dataset.read_manifest(args.split)
+    derived = {}
+    for d in args.derived:
+        df, their_classes = dataset.read_manifest(d)
+        if their_classes != classes:
+            raise PipelineError(f"{d}: class list differs from {args.split}'s")
+        derived[d] = df
+    df, metrics = run(split_df, derived, params.assemble.real_weight)
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+    dataset.write_json(args.metrics, metrics)
+    log.info("assemble: %d training samples %s", metrics["total"], metrics["by_origin"])

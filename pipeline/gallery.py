@@ -1,0 +1,58 @@
+"""PNG grids of images with captions, for the pictures stages write to `plots/`.
+
+Pillow only (no matplotlib): images are upscaled with nearest-neighbour so pixels stay
+visible, and captions use Pillow's built-in font so the output is the same everywhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+_PAD = 4
+
+
+def _font(size: int = 10) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size font
+        return ImageFont.load_default()
+
+
+def grid(images: np.ndarray, captions: list[str] | None = None, cols: int = 8,
+         cell: int = 64, title: str | None = None) -> Image.Image:
+    """Lay out uint8 (N, H, W, C) images, row-major, each scaled to `cell` pixels wide."""
+    images = np.asarray(images, dtype=np.uint8)
+    n = len(images)
+    cols = max(1, min(cols, n or 1))
+    rows = max(1, -(-n // cols))
+    font = _font()
+    cap_h = 0
+    if captions:
+        lines = max(c.count("\n") + 1 for c in captions)
+        cap_h = 12 * lines + 2
+    top = 16 if title else 0
+    w, h = cols * (cell + _PAD) + _PAD, top + rows * (cell + cap_h + _PAD) + _PAD
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((_PAD, 2), title, fill=(0, 0, 0), font=font)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        x, y = _PAD + c * (cell + _PAD), top + _PAD + r * (cell + cap_h + _PAD)
+        pil = Image.fromarray(img[:, :, 0] if img.shape[-1] == 1 else img)
+        canvas.paste(pil.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
+        if captions:
+            draw.multiline_text((x, y + cell + 1), captions[i], fill=(0, 0, 0), font=font, spacing=1)
+    return canvas
+
+
+def save(img: Image.Image, path: str | Path) -> None:
+    """Write a PNG atomically (same pixels give the same bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)

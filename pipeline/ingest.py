@@ -1,0 +1,152 @@
+"""ingest: turn a source into a canonical dataset, quarantining what cannot be used.
+
+Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, source_split,
+origin, parent_id, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
+`<out>/quarantine.csv` (path, reason, detail). Every input item is either kept or
+quarantined with a reason; `metrics/ingest.json` holds the counts, which always add up.
+Exits with code 2 when the quarantined fraction passes `ingest.max_bad_fraction`.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import multiprocessing as mp
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline import dataset
+from pipeline.console import log, progress
+from pipeline.errors import PipelineError
+from pipeline.params import Ingest, Params
+from pipeline.sources import SOURCES, Item, native_size
+from pipeline.decode import DecodeError, decode_file, normalise
+
+QUARANTINE = "quarantine.csv"
+
+
+def _decode(file: str, size: int, channels: int, max_pixels: int,
+            min_side: int) -> tuple[bytes | None, str | None, str | None]:
+    """Worker: a file's normalised pixels (as bytes: cheaper to send back than an array),
+    or the reason it is quarantined."""
+    try:
+        return decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None
+    except DecodeError as e:
+        return None, e.reason, str(e)
+
+
+def _pixels(items: list[Item], cfg: Ingest,
+            size: int) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
+    """Each item with its normalised pixels, or the reason it is quarantined, in input order.
+
+    Decoding files is CPU-bound; a process pool keeps input order (imap), so the output
+    does not depend on the worker count. Paths go out and bytes come back, in large chunks:
+    per-item work in this process limits the speed. In-memory pixels are normalised here,
+    which is cheaper than pickling them.
+    """
+    shape = (size, size, cfg.channels)
+    files = [it.file for it in items if it.reason is None and it.pixels is None]
+    decode = functools.partial(_decode, size=size, channels=cfg.channels,
+                               max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+    workers = min(cfg.workers or os.cpu_count() or 1, max(len(files), 1))
+    chunksize = max(1, min(256, len(files) // (4 * workers)))
+    with warnings.catch_warnings():
+        # Images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow);
+        # the filter is set before the workers fork, so they inherit it.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
+        with pool or contextlib.nullcontext():  # Pool's exit terminates the workers
+            decoded = pool.imap(decode, files, chunksize) if pool else map(decode, files)
+            for item in items:
+                if item.reason is not None:
+                    yield item, None, item.reason, item.detail
+                elif item.pixels is not None:
+                    yield item, normalise(item.pixels, size, cfg.channels), None, None
+                else:
+                    raw, reason, detail = next(decoded)
+                    pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
+                    yield item, pixels, reason, detail
+
+
+def run(params: Params, out: Path, final_dir: Path) -> dict:
+    """Ingest `params.ingest.source` into the staged folder `out`; return the metrics."""
+    cfg = params.ingest
+    source = SOURCES[cfg.source]
+    items, declared = source(cfg)
+    size = cfg.image_size or native_size(cfg.source)
+    writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
+    rows, bad, seen = [], [], {}
+    # closing(): the pool ends when the loop does, even when the loop raises
+    with contextlib.closing(_pixels(items, cfg, size)) as decoded:
+        for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img",
+                                                     total=len(items)):
+            if reason is None and cfg.classes is not None and item.label not in cfg.classes:
+                reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
+            sid = dataset.sample_id(item.path)
+            if reason is None and sid in seen:
+                reason, detail = "duplicate_id", f"same path as an earlier item ({seen[sid]})"
+            if reason is not None:
+                bad.append({"path": item.path, "reason": reason, "detail": detail})
+                continue
+            seen[sid] = item.path
+            store, row = writer.add(pixels)
+            rows.append({"sample_id": sid, "path": item.path, "label": item.label,
+                         "group": item.group, "source_split": item.source_split,
+                         "pixel_sha256": dataset.pixel_hash(pixels), "store": store, "row": row})
+    writer.close()
+    df = pd.DataFrame(rows, columns=["sample_id", "path", "label", "group", "source_split",
+                                     "pixel_sha256", "store", "row"])
+    present = set(df["label"])
+    if cfg.classes is None:
+        classes = [c for c in declared if c in present]
+        empty = [c for c in declared if c not in present]
+    else:
+        classes, empty = list(cfg.classes), [c for c in cfg.classes if c not in present]
+    df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).astype("int64"))
+    df.insert(5, "origin", "real")
+    df.insert(6, "parent_id", None)
+    dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
+    quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
+    dataset.write_csv(out / QUARANTINE, quarantine)
+    metrics = {
+        "source": cfg.source, "in": len(items), "kept": len(df), "quarantined": len(quarantine),
+        "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
+        "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
+        "classes": len(classes), "per_class": {c: int((df["label"] == c).sum()) for c in classes},
+        "empty_classes": empty, "image_size": size, "channels": cfg.channels,
+    }
+    assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="data/ingest", help="output folder (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/ingest.json", help="counts (default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        metrics = run(params, tmp, out)
+    dataset.write_json(args.metrics, metrics)
+    log.info("ingest: %d in, %d kept, %d quarantined %s", metrics["in"], metrics["kept"],
+             metrics["quarantined"], metrics["by_reason"] or "")
+    if metrics["empty_classes"]:
+        fate = "kept: ingest.classes fixes the list" if params.ingest.classes is not None \
+            else "left out of the class list"
+        log.warning("classes with no usable image (%s): %s", fate,
+                    ", ".join(metrics["empty_classes"]))
+    if metrics["kept"] == 0:
+        raise PipelineError(f"no usable image in the source (see {out / QUARANTINE})")
+    if metrics["quarantined_fraction"] > params.ingest.max_bad_fraction:
+        raise PipelineError(
+            f"{metrics['quarantined']} of {metrics['in']} items quarantined "
+            f"({metrics['quarantined_fraction']:.1%} > ingest.max_bad_fraction "
+            f"{params.ingest.max_bad_fraction:.1%}); see {out / QUARANTINE}")

@@ -1,0 +1,166 @@
+"""params.yaml, validated: one pydantic model per section, plus `base`.
+
+A misspelled key or an out-of-range value fails at load time with a one-line
+"<section>.<key>: expected ..., got ..." message (a `PipelineError`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PipelineError
+
+PARAMS_FILE = "params.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Base(Section):
+    seed: int = Field(0, ge=0)
+
+
+class Ingest(Section):
+    source: Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv"] = "digits"
+    path: str | None = None  # IDX directory, image-folder root or CSV file
+    image_size: int | None = Field(None, ge=4, le=1024)  # None: the source's native size
+    channels: Literal[1, 3] = 1
+    max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    classes: list[str] | None = None  # fixes the class list; other labels are quarantined
+    max_pixels: int = Field(40_000_000, ge=1)  # larger images are decompression-bomb suspects
+    min_side: int = Field(4, ge=1)
+    shard_size: int = Field(8192, ge=1)
+    workers: int = Field(0, ge=0)  # 0: all cores
+
+
+class Split(Section):
+    fractions: dict[Literal["train", "val", "test"], float] = {"train": 0.7, "val": 0.1, "test": 0.2}
+    respect_source_split: bool = True
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, v: dict[str, float]) -> dict[str, float]:
+        if set(v) != {"train", "val", "test"}:
+            raise ValueError(f"expected keys train, val, test, got {sorted(v)}")
+        if any(f < 0 for f in v.values()) or v["train"] <= 0:
+            raise ValueError(f"expected non-negative fractions with train > 0, got {v}")
+        if abs(sum(v.values()) - 1.0) > 1e-6:
+            raise ValueError(f"expected fractions summing to 1, got {sum(v.values()):g}")
+        return v
+
+
+class Assemble(Section):
+    real_weight: float = Field(1.0, gt=0.0)
+
+
+class Train(Section):
+    model: Literal["small_cnn", "resnet"] = "small_cnn"
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(3e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    warmup_epochs: float = Field(1.0, ge=0.0)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    patience: int = Field(5, ge=1)  # early stopping on validation loss
+    class_weights: bool = False
+    width: int = Field(16, ge=4)  # channels of the first stage; later stages double (small_cnn: 73K params)
+    threads: int = Field(0, ge=0)  # torch threads; 0: all cores
+
+
+class Evaluate(Section):
+    batch_size: int = Field(512, ge=1)
+    ece_bins: int = Field(15, ge=2)
+    max_test_evaluations: int = Field(10, ge=1)
+
+
+class LrFind(Section):
+    min_lr: float = Field(1e-5, gt=0.0)
+    max_lr: float = Field(1.0, gt=0.0)
+    steps: int = Field(100, ge=10)
+
+    @field_validator("max_lr")
+    @classmethod
+    def _above_min_lr(cls, v: float, info) -> float:
+        if "min_lr" in info.data and v <= info.data["min_lr"]:
+            raise ValueError(f"expected max_lr > min_lr = {info.data['min_lr']:g}, got {v:g}")
+        return v
+
+
+class Adversarial(Section):
+    enabled: bool = True
+    source_model: str = "own"  # "own": train one here on train/val; or a model file path
+    source_epochs: int = Field(10, ge=1)  # for the own source model
+    attack: Literal["fgsm", "pgd", "pgd_l2"] = "pgd"
+    eps: float = Field(0.1, gt=0.0, le=100.0)  # in [0, 1] pixel units (L2: of the whole image)
+    steps: int = Field(10, ge=1)
+    step_size: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps
+    random_start: bool = True
+    targeted: bool = False  # towards a random other class
+    fraction: float = Field(0.1, ge=0.0, le=1.0)  # of the train samples
+    keep: Literal["all", "successful"] = "all"
+    weight: float = Field(1.0, gt=0.0)  # sample weight in the assembled training set
+    batch_size: int = Field(256, ge=1)
+
+
+class Augment(Section):
+    enabled: bool = True
+    policy: str = "randaugment.yaml"  # a file name in augment_policies/
+    copies: int = Field(1, ge=1, le=100)  # augmented copies of each train sample (offline)
+    mode: Literal["offline", "online"] = "offline"  # online: train applies the policy per batch
+    weight: float = Field(1.0, gt=0.0)  # sample weight of a copy in the assembled training set
+    workers: int = Field(0, ge=0)  # processes; 0: all cores
+    preview: int = Field(8, ge=0)  # originals per preview grid in plots/augment/
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_file(cls, v: str) -> str:
+        if "/" in v or "\\" in v or not v.endswith((".yaml", ".yml")):
+            raise ValueError(f"expected a file name in augment_policies/ such as randaugment.yaml, got {v!r}")
+        return v
+
+
+class Params(Section):
+    base: Base = Base()
+    ingest: Ingest = Ingest()
+    split: Split = Split()
+    assemble: Assemble = Assemble()
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
+    lr_find: LrFind = LrFind()
+    adversarial: Adversarial = Adversarial()
+    augment: Augment = Augment()
+
+
+def _describe(err: dict) -> str:
+    where = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key (check its spelling)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("expected"):
+        return f"{where}: {msg}"
+    msg = msg[0].lower() + msg[1:]
+    return f"{where}: expected {msg.removeprefix('input should be ')}, got {err.get('input')!r}"
+
+
+def parse(raw: dict | None, origin: str = PARAMS_FILE) -> Params:
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as e:
+        raise PipelineError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from None
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: no such params file (run from the project root)")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
+    return parse(raw, str(path))

@@ -1,0 +1,219 @@
+"""Sources for ingest: each lists its items (a file to decode, or pixels) and its classes.
+
+A source never decodes; it only says what there is and why an entry is unusable
+(outside the root, not in a class folder, ...), so that ingest can account for all of it.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.params import Ingest
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+_NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "mnist": 28}
+FOLDER_DEFAULT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class Item:
+    path: str  # source-relative path, or a stable reference such as digits/0007
+    label: str | None = None
+    group: str | None = None
+    source_split: str | None = None  # the source's own train/test assignment, if any
+    file: str | None = None  # a file to decode ...
+    pixels: np.ndarray | None = None  # ... or pixels already in memory
+    reason: str | None = None  # set when the item is known to be unusable
+    detail: str | None = None
+
+
+def native_size(source: str) -> int:
+    return _NATIVE_SIZE.get(source, FOLDER_DEFAULT_SIZE)
+
+
+def digits(cfg: Ingest) -> tuple[list[Item], list[str]]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # The bundled digits are 8x8 counts in 0..16; scale them to the 0..255 range of images.
+    pixels = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
+    items = [Item(path=f"digits/{i:04d}", label=str(y), pixels=pixels[i])
+             for i, y in enumerate(d.target)]
+    return items, [str(c) for c in range(10)]
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise PipelineError(f"{path}: cannot read IDX file: {e}") from None
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        raise PipelineError(f"{path}: not an IDX file with magic number {magic}")
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) - header != int(np.prod(shape)):
+        raise PipelineError(f"{path}: header says {shape}, but the data has "
+                            f"{len(raw) - header} bytes")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (directory / name).exists():
+            return directory / name
+    raise PipelineError(f"{directory}: no {stem}[.gz] (IDX files; for Fashion-MNIST: "
+                        "apt-get install dataset-fashion-mnist)")
+
+
+def _idx(name: str, default_dir: str | None, classes: list[str]):
+    def source(cfg: Ingest) -> tuple[list[Item], list[str]]:
+        if cfg.path is None and default_dir is None:
+            raise PipelineError(f"ingest.path: expected the folder of the {name} IDX files, got None")
+        directory = Path(cfg.path or default_dir)
+        items = []
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            images = _read_idx(_idx_file(directory, f"{prefix}-images-idx3-ubyte"), 2051)
+            labels = _read_idx(_idx_file(directory, f"{prefix}-labels-idx1-ubyte"), 2049)
+            if len(images) != len(labels):
+                raise PipelineError(f"{directory}: {prefix} has {len(images)} images but "
+                                    f"{len(labels)} labels")
+            for i, (img, y) in enumerate(zip(images, labels)):
+                label = classes[y] if y < len(classes) else None
+                reason = None if label else "unknown_label"
+                items.append(Item(path=f"{name}/{prefix}/{i:05d}", label=label, source_split=split,
+                                  pixels=img, reason=reason,
+                                  detail=f"label index {y} out of range" if reason else None))
+        return items, classes
+    return source
+
+
+def _outside(real: str, real_root: str) -> bool:
+    return os.path.commonpath([real, real_root]) != real_root
+
+
+def _utf8(rel: str) -> str | None:
+    try:
+        rel.encode("utf-8")
+        return rel
+    except UnicodeEncodeError:
+        return None
+
+
+def _escaped(rel: str) -> str:
+    return os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _file_item(full: str, rel: str, real_root: str, **fields) -> Item:
+    """An item for a file that exists in the listing, checked for links and file type.
+
+    Only a link is resolved (resolving every path costs as much as decoding a small PNG):
+    the folder walk never enters linked folders, and `csv` checks its paths beforehand.
+    """
+    if _utf8(rel) is None:
+        return Item(path=_escaped(rel), reason="non_utf8_name",
+                    detail="file name is not valid UTF-8; rename the file")
+    try:
+        mode = os.lstat(full).st_mode
+        if stat.S_ISLNK(mode):
+            if _outside(os.path.realpath(full), real_root):
+                return Item(path=rel, reason="outside_root",
+                            detail="resolves outside the source root")
+            mode = os.stat(full).st_mode
+    except OSError:
+        return Item(path=rel, reason="missing_file", detail="no such file (or a broken link)")
+    if not stat.S_ISREG(mode):
+        return Item(path=rel, reason="not_a_file", detail="not a regular file")
+    return Item(path=rel, file=full, **fields)
+
+
+def _required_dir(cfg: Ingest, what: str) -> Path:
+    if cfg.path is None:
+        raise PipelineError(f"ingest.path: expected {what}, got None")
+    path = Path(cfg.path)
+    if not path.exists():
+        raise PipelineError(f"ingest.path: {path}: no such file or directory")
+    return path
+
+
+def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
+    root = _required_dir(cfg, "an image-folder root (root/<class>/<file>)")
+    if not root.is_dir():
+        raise PipelineError(f"ingest.path: {root}: not a directory (source imagefolder)")
+    real_root = os.path.realpath(root)
+    items, classes = [], []
+    for dirpath, dirnames, filenames in os.walk(root):  # does not follow directory links
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, root)
+        for d in list(dirnames):
+            full, rel = os.path.join(dirpath, d), os.path.normpath(os.path.join(rel_dir, d))
+            if os.path.islink(full):
+                dirnames.remove(d)
+                items.append(Item(path=rel, reason="linked_dir",
+                                  detail="directory symlinks are not followed"))
+            elif _utf8(rel) is None:
+                dirnames.remove(d)
+                items.append(Item(path=_escaped(rel), reason="non_utf8_name",
+                                  detail="folder name is not valid UTF-8; its files are not read"))
+            elif rel_dir == ".":
+                classes.append(d)
+        for f in sorted(filenames):
+            rel = os.path.normpath(os.path.join(rel_dir, f))
+            if rel_dir == ".":
+                items.append(Item(path=rel if _utf8(rel) else _escaped(rel),
+                                  reason="not_in_class_folder",
+                                  detail="files must be in root/<class>/"))
+                continue
+            label = rel.split(os.sep, 1)[0]
+            items.append(_file_item(os.path.join(dirpath, f), rel.replace(os.sep, "/"),
+                                    real_root, label=label))
+    return items, classes
+
+
+def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
+    table = _required_dir(cfg, "a CSV file with columns path,label[,group]")
+    try:
+        df = pd.read_csv(table, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise PipelineError(f"{table}: cannot read as CSV: {e}".splitlines()[0]) from None
+    missing = {"path", "label"} - set(df.columns)
+    if missing:
+        raise PipelineError(f"{table}: expected columns path,label[,group], "
+                            f"got {','.join(df.columns)}")
+    root = table.parent
+    real_root = os.path.realpath(root)
+    items = []
+    for n, row in enumerate(df.itertuples(index=False), start=2):  # line 1 is the header
+        rel = os.path.normpath(row.path.strip()).replace(os.sep, "/") if row.path.strip() else ""
+        group = getattr(row, "group", "") or None
+        if not rel:
+            items.append(Item(path=f"<line {n}>", reason="missing_path", detail=f"line {n}: empty path"))
+        elif not row.label.strip():
+            items.append(Item(path=rel, reason="missing_label", detail=f"line {n}: empty label"))
+        elif os.path.isabs(rel) or _outside(os.path.realpath(root / rel), real_root):
+            items.append(Item(path=rel, reason="outside_root",
+                              detail=f"line {n}: path resolves outside the CSV's folder"))
+        else:
+            items.append(_file_item(str(root / rel), rel, real_root, label=row.label.strip(),
+                                    group=group))
+    return items, sorted({it.label for it in items if it.label})
+
+
+SOURCES = {
+    "digits": digits,
+    "fashion-mnist": _idx("fashion-mnist", FASHION_MNIST_DIR, FASHION_MNIST_CLASSES),
+    "mnist": _idx("mnist", None, [str(c) for c in range(10)]),
+    "imagefolder": imagefolder,
+    "csv": csv,
+}

@@ -1,0 +1,93 @@
+"""End to end: the project, copied into a fresh git repository, run by `dvc repro`."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["ingest", "split", "assemble", "train", "evaluate"]
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PIPELINE_QUIET": "1", "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def _ran(output: str) -> list[str]:
+    return [s for s in STAGES if re.search(rf"Running stage '{s}'", output)]
+
+
+def _set_params(project: Path, **sections: dict) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    for section, values in sections.items():
+        params.setdefault(section, {}).update(values)
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    dest = tmp_path_factory.mktemp("e2e") / "project"
+    dest.mkdir()
+    for name in ["pipeline", "augment_policies", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dest / name)
+    _set_params(dest, train={"epochs": 2})
+    _run(["git", "init", "-q"], dest)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+@pytest.mark.slow
+def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
+    first = _run(["dvc", "repro"], project)
+    assert _ran(first) == STAGES
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    ingest = json.loads((project / "metrics/ingest.json").read_text())
+    assert ingest["in"] == ingest["kept"] + ingest["quarantined"] == 1797
+    assert (project / "dvc.lock").exists()
+    model_bytes = (project / "models/model.pt").read_bytes()
+
+    assert _ran(_run(["dvc", "repro"], project)) == []
+
+    _set_params(project, train={"epochs": 3})
+    assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
+
+    _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
+    assert _ran(_run(["dvc", "repro"], project)) == ["split", "assemble", "train", "evaluate"]
+
+    # Back to the first params: same inputs give byte-identical outputs.
+    _set_params(project, train={"epochs": 2}, split={"fractions": {"train": 0.7, "val": 0.1, "test": 0.2}})
+    _run(["dvc", "repro"], project)  # may restore outputs from DVC's run cache ...
+    _run(["dvc", "repro", "--force", "--single-item", "train"], project)  # ... so train anew
+    assert (project / "models/model.pt").read_bytes() == model_bytes
+
+
+@pytest.mark.slow
+def test_stage_failure_is_one_line_and_nonzero(project: Path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    bad = project / "bad.yaml"
+    bad.write_text("ingest: {source: imagefolder, path: /nonexistent/folder}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--params", str(bad),
+                           "--out", str(project / "x"), "--metrics", str(project / "x.json")],
+                          cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "pipeline ingest: error: ingest.path: /nonexistent/folder: no such file or directory"]

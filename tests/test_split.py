@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+
+from pipeline import split
+from pipeline.params import Split
+
+
+def _df(n_per_class=100, classes=("a", "b", "c"), group=None, source_split=None):
+    rows = [{"sample_id": f"{c}{i}", "label": c, "group": None, "source_split": None}
+            for c in classes for i in range(n_per_class)]
+    df = pd.DataFrame(rows)
+    if group is not None:
+        df["group"] = group(df)
+    if source_split is not None:
+        df["source_split"] = source_split(df)
+    return df
+
+
+def test_stratified_fractions_are_exact_per_class():
+    out, m = split.run(_df(), Split(fractions={"train": 0.7, "val": 0.1, "test": 0.2}), seed=0)
+    counts = out.groupby(["label", "split"]).size().unstack()
+    assert (counts["train"] == 70).all() and (counts["val"] == 10).all() and (counts["test"] == 20).all()
+    assert m["in"] == m["train"] + m["val"] + m["test"] == 300
+
+
+def test_deterministic_and_seed_dependent():
+    cfg = Split()
+    a, _ = split.run(_df(), cfg, seed=0)
+    b, _ = split.run(_df(), cfg, seed=0)
+    c, _ = split.run(_df(), cfg, seed=1)
+    assert a["split"].equals(b["split"])
+    assert not a["split"].equals(c["split"])
+
+
+def test_adding_a_sample_moves_few_others():
+    cfg = Split()
+    a, _ = split.run(_df(), cfg, seed=0)
+    extra = pd.concat([_df(), pd.DataFrame([{"sample_id": "new", "label": "a", "group": None,
+                                             "source_split": None}])], ignore_index=True)
+    b, _ = split.run(extra, cfg, seed=0)
+    moved = (a["split"].to_numpy() != b["split"].to_numpy()[:len(a)]).sum()
+    assert moved <= 2  # at most one per boundary
+
+
+def test_groups_never_cross_splits():
+    out, _ = split.run(_df(group=lambda d: [f"g{i // 5}" for i in range(len(d))]), Split(), seed=0)
+    assert (out.groupby("group")["split"].nunique() == 1).all()
+    assert out["cluster_id"].str.startswith("g:").all()
+
+
+def test_source_test_set_is_kept_and_the_rest_split():
+    df = _df(source_split=lambda d: np.where(np.arange(len(d)) % 4 == 0, "test", "train"))
+    out, m = split.run(df, Split(fractions={"train": 0.6, "val": 0.2, "test": 0.2}), seed=0)
+    assert (out.loc[df["source_split"] == "test", "split"] == "test").all()
+    assert (out.loc[df["source_split"] != "test", "split"] != "test").all()
+    assert m["source_test_kept"] and m["test"] == 75
+    assert m["val"] == 57  # 25% of the 225 non-test samples, by class: round(75 * 0.25) = 19 each
+
+
+def test_source_split_ignored_when_asked():
+    df = _df(source_split=lambda d: np.where(np.arange(len(d)) % 4 == 0, "test", "train"))
+    out, m = split.run(df, Split(respect_source_split=False), seed=0)
+    assert not m["source_test_kept"] and m["test"] == 60
