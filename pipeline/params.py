@@ -36,6 +36,13 @@ class Ingest(Section):
     shard_size: int = Field(8192, ge=1)
     workers: int = Field(0, ge=0)  # 0: all cores
 
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"expected distinct class names, got {v}")
+        return v
+
 
 class Split(Section):
     fractions: dict[Literal["train", "val", "test"], float] = {"train": 0.7, "val": 0.1, "test": 0.2}

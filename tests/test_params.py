@@ -22,6 +22,7 @@ def test_defaults_when_sections_are_missing():
     ({"train": {"epochs": 0}}, r"train\.epochs: expected greater than or equal to 1, got 0"),
     ({"split": {"fractions": {"train": 0.5, "val": 0.1, "test": 0.1}}}, r"expected fractions summing to 1"),
     ({"split": {"fractions": {"train": 0.9, "test": 0.1}}}, r"expected keys train, val, test"),
+    ({"ingest": {"classes": ["a", "b", "a"]}}, r"ingest\.classes: expected distinct class names"),
     ({"ingest": {"source": "webcam"}}, r"ingest\.source: expected .*digits.*got 'webcam'"),
 ])
 def test_bad_params_fail_with_one_line_naming_the_key(raw, match):

@@ -1,0 +1,304 @@
+import json
+import multiprocessing
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import badinput
+from pipeline import console, dataset, params
+from pipeline import ingest as stage
+from pipeline.__main__ import main
+from pipeline.errors import PipelineError
+from pipeline.ingest import QUARANTINE
+from pipeline.sources import FASHION_MNIST_DIR
+
+SIDE = badinput.SIDE
+
+
+def ingest(tmp_path, name="run", **section):
+    """Run `python -m pipeline ingest` in-process; return (exit code, metrics, output folder)."""
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump({"ingest": section}))
+    out, metrics = tmp_path / name, tmp_path / f"{name}.json"
+    rc = main(["ingest", "--params", str(p), "--out", str(out), "--metrics", str(metrics),
+               "--quiet"])
+    return rc, (json.loads(metrics.read_text()) if metrics.exists() else None), out
+
+
+def folder_params(root, **kw):
+    return {"source": "imagefolder", "path": str(root), "image_size": SIDE,
+            "classes": badinput.CLASSES, "max_bad_fraction": 1.0, **kw}
+
+
+def pixels(out, path):
+    df, _ = dataset.read_manifest(out)
+    return dataset.load_pixels(df[df["path"] == path])[0]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("corpus")
+    cases = badinput.write_corpus(tmp / "root")
+    rc, metrics, out = ingest(tmp, **folder_params(tmp / "root", shard_size=8))
+    assert rc == 0
+    return tmp, cases, metrics, out
+
+
+# ---- the bad-input corpus ---------------------------------------------------------------
+
+def test_corpus_covers_enough_kinds(corpus):
+    _, cases, _, _ = corpus
+    assert len(badinput.KINDS) >= 15
+    assert len({c.reason for c in cases if c.reason}) >= 12
+    assert sum(c.reason is None for c in cases) >= 10
+
+
+def test_counts_add_up_and_match_the_expected_reasons(corpus):
+    _, cases, metrics, _ = corpus
+    assert metrics["in"] == metrics["kept"] + metrics["quarantined"] == len(cases)
+    assert metrics["by_reason"] == badinput.expected_counts(cases)
+    assert metrics["kept"] == sum(c.reason is None for c in cases)
+    assert metrics["empty_classes"] == ["empty"] and metrics["per_class"]["empty"] == 0
+
+
+def test_build_corpus_returns_the_reason_counts(tmp_path):
+    counts = badinput.build_corpus(tmp_path / "root")
+    assert counts == badinput.expected_counts(badinput.write_corpus(tmp_path / "again"))
+    assert counts["truncated"] == 3 and counts["too_large"] == 3 and "duplicate_id" not in counts
+
+
+@pytest.mark.parametrize("kind", list(badinput.KINDS))
+def test_each_kind_lands_where_expected(corpus, kind):
+    _, cases, _, out = corpus
+    quarantine = pd.read_csv(out / QUARANTINE, keep_default_na=False)
+    kept = set(dataset.read_manifest(out)[0]["path"])
+    reasons = dict(zip(quarantine["path"], quarantine["reason"]))
+    for case in (c for c in cases if c.kind == kind):
+        if case.reason is None:
+            assert case.path in kept and case.path not in reasons, case
+        else:
+            assert reasons.get(case.path) == case.reason and case.path not in kept, case
+
+
+def test_quarantine_rows_match_exactly(corpus):
+    _, cases, _, out = corpus
+    quarantine = pd.read_csv(out / QUARANTINE, keep_default_na=False)
+    assert list(quarantine.columns) == ["path", "reason", "detail"]
+    assert sorted(zip(quarantine["path"], quarantine["reason"])) == \
+        sorted((c.path, c.reason) for c in cases if c.reason)
+    assert (quarantine["detail"] != "").all()
+    assert not quarantine["detail"].str.contains("Traceback|\n").any()
+
+
+def test_kept_pixels_follow_the_conventions(corpus):
+    _, _, _, out = corpus
+    g16 = pixels(out, badinput.GRAY16)[..., 0]
+    assert (g16[: SIDE // 2] == 255).all() and (g16[SIDE // 2:] == 128).all()  # 65535, 32896
+    rgba = pixels(out, badinput.RGBA)[..., 0]
+    assert (rgba[: SIDE // 2] == 200).all() and (rgba[SIDE // 2:] == 0).all()
+    la = pixels(out, badinput.GRAY_ALPHA)[..., 0]
+    assert (la[:, : SIDE // 2] == 200).all() and (la[:, SIDE // 2:] == 100).all()
+    pal = pixels(out, badinput.PALETTE)[..., 0]
+    assert (pal[:, : SIDE // 2] == 0).all() and (pal[:, SIDE // 2:] == 100).all()
+    assert (pixels(out, badinput.GIF) == 255).all()  # the first frame
+    assert np.abs(pixels(out, badinput.LAB).astype(int) - 119).max() <= 2
+    assert abs(int(pixels(out, badinput.CMYK)[0, 0, 0]) - 76) <= 3  # luma of pure red
+
+
+def test_exif_orientation_was_applied(corpus):
+    _, _, _, out = corpus
+    got = pixels(out, badinput.EXIF)[..., 0].astype(int)
+    want = badinput.asymmetric().astype(int)
+    assert np.abs(got - want).max() <= 12
+    for wrong in (np.rot90(want, 1), np.rot90(want, 2), np.rot90(want, -1), want.T):
+        assert np.abs(got - wrong).max() > 100
+
+
+def test_duplicate_files_are_both_kept_with_the_same_hash(corpus):
+    _, _, _, out = corpus
+    df, _ = dataset.read_manifest(out)
+    dup = df[df["path"].isin(badinput.DUPLICATES)]
+    assert len(dup) == 2 and dup["pixel_sha256"].nunique() == 1 and dup["sample_id"].nunique() == 2
+    assert df["sample_id"].is_unique
+
+
+def test_manifest_columns_and_pixel_shapes(corpus):
+    _, _, metrics, out = corpus
+    df, classes = dataset.read_manifest(out)
+    assert classes == badinput.CLASSES
+    assert list(df.columns) == ["sample_id", "path", "label", "label_id", "group", "origin",
+                                "parent_id", "source_split", "pixel_sha256", "store", "row"]
+    assert (df["label_id"] == df["label"].map(classes.index)).all()
+    px = dataset.load_pixels(df)
+    assert px.shape == (metrics["kept"], SIDE, SIDE, 1) and px.dtype == np.uint8
+    assert [dataset.pixel_hash(p) for p in px] == list(df["pixel_sha256"])
+    assert len(list((out / "images").glob("*.npy"))) == -(-metrics["kept"] // 8)
+
+
+def test_rgb_and_resized_output(corpus, tmp_path):
+    tmp, cases, metrics1, _ = corpus
+    rc, metrics, out = ingest(tmp_path, **folder_params(tmp / "root", channels=3, image_size=12))
+    assert rc == 0 and metrics["by_reason"] == metrics1["by_reason"]
+    px = dataset.load_pixels(dataset.read_manifest(out)[0])
+    assert px.shape == (metrics["kept"], 12, 12, 3)
+    red = pixels(out, badinput.CMYK).astype(int)
+    assert np.abs(red - [255, 0, 0]).max() <= 3
+    grey = pixels(out, badinput.GRAY16)
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
+def test_without_a_class_list(corpus, tmp_path):
+    tmp, _, _, _ = corpus
+    rc, metrics, out = ingest(tmp_path, **folder_params(tmp / "root", classes=None))
+    _, classes = dataset.read_manifest(out)
+    assert rc == 0 and classes == ["cat", "dog", "zebra"] and metrics["empty_classes"] == ["empty"]
+    assert "unknown_label" not in metrics["by_reason"] and metrics["per_class"]["zebra"] == 2
+
+
+def test_too_many_bad_items_exit_2_with_one_line(corpus, tmp_path, capsys):
+    tmp, _, _, _ = corpus
+    rc, metrics, out = ingest(tmp_path, **folder_params(tmp / "root", max_bad_fraction=0.0))
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("pipeline ingest: error:")]
+    assert len(lines) == 1 and str(out / QUARANTINE) in lines[0] and "max_bad_fraction" in lines[0]
+    assert (out / QUARANTINE).exists() and metrics["quarantined"] > 0  # outputs stay inspectable
+
+
+def test_nothing_usable_is_an_error(tmp_path, capsys):
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    (tmp_path / "root" / "a" / "x.png").write_text("no")
+    rc, _, _ = ingest(tmp_path, source="imagefolder", path=str(tmp_path / "root"),
+                      max_bad_fraction=1.0)
+    assert rc == 2 and "no usable image" in capsys.readouterr().err
+
+
+def test_pillow_bomb_warning_is_neither_shown_nor_fatal(corpus, tmp_path):
+    tmp, _, _, _ = corpus
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning would now raise, in the serial decode path
+        rc, metrics, _ = ingest(tmp_path, **folder_params(tmp / "root", workers=1))
+    assert rc == 0 and metrics["by_reason"]["too_large"] == 3
+
+
+def test_an_error_mid_loop_leaves_no_worker_behind(corpus, tmp_path, monkeypatch):
+    tmp, _, _, _ = corpus
+    calls = []
+
+    def failing_sample_id(*parts):
+        calls.append(parts)
+        if len(calls) == 5:
+            raise RuntimeError("boom")
+        return real_sample_id(*parts)
+
+    real_sample_id = dataset.sample_id
+    monkeypatch.setattr(dataset, "sample_id", failing_sample_id)
+    # with the bar on, as in a normal run (a disabled tqdm happens to close what it wraps)
+    monkeypatch.setattr(console, "_quiet", False)
+    monkeypatch.setenv("PIPELINE_QUIET", "0")
+    p = params.parse({"ingest": folder_params(tmp / "root", workers=2)})
+    with pytest.raises(RuntimeError, match="boom"):
+        try:
+            stage.run(p, tmp_path / "out", tmp_path / "out")
+        finally:  # checked while the traceback (which holds run's frame) is alive
+            assert multiprocessing.active_children() == []
+
+
+# ---- determinism ------------------------------------------------------------------------
+
+def _files(out):
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_two_ingests_are_byte_identical(corpus, tmp_path):
+    tmp, _, _, first = corpus
+    _, _, second = ingest(tmp_path, **folder_params(tmp / "root", shard_size=8))
+    a, b = _files(first), _files(second)
+    assert set(a) >= {"manifest.parquet", QUARANTINE, "images/00000.npy"}
+    assert a == b
+
+
+def test_worker_count_does_not_change_the_output(corpus, tmp_path):
+    tmp, _, _, _ = corpus
+    _, _, one = ingest(tmp_path, "one", **folder_params(tmp / "root", shard_size=8, workers=1))
+    _, _, two = ingest(tmp_path, "two", **folder_params(tmp / "root", shard_size=8, workers=2))
+    assert _files(one) == _files(two)
+
+
+# ---- the CSV corpus ---------------------------------------------------------------------
+
+def test_csv_corpus(tmp_path):
+    cases = badinput.write_csv_corpus(tmp_path / "c")
+    rc, metrics, out = ingest(tmp_path, source="csv", path=str(tmp_path / "c" / badinput.CSV_NAME),
+                              image_size=SIDE, max_bad_fraction=1.0)
+    assert rc == 0 and metrics["in"] == metrics["kept"] + metrics["quarantined"] == len(cases)
+    assert metrics["by_reason"] == badinput.expected_counts(cases)
+    quarantine = pd.read_csv(out / QUARANTINE, keep_default_na=False)
+    assert sorted(zip(quarantine["path"], quarantine["reason"])) == \
+        sorted((c.path, c.reason) for c in cases if c.reason)
+    df, classes = dataset.read_manifest(out)
+    assert classes == ["a", "b"]
+    groups = {p: None if pd.isna(g) else g for p, g in zip(df["path"], df["group"])}
+    assert groups == {"img/a0.png": "g1", "img/a1.png": "g1", "img/b0.png": "g2",
+                      "img/b1.png": None, "img/b2.png": "g2"}
+    assert dict(zip(df["path"], df["label"]))["img/b2.png"] == "b"
+
+
+# ---- bundled and IDX sources ------------------------------------------------------------
+
+def test_digits(tmp_path):
+    rc, metrics, out = ingest(tmp_path, source="digits")
+    assert rc == 0 and metrics["in"] == metrics["kept"] == 1797 and metrics["quarantined"] == 0
+    assert metrics["classes"] == 10 and metrics["image_size"] == 8
+    df, classes = dataset.read_manifest(out)
+    assert classes == [str(c) for c in range(10)] and df["source_split"].isna().all()
+    assert dataset.load_pixels(df).shape == (1797, 8, 8, 1)
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
+                    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
+def test_fashion_mnist(tmp_path):
+    rc, metrics, out = ingest(tmp_path, source="fashion-mnist")
+    assert rc == 0 and metrics["in"] == metrics["kept"] == 70000 and metrics["by_reason"] == {}
+    assert metrics["classes"] == 10 and metrics["image_size"] == 28
+    df, _ = dataset.read_manifest(out)
+    assert df["source_split"].value_counts().to_dict() == {"train": 60000, "test": 10000}
+    assert dataset.load_pixels(df.iloc[[0, 69999]]).shape == (2, 28, 28, 1)
+
+
+def test_idx_errors_exit_2_naming_the_file(tmp_path, capsys):
+    rc, _, _ = ingest(tmp_path, "missing", source="mnist", path=str(tmp_path / "nope"))
+    err = capsys.readouterr().err
+    assert rc == 2 and "nope: no train-images-idx3-ubyte" in err and len(err.splitlines()) == 1
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + bytes(8))
+    rc, _, _ = ingest(tmp_path, "magic", source="mnist", path=str(bad))
+    err = capsys.readouterr().err
+    assert rc == 2 and "train-images-idx3-ubyte: not an IDX file with magic number 2051" in err
+    assert "Traceback" not in err
+
+
+def test_idx_errors_raise_pipeline_error(tmp_path):
+    with pytest.raises(PipelineError, match="nope"):
+        stage.run(params.parse({"ingest": {"source": "mnist", "path": str(tmp_path / "nope")}}),
+                  tmp_path / "out", tmp_path / "out")
+
+
+# ---- params -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("section, match", [
+    ({"sorce": "x"}, r"ingest\.sorce: unknown key"),
+    ({"channels": 2}, r"ingest\.channels: expected .*got 2"),
+    ({"max_bad_fraction": 1.5}, r"ingest\.max_bad_fraction: expected .*got 1\.5"),
+    ({"image_size": 2}, r"ingest\.image_size: expected .*got 2"),
+])
+def test_bad_ingest_params_fail_with_one_line_naming_the_key(section, match):
+    with pytest.raises(PipelineError, match=match) as e:
+        params.parse({"ingest": section})
+    assert "\n" not in str(e.value)
