@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test bench clean labelstudio bench-labelstudio
 
 setup: $(VENV)/.installed
 
@@ -29,11 +29,26 @@ run: setup
 	@echo "metrics: metrics/*.json    plots: plots/ (render them with: dvc plots show)"
 	@echo "model:   models/model.pt   data: data/<stage>/manifest.parquet"
 
-test: setup
+test: setup labelstudio
 	$(PY) -m pytest -q
+
+# Label Studio (the server) lives in its own venv: its pins clash with ours. The server
+# tests and `python -m pipeline label serve` run it from there.
+LABEL_STUDIO ?= label-studio==1.23.2
+labelstudio: .venv-ls/bin/label-studio
+
+.venv-ls/bin/label-studio:
+	python3 -m venv .venv-ls
+	.venv-ls/bin/python -m pip install -q --upgrade pip
+	.venv-ls/bin/python -m pip install -q "$(LABEL_STUDIO)"
+
+# push 10,000 tasks to / pull 10,000 annotated tasks from a local server, timed
+bench-labelstudio: setup labelstudio
+	$(PY) bench/bench_labelstudio.py
 
 bench: setup
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_augment.py
 	bash bench/bench_repro.sh
 
 clean:

@@ -13,6 +13,7 @@ STAGES = {
     "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
     "split": ("pipeline.split", "stratified, deterministic train/val/test split"),
     "augment": ("pipeline.augment.stage", "offline augmented copies of the train samples under a policy file (AutoAugment, RandAugment, TrivialAugment, albumentations)"),
+    "adversarial": ("pipeline.adversarial", "FGSM / PGD examples of train samples as a derived dataset with lineage"),
     "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),
     "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
     "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),

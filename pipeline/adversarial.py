@@ -37,6 +37,20 @@ def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     return train[u < fraction]
 
 
+# The train params the own source model uses (dvc.yaml lists them as this stage's params):
+# the recipe, not the length or the online options of the train stage.
+SOURCE_TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                     "warmup_epochs", "label_smoothing", "patience", "class_weights", "threads")
+
+
+def source_train_config(params: Params):
+    """A plain training recipe for the own source model: no mixing, no adversarial training."""
+    from pipeline.params import Train
+
+    recipe = {k: getattr(params.train, k) for k in SOURCE_TRAIN_KEYS}
+    return Train(**recipe, epochs=params.adversarial.source_epochs)
+
+
 def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
     import torch
@@ -52,7 +66,7 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
             raise PipelineError(f"adversarial.source_model: {path} was trained on other classes")
         return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     tr, va = split_df[split_df["split"] == "train"], split_df[split_df["split"] == "val"]
-    train_cfg = params.train.model_copy(update={"epochs": cfg.source_epochs})
+    train_cfg = source_train_config(params)
     result = fit.fit(dataset.load_pixels(tr), tr["label_id"].to_numpy(), dataset.load_pixels(va),
                      va["label_id"].to_numpy(), train_cfg, len(classes), params.base.seed,
                      desc="adversarial source model")
@@ -68,7 +82,7 @@ def generate(model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, se
     from pipeline import attacks
 
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.from_numpy(labels).long()
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
     if cfg.targeted:  # a random other class per sample, drawn apart from the attack
         g = torch.Generator().manual_seed(seed)
         y = (y + torch.randint(1, num_classes, y.shape, generator=g)) % num_classes

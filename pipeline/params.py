@@ -64,6 +64,20 @@ class Assemble(Section):
     real_weight: float = Field(1.0, gt=0.0)
 
 
+class TrainAdversarial(Section):
+    """Adversarial examples made on the fly against the model being trained (Madry et al.).
+
+    `attack: pgd, steps: 1, step_size: 1.25 * eps` with a random start is the fast
+    FGSM-with-random-start training of Wong et al. 2020.
+    """
+    attack: Literal["none", "fgsm", "pgd", "pgd_l2"] = "none"
+    eps: float = Field(0.1, gt=0.0, le=100.0)
+    steps: int = Field(1, ge=1)
+    step_size: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps
+    random_start: bool = True
+    ratio: float = Field(1.0, ge=0.0, le=1.0)  # fraction of each batch replaced
+
+
 class Train(Section):
     model: Literal["small_cnn", "resnet"] = "small_cnn"
     epochs: int = Field(30, ge=1)
@@ -77,11 +91,26 @@ class Train(Section):
     patience: int = Field(5, ge=1)  # early stopping on validation loss
     class_weights: bool = False
     width: int = Field(16, ge=4)  # channels of the first stage; later stages double (small_cnn: 73K params)
-    threads: int = Field(0, ge=0)  # torch threads; 0: all cores
+    threads: int = Field(1, ge=0)  # torch threads; 0: all cores (results depend on it)
+    # online mixing at batch level (pipeline/augment/mixing.py); 0 / off by default
+    mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(a, a); 0: off
+    cutmix_alpha: float = Field(0.0, ge=0.0)  # Beta(a, a); 0: off
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0)  # probability that a batch is mixed
+    switch_prob: float = Field(0.5, ge=0.0, le=1.0)  # with both on: probability of CutMix
+    random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # per-image probability
+    adversarial: TrainAdversarial = TrainAdversarial()
+
+
+class Robustness(Section):
+    attacks: list[Literal["fgsm", "pgd", "pgd_l2"]] = ["fgsm", "pgd"]
+    eps: list[float] = [0.05, 0.1]  # accuracy under attack at each; eps 0 (clean) is always added
+    steps: int = Field(10, ge=1)  # PGD steps
+    max_samples: int = Field(1000, ge=0)  # test samples attacked (0: all); a seeded subset
 
 
 class Evaluate(Section):
     batch_size: int = Field(512, ge=1)
+    robustness: Robustness = Robustness()
     ece_bins: int = Field(15, ge=2)
     max_test_evaluations: int = Field(10, ge=1)
 

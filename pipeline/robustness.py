@@ -12,7 +12,7 @@ def robust_accuracy(model, pixels: np.ndarray, labels: np.ndarray, attack_names:
                     eps_list: list[float], steps: int, seed: int, batch_size: int = 256) -> list[dict]:
     """Rows of (attack, eps, accuracy, n) for uint8 NHWC `pixels`; eps 0 is clean accuracy."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
-    y = torch.from_numpy(np.asarray(labels)).long()
+    y = torch.from_numpy(np.array(labels, dtype=np.int64))
     model.eval()
     rows = []
     for name in attack_names:

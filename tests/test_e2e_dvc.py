@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "split", "assemble", "train", "evaluate"]
+STAGES = ["ingest", "split", "augment", "adversarial", "assemble", "train", "evaluate"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -47,7 +47,7 @@ def project(tmp_path_factory) -> Path:
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
-    _set_params(dest, train={"epochs": 2})
+    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2})
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
@@ -63,6 +63,8 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     ingest = json.loads((project / "metrics/ingest.json").read_text())
     assert ingest["in"] == ingest["kept"] + ingest["quarantined"] == 1797
     assert (project / "dvc.lock").exists()
+    by_origin = json.loads((project / "metrics/assemble.json").read_text())["by_origin"]
+    assert set(by_origin) == {"real", "augmented", "adversarial"}
     model_bytes = (project / "models/model.pt").read_bytes()
 
     assert _ran(_run(["dvc", "repro"], project)) == []
@@ -71,7 +73,8 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
 
     _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
-    assert _ran(_run(["dvc", "repro"], project)) == ["split", "assemble", "train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == ["split", "augment", "adversarial", "assemble",
+                                                     "train", "evaluate"]
 
     # Back to the first params: same inputs give byte-identical outputs.
     _set_params(project, train={"epochs": 2}, split={"fractions": {"train": 0.7, "val": 0.1, "test": 0.2}})

@@ -1,0 +1,332 @@
+"""The training core shared by oof, adversarial, synthesize and train: pure functions over
+uint8 NHWC arrays.
+
+`fit` trains a registered model (pipeline.models) with SGD (Nesterov) or AdamW, a linear
+warm-up then cosine decay to zero (per step), label smoothing, weight decay on conv/linear
+weights only, optional inverse-frequency class weights and per-sample weights, and early
+stopping on the validation loss (the best epoch's weights are restored).
+
+Reproducible: the same inputs and seed give a bitwise-identical `state_dict` on the same
+machine and thread count. Initialisation and shuffling draw from a local generator seeded
+from `seed`, so nothing depends on global RNG state left by other code.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from pipeline import models
+from pipeline.console import log, progress
+from pipeline.errors import PipelineError
+from pipeline.params import Train
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)  # one row per epoch run
+    best_epoch: int = 0  # 1-based; the epoch whose weights `model` holds
+    config: dict = field(default_factory=dict)  # enough to rebuild the model (see load_model)
+
+
+def to_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> uint8 NCHW tensor (converted to float per batch, to keep memory low)."""
+    if x.dtype != np.uint8 or x.ndim != 4:
+        raise PipelineError(f"expected uint8 images of shape (N, H, W, C), got {x.dtype} {x.shape}")
+    x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # torch wants writable memory
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+
+def _float(x8: torch.Tensor) -> torch.Tensor:
+    return x8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 NHWC pixels, in [0, 1] units (float64 sums)."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64) / 255.0
+    mean, std = flat.mean(axis=0), flat.std(axis=0)
+    return [round(float(m), 6) for m in mean], [round(float(max(s, 1e-3)), 6) for s in std]
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse class frequency, normalised so that the mean weight over samples is 1."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = len(y) / (present.sum() * counts[present])
+    return w
+
+
+def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (step is 0-based)."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+
+
+def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only: decaying norm scales and biases only hurts."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
+
+
+def set_threads(cfg: Train) -> None:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(cfg.threads or cores or 1)
+
+
+@contextlib.contextmanager
+def deterministic():
+    """torch.use_deterministic_algorithms for the block (warn-only where an op has none)."""
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+
+
+def new_model(x_train: np.ndarray, cfg: Train, num_classes: int, generator: torch.Generator) -> nn.Module:
+    """A fresh `cfg.model` normalising with `x_train`'s channel statistics."""
+    if len(x_train) == 0:
+        raise PipelineError("no training samples: the training set is empty")
+    mean, std = channel_stats(x_train)
+    model = models.build_model(cfg.model, x_train.shape[-1], num_classes, cfg.width, mean, std,
+                               generator=generator)
+    return model.to(memory_format=torch.channels_last)
+
+
+def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes: int, seed: int) -> dict:
+    return {"format_version": FORMAT_VERSION, "model": cfg.model, "in_channels": int(x_train.shape[-1]),
+            "num_classes": num_classes, "width": cfg.width, "image_size": list(x_train.shape[1:3]),
+            "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
+            "seed": seed, "train": cfg.model_dump()}
+
+
+def evaluate_loss(model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy without smoothing, accuracy) in eval mode."""
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x8), batch_size):
+            logits = model(_float(x8[i:i + batch_size]))
+            yb = y[i:i + batch_size]
+            loss += float(F.cross_entropy(logits, yb, reduction="sum"))
+            correct += int((logits.argmax(1) == yb).sum())
+    return loss / len(x8), correct / len(x8)
+
+
+class BatchStep:
+    """The forward pass of one training batch: (logits, per-sample loss), with the options.
+
+    In order: `online(x_uint8_NHWC, sample_ids, epoch)` applies an augmentation policy;
+    adversarial examples made against the current model replace `cfg.adversarial.ratio` of
+    the batch; mixup / CutMix / random erasing mix the batch with soft targets. With every
+    option off this is the plain cross-entropy step and draws no random numbers, so a run
+    is byte-identical to one that never had the options.
+    """
+
+    def __init__(self, cfg: Train, num_classes: int, seed: int, x_train: np.ndarray,
+                 sample_ids: list[str] | None = None, online=None):
+        if online is not None and sample_ids is None:
+            raise PipelineError("online augmentation needs the training samples' ids")
+        self.cfg, self.num_classes, self.x_train = cfg, num_classes, x_train
+        self.sample_ids, self.online = sample_ids, online
+        self.mix = None
+        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0 or cfg.random_erasing > 0:
+            from pipeline.augment import mixing
+
+            self.mixing, self.mix = mixing, mixing.make_batch_transform(cfg, seed)
+        on = cfg.adversarial.attack != "none" and cfg.adversarial.ratio > 0
+        self.adv = cfg.adversarial if on else None
+
+    def __call__(self, model: nn.Module, x8: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                 epoch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        xb8 = x8[idx]
+        if self.online is not None:
+            ids = [self.sample_ids[i] for i in idx.tolist()]
+            xb8 = to_tensor(self.online(self.x_train[idx.numpy()], ids, epoch))
+        xb, yb = _float(xb8), y[idx]
+        if self.adv is not None:
+            xb = self._adversarial(model, xb, yb, g)
+        if self.mix is None:
+            logits = model(xb)
+            return logits, F.cross_entropy(logits, yb, reduction="none",
+                                           label_smoothing=self.cfg.label_smoothing)
+        soft = self.mixing.one_hot(yb, self.num_classes, self.cfg.label_smoothing)
+        xb, soft = self.mix(xb, soft, g)
+        logits = model(xb.contiguous(memory_format=torch.channels_last))
+        return logits, self.mixing.soft_cross_entropy(logits, soft)
+
+    def _adversarial(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+                     g: torch.Generator) -> torch.Tensor:
+        from pipeline import attacks
+
+        a = self.adv
+        k = round(a.ratio * len(xb))  # the batch is already in random order: take the first k
+        cfg = attacks.AttackConfig(eps=a.eps, steps=a.steps, step_size=a.step_size,
+                                   random_start=a.random_start)
+        adv = attacks.get(a.attack).perturb(model, xb[:k], yb[:k], cfg, g)
+        return torch.cat([adv, xb[k:]]).contiguous(memory_format=torch.channels_last)
+
+
+def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, y: torch.Tensor,
+                weight: torch.Tensor, order: torch.Tensor, batch_size: int, lrs: list[float],
+                step: BatchStep, epoch: int, g: torch.Generator) -> tuple[float, float]:
+    """One pass over the samples `order` names, step i at learning rate lrs[i].
+
+    Returns the mean (unweighted, smoothed) training loss and the training accuracy.
+    """
+    model.train()
+    loss_sum, correct = 0.0, 0
+    for i, lr in enumerate(lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        logits, per_sample = step(model, x8, y, idx, epoch, g)
+        opt.zero_grad(set_to_none=True)
+        (per_sample * weight[idx]).mean().backward()
+        opt.step()
+        loss_sum += float(per_sample.detach().sum())
+        correct += int((logits.detach().argmax(1) == y[idx]).sum())
+    return loss_sum / len(order), correct / len(order)
+
+
+def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: Train,
+        num_classes: int, seed: int, sample_weight: np.ndarray | None = None, desc: str = "train",
+        online=None, sample_ids: list[str] | None = None) -> FitResult:
+    """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
+
+    `online` and `sample_ids`: an online augmentation policy and the samples' ids (BatchStep).
+    """
+    y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
+    if len(x_train) != len(y_train) or len(x_val) != len(y_val):
+        raise PipelineError(f"expected one label per image, got {len(y_train)} for {len(x_train)} "
+                            f"(train) and {len(y_val)} for {len(x_val)} (val)")
+    if len(x_val) and x_val.shape[1:] != x_train.shape[1:]:
+        raise PipelineError(f"expected val images of shape {x_train.shape[1:]}, got {x_val.shape[1:]}")
+    if len(y_train) and (y_train.min() < 0 or y_train.max() >= num_classes):
+        raise PipelineError(f"expected labels in [0, {num_classes}), got {y_train.min()}..{y_train.max()}")
+    set_threads(cfg)
+    g = torch.Generator().manual_seed(seed)
+    model = new_model(x_train, cfg, num_classes, g)
+    config = model_config(model, x_train, cfg, num_classes, seed)
+    weight = np.ones(len(y_train)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if cfg.class_weights:
+        weight = weight * class_weights(y_train, num_classes)[y_train]
+    if len(weight) != len(y_train) or (weight < 0).any() or weight.sum() <= 0:
+        raise PipelineError(f"expected {len(y_train)} non-negative sample weights with a positive sum")
+    weight_t = torch.from_numpy(weight / weight.mean()).float()  # relative: the LR keeps its meaning
+    x8, y = to_tensor(x_train), torch.tensor(y_train)
+    xv8, yv = (to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
+    opt = make_optimizer(model, cfg)
+    step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online)
+    bs = min(cfg.batch_size, len(y))
+    steps_per_epoch = len(y) // bs  # the remainder (a different one each epoch) is skipped
+    total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
+
+    history: list[dict] = []
+    best = (math.inf, 0, None)  # (val loss, epoch, state)
+    bad_epochs = 0
+    bar = progress(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
+    with deterministic():
+        for epoch in bar:
+            t0 = time.perf_counter()
+            first = (epoch - 1) * steps_per_epoch
+            lrs = [lr_at(s, total, warmup, cfg.lr) for s in range(first, first + steps_per_epoch)]
+            order = torch.randperm(len(y), generator=g)[:steps_per_epoch * bs]
+            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g)
+            row = {"epoch": epoch, "lr": lrs[-1], "train_loss": loss, "train_accuracy": acc,
+                   "val_loss": None, "val_accuracy": None}
+            if xv8 is not None:
+                row["val_loss"], row["val_accuracy"] = evaluate_loss(model, xv8, yv)
+            history.append({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()})
+            _log_epoch(desc, row, cfg.epochs, time.perf_counter() - t0)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("val") and v is not None})
+            if xv8 is None:
+                continue
+            if row["val_loss"] < best[0]:
+                best, bad_epochs = (row["val_loss"], epoch, copy.deepcopy(model.state_dict())), 0
+            else:
+                bad_epochs += 1
+                if bad_epochs >= cfg.patience:
+                    log.info("%s: early stop after epoch %d (best val loss at epoch %d)", desc, epoch, best[1])
+                    break
+    bar.close()
+    if best[2] is not None:
+        model.load_state_dict(best[2])
+    model.eval()
+    return FitResult(model, history, best[1] if best[2] is not None else len(history), config)
+
+
+def _log_epoch(desc: str, row: dict, epochs: int, seconds: float) -> None:
+    val = (f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}"
+           if row["val_loss"] is not None else "")
+    log.info("%s: epoch %d/%d lr %.3g train_loss %.4f train_acc %.4f%s (%.1fs)", desc, row["epoch"], epochs,
+             row["lr"], row["train_loss"], row["train_accuracy"], val, seconds)
+
+
+def _batches(model: nn.Module, x: np.ndarray, batch_size: int, fn) -> list[torch.Tensor]:
+    x8 = to_tensor(x)
+    model.eval()
+    with torch.no_grad():
+        return [fn(_float(x8[i:i + batch_size])) for i in range(0, len(x8), batch_size)]
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, K) float32 for uint8 NHWC pixels."""
+    out = _batches(model, x, batch_size, lambda xb: torch.softmax(model(xb), dim=1))
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.num_classes), np.float32)
+
+
+def embed(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Penultimate embeddings (N, D) float32 (`model.features`) for uint8 NHWC pixels."""
+    out = _batches(model, x, batch_size, model.features)
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.embed_dim), np.float32)
+
+
+def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[str]) -> None:
+    """Atomically write {state_dict, config, classes}; the same model gives the same bytes."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()  # a buffer, not the path: the archive's inner names stay path-independent
+    torch.save({"format_version": FORMAT_VERSION, "state_dict": state, "config": dict(config),
+                "classes": list(classes)}, buf)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict, list[str]]:
+    """(model in eval mode, config, classes) from a `save_model` file; tensors and plain data only."""
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: no such model file (has the train stage run?)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
+        raise PipelineError(f"{path}: not a pipeline model file of format version {FORMAT_VERSION}")
+    config = blob["config"]
+    model = models.build_model(config["model"], config["in_channels"], config["num_classes"], config["width"])
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model.to(memory_format=torch.channels_last), config, list(blob["classes"])

@@ -1,0 +1,77 @@
+"""train: fit the model on the assembled training set, early-stopping on the val split.
+
+Writes the model file (state_dict + config + classes, see `fit.save_model`),
+`metrics/train.json` (best_epoch, epochs_run, val_accuracy, val_loss, n_train, n_val,
+parameters; wall time is logged, not written, so outputs stay byte-identical) and `plots/train/curves.csv` (one row per epoch).
+Sample weights come from the training set's `weight` column.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import dataset
+from pipeline.console import log
+from pipeline.errors import PipelineError
+from pipeline.params import Params
+
+
+def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
+        online=None):
+    """(FitResult, metrics) for a training manifest and a val manifest."""
+    from pipeline import fit, models
+
+    weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
+    start = time.perf_counter()
+    result = fit.fit(dataset.load_pixels(train_df), train_df["label_id"].to_numpy(np.int64),
+                     dataset.load_pixels(val_df), val_df["label_id"].to_numpy(np.int64),
+                     params.train, len(classes), params.base.seed, sample_weight=weight,
+                     online=online, sample_ids=train_df["sample_id"].tolist())
+    best = result.history[result.best_epoch - 1]
+    metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
+               "n_train": len(train_df), "n_val": len(val_df),
+               "parameters": models.count_parameters(result.model)}
+    log.info("train: %.1f s", time.perf_counter() - start)
+    return result, metrics
+
+
+def online_policy(params: Params, policies: str):
+    """The per-batch augmentation of `augment.mode: online`, or None."""
+    if not (params.augment.enabled and params.augment.mode == "online"):
+        return None
+    from pipeline.augment import mixing, policy
+
+    _, p = policy.load_named(policies, params.augment.policy)
+    return mixing.make_online_policy(p, params.base.seed)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--train", default="data/assemble", help="training set (default: %(default)s)")
+    p.add_argument("--split", default="data/split", help="split output, for val (default: %(default)s)")
+    p.add_argument("--model", default="models/model.pt", help="model file to write (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/train.json", help="(default: %(default)s)")
+    p.add_argument("--plots", default="plots/train", help="(default: %(default)s)")
+    p.add_argument("--policies", default="augment_policies",
+                   help="policy folder, for augment.mode online (default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline import fit
+
+    train_df, classes = dataset.read_manifest(args.train)
+    split_df, split_classes = dataset.read_manifest(args.split)
+    if split_classes != classes:
+        raise PipelineError(f"{args.train}: class list differs from {args.split}'s")
+    val_df = split_df[split_df["split"] == "val"]
+    log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
+    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policies))
+    fit.save_model(args.model, result.model, result.config, classes)
+    dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
+    dataset.write_json(args.metrics, metrics)
+    log.info("train: best epoch %d of %d, val accuracy %s", metrics["best_epoch"],
+             metrics["epochs_run"], metrics["val_accuracy"])

@@ -1,0 +1,124 @@
+"""The augment stage on a tiny split: copies of train samples only, lineage that assemble
+accepts, per-sample determinism, an empty valid output when off, the same bytes on 1 or 2 workers."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import assemble, dataset, params
+from pipeline.__main__ import main as cli
+from pipeline.augment import policy as pol, stage
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["a", "b"]
+
+
+def _split(tmp_path: Path, n_train: int = 10, channels: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    writer = dataset.ShardWriter(tmp_path / "split" / "images", shard_size=7)
+    rows = []
+    for i, split in enumerate(["train"] * n_train + ["val"] * 3 + ["test"] * 3):
+        px = rng.integers(0, 256, (10, 10, channels), dtype=np.uint8)
+        store, row = writer.add(px)
+        rows.append({"sample_id": dataset.sample_id("src", i), "path": f"src/{i:04d}", "label": CLASSES[i % 2],
+                     "label_id": i % 2, "group": None, "split": split, "origin": "real", "parent_id": None,
+                     "pixel_sha256": dataset.pixel_hash(px), "store": store, "row": row})
+    writer.close()
+    df = pd.DataFrame(rows)
+    dataset.write_manifest(df, tmp_path / "split" / dataset.MANIFEST, CLASSES)
+    return dataset.read_manifest(tmp_path / "split")[0]
+
+
+def _params(**augment) -> params.Params:
+    return params.parse({"augment": {"workers": 1, **augment}})
+
+
+def _run(tmp_path, split_df, policy="randaugment.yaml", **augment):
+    p = _params(policy=policy, **augment)
+    name, policy = pol.load_named(ROOT / "augment_policies", p.augment.policy)
+    out = tmp_path / "augment"
+    with dataset.staged_dir(out) as tmp:
+        df, metrics = stage.run(p, split_df, name, policy, tmp, out)
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, CLASSES, final_dir=out)
+    return dataset.read_manifest(out)[0], metrics
+
+
+def test_copies_of_train_samples_with_lineage_assemble_accepts(tmp_path):
+    split_df = _split(tmp_path)
+    df, metrics = _run(tmp_path, split_df, copies=3)
+    train = split_df[split_df["split"] == "train"]
+    assert len(df) == 3 * len(train) == metrics["augmented"]
+    assert (df["origin"] == "augmented").all() and (df["split"] == "train").all()
+    assert set(df["parent_id"]) == set(train["sample_id"]) and df["sample_id"].is_unique
+    parent = split_df.set_index("sample_id").loc[df["parent_id"]]
+    assert (df["label"].to_numpy() == parent["label"].to_numpy()).all()
+    assert (df["path"].to_numpy() == parent["path"].to_numpy()).all()
+    assert df["sample_id"].iloc[1] == dataset.sample_id(df["parent_id"].iloc[1], "augment", "randaugment", 1)
+    assert df["seed"].iloc[1] == stage.copy_seed(0, df["parent_id"].iloc[1], 1)
+    ops = json.loads(df["ops"].iloc[0])
+    assert len(ops) == 2 and all(o["magnitude"] in (9, None) for o in ops)
+    pixels = dataset.load_pixels(df)
+    assert [dataset.pixel_hash(p) for p in pixels] == list(df["pixel_sha256"])
+    assembled, m = assemble.run(split_df, {"data/augment": df}, 1.0)  # runs check_lineage
+    assert m["by_origin"] == {"augmented": len(df), "real": len(train)}
+
+
+def test_a_copy_depends_only_on_its_parent_and_seed(tmp_path):
+    small, _ = _run(tmp_path / "s", _split(tmp_path / "s", n_train=6))
+    big, _ = _run(tmp_path / "b", _split(tmp_path / "b", n_train=9))
+    common = big.set_index("sample_id").loc[small["sample_id"], "pixel_sha256"]
+    assert list(common) == list(small["pixel_sha256"])
+
+
+def test_same_bytes_on_one_or_two_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(stage, "CHUNK", 3)
+    split_df = _split(tmp_path, n_train=11, channels=3)
+    one, _ = _run(tmp_path / "1", split_df, policy="autoaugment-svhn.yaml", copies=2, workers=1)
+    two, _ = _run(tmp_path / "2", split_df, policy="autoaugment-svhn.yaml", copies=2, workers=2)
+    assert one.drop(columns="store").equals(two.drop(columns="store"))
+    assert np.array_equal(dataset.load_pixels(one), dataset.load_pixels(two))
+
+
+def test_sample_pairing_partners_are_named_by_id(tmp_path):
+    split_df = _split(tmp_path)
+    raw = {"version": 1, "kind": "randaugment", "num_ops": 1, "magnitude": 10, "ops": ["SamplePairing"]}
+    (tmp_path / "pair.yaml").write_text(yaml.safe_dump(raw))
+    policy = pol.load(tmp_path / "pair.yaml")
+    df, _ = stage.run(_params(), split_df, "pair", policy, tmp_path / "o", tmp_path / "o")
+    partners = {json.loads(o)[0]["params"]["partner_id"] for o in df["ops"]}
+    assert partners <= set(split_df.loc[split_df["split"] == "train", "sample_id"])
+
+
+@pytest.mark.parametrize("augment", [{"enabled": False}, {"mode": "online"}])
+def test_off_or_online_writes_an_empty_valid_manifest(tmp_path, augment):
+    split_df = _split(tmp_path)
+    df, metrics = _run(tmp_path, split_df, **augment)
+    assert len(df) == 0 and list(df.columns) == stage.COLUMNS and metrics["augmented"] == 0
+    out, m = assemble.run(split_df, {"data/augment": df}, 1.0)
+    assert m["total"] == 10
+
+
+def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
+    _split(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"copies": 2, "workers": 1, "preview": 3}}))
+    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
+              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
+              "--metrics", str(tmp_path / "augment.json"), "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "augment.json").read_text())
+    assert metrics["augmented"] == 20 and metrics["policy"] == "randaugment"
+    assert sum(metrics["op_counts"].values()) == 40
+    shipped = {p.stem for p in (ROOT / "augment_policies").glob("*.yaml")}
+    assert {p.stem for p in (tmp_path / "plots").glob("*.png")} == shipped
+
+
+def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path):
+    _split(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"policy": "nope.yaml"}}))
+    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
+              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
+              "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
+    assert rc == 2 and not (tmp_path / "augment").exists()

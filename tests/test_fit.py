@@ -1,0 +1,160 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from fit_util import patterns
+from pipeline import fit, models, params
+from pipeline.errors import PipelineError
+
+CFG = params.Train(epochs=6, batch_size=32, width=8, lr=1e-2, threads=1)
+
+
+def _split(n=240, **kw):
+    x, y = patterns(n, **kw)
+    return x[:160], y[:160], x[160:], y[160:]
+
+
+def _accuracy(model, x, y):
+    return float((fit.predict_proba(model, x).argmax(1) == y).mean())
+
+
+def test_learns_a_pattern_and_reports_each_epoch():
+    xt, yt, xv, yv = _split()
+    r = fit.fit(xt, yt, xv, yv, CFG, 4, seed=0)
+    assert _accuracy(r.model, xv, yv) >= 0.9
+    assert [h["epoch"] for h in r.history] == list(range(1, len(r.history) + 1))
+    assert set(r.history[0]) == {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    assert r.config["model"] == "small_cnn" and r.config["num_classes"] == 4
+
+
+def test_same_inputs_and_seed_give_a_bitwise_identical_model_whatever_the_global_rng():
+    xt, yt, xv, yv = _split()
+    cfg = CFG.model_copy(update={"epochs": 2})
+    torch.manual_seed(1)
+    np.random.seed(1)
+    a = fit.fit(xt, yt, xv, yv, cfg, 4, seed=5).model.state_dict()
+    torch.manual_seed(2)
+    torch.rand(10)
+    np.random.seed(2)
+    b = fit.fit(xt, yt, xv, yv, cfg, 4, seed=5).model.state_dict()
+    c = fit.fit(xt, yt, xv, yv, cfg, 4, seed=6).model.state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_early_stopping_restores_the_best_epoch():
+    # Val labels are the train rule shifted by one class: the better the model learns
+    # train, the worse its val loss, so the best epoch is early and training stops.
+    xt, yt, xv, yv = _split()
+    cfg = CFG.model_copy(update={"epochs": 20, "patience": 2})
+    r = fit.fit(xt, yt, xv, (yv + 1) % 4, cfg, 4, seed=0)
+    losses = [h["val_loss"] for h in r.history]
+    assert len(r.history) < 20
+    assert r.best_epoch == int(np.argmin(losses)) + 1 < len(r.history)
+    got, _ = fit.evaluate_loss(r.model, fit.to_tensor(xv), torch.from_numpy((yv + 1) % 4))
+    assert got == pytest.approx(losses[r.best_epoch - 1], abs=1e-5)
+    assert got < losses[-1]
+
+
+def test_without_val_it_trains_all_epochs():
+    xt, yt, xv, _ = _split()
+    r = fit.fit(xt, yt, xv[:0], np.zeros(0, np.int64), CFG.model_copy(update={"epochs": 3}), 4, seed=0)
+    assert len(r.history) == 3 and r.best_epoch == 3
+    assert r.history[-1]["val_loss"] is None
+
+
+def test_a_zero_sample_weight_removes_a_class():
+    xt, yt, xv, yv = _split(n=400)
+    weight = np.where(yt == 0, 0.0, 1.0)
+    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"label_smoothing": 0.0}), 4, seed=0,
+                sample_weight=weight)
+    pred = fit.predict_proba(r.model, xv).argmax(1)
+    assert (pred[yv == 0] == 0).mean() < 0.5
+    assert (pred[yv != 0] == yv[yv != 0]).mean() > 0.9
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one():
+    y = np.array([0, 0, 0, 1])
+    w = fit.class_weights(y, 3)
+    assert w == pytest.approx([4 / 6, 2.0, 0.0])
+    assert w[y].mean() == pytest.approx(1.0)
+
+
+def test_lr_warms_up_linearly_then_decays_to_zero():
+    lrs = [fit.lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[-1] < 1e-3
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_no_weight_decay_on_norm_and_bias_parameters(optimizer):
+    model = models.build_model("resnet", 1, 3, 8)
+    opt = fit.make_optimizer(model, CFG.model_copy(update={"optimizer": optimizer}))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim > 1), name
+
+
+def test_predict_proba_and_embed_shapes(tmp_path):
+    x, y = patterns(20, size=10, channels=3)
+    model = models.build_model("resnet", 3, 4, 8)
+    p = fit.predict_proba(model, x, batch_size=7)
+    assert p.dtype == np.float32 and p.shape == (20, 4)
+    assert np.allclose(p.sum(1), 1, atol=1e-5)
+    e = fit.embed(model, x, batch_size=7)
+    assert e.dtype == np.float32 and e.shape == (20, model.embed_dim)
+    assert fit.predict_proba(model, x[:0]).shape == (0, 4)
+
+
+def test_save_load_round_trip_is_byte_stable(tmp_path):
+    xt, yt, xv, yv = _split()
+    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"epochs": 1}), 4, seed=0)
+    fit.save_model(tmp_path / "a.pt", r.model, r.config, ["a", "b", "c", "d"])
+    fit.save_model(tmp_path / "sub" / "b.pt", r.model, r.config, ["a", "b", "c", "d"])
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
+    model, config, classes = fit.load_model(tmp_path / "a.pt")
+    assert classes == ["a", "b", "c", "d"] and config == r.config
+    assert np.array_equal(fit.predict_proba(model, xv), fit.predict_proba(r.model, xv))
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+class _Payload:
+    pass
+
+
+def test_load_refuses_pickled_objects(tmp_path):
+    torch.save({"format_version": fit.FORMAT_VERSION, "config": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        fit.load_model(tmp_path / "evil.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(PipelineError, match="not a pipeline model file"):
+        fit.load_model(tmp_path / "other.pt")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"x_train": np.zeros((0, 8, 8, 1), np.uint8), "y_train": np.zeros(0, np.int64)}, "training set is empty"),
+    ({"y_train": np.full(160, 9)}, r"expected labels in \[0, 4\)"),
+    ({"x_train": np.zeros((160, 8, 8, 1), np.float32)}, "expected uint8 images"),
+    ({"y_train": np.zeros(3, np.int64)}, "one label per image"),
+])
+def test_bad_inputs_fail_clearly(kwargs, match):
+    xt, yt, xv, yv = _split()
+    args = {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv} | kwargs
+    with pytest.raises(PipelineError, match=match):
+        fit.fit(**args, cfg=CFG, num_classes=4, seed=0)
+
+
+def test_digits_with_the_default_recipe():
+    datasets = pytest.importorskip("sklearn.datasets")
+    d = datasets.load_digits()
+    x = np.round(d.images * 255 / 16).astype(np.uint8)[..., None]
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(y))
+    tr, va, te = order[:1257], order[1257:1437], order[1437:]
+    cfg = params.Train().model_copy(update={"epochs": 8, "threads": 1})  # the default recipe, shortened
+    r = fit.fit(x[tr], y[tr], x[va], y[va], cfg, 10, seed=0)
+    assert _accuracy(r.model, x[te], y[te]) >= 0.93
