@@ -12,6 +12,9 @@ from pipeline.errors import PipelineError
 STAGES = {
     "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
     "split": ("pipeline.split", "stratified, deterministic train/val/test split"),
+    "oof": ("pipeline.oof", "out-of-fold probabilities, embeddings and training dynamics by group-aware K-fold"),
+    "clean": ("pipeline.clean", "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train"),
+    "mine": ("pipeline.mine", "hardness, data-map categories and sampling weights; suspects are not hard"),
     "augment": ("pipeline.augment.stage", "offline augmented copies of the train samples under a policy file (AutoAugment, RandAugment, TrivialAugment, albumentations)"),
     "adversarial": ("pipeline.adversarial", "FGSM / PGD examples of train samples as a derived dataset with lineage"),
     "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),

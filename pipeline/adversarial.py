@@ -110,6 +110,9 @@ def run(params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, f
     if len(chosen) == 0:
         metrics.update(kept=0, flip_rate=0.0)
         return pd.DataFrame(columns=COLUMNS), metrics
+    from pipeline import fit
+
+    fit.set_threads(params.train)
     model, model_id = source_model(params, split_df, classes)
     clean = dataset.load_pixels(chosen)
     labels = chosen["label_id"].to_numpy()

@@ -47,9 +47,13 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
         fail("derive from a val or test sample", derived.loc[parent_split[parent_split != "train"].index])
 
 
-def run(split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float) -> tuple[pd.DataFrame, dict]:
+def run(split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float,
+        weights: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """`weights` (sample_id, weight), e.g. the mine stage's, multiply the real rows' weight (missing: 1)."""
     real = split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")].copy()
     real["weight"] = real_weight
+    if weights is not None:
+        real["weight"] *= real["sample_id"].map(weights.set_index("sample_id")["weight"]).fillna(1.0).to_numpy()
     parts, counts = [real], {"real": len(real)}
     for name, df in derived.items():
         check_lineage(split_df, df, name)
@@ -68,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
     p.add_argument("--derived", nargs="*", default=[], metavar="DIR",
                    help="derived dataset folders to admit (each with a manifest.parquet)")
+    p.add_argument("--weights", default=None, help="per-sample weights parquet (sample_id, weight), optional")
     p.add_argument("--out", default="data/assemble", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/assemble.json", help="counts (default: %(default)s)")
 
@@ -80,7 +85,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         if their_classes != classes:
             raise PipelineError(f"{d}: class list differs from {args.split}'s")
         derived[d] = df
-    df, metrics = run(split_df, derived, params.assemble.real_weight)
+    weights = pd.read_parquet(args.weights) if args.weights and Path(args.weights).exists() else None
+    df, metrics = run(split_df, derived, params.assemble.real_weight, weights)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

@@ -160,6 +160,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     test = split_df[split_df["split"] == "test"]
     if len(test) == 0:
         raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
+    fit.set_threads(params.train)  # the same torch threads as training (train.threads)
     model, _, model_classes = fit.load_model(args.model)
     if model_classes != classes:
         raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")

@@ -170,12 +170,18 @@ class BatchStep:
             xb = self._adversarial(model, xb, yb, g)
         if self.mix is None:
             logits = model(xb)
-            return logits, F.cross_entropy(logits, yb, reduction="none",
-                                           label_smoothing=self.cfg.label_smoothing)
+            loss = F.cross_entropy(logits, yb, reduction="none", label_smoothing=self.cfg.label_smoothing)
+            if self.cfg.focal_gamma > 0:
+                p_t = torch.softmax(logits, 1).gather(1, yb[:, None])[:, 0]
+                loss = (1 - p_t).pow(self.cfg.focal_gamma) * loss
+            return logits, loss
         soft = self.mixing.one_hot(yb, self.num_classes, self.cfg.label_smoothing)
         xb, soft = self.mix(xb, soft, g)
         logits = model(xb.contiguous(memory_format=torch.channels_last))
-        return logits, self.mixing.soft_cross_entropy(logits, soft)
+        loss = self.mixing.soft_cross_entropy(logits, soft)
+        if self.cfg.focal_gamma > 0:  # p_t of a soft target: the probability mass it agrees with
+            loss = (1 - (torch.softmax(logits, 1) * soft).sum(1)).pow(self.cfg.focal_gamma) * loss
+        return logits, loss
 
     def _adversarial(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
                      g: torch.Generator) -> torch.Tensor:
@@ -191,9 +197,12 @@ class BatchStep:
 
 def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, y: torch.Tensor,
                 weight: torch.Tensor, order: torch.Tensor, batch_size: int, lrs: list[float],
-                step: BatchStep, epoch: int, g: torch.Generator) -> tuple[float, float]:
+                step: BatchStep, epoch: int, g: torch.Generator,
+                ohem_fraction: float = 0.0) -> tuple[float, float]:
     """One pass over the samples `order` names, step i at learning rate lrs[i].
 
+    `ohem_fraction` > 0: online hard example mining, only the largest per-sample losses of
+    each batch (that fraction of it, at least one) contribute to the gradient.
     Returns the mean (unweighted, smoothed) training loss and the training accuracy.
     """
     model.train()
@@ -204,7 +213,11 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, 
         idx = order[i * batch_size:(i + 1) * batch_size]
         logits, per_sample = step(model, x8, y, idx, epoch, g)
         opt.zero_grad(set_to_none=True)
-        (per_sample * weight[idx]).mean().backward()
+        weighted = per_sample * weight[idx]
+        if 0 < ohem_fraction < 1:
+            k = max(1, math.ceil(ohem_fraction * len(idx)))
+            weighted = weighted[torch.topk(per_sample.detach(), k).indices]
+        weighted.mean().backward()
         opt.step()
         loss_sum += float(per_sample.detach().sum())
         correct += int((logits.detach().argmax(1) == y[idx]).sum())
@@ -213,10 +226,14 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, 
 
 def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: Train,
         num_classes: int, seed: int, sample_weight: np.ndarray | None = None, desc: str = "train",
-        online=None, sample_ids: list[str] | None = None) -> FitResult:
+        online=None, sample_ids: list[str] | None = None, on_epoch_end=None) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
     `online` and `sample_ids`: an online augmentation policy and the samples' ids (BatchStep).
+    `sample_weight`: loss weights, or with `cfg.sampler == "hardness"` the odds of drawing
+    each sample (with replacement; every loss then weighs the same).
+    `on_epoch_end(model, epoch)`: called after each epoch (and its validation), e.g. to
+    record training dynamics; it must not train the model.
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
@@ -236,6 +253,9 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     if len(weight) != len(y_train) or (weight < 0).any() or weight.sum() <= 0:
         raise PipelineError(f"expected {len(y_train)} non-negative sample weights with a positive sum")
     weight_t = torch.from_numpy(weight / weight.mean()).float()  # relative: the LR keeps its meaning
+    odds = None
+    if cfg.sampler == "hardness":
+        odds, weight_t = weight_t, torch.ones(len(weight_t))
     x8, y = to_tensor(x_train), torch.tensor(y_train)
     xv8, yv = (to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
     opt = make_optimizer(model, cfg)
@@ -253,8 +273,12 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
             t0 = time.perf_counter()
             first = (epoch - 1) * steps_per_epoch
             lrs = [lr_at(s, total, warmup, cfg.lr) for s in range(first, first + steps_per_epoch)]
-            order = torch.randperm(len(y), generator=g)[:steps_per_epoch * bs]
-            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g)
+            if odds is None:
+                order = torch.randperm(len(y), generator=g)[:steps_per_epoch * bs]
+            else:
+                order = torch.multinomial(odds, steps_per_epoch * bs, replacement=True, generator=g)
+            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g,
+                                    cfg.ohem_fraction)
             row = {"epoch": epoch, "lr": lrs[-1], "train_loss": loss, "train_accuracy": acc,
                    "val_loss": None, "val_accuracy": None}
             if xv8 is not None:
@@ -262,6 +286,8 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
             history.append({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()})
             _log_epoch(desc, row, cfg.epochs, time.perf_counter() - t0)
             bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("val") and v is not None})
+            if on_epoch_end is not None:
+                on_epoch_end(model, epoch)
             if xv8 is None:
                 continue
             if row["val_loss"] < best[0]:

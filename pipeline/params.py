@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -99,6 +99,10 @@ class Train(Section):
     switch_prob: float = Field(0.5, ge=0.0, le=1.0)  # with both on: probability of CutMix
     random_erasing: float = Field(0.0, ge=0.0, le=1.0)  # per-image probability
     adversarial: TrainAdversarial = TrainAdversarial()
+    # hard examples (the mine stage's weights arrive as the training set's `weight` column)
+    sampler: Literal["uniform", "hardness"] = "uniform"  # hardness: `weight` are sampling odds, not loss weights
+    ohem_fraction: float = Field(0.0, ge=0.0, le=1.0)  # keep the top fraction of losses per batch; 0: off
+    focal_gamma: float = Field(0.0, ge=0.0)  # focal loss (1 - p_t)^gamma; 0: off
 
 
 class Robustness(Section):
@@ -161,6 +165,59 @@ class Augment(Section):
         return v
 
 
+class InjectNoise(Section):
+    """Corrupt train labels before oof, keeping the truth, to measure detection (0: off)."""
+    rate: float = Field(0.0, ge=0.0, lt=1.0)
+    kind: Literal["symmetric", "pairwise"] = "symmetric"  # pairwise: class k -> k + 1
+    seed: int = Field(0, ge=0)
+
+
+class Oof(Section):
+    folds: int = Field(3, ge=2)
+    epochs: int = Field(8, ge=1)
+    model: Literal["small_cnn", "resnet"] | None = None  # None: train.model
+    width: int | None = Field(None, ge=4)  # None: train.width
+    tta: bool = False  # average probabilities over the image and its four 1-pixel shifts
+
+
+class Clean(Section):
+    action: Literal["flag", "remove", "relabel"] = "flag"  # automatic actions touch train only
+    relabel_threshold: float = Field(0.9, ge=0.0, le=1.0)  # suggested label's probability
+    remove_issues: list[str] = ["label"]  # issue types the remove action acts on
+    issues: dict[str, dict] = {"label": {}, "outlier": {}, "near_duplicate": {}, "class_imbalance": {}}
+    inject_noise: InjectNoise = InjectNoise()
+    gallery: int = Field(32, ge=0)  # images in plots/clean/label_issues.png
+
+    @field_validator("issues")
+    @classmethod
+    def _known_issues(cls, v: dict[str, dict]) -> dict[str, dict]:
+        from pipeline import issues  # the detector registry (no torch)
+
+        for name, options in v.items():
+            try:
+                issues.get(name, options)
+            except PipelineError as e:
+                raise ValueError(f"expected a known issue type with valid options: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _removable(self) -> "Clean":
+        unknown = sorted(set(self.remove_issues) - set(self.issues))
+        if unknown:
+            raise ValueError(f"expected remove_issues among clean.issues, got {unknown}")
+        return self
+
+
+class Mine(Section):
+    enabled: bool = True  # false: weights 1, no hardness
+    ambiguous_variability: float = Field(0.2, ge=0.0)  # data maps: std of p_given over epochs
+    easy_confidence: float = Field(0.5, ge=0.0, le=1.0)  # mean p_given at or above: easy
+    suspect_weight: float = Field(1.0, ge=0.0)  # weight of a likely mislabeled train sample
+    min_weight: float = Field(0.25, gt=0.0)
+    max_weight: float = Field(4.0, gt=0.0)
+    top: int = Field(32, ge=0)  # hardest examples listed and drawn
+
+
 class Params(Section):
     base: Base = Base()
     ingest: Ingest = Ingest()
@@ -171,6 +228,9 @@ class Params(Section):
     lr_find: LrFind = LrFind()
     adversarial: Adversarial = Adversarial()
     augment: Augment = Augment()
+    oof: Oof = Oof()
+    clean: Clean = Clean()
+    mine: Mine = Mine()
 
 
 def _describe(err: dict) -> str:

@@ -9,11 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "split", "augment", "adversarial", "assemble", "train", "evaluate"]
+STAGES = ["ingest", "split", "oof", "clean", "mine", "augment", "adversarial", "assemble", "train", "evaluate"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -40,14 +41,15 @@ def _set_params(project: Path, **sections: dict) -> None:
 def project(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("e2e") / "project"
     dest.mkdir()
-    for name in ["pipeline", "augment_policies", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"]:
+    for name in ["pipeline", "augment_policies", "data/labels", "dvc.yaml", "params.yaml", ".dvc/config",
+                 ".dvcignore", ".gitignore"]:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
-    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2})
+    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2}, oof={"epochs": 2})
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
@@ -65,6 +67,10 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert (project / "dvc.lock").exists()
     by_origin = json.loads((project / "metrics/assemble.json").read_text())["by_origin"]
     assert set(by_origin) == {"real", "augmented", "adversarial"}
+    clean = pd.read_parquet(project / "data/clean/manifest.parquet")
+    assert {"sample_id", "path", "label", "split", "is_label_issue", "label_score", "suggested_label"} <= set(clean)
+    assert len(clean) == 1797 and (project / "plots/clean/label_issues.png").exists()
+    assert (project / "plots/mine/hardest.png").exists()
     model_bytes = (project / "models/model.pt").read_bytes()
 
     assert _ran(_run(["dvc", "repro"], project)) == []
@@ -73,8 +79,13 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
 
     _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
-    assert _ran(_run(["dvc", "repro"], project)) == ["split", "augment", "adversarial", "assemble",
+    assert _ran(_run(["dvc", "repro"], project)) == ["split", "oof", "clean", "mine", "augment", "adversarial",
+                                                     "assemble", "train", "evaluate"]
+
+    _set_params(project, clean={"action": "remove"})  # oof is reused; clean and what reads it re-run
+    assert _ran(_run(["dvc", "repro"], project)) == ["clean", "mine", "augment", "adversarial", "assemble",
                                                      "train", "evaluate"]
+    _set_params(project, clean={"action": "flag"})
 
     # Back to the first params: same inputs give byte-identical outputs.
     _set_params(project, train={"epochs": 2}, split={"fractions": {"train": 0.7, "val": 0.1, "test": 0.2}})
