@@ -209,8 +209,9 @@ class Clean(Section):
 
 
 class Mine(Section):
-    enabled: bool = True  # false: weights 1, no hardness
-    ambiguous_variability: float = Field(0.2, ge=0.0)  # data maps: std of p_given over epochs
+    enabled: bool = True  # false: weights 1 (hardness is still measured and reported)
+    burn_in: float = Field(0.5, ge=0.0, lt=1.0)  # fraction of the first oof epochs left out of the data map
+    ambiguous_variability: float = Field(0.07, ge=0.0)  # data maps: std of p_given over epochs
     easy_confidence: float = Field(0.5, ge=0.0, le=1.0)  # mean p_given at or above: easy
     suspect_weight: float = Field(1.0, ge=0.0)  # weight of a likely mislabeled train sample
     min_weight: float = Field(0.25, gt=0.0)

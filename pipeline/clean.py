@@ -1,0 +1,148 @@
+"""clean: label issues, outliers, near-duplicates and class imbalance, found with cleanlab on
+the oof stage's out-of-fold probabilities and embeddings; then the `clean.action`.
+
+Writes `<out>/manifest.parquet`: every sample of the oof manifest (all splits, same order)
+with, per issue type in `clean.issues`, `is_<issue>_issue` and `<issue>_score` (lower = more
+severe), plus `suggested_label`, `given_label` (the label before any automatic action),
+`human_label`/`label_patched` (the human patch), `needs_review` and `removed_reason`.
+
+Order of decisions: human label patches (`data/labels/patches.csv`) override labels first,
+and a sample a human reviewed is never flagged again. Automatic actions touch train only:
+`remove` keeps the row with `split: removed` (so counts add up and stages that select train
+skip it), `relabel` takes the suggested label where its probability is at least
+`clean.relabel_threshold`. Val/test issues are only flagged (`needs_review`).
+With `clean.inject_noise` on, metrics include detection precision/recall/F1 against the truth.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import dataset, gallery, issues, oof
+from pipeline.console import log
+from pipeline.errors import PipelineError
+from pipeline.labelstudio import patches as label_patches
+from pipeline.params import Params
+
+
+def load_patches(labels_dir: str | Path, classes: list[str]) -> pd.DataFrame:
+    """The human label patch in `labels_dir`; none when neither it nor its .dvc file exists."""
+    csv = Path(labels_dir) / Path(label_patches.PATCHES).name
+    if not csv.exists() and csv.with_name(csv.name + ".dvc").exists():
+        raise PipelineError(f"{csv}: tracked by {csv.name}.dvc but not in the workspace; "
+                            f"run `dvc pull {csv}`")
+    return label_patches.read_patches(csv, classes)
+
+
+def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
+    detectors = [issues.get(name, opts) for name, opts in params.clean.issues.items()]
+    reviewed = df["human_label"] != ""
+    for d in detectors:
+        found = d.find(df, arrays)
+        found[d.flag] = found[d.flag].astype(bool) & ~reviewed.to_numpy()
+        for c in found:
+            df[c] = found[c].to_numpy()
+    if "suggested_label_id" in df:
+        df["suggested_label"] = [classes[i] for i in df["suggested_label_id"]]
+    return df
+
+
+def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict]:
+    cfg = params.clean
+    train = (df["split"] == "train").to_numpy()
+    flags = [c for c in df if c.startswith("is_") and c.endswith("_issue")]
+    any_issue = df[flags].any(axis=1).to_numpy() if flags else np.zeros(len(df), bool)
+    df["given_label"] = df["label"]
+    df["removed_reason"] = ""
+    counts = {"removed": 0, "relabeled": 0}
+    if cfg.action == "remove":
+        for name in cfg.remove_issues:
+            hit = train & df[f"is_{name}_issue"].to_numpy() & (df["removed_reason"] == "").to_numpy()
+            if name == "near_duplicate":  # of a pair, remove one: the one with the larger id
+                hit &= (df["sample_id"] > df["near_duplicate_of"]).to_numpy()
+            df.loc[hit, "removed_reason"] = f"{name}_issue"
+        gone = (df["removed_reason"] != "").to_numpy()
+        df.loc[gone, "split"] = "removed"
+        counts["removed"] = int(gone.sum())
+    elif cfg.action == "relabel" and "is_label_issue" in df:
+        confident = (df["suggested_prob"] >= cfg.relabel_threshold).to_numpy()
+        hit = (train & df["is_label_issue"].to_numpy() & confident
+               & (df["suggested_label_id"] != df["label_id"]).to_numpy())
+        df.loc[hit, "label_id"] = df.loc[hit, "suggested_label_id"]
+        df.loc[hit, "label"] = [classes[i] for i in df.loc[hit, "label_id"]]
+        counts["relabeled"] = int(hit.sum())
+    acted = (df["removed_reason"] != "").to_numpy() | (df["label"] != df["given_label"]).to_numpy()
+    df["needs_review"] = any_issue & ~acted
+    return df, counts
+
+
+def detection(df: pd.DataFrame) -> dict:
+    """Precision/recall/F1 of `is_label_issue` against injected noise, on train."""
+    train = (df["split"].isin(["train", "removed"]) & (df["human_label"] == "")).to_numpy()
+    noisy = (df["given_label"] != df["true_label"]).to_numpy()[train]
+    found = df["is_label_issue"].to_numpy()[train]
+    tp = int((noisy & found).sum())
+    p = tp / max(1, found.sum())
+    r = tp / max(1, noisy.sum())
+    out = {"noisy": int(noisy.sum()), "flagged": int(found.sum()), "precision": round(p, 6),
+           "recall": round(r, 6), "f1": round(2 * p * r / (p + r), 6) if p + r else 0.0}
+    fixed = df[df["label"] != df["given_label"]]
+    if len(fixed):
+        out["relabel_accuracy"] = round(float((fixed["label"] == fixed["true_label"]).mean()), 6)
+    return out
+
+
+def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str],
+        patches: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    df, patch_counts = label_patches.apply_patches(oof_df.reset_index(drop=True), patches, classes)
+    probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
+    df = detect(params, df.drop(columns=["probs"]), issues.OofArrays(probs, emb), classes)
+    found = {}
+    for name in params.clean.issues:
+        flag = df[f"is_{name}_issue"]
+        found[name] = {s: int(flag[df["split"] == s].sum()) for s in ("train", "val", "test")}
+        found[name]["total"] = int(flag.sum())
+    df, action_counts = act(params, df, classes)
+    metrics = {"action": params.clean.action, "patches": patch_counts, **action_counts,
+               "needs_review": int(df["needs_review"].sum()), "issues": found}
+    pool = df["fold"].to_numpy() >= 0
+    if "is_label_issue" in df:
+        metrics["estimated_noise_rate"] = round(float(df["is_label_issue"].to_numpy()[pool].mean()), 6)
+        metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).options.filter_by
+        if "true_label" in df and (df["true_label"] != df["given_label"]).any():
+            metrics["detection"] = detection(df)
+    return df, metrics
+
+
+def label_issue_gallery(df: pd.DataFrame, n: int):
+    top = df[df["is_label_issue"]].sort_values("label_score", kind="stable").head(n)
+    caps = [f"{g} -> {s}\n{q:.3f}"
+            for g, s, q in zip(top["given_label"], top["suggested_label"], top["label_score"])]
+    title = "top label issues: given -> suggested, label score"
+    return gallery.grid(dataset.load_pixels(top) if len(top) else np.zeros((0, 8, 8, 1), np.uint8),
+                        caps, cols=8, title=title)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--oof", default="data/oof", help="oof output (default: %(default)s)")
+    p.add_argument("--labels", default="data/labels",
+                   help="folder of the human label patch (default: %(default)s)")
+    p.add_argument("--out", default="data/clean", help="output folder (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/clean.json", help="(default: %(default)s)")
+    p.add_argument("--plots", default="plots/clean", help="(default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    oof_df, classes, emb, _ = oof.read(args.oof)
+    df, metrics = run(params, oof_df, emb, classes, load_patches(args.labels, classes))
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+    dataset.write_json(args.metrics, metrics)
+    if "is_label_issue" in df:
+        gallery.save(label_issue_gallery(df, params.clean.gallery), Path(args.plots) / "label_issues.png")
+    log.info("clean: %s; %d removed, %d relabeled, %d to review", metrics["issues"], metrics["removed"],
+             metrics["relabeled"], metrics["needs_review"])

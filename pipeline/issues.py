@@ -1,0 +1,175 @@
+"""Issue detectors for the clean stage: a tiny base class and a registry (cleanlab Datalab's shape).
+
+A detector has a `name` and `find(df, oof) -> DataFrame` returning at least the columns
+`is_<name>_issue` (bool) and `<name>_score` (0..1, lower = more severe), derived from the
+name so they cannot drift. `df` is the oof manifest (with `probs`, after human patches);
+`oof` holds the arrays (`probs` (N, K), `embeddings` (N, D)). Options come from
+`clean.issues: {<name>: {...}}` and are validated by each detector's `Options` model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import PipelineError
+
+
+@dataclass
+class OofArrays:
+    probs: np.ndarray
+    embeddings: np.ndarray
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Detector:
+    name: str = ""
+    Options = Options
+
+    def __init__(self, options: dict | None = None):
+        try:
+            self.options = self.Options(**(options or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            raise PipelineError(f"clean.issues.{self.name}.{'.'.join(map(str, err['loc']))}: "
+                                f"{err['msg']}") from None
+
+    @property
+    def flag(self) -> str:
+        return f"is_{self.name}_issue"
+
+    @property
+    def score(self) -> str:
+        return f"{self.name}_score"
+
+    def find(self, df: pd.DataFrame, oof: OofArrays) -> pd.DataFrame:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str, options: dict | None = None) -> Detector:
+    if name not in REGISTRY:
+        raise PipelineError(f"clean.issues: unknown issue type {name!r}; must be one of {sorted(REGISTRY)}")
+    return REGISTRY[name](options)
+
+
+class LabelOptions(Options):
+    # prune_by_noise_rate won on digits with 20% injected noise (see README, clean)
+    filter_by: Literal["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
+                       "predicted_neq_given"] = "prune_by_noise_rate"
+    score_method: Literal["self_confidence", "normalized_margin",
+                          "confidence_weighted_entropy"] = "self_confidence"
+
+
+@register
+class LabelIssues(Detector):
+    """cleanlab confident learning on out-of-fold probabilities; adds `suggested_label(_id)`."""
+    name = "label"
+    Options = LabelOptions
+
+    def find(self, df, oof):
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        y = df["label_id"].to_numpy(np.int64)
+        issue = find_label_issues(y, oof.probs, filter_by=self.options.filter_by, n_jobs=1)
+        score = get_label_quality_scores(y, oof.probs, method=self.options.score_method)
+        suggested = oof.probs.argmax(1)
+        return pd.DataFrame({self.flag: issue, self.score: score.round(6),
+                             "suggested_label_id": suggested,
+                             "suggested_prob": oof.probs.max(1).round(6)})
+
+
+class OutlierOptions(Options):
+    k: int = Field(10, ge=1)  # neighbours in the embedding space
+    fraction: float = Field(0.01, ge=0.0, le=1.0)  # the lowest-scoring fraction is flagged
+
+
+@register
+class Outliers(Detector):
+    """cleanlab `OutOfDistribution` (mean distance to the k nearest neighbours) on embeddings."""
+    name = "outlier"
+    Options = OutlierOptions
+
+    def find(self, df, oof):
+        from cleanlab.outlier import OutOfDistribution
+
+        k = min(self.options.k, len(df) - 1)
+        score = OutOfDistribution(params={"k": k}).fit_score(features=oof.embeddings, verbose=False)
+        cut = np.quantile(score, self.options.fraction) if self.options.fraction > 0 else -np.inf
+        return pd.DataFrame({self.flag: score < cut, self.score: score.round(6)})
+
+
+class NearDuplicateOptions(Options):
+    # pixels: cosine of raw pixel vectors. Embeddings were measured too close (neural collapse:
+    # on digits 5% of all samples have a same-class neighbour within cosine 0.002, none a copy)
+    features: Literal["pixels", "embeddings"] = "pixels"
+    threshold: float = Field(0.003, ge=0.0, le=2.0)  # cosine distance at or below: a near duplicate
+
+
+@register
+class NearDuplicates(Detector):
+    """Nearest neighbour within the same split by cosine distance; samples the split stage put
+    in one duplicate cluster (`cluster_id`) count too. Adds `near_duplicate_of` (the neighbour's
+    id, where flagged). The score is the distance to the nearest neighbour, clipped to 1."""
+    name = "near_duplicate"
+    Options = NearDuplicateOptions
+
+    def find(self, df, oof):
+        from sklearn.neighbors import NearestNeighbors
+
+        if self.options.features == "pixels":
+            from pipeline import dataset
+
+            feats = dataset.load_pixels(df).reshape(len(df), -1).astype(np.float32)
+        else:
+            feats = oof.embeddings
+        dist = np.ones(len(df))
+        nearest = np.array([""] * len(df), dtype=object)
+        ids = df["sample_id"].to_numpy()
+        for _, idx in df.groupby("split", sort=True).indices.items():
+            if len(idx) < 2:
+                continue
+            d, j = NearestNeighbors(n_neighbors=2, metric="cosine").fit(feats[idx]).kneighbors(feats[idx])
+            self_first = j[:, 0] == np.arange(len(idx))
+            dist[idx] = np.where(self_first, d[:, 1], d[:, 0])
+            nearest[idx] = ids[idx][np.where(self_first, j[:, 1], j[:, 0])]
+        flag = dist <= self.options.threshold
+        if "cluster_id" in df:
+            key = df["split"].astype(str) + "\x1f" + df["cluster_id"].astype(str)
+            flag |= key.duplicated(keep=False).to_numpy()
+        return pd.DataFrame({self.flag: flag, self.score: np.clip(dist, 0, 1).round(6),
+                             "near_duplicate_of": np.where(flag, nearest, "")})
+
+
+class ImbalanceOptions(Options):
+    threshold: float = Field(0.1, ge=0.0, le=1.0)  # flagged: class count < threshold * N / K
+
+
+@register
+class ClassImbalance(Detector):
+    """Samples of a class much rarer than the mean class in their split (Datalab's rule)."""
+    name = "class_imbalance"
+    Options = ImbalanceOptions
+
+    def find(self, df, oof):
+        k = oof.probs.shape[1]
+        ratio = np.ones(len(df))
+        for _, idx in df.groupby("split", sort=True).indices.items():
+            counts = np.bincount(df["label_id"].to_numpy()[idx], minlength=k)
+            ratio[idx] = counts[df["label_id"].to_numpy()[idx]] / (len(idx) / k)
+        return pd.DataFrame({self.flag: ratio < self.options.threshold,
+                             self.score: np.clip(ratio, 0, 1).round(6)})

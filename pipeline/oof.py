@@ -1,0 +1,153 @@
+"""oof: out-of-fold class probabilities, embeddings and training dynamics for every sample.
+
+Stratified, group-aware K-fold cross-validation (sklearn `StratifiedGroupKFold`, grouped
+by `cluster_id` so a duplicate cluster stays inside one fold) over train + val. Each fold
+model is trained for `oof.epochs` epochs without early stopping (choosing the epoch on the
+held-out fold would let it leak into its own predictions). Writes, under `<out>/`:
+
+- `manifest.parquet`: the split manifest, one row per sample in the same order, plus `fold`
+  (-1 for test), `probs` (a list of K floats: out-of-fold for train/val, the mean of the
+  fold models for test, which is never trained on) and, when `clean.inject_noise.rate > 0`,
+  the corrupted `label`/`label_id` with the truth in `true_label`/`true_label_id`;
+- `embeddings.npy`: (N, folds * D) float32 in manifest row order, the L2-normalised
+  penultimate features of every fold model side by side, so all samples share one space;
+- `dynamics.parquet`: `sample_id`, `fold`, `epoch`, `p_given` (the probability of the given
+  label after each epoch, for every sample a fold model trains on).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import dataset
+from pipeline.console import log
+from pipeline.errors import PipelineError
+from pipeline.params import InjectNoise, Params, Train
+
+EMBEDDINGS = "embeddings.npy"
+DYNAMICS = "dynamics.parquet"
+TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+              "warmup_epochs", "label_smoothing", "class_weights", "threads")
+
+
+def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
+    """Train labels corrupted per sample from (seed, sample_id); truth kept in `true_label*`."""
+    df = df.copy()
+    df["true_label"], df["true_label_id"] = df["label"], df["label_id"].astype(np.int64)
+    if cfg.rate <= 0:
+        return df
+    k = len(classes)
+    ids = df["sample_id"].to_numpy()
+    u = np.array([dataset.sample_seed(cfg.seed, f"noise:{s}") / 2**64 for s in ids])
+    shift = np.array([1 + dataset.sample_seed(cfg.seed, f"noise-to:{s}") % (k - 1) for s in ids])
+    if cfg.kind == "pairwise":
+        shift[:] = 1
+    flip = (df["split"].to_numpy() == "train") & (u < cfg.rate)
+    y = df["label_id"].to_numpy(np.int64).copy()
+    y[flip] = (y[flip] + shift[flip]) % k
+    df["label_id"], df["label"] = y, [classes[i] for i in y]
+    return df
+
+
+def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index per row of train + val (-1 elsewhere), stratified by label, grouped by cluster."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.full(len(df), -1, np.int64)
+    pool = np.flatnonzero(df["split"].isin(["train", "val"]).to_numpy())
+    groups = (df["cluster_id"] if "cluster_id" in df else df["sample_id"]).astype(str).to_numpy()[pool]
+    if len(np.unique(groups)) < n_folds:
+        raise PipelineError(f"oof.folds: expected at most {len(np.unique(groups))} folds "
+                            f"(one per cluster of train + val), got {n_folds}")
+    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(cv.split(pool, df["label_id"].to_numpy()[pool], groups)):
+        out[pool[held]] = k
+    return out
+
+
+def train_config(params: Params) -> Train:
+    recipe = {k: getattr(params.train, k) for k in TRAIN_KEYS}
+    recipe["model"] = params.oof.model or recipe["model"]
+    recipe["width"] = params.oof.width or recipe["width"]
+    return Train(**recipe, epochs=params.oof.epochs)
+
+
+def predict(model, x: np.ndarray, tta: bool) -> np.ndarray:
+    from pipeline import fit
+
+    if not tta:
+        return fit.predict_proba(model, x)
+    views = [x] + [np.roll(x, s, axis=a) for a in (1, 2) for s in (-1, 1)]
+    return np.mean([fit.predict_proba(model, v) for v in views], axis=0).astype(np.float32)
+
+
+def run(params: Params, df: pd.DataFrame,
+        classes: list[str]) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
+    """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest."""
+    from pipeline import fit
+
+    df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
+    fold = folds(df, params.oof.folds, params.base.seed)
+    cfg, k = train_config(params), len(classes)
+    x, y = dataset.load_pixels(df), df["label_id"].to_numpy(np.int64)
+    probs = np.zeros((len(df), k), np.float32)
+    test = np.flatnonzero(fold < 0)
+    embeddings, dynamics = [], []
+    for f in range(params.oof.folds):
+        fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
+
+        def record(model, epoch, fit_idx=fit_idx, f=f):
+            p = fit.predict_proba(model, x[fit_idx])[np.arange(len(fit_idx)), y[fit_idx]]
+            dynamics.append(pd.DataFrame({"sample_id": df["sample_id"].to_numpy()[fit_idx], "fold": f,
+                                          "epoch": epoch, "p_given": p.astype(np.float32)}))
+
+        result = fit.fit(x[fit_idx], y[fit_idx], x[:0], y[:0], cfg, k, params.base.seed + f,
+                         desc=f"oof fold {f + 1}/{params.oof.folds}", on_epoch_end=record)
+        probs[held] = predict(result.model, x[held], params.oof.tta)
+        if len(test):
+            probs[test] += predict(result.model, x[test], params.oof.tta) / params.oof.folds
+        e = fit.embed(result.model, x)
+        embeddings.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
+    df["fold"], df["probs"] = fold, list(probs)
+    dyn = pd.concat(dynamics, ignore_index=True)
+    pool = fold >= 0
+    metrics = {"folds": params.oof.folds, "epochs": params.oof.epochs, "model": cfg.model,
+               "tta": params.oof.tta, "n_oof": int(pool.sum()), "n_test": len(test),
+               "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
+               "injected_noise": int((df["label_id"] != df["true_label_id"]).sum())}
+    if metrics["injected_noise"]:
+        truth = df["true_label_id"].to_numpy()
+        metrics["oof_accuracy_vs_truth"] = round(float((probs[pool].argmax(1) == truth[pool]).mean()), 6)
+    return df, np.concatenate(embeddings, axis=1).astype(np.float32), dyn, metrics
+
+
+def read(path: str | Path) -> tuple[pd.DataFrame, list[str], np.ndarray, pd.DataFrame]:
+    """(manifest, classes, embeddings, dynamics) of an oof output folder."""
+    path = Path(path)
+    df, classes = dataset.read_manifest(path)
+    emb = np.load(path / EMBEDDINGS)
+    if len(emb) != len(df):
+        raise PipelineError(f"{path}: {len(emb)} embeddings for {len(df)} samples; re-run oof")
+    return df, classes, emb, pd.read_parquet(path / DYNAMICS)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
+    p.add_argument("--out", default="data/oof", help="output folder (default: %(default)s)")
+    p.add_argument("--metrics", default="metrics/oof.json", help="(default: %(default)s)")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    split_df, classes = dataset.read_manifest(args.split)
+    df, emb, dyn, metrics = run(params, split_df, classes)
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+        np.save(tmp / EMBEDDINGS, emb)
+        dyn.to_parquet(tmp / DYNAMICS, index=False)
+    dataset.write_json(args.metrics, metrics)
+    log.info("oof: %d folds, out-of-fold accuracy %.4f on %d samples", metrics["folds"],
+             metrics["oof_accuracy"], metrics["n_oof"])

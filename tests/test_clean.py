@@ -1,0 +1,149 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from test_oof import TINY_OOF, TINY_TRAIN, run_oof
+from pipeline import __main__ as cli
+from pipeline import clean, dataset, issues, oof, params
+from pipeline.errors import PipelineError
+from pipeline.labelstudio import patches as label_patches
+
+NOISE = {"rate": 0.2, "kind": "symmetric", "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def noisy(tmp_path_factory):
+    """oof outputs over 400 tiny samples with 20% of the train labels corrupted."""
+    tmp = tmp_path_factory.mktemp("noisy")
+    split, out, metrics = run_oof(tmp, n=400, noise=NOISE, epochs=6)
+    return out, metrics
+
+
+def _clean(noisy, patches=None, **clean_cfg):
+    df, classes, emb, _ = oof.read(noisy[0])
+    p = params.parse({"clean": {"inject_noise": NOISE, **clean_cfg}})
+    return clean.run(p, df, emb, classes, label_patches.empty() if patches is None else patches)
+
+
+def test_injected_noise_is_detected(noisy):
+    df, metrics = _clean(noisy)
+    d = metrics["detection"]
+    assert d["noisy"] == noisy[1]["injected_noise"] > 20
+    assert d["f1"] >= 0.7 and d["precision"] >= 0.6 and d["recall"] >= 0.6, d
+    for c in ("sample_id", "path", "label", "split", "is_label_issue", "label_score", "suggested_label"):
+        assert c in df
+    # lower label score = more likely wrong
+    wrong = df["label"] != df["true_label"]
+    assert df.loc[wrong, "label_score"].mean() < df.loc[~wrong, "label_score"].mean()
+    assert set(metrics["issues"]) == set(issues.REGISTRY)
+
+
+def test_flag_changes_nothing_and_val_test_are_only_flagged(noisy):
+    df, metrics = _clean(noisy)
+    base, _, _, _ = oof.read(noisy[0])
+    assert (df["label"] == base["label"]).all() and (df["split"] == base["split"]).all()
+    assert metrics["removed"] == metrics["relabeled"] == 0
+    assert (df["needs_review"] == df.filter(like="_issue").any(axis=1)).all()
+
+
+def test_remove_touches_train_only_and_keeps_rows(noisy):
+    df, metrics = _clean(noisy, action="remove")
+    base, _, _, _ = oof.read(noisy[0])
+    assert len(df) == len(base)
+    gone = df["split"] == "removed"
+    assert gone.sum() == metrics["removed"] > 0
+    assert (base.loc[gone, "split"] == "train").all() and (df.loc[gone, "removed_reason"] == "label_issue").all()
+    assert (df.loc[gone, "is_label_issue"]).all()
+    held = base["split"].isin(["val", "test"])
+    assert (df.loc[held, "split"] == base.loc[held, "split"]).all()
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.95])
+def test_relabel_train_only_above_threshold(noisy, threshold):
+    df, metrics = _clean(noisy, action="relabel", relabel_threshold=threshold)
+    changed = df["label"] != df["given_label"]
+    assert changed.sum() == metrics["relabeled"] > 0
+    assert (df.loc[changed, "split"] == "train").all()
+    assert (df.loc[changed, "suggested_prob"] >= threshold).all()
+    assert (df.loc[changed, "label"] == df.loc[changed, "suggested_label"]).all()
+    assert (df["label_id"] == df["label"].map({c: i for i, c in enumerate(sorted(set(df["label"])))})).all()
+    assert metrics["detection"]["relabel_accuracy"] > 0.8
+    if threshold == 0.95:
+        low, _ = _clean(noisy, action="relabel", relabel_threshold=0.5)
+        assert changed.sum() <= (low["label"] != low["given_label"]).sum()
+
+
+def test_patches_override_labels_and_are_not_flagged(noisy):
+    first, _ = _clean(noisy)
+    flagged = first[first["is_label_issue"]].head(5)
+    patch = pd.DataFrame({"sample_id": flagged["sample_id"], "label": flagged["true_label"],
+                          "old_label": flagged["label"], "consensus_quality": 1.0})
+    df, metrics = _clean(noisy, patches=patch)
+    rows = df.set_index("sample_id").loc[flagged["sample_id"]]
+    assert (rows["label"] == flagged["true_label"].to_numpy()).all()
+    assert not rows.filter(like="_issue").to_numpy().any() and not rows["needs_review"].any()
+    assert metrics["patches"]["applied"] == 5
+
+
+def test_patch_file_missing_and_not_pulled(tmp_path):
+    assert len(clean.load_patches(tmp_path / "nothing", ["a"])) == 0
+    (tmp_path / "patches.csv.dvc").write_text("outs: []\n")
+    with pytest.raises(PipelineError, match="dvc pull"):
+        clean.load_patches(tmp_path, ["a"])
+
+
+def test_unknown_detector_lists_the_valid_ones():
+    with pytest.raises(PipelineError, match="must be one of .*label.*outlier"):
+        issues.get("lable")
+    with pytest.raises(PipelineError, match="clean.issues"):
+        params.parse({"clean": {"issues": {"lable": {}}}})
+    with pytest.raises(PipelineError, match="clean.issues.outlier.k"):
+        issues.get("outlier", {"k": 0})
+
+
+@pytest.mark.parametrize("name", sorted(issues.REGISTRY))
+def test_every_detector_writes_its_columns(noisy, name):
+    df, classes, emb, _ = oof.read(noisy[0])
+    found = issues.get(name).find(df, issues.OofArrays(np.stack(df["probs"].to_numpy()), emb))
+    assert found[f"is_{name}_issue"].dtype == bool and found[f"{name}_score"].between(0, 1).all()
+    assert len(found) == len(df)
+
+
+def test_near_duplicates_within_a_split_and_imbalance():
+    emb = np.eye(6)[[0, 0, 1, 2, 2, 1]].astype(np.float32)
+    df = pd.DataFrame({"sample_id": list("abcdef"), "split": ["train"] * 3 + ["test"] * 3,
+                       "label_id": [0, 0, 0, 0, 1, 1]})
+    arrays = issues.OofArrays(np.full((6, 2), 0.5), emb)
+    nd = issues.get("near_duplicate", {"features": "embeddings"}).find(df, arrays)
+    assert list(nd["is_near_duplicate_issue"]) == [True, True, False, True, True, False]  # c ~ f: other split
+    assert list(nd["near_duplicate_of"][:2]) == ["b", "a"]
+    clustered = issues.get("near_duplicate", {"features": "embeddings"}).find(
+        df.assign(cluster_id=["x", "y", "y", "v", "w", "x"]), arrays)  # a split's duplicate cluster counts
+    assert clustered["is_near_duplicate_issue"][2] and not clustered["is_near_duplicate_issue"][5]
+    imb = issues.get("class_imbalance", {"threshold": 0.9}).find(df, arrays)
+    assert not imb["is_class_imbalance_issue"][:3].any()  # train: all one class, nothing rarer
+    assert list(imb["is_class_imbalance_issue"][3:]) == [True, False, False]  # test: 1 vs 2 (mean 1.5)
+
+
+def test_stage_writes_manifest_metrics_and_gallery(noisy, tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"clean": {"inject_noise": NOISE}}))
+    assert cli.main(["clean", "--quiet", "--params", str(tmp_path / "params.yaml"), "--oof", str(noisy[0]),
+                     "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "clean"),
+                     "--metrics", str(tmp_path / "clean.json"), "--plots", str(tmp_path / "plots")]) == 0
+    df, _ = dataset.read_manifest(tmp_path / "clean")
+    assert len(dataset.load_pixels(df)) == len(df)
+    metrics = json.loads((tmp_path / "clean.json").read_text())
+    assert metrics["filter_by"] == "prune_by_noise_rate" and "estimated_noise_rate" in metrics
+    assert (tmp_path / "plots" / "label_issues.png").exists()
+
+
+def test_remove_near_duplicates_keeps_one_of_each_pair():
+    df = pd.DataFrame({"sample_id": list("abcd"), "split": "train", "label": "x", "label_id": 0,
+                       "is_near_duplicate_issue": [True, True, False, False],
+                       "near_duplicate_of": ["b", "a", "", ""]})
+    p = params.parse({"clean": {"action": "remove", "remove_issues": ["near_duplicate"]}})
+    out, counts = clean.act(p, df, ["x"])
+    assert list(out["split"]) == ["train", "removed", "train", "train"] and counts["removed"] == 1

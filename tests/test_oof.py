@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from fit_util import patterns, write_split
+from pipeline import __main__ as cli
+from pipeline import dataset, fit, oof, params
+from pipeline.errors import PipelineError
+
+TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
+TINY_OOF = {"folds": 3, "epochs": 4}
+
+
+def with_clusters(split: "Path", size: int = 2) -> None:
+    """Give the split manifest `cluster_id`s of `size` consecutive samples of one split."""
+    df, classes = dataset.read_manifest(split)
+    df["cluster_id"] = [f"k{i // size}" for i in range(len(df))]
+    dataset.write_manifest(df, split / dataset.MANIFEST, classes)
+
+
+def run_oof(tmp_path, n=240, noise=None, **oof_cfg):
+    split, _, classes = write_split(tmp_path / "data", n=n)
+    with_clusters(split)
+    cfg = {"train": TINY_TRAIN, "oof": {**TINY_OOF, **oof_cfg}}
+    if noise:
+        cfg["clean"] = {"inject_noise": noise}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "oof"
+    assert cli.main(["oof", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(split),
+                     "--out", str(out), "--metrics", str(tmp_path / "oof.json")]) == 0
+    return split, out, json.loads((tmp_path / "oof.json").read_text())
+
+
+def test_folds_are_stratified_and_keep_clusters_together():
+    df = pd.DataFrame({"sample_id": [f"s{i}" for i in range(120)], "label_id": np.arange(120) % 3,
+                       "split": ["test" if i >= 90 else "train" for i in range(120)],
+                       "cluster_id": [f"c{i // 2}" for i in range(120)]})
+    df["label_id"] = (np.arange(120) // 2) % 3  # clusters are pure in label
+    f = oof.folds(df, 3, seed=0)
+    assert (f[90:] == -1).all() and set(f[:90]) == {0, 1, 2}
+    assert (df.iloc[:90].assign(f=f[:90]).groupby("cluster_id")["f"].nunique() == 1).all()
+    counts = pd.crosstab(f[:90], df["label_id"][:90])
+    assert counts.to_numpy().min() >= 8 and counts.to_numpy().max() <= 12
+
+
+def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
+    split, out, metrics = run_oof(tmp_path)
+    df, classes, emb, dyn = oof.read(out)
+    split_df, _ = dataset.read_manifest(split)
+    assert list(df["sample_id"]) == list(split_df["sample_id"])
+    probs = np.stack(df["probs"].to_numpy())
+    assert probs.shape == (240, 4) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert ((df["fold"] >= 0) == df["split"].isin(["train", "val"])).all()
+    assert emb.shape[0] == 240 and emb.shape[1] % 3 == 0
+    pool = df[df["fold"] >= 0]
+    # every pooled sample is trained on in folds - 1 folds, each epoch once
+    assert len(dyn) == len(pool) * 2 * TINY_OOF["epochs"]
+    assert set(dyn["epoch"]) == set(range(1, TINY_OOF["epochs"] + 1)) and dyn["p_given"].between(0, 1).all()
+    assert metrics["oof_accuracy"] > 0.6 and metrics["injected_noise"] == 0
+    assert (df["label"] == df["true_label"]).all()
+
+
+def test_test_probs_are_the_mean_of_the_fold_models(tmp_path):
+    split, out, _ = run_oof(tmp_path)
+    df, classes, _, _ = oof.read(out)
+    p = params.parse({"train": TINY_TRAIN, "oof": TINY_OOF})
+    split_df, _ = dataset.read_manifest(split)
+    x, y = dataset.load_pixels(split_df), split_df["label_id"].to_numpy()
+    test = np.flatnonzero(df["fold"].to_numpy() < 0)
+    mean = np.zeros((len(test), 4))
+    for f in range(3):
+        idx = np.flatnonzero((df["fold"] >= 0) & (df["fold"] != f))
+        model = fit.fit(x[idx], y[idx], x[:0], y[:0], oof.train_config(p), 4, 0 + f).model
+        mean += fit.predict_proba(model, x[test]) / 3
+    assert np.allclose(np.stack(df["probs"].to_numpy()[test]), mean, atol=1e-5)
+
+
+def test_noise_injection_is_deterministic_train_only_and_keeps_truth(tmp_path):
+    split, _, classes = write_split(tmp_path, n=400)
+    df, _ = dataset.read_manifest(split)
+    cfg = params.InjectNoise(rate=0.3, seed=1)
+    a, b = oof.inject_noise(df, cfg, classes), oof.inject_noise(df, cfg, classes)
+    assert a.equals(b)
+    flipped = a["label_id"] != a["true_label_id"]
+    assert (a.loc[flipped, "split"] == "train").all() and 0.2 < flipped[a["split"] == "train"].mean() < 0.4
+    assert (a["true_label"] == df["label"]).all()
+    pair = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise"}), classes)
+    moved = pair["label_id"] != pair["true_label_id"]
+    assert ((pair.loc[moved, "true_label_id"] + 1) % 4 == pair.loc[moved, "label_id"]).all()
+
+
+def test_on_epoch_end_does_not_change_training():
+    x, y = patterns(160)
+    cfg = params.Train(**TINY_TRAIN)
+    seen = []
+    a = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model.state_dict()
+    b = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0,
+                on_epoch_end=lambda m, e: seen.append(fit.predict_proba(m, x).shape)).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a) and len(seen) == 4
+
+
+def test_tta_averages_shifted_views(tmp_path):
+    _, out, metrics = run_oof(tmp_path, folds=2, epochs=2, tta=True)
+    df, _, _, _ = oof.read(out)
+    probs = np.stack(df["probs"].to_numpy())
+    assert metrics["tta"] and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_too_many_folds_for_the_clusters_fails():
+    df = pd.DataFrame({"sample_id": list("abcd"), "label_id": [0, 1, 0, 1], "split": "train",
+                       "cluster_id": ["x", "x", "y", "y"]})
+    with pytest.raises(PipelineError, match="oof.folds: expected at most 2"):
+        oof.folds(df, 3, seed=0)
