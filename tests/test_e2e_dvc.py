@@ -37,10 +37,9 @@ def _set_params(project: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    dest = tmp_path_factory.mktemp("e2e") / "project"
-    dest.mkdir()
+def make_project(dest: Path, **params: dict) -> Path:
+    """A copy of the project in a fresh git repository at `dest`, with tiny training params."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in ["pipeline", "augment_policies", "data/labels", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvcignore", ".gitignore"]:
         src = ROOT / name
@@ -50,10 +49,16 @@ def project(tmp_path_factory) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
     _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2}, oof={"epochs": 2})
+    _set_params(dest, **params)
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return make_project(tmp_path_factory.mktemp("e2e") / "project")
 
 
 @pytest.mark.slow

@@ -210,3 +210,37 @@ def test_wrong_token_is_a_one_line_error(ls):
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "refused the token in LABEL_STUDIO_API_KEY" in res.stderr
     assert wrong not in res.stderr and f":{ls.port}" not in res.stderr
+
+
+def test_patched_labels_reach_the_training_set_and_only_downstream_reruns(ls):
+    """The whole loop: dvc repro flags label issues, push, three annotators, pull, dvc repro."""
+    from test_e2e_dvc import STAGES, _ran, _run, make_project
+
+    work = make_project(ls.root / "loop", clean={"inject_noise": {"rate": 0.2, "kind": "symmetric", "seed": 0}})
+    _run(["dvc", "repro"], work)
+    flagged = dataset.read_manifest(work / "data/clean")[0]
+    assert flagged["is_label_issue"].sum() >= 200
+    env = {**_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token}
+    for args in (["push", "--project", "loop", "--select", "issues", "--limit", "200", "--annotators", "3"],
+                 None, ["pull", "--project", "loop"]):
+        if args is None:  # three annotators, sometimes disagreeing
+            client = ls.client()
+            pid = client.find_project("loop")["id"]
+            users = [client.create_user(f"loop{i}@example.com")["id"] for i in range(3)]
+            expected = annotate(client, pid, users, workers=3)
+            continue
+        done = subprocess.run([sys.executable, "-m", "pipeline", "label", "--quiet", *args], cwd=work, env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert (work / "data/labels/patches.csv.dvc").exists()
+
+    rerun = _ran(_run(["dvc", "repro"], work))
+    assert rerun == STAGES[STAGES.index("clean"):]  # clean and what follows it, and only that
+    clean, _ = dataset.read_manifest(work / "data/clean")
+    assembled, _ = dataset.read_manifest(work / "data/assemble")
+    label_of = dict(zip(clean["sample_id"], clean["label"]))
+    assert all(label_of[s] == want for s, want in expected.items())
+    real = assembled[assembled["origin"] == "real"].set_index("sample_id")["label"]
+    in_train = [s for s in expected if s in real.index]
+    assert in_train and all(real[s] == expected[s] for s in in_train)

@@ -96,7 +96,7 @@ def apply_patches(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str],
     """
     df = df.copy()
     use = patches[patches["consensus_quality"].fillna(1.0) >= min_quality]
-    human = df["sample_id"].map(use.set_index("sample_id")["label"])
+    human = df["sample_id"].map(use.set_index("sample_id")["label"]).astype(object)
     changed = human.notna() & (human != df["label"])
     df["human_label"] = human.fillna("").astype(str)
     df["label_patched"] = changed.to_numpy()
