@@ -11,7 +11,7 @@ from pipeline.errors import PipelineError
 # `python -m pipeline split` never pays for torch.
 STAGES = {
     "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
-    "split": ("pipeline.split", "stratified, deterministic train/val/test split"),
+    "split": ("pipeline.split", "stratified, group-aware, leak-safe train/val/test split: duplicate clusters never cross splits"),
     "oof": ("pipeline.oof", "out-of-fold probabilities, embeddings and training dynamics by group-aware K-fold"),
     "clean": ("pipeline.clean", "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train"),
     "mine": ("pipeline.mine", "hardness, data-map categories and sampling weights; suspects are not hard"),

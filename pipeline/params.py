@@ -44,9 +44,27 @@ class Ingest(Section):
         return v
 
 
+class NearDuplicates(Section):
+    """The detector that forms the split's clusters (pipeline/neardup.py)."""
+
+    enabled: bool = True
+    max_shift: int = Field(2, ge=0, le=8)  # px; copies moved further are not looked for
+    grid: int = Field(10, ge=4, le=32)  # descriptor lattice (grid x grid samples)
+    radius: float = Field(0.12, gt=0.0, le=2.0)  # candidate radius between unit-norm descriptors
+    neighbours: int = Field(4, ge=1, le=64)  # candidates kept per query (and offset)
+    rms_threshold: float = Field(6.5, ge=0.0, le=255.0)  # near duplicate if rms residual <= this ...
+    peak_threshold: float = Field(12.0, ge=0.0, le=255.0)  # ... or smoothed peak residual <= this
+    chunk: int = Field(8192, ge=16)  # images per feature batch (bounds memory)
+
+
 class Split(Section):
     fractions: dict[Literal["train", "val", "test"], float] = {"train": 0.7, "val": 0.1, "test": 0.2}
     respect_source_split: bool = True
+    fail_on_leak: bool = True  # fail when a post-hoc check finds a duplicate pair across splits
+    drop_duplicates: bool = False  # keep one sample of each duplicate set within a split
+    near_duplicates: NearDuplicates = NearDuplicates()
+    checks: dict[str, dict] = {"exact": {}, "near_duplicates": {}}  # {name: knobs}, pipeline/leakcheck.py
+    report_examples: int = Field(8, ge=0, le=64)  # clusters / removed samples in plots/split
 
     @field_validator("fractions")
     @classmethod
@@ -58,6 +76,28 @@ class Split(Section):
         if abs(sum(v.values()) - 1.0) > 1e-6:
             raise ValueError(f"expected fractions summing to 1, got {sum(v.values()):g}")
         return v
+
+    @field_validator("checks")
+    @classmethod
+    def _checks(cls, v: dict[str, dict]) -> dict[str, dict]:
+        from pipeline import leakcheck  # the registry; imported here to keep this module light
+
+        for name, knobs in v.items():
+            if name not in leakcheck.CHECKS:
+                raise ValueError(f"expected a leak check (one of {', '.join(sorted(leakcheck.CHECKS))}), "
+                                 f"got {name!r}")
+            model = leakcheck.CHECKS[name].Knobs
+            try:
+                model.model_validate(knobs or {})
+            except ValidationError as e:
+                err = e.errors()[0]
+                key = f"{name}.{'.'.join(map(str, err['loc']))}"
+                if err["type"] == "extra_forbidden":
+                    raise ValueError(f"expected {key} to be one of the check's knobs "
+                                     f"({', '.join(model.model_fields) or 'none'}), got {err['loc'][-1]!r}") from None
+                what = err["msg"].removeprefix("Input should be ")
+                raise ValueError(f"expected {key} {what}, got {err.get('input')!r}") from None
+        return {name: dict(knobs or {}) for name, knobs in v.items()}
 
 
 class Assemble(Section):

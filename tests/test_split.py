@@ -1,14 +1,24 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline import split
 from pipeline.params import Split
+
+
+@pytest.fixture(autouse=True)
+def _store(tmp_path, monkeypatch):
+    """Distinct random 8x8 images behind every manifest these tests build."""
+    path = tmp_path / "images.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, (400, 8, 8, 1), dtype=np.uint8))
+    monkeypatch.setattr(_df, "store", str(path), raising=False)
 
 
 def _df(n_per_class=100, classes=("a", "b", "c"), group=None, source_split=None):
     rows = [{"sample_id": f"{c}{i}", "label": c, "group": None, "source_split": None}
             for c in classes for i in range(n_per_class)]
     df = pd.DataFrame(rows)
+    df["store"], df["row"] = _df.store, np.arange(len(df))
     if group is not None:
         df["group"] = group(df)
     if source_split is not None:
@@ -20,7 +30,8 @@ def test_stratified_fractions_are_exact_per_class():
     out, m = split.run(_df(), Split(fractions={"train": 0.7, "val": 0.1, "test": 0.2}), seed=0)
     counts = out.groupby(["label", "split"]).size().unstack()
     assert (counts["train"] == 70).all() and (counts["val"] == 10).all() and (counts["test"] == 20).all()
-    assert m["in"] == m["train"] + m["val"] + m["test"] == 300
+    assert m["in"] == m["train"] + m["val"] + m["test"] == m["kept"] == 300
+    assert m["removed"] == 0 and m["cross_split_exact"] == m["cross_split_near_duplicates"] == 0
 
 
 def test_deterministic_and_seed_dependent():
@@ -36,7 +47,8 @@ def test_adding_a_sample_moves_few_others():
     cfg = Split()
     a, _ = split.run(_df(), cfg, seed=0)
     extra = pd.concat([_df(), pd.DataFrame([{"sample_id": "new", "label": "a", "group": None,
-                                             "source_split": None}])], ignore_index=True)
+                                             "source_split": None, "store": _df.store,
+                                             "row": 300}])], ignore_index=True)
     b, _ = split.run(extra, cfg, seed=0)
     moved = (a["split"].to_numpy() != b["split"].to_numpy()[:len(a)]).sum()
     assert moved <= 2  # at most one per boundary
