@@ -56,7 +56,10 @@ def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFr
     flags = [c for c in df if c.startswith("is_") and c.endswith("_issue")]
     any_issue = df[flags].any(axis=1).to_numpy() if flags else np.zeros(len(df), bool)
     df["given_label"] = df["label"]
-    df["removed_reason"] = ""
+    # keep the split stage's removals (e.g. near_duplicate_of_test) and their reasons
+    upstream = (df["removed_reason"].fillna("").astype(str) if "removed_reason" in df
+                else pd.Series("", index=df.index)).to_numpy()
+    df["removed_reason"] = upstream
     counts = {"removed": 0, "relabeled": 0}
     if cfg.action == "remove":
         for name in cfg.remove_issues:
@@ -64,7 +67,7 @@ def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFr
             if name == "near_duplicate":  # of a pair, remove one: the one with the larger id
                 hit &= (df["sample_id"] > df["near_duplicate_of"]).to_numpy()
             df.loc[hit, "removed_reason"] = f"{name}_issue"
-        gone = (df["removed_reason"] != "").to_numpy()
+        gone = (df["removed_reason"] != "").to_numpy() & (upstream == "")
         df.loc[gone, "split"] = "removed"
         counts["removed"] = int(gone.sum())
     elif cfg.action == "relabel" and "is_label_issue" in df:
@@ -74,14 +77,15 @@ def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFr
         df.loc[hit, "label_id"] = df.loc[hit, "suggested_label_id"]
         df.loc[hit, "label"] = [classes[i] for i in df.loc[hit, "label_id"]]
         counts["relabeled"] = int(hit.sum())
-    acted = (df["removed_reason"] != "").to_numpy() | (df["label"] != df["given_label"]).to_numpy()
+    acted = ((df["removed_reason"] != "").to_numpy() & (upstream == "")) | (df["label"] != df["given_label"]).to_numpy()
     df["needs_review"] = any_issue & ~acted
     return df, counts
 
 
 def detection(df: pd.DataFrame) -> dict:
     """Precision/recall/F1 of `is_label_issue` against injected noise, on train."""
-    train = (df["split"].isin(["train", "removed"]) & (df["human_label"] == "")).to_numpy()
+    removed_here = df["removed_reason"].astype(str).str.endswith("_issue")  # by clean, not by split
+    train = (((df["split"] == "train") | removed_here) & (df["human_label"] == "")).to_numpy()
     noisy = (df["given_label"] != df["true_label"]).to_numpy()[train]
     found = df["is_label_issue"].to_numpy()[train]
     tp = int((noisy & found).sum())

@@ -1,23 +1,26 @@
 """Near-duplicate detection: pure kernels over uint8 (N, H, W, C) batches.
 
-A detector is a cascade, tuned by measurement on Fashion-MNIST (bench/bench_split.py):
+A `Detector` is a cascade, each step chosen by measurement on Fashion-MNIST
+(bench/bench_split.py, README "Leak-safe split"):
 
-1. **Features at enumerated shifts.** Each image is summarised by a small descriptor
-   sampled on a grid; the grid is also sampled displaced by every offset (dy, dx) in half of
-   the window |dy|, |dx| <= max_shift. If image a is image b moved by s, then a's descriptor
-   at offset s equals b's at offset 0, so a shifted copy is found at the right alignment
-   instead of by a shift-invariant summary (Fourier magnitudes, centroid alignment), which
-   on Fashion-MNIST ranked the true copy behind other similar garments too often.
-2. **Candidate search** (`CoarseIndex`): an inverted file. Offset-0 descriptors are put in
-   the cell of their nearest k-means centroid; a query probes its `probes` nearest cells and
-   keeps the `neighbours` nearest members within `radius`. About 2*sqrt(N) cells, so the
-   work grows as N^1.5 with a small constant instead of N^2; memory is the offset-0
-   descriptors plus one chunk of pixels.
-3. **Verification** at the offset the search found: the residual after a brightness and
-   contrast fit, with either image optionally blurred (absorbing resampling and JPEG blur),
-   smoothed, and its largest absolute value in 0..255 units (`blurred_residual`); or the
-   root-mean-square residual (`rms_residual`). A near copy leaves a small, unstructured
-   residual; a different garment of the same silhouette leaves a large local one.
+1. **Descriptors at enumerated offsets.** Each image (grey, or luma for RGB) is sampled on a
+   small Gaussian-weighted lattice, and again with the lattice displaced by every offset
+   (dy, dx), |dy|, |dx| <= max_shift. If image a is image b moved by s, a's descriptor at
+   offset s equals b's at offset 0: a shifted copy is found at its alignment. Shift-invariant
+   summaries (Fourier magnitudes, centroid alignment) ranked the true original behind other
+   near-identical garments too often.
+2. **Candidate search** (`CoarseIndex`): an inverted file. Offset-0 descriptors sit in the
+   cell of their nearest k-means centroid; each offset's query probes its nearest cells and
+   keeps the `neighbours` nearest members within `radius`. About 2*sqrt(N) cells: work grows
+   as N^1.5 at worst with a small constant, never N^2; memory is the offset-0 descriptors
+   plus one chunk of pixels.
+3. **Verification** at each offset found, after a brightness/contrast fit: `rms` (the
+   root-mean-square residual) and `peak` (the largest residual once smoothed by 1 px, with
+   either image optionally blurred first, which absorbs resampling and JPEG blur), both in
+   0..255 units. A copy leaves a small or an unstructured residual; a different garment of the
+   same silhouette leaves a large local one.
+
+`components` joins accepted pairs (union-find). Everything runs with BLAS on one thread.
 """
 from __future__ import annotations
 
@@ -46,7 +49,6 @@ def one_blas_thread() -> contextlib.AbstractContextManager:
     return threadpool_limits(1, user_api="blas")
 
 
-
 def gray(pixels: np.ndarray) -> np.ndarray:
     """uint8 (P, H, W, C) -> float32 (P, H, W) intensity in 0..255 (ITU-R 601 luma for RGB,
     the channel JPEG keeps at full resolution)."""
@@ -60,6 +62,7 @@ def _gauss_rows(n_out: int, length: int, sigma: float, centres: np.ndarray) -> n
     """(n_out, length) Gaussian sampling weights at `centres`, each row summing to 1."""
     d = np.arange(length, dtype=np.float64)[None, :] - centres[:, None]
     w = np.exp(-0.5 * (d / max(sigma, 1e-3)) ** 2)
+    w[w < 1e-8] = 0.0  # denormal float32 weights slow matrix products tens of times
     w[w.sum(1) == 0, :] = 1.0
     return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
@@ -138,7 +141,10 @@ class Descriptor:
         my, ny = self._lattice(h, dys)
         mx, nx = self._lattice(w, dxs)
         g = g - g.mean((1, 2), keepdims=True)
-        samp = np.matmul(np.matmul(my, g), mx.T).reshape(p, len(dys), ny, len(dxs), nx)
+        # two large products (P*H, W) x (W, X) and (P*X, H) x (H, Y), not P small ones
+        t = (g.reshape(p * h, w) @ mx.T).reshape(p, h, -1).transpose(0, 2, 1)
+        t = (np.ascontiguousarray(t).reshape(-1, h) @ my.T).reshape(p, -1, my.shape[0])
+        samp = t.transpose(0, 2, 1).reshape(p, len(dys), ny, len(dxs), nx)
         return np.stack([self._finish(samp[:, dys.index(dy), :, dxs.index(dx), :])
                          for dy, dx in offsets])
 
@@ -146,7 +152,9 @@ class Descriptor:
         p = len(s)
         if self.kind == "phash":
             d = _dct_matrix(16)[:8]
-            c = np.matmul(np.matmul(d, s), d.T).reshape(p, 64)[:, 1:]
+            c = (s.reshape(p * 16, 16) @ d.T).reshape(p, 16, 8).transpose(0, 2, 1)
+            c = (np.ascontiguousarray(c).reshape(p * 8, 16) @ d.T).reshape(p, 8, 8)
+            c = c.transpose(0, 2, 1).reshape(p, 64)[:, 1:]
             bits = c > np.median(c, axis=1, keepdims=True)
             return np.where(bits, 1.0, -1.0).astype(np.float32) / math.sqrt(63)
         f = s.reshape(p, -1)

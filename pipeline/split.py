@@ -76,7 +76,7 @@ def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | Non
     """The units that must stay within one split: exact + near duplicates + groups."""
     n = len(df)
     sids = df["sample_id"].astype(str).to_numpy()
-    images = images or store_images(df, cfg.chunk)
+    images = images if images is not None else store_images(df, cfg.chunk)
     if "pixel_sha256" in df:
         digest = df["pixel_sha256"].to_numpy()
     else:
@@ -111,7 +111,8 @@ def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | Non
 
 
 def detector(cfg: NearDuplicates) -> neardup.Detector:
-    return neardup.Detector(neardup.Descriptor("thumb", grid=cfg.grid), max_shift=cfg.max_shift,
+    return neardup.Detector(neardup.Descriptor("thumb", grid=cfg.grid, margin=cfg.max_shift),
+                            max_shift=cfg.max_shift,
                             radius=cfg.radius, neighbours=cfg.neighbours,
                             rms_threshold=cfg.rms_threshold, peak_threshold=cfg.peak_threshold)
 
@@ -230,7 +231,8 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
             "exact_pairs": int((found.pairs["kind"] == "exact").sum()),
             "near_pairs": int((found.pairs["kind"] == "near").sum()),
             "sets": int(len(dup_sizes)), "samples_in_sets": int(dup_sizes.sum()),
-            "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum()) for k, (lo, hi) in bins.items()},
+            "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum())
+                          for k, (lo, hi) in bins.items()},
             "label_conflicts": int((conflicts > 1).sum()),
         },
         "within_split_duplicates": {s: int((within["split"] == s).sum()) for s in KEPT},
@@ -251,7 +253,7 @@ def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
     for cid in top.index:
         members = df[df["cluster_id"] == cid].head(8)
         rows += list(members.index) + [None] * (8 - len(members))
-        caps += [f"{r.split[:5]} {str(r.label)[:8]}" for r in members.itertuples()] + [""] * (8 - len(members))
+        caps += [f"{r.split}\n{str(r.label)[:9]}" for r in members.itertuples()] + [""] * (8 - len(members))
     _grid(df, rows, caps, plots / "largest_clusters.png",
           f"{len(top)} largest clusters (of {int((sizes > 1).sum())} with several samples), one per row")
     removed = df[df["split"] == REMOVED].head(4 * examples)

@@ -147,3 +147,17 @@ def test_remove_near_duplicates_keeps_one_of_each_pair():
     p = params.parse({"clean": {"action": "remove", "remove_issues": ["near_duplicate"]}})
     out, counts = clean.act(p, df, ["x"])
     assert list(out["split"]) == ["train", "removed", "train", "train"] and counts["removed"] == 1
+
+
+def test_removals_by_the_split_stage_keep_their_reason():
+    from pipeline import clean
+    from pipeline.params import parse
+
+    df = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": ["x", "x", "y"], "label_id": [0, 0, 1],
+                       "split": ["train", "removed", "train"],
+                       "removed_reason": ["", "near_duplicate_of_test", ""],
+                       "is_label_issue": [False, False, True]})
+    params = parse({"clean": {"action": "remove", "remove_issues": ["label"]}})
+    out, counts = clean.act(params, df, ["x", "y"])
+    assert list(out["removed_reason"]) == ["", "near_duplicate_of_test", "label_issue"]
+    assert list(out["split"]) == ["train", "removed", "removed"] and counts["removed"] == 1
