@@ -1,7 +1,7 @@
 """Leak-safe split on Fashion-MNIST: clustering time, planted-duplicate recall, real findings.
 
 Usage (from the project root; Fashion-MNIST IDX files in /usr/share/datasets/fashion-mnist):
-    .venv/bin/python bench/bench_split.py                 # everything, ~5 min on 2 cores
+    .venv/bin/python bench/bench_split.py                 # everything, ~1.5 min on 2 cores
     .venv/bin/python bench/bench_split.py --only timing   # or planted, methods, real
 
 timing   split.clusters() on the first 5k/10k/20k/40k/70k images (fixed random order), with
@@ -21,7 +21,6 @@ Writes bench/split_results.json and bench/split_*.png.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -135,8 +134,8 @@ def bench_timing(fm: pd.DataFrame, sizes: list[int]) -> dict:
         t = time.perf_counter()
         found = split.clusters(sub, cfg)
         times.append(time.perf_counter() - t)
-        print(f"  clustering {n:6d} images: {times[-1]:6.1f} s  ({int((found.pairs['kind'] == 'near').sum())} near pairs)",
-              flush=True)
+        near = int((found.pairs["kind"] == "near").sum())
+        print(f"  clustering {n:6d} images: {times[-1]:6.1f} s  ({near} near pairs)", flush=True)
     k = fit_exponent(sizes, times)
     print(f"  fitted growth exponent (log-log least squares): {k:.2f}")
     return {"sizes": sizes, "seconds": [round(x, 2) for x in times], "exponent": round(k, 3),
@@ -166,7 +165,17 @@ def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct
     orig_pos = out["orig"].map(pd.Series(pos[out["kind"] == "original"].to_numpy(),
                                          index=originals.index))
     check_hit = pd.Series([(min(a, b), max(a, b)) in found for a, b in zip(pos, orig_pos)], index=out.index)
+    # precision: of the pairs inside the clusters formed, the share joining a copy to its own
+    # original (or two copies of one original); per kind, over the pairs that involve a copy of it
+    members = out.reset_index()[["index", "cluster_id", "orig", "kind"]]
+    pairs = members.merge(members, on="cluster_id", suffixes=("_a", "_b"))
+    pairs = pairs[pairs["index_a"] < pairs["index_b"]]
+    right = pairs["orig_a"] == pairs["orig_b"]
+    precision = {k: round(float(right[(pairs["kind_a"] == k) | (pairs["kind_b"] == k)].mean()), 4)
+                 for k in KINDS}
     res = {"distinct_images": n_distinct, "copies_per_kind": per_kind,
+           "pairs_in_clusters": int(len(pairs)), "pair_precision": round(float(right.mean()), 4),
+           "precision": precision,
            "recall_same_cluster": planted_scores(out, same_cluster),
            "recall_same_split": planted_scores(out, same_split),
            "wrongly_merged_originals": merged, "wrongly_merged_rate": round(merged / n_distinct, 5),
@@ -174,10 +183,13 @@ def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct
            "split_stage_seconds": round(t_split, 2),
            "cross_split_exact": metrics["cross_split_exact"],
            "cross_split_near_duplicates": metrics["cross_split_near_duplicates"]}
-    print(f"  planted: {n_distinct} distinct + {per_kind} copies x {len(KINDS)} kinds; split stage {t_split:.1f} s")
+    print(f"  planted: {n_distinct} distinct + {per_kind} copies x {len(KINDS)} kinds; "
+          f"split stage {t_split:.1f} s")
     for kind in KINDS:
         print(f"    {kind:12s} same cluster {res['recall_same_cluster'][kind]:.3f}  same split "
-              f"{res['recall_same_split'][kind]:.3f}  (independent check alone: {res['check_recall'][kind]:.3f})")
+              f"{res['recall_same_split'][kind]:.3f}  precision {res['precision'][kind]:.3f}  "
+              f"(independent check alone: recall {res['check_recall'][kind]:.3f})")
+    print(f"    pairs inside clusters: {len(pairs)}, precision {res['pair_precision']:.4f}")
     print(f"    distinct originals merged with another: {merged} of {n_distinct} "
           f"({merged / n_distinct:.3%}); post-hoc leaks: exact {metrics['cross_split_exact']}, "
           f"near {metrics['cross_split_near_duplicates']}")

@@ -102,7 +102,7 @@ class NearDuplicateCheck(LeakCheck):
 
     def detector(self) -> neardup.Detector:
         k = self.knobs
-        return neardup.Detector(neardup.Descriptor("phash"), max_shift=k.max_shift,
+        return neardup.Detector(neardup.Descriptor("phash", margin=k.max_shift), max_shift=k.max_shift,
                                 radius=2 * float(np.sqrt(k.hamming / 63)) + 1e-4,
                                 neighbours=k.neighbours, rms_threshold=k.threshold,
                                 peak_threshold=None)

@@ -187,7 +187,8 @@ def _singletons(df: pd.DataFrame) -> split.Clusters:
 
 def test_fail_on_leak_raises_when_the_clustering_missed_a_leak(tmp_path):
     df, cfg = _leak_case(tmp_path)
-    with pytest.raises(PipelineError, match=r"duplicate pairs cross splits .*exact [1-9].*near_duplicates [1-9]"):
+    leak = r"duplicate pairs cross splits .*exact [1-9].*near_duplicates [1-9]"
+    with pytest.raises(PipelineError, match=leak):
         split.run(df, cfg, seed=0, found=_singletons(df))
     _, m = split.run(df, cfg.model_copy(update={"fail_on_leak": False}), seed=0, found=_singletons(df))
     assert m["cross_split_exact"] >= 1 and m["cross_split_near_duplicates"] >= 1
