@@ -12,7 +12,9 @@ held-out fold would let it leak into its own predictions). Writes, under `<out>/
 - `embeddings.npy`: (N, folds * D) float32 in manifest row order, the L2-normalised
   penultimate features of every fold model side by side, so all samples share one space;
 - `dynamics.parquet`: `sample_id`, `fold`, `epoch`, `p_given` (the probability of the given
-  label after each epoch, for every sample a fold model trains on).
+  label after each epoch, for every sample a fold model trains on);
+- `models/fold{k}.pt`: the fold models (`fit.save_model` files; `fold_models` loads them), real-data
+  classifiers for later stages (policy search, the synthetic-data gate) at no extra training.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from pipeline.params import InjectNoise, Params, Train
 
 EMBEDDINGS = "embeddings.npy"
 DYNAMICS = "dynamics.parquet"
+MODELS = "models"  # fold{k}.pt: the fold models, for later stages (policy search, synthesize gate)
 TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "warmup_epochs", "label_smoothing", "class_weights", "threads")
 
@@ -43,11 +46,21 @@ def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.D
     ids = df["sample_id"].to_numpy()
     u = np.array([dataset.sample_seed(cfg.seed, f"noise:{s}") / 2**64 for s in ids])
     shift = np.array([1 + dataset.sample_seed(cfg.seed, f"noise-to:{s}") % (k - 1) for s in ids])
-    if cfg.kind == "pairwise":
-        shift[:] = 1
-    flip = (df["split"].to_numpy() == "train") & (u < cfg.rate)
     y = df["label_id"].to_numpy(np.int64).copy()
-    y[flip] = (y[flip] + shift[flip]) % k
+    target = (y + shift) % k
+    if cfg.kind == "pairwise":
+        target = (y + 1) % k
+        if cfg.pairs:
+            partner = np.arange(k)
+            for a, b in cfg.pairs:
+                for name in (a, b):
+                    if name not in classes:
+                        raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; "
+                                            f"classes are {classes}")
+                partner[classes.index(a)], partner[classes.index(b)] = classes.index(b), classes.index(a)
+            target = partner[y]
+    flip = (df["split"].to_numpy() == "train") & (u < cfg.rate) & (target != y)
+    y[flip] = target[flip]
     df["label_id"], df["label"] = y, [classes[i] for i in y]
     return df
 
@@ -84,9 +97,10 @@ def predict(model, x: np.ndarray, tta: bool) -> np.ndarray:
     return np.mean([fit.predict_proba(model, v) for v in views], axis=0).astype(np.float32)
 
 
-def run(params: Params, df: pd.DataFrame,
-        classes: list[str]) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
-    """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest."""
+def run(params: Params, df: pd.DataFrame, classes: list[str],
+        models: list | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
+    """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
+    each fold's FitResult is appended to `models` when given."""
     from pipeline import fit
 
     df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
@@ -106,6 +120,8 @@ def run(params: Params, df: pd.DataFrame,
 
         result = fit.fit(x[fit_idx], y[fit_idx], x[:0], y[:0], cfg, k, params.base.seed + f,
                          desc=f"oof fold {f + 1}/{params.oof.folds}", on_epoch_end=record)
+        if models is not None:
+            models.append(result)
         probs[held] = predict(result.model, x[held], params.oof.tta)
         if len(test):
             probs[test] += predict(result.model, x[test], params.oof.tta) / params.oof.folds
@@ -140,14 +156,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", default="metrics/oof.json", help="(default: %(default)s)")
 
 
+def fold_models(path: str | Path) -> list:
+    """The fold models an oof output folder holds, in fold order (eval mode)."""
+    from pipeline import fit
+
+    files = sorted((Path(path) / MODELS).glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
+    if not files:
+        raise PipelineError(f"{path}: no fold models under {MODELS}/; re-run oof")
+    return [fit.load_model(f)[0] for f in files]
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline import fit
+
     split_df, classes = dataset.read_manifest(args.split)
-    df, emb, dyn, metrics = run(params, split_df, classes)
+    results = []
+    df, emb, dyn, metrics = run(params, split_df, classes, results)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
         np.save(tmp / EMBEDDINGS, emb)
         dyn.to_parquet(tmp / DYNAMICS, index=False)
+        for f, result in enumerate(results):
+            fit.save_model(tmp / MODELS / f"fold{f}.pt", result.model, result.config, classes)
     dataset.write_json(args.metrics, metrics)
     log.info("oof: %d folds, out-of-fold accuracy %.4f on %d samples", metrics["folds"],
              metrics["oof_accuracy"], metrics["n_oof"])

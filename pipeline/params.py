@@ -208,8 +208,10 @@ class Augment(Section):
 class InjectNoise(Section):
     """Corrupt train labels before oof, keeping the truth, to measure detection (0: off)."""
     rate: float = Field(0.0, ge=0.0, lt=1.0)
-    kind: Literal["symmetric", "pairwise"] = "symmetric"  # pairwise: class k -> k + 1
+    kind: Literal["symmetric", "pairwise"] = "symmetric"  # pairwise: class k -> k + 1, or `pairs`
     seed: int = Field(0, ge=0)
+    # pairwise only: class-name pairs swapped both ways (e.g. [[Shirt, T-shirt/top]]); others kept
+    pairs: list[tuple[str, str]] | None = None
 
 
 class Oof(Section):

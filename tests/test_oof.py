@@ -57,6 +57,11 @@ def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
     assert ((df["fold"] >= 0) == df["split"].isin(["train", "val"])).all()
     assert emb.shape[0] == 240 and emb.shape[1] % 3 == 0
     pool = df[df["fold"] >= 0]
+    # the fold models are saved: fold 0's predictions on its held-out rows are the oof probs there
+    models = oof.fold_models(out)
+    held = np.flatnonzero(df["fold"].to_numpy() == 0)
+    x = dataset.load_pixels(df.iloc[held])
+    assert len(models) == 3 and np.allclose(fit.predict_proba(models[0], x), probs[held], atol=1e-5)
     # every pooled sample is trained on in folds - 1 folds, each epoch once
     assert len(dyn) == len(pool) * 2 * TINY_OOF["epochs"]
     assert set(dyn["epoch"]) == set(range(1, TINY_OOF["epochs"] + 1)) and dyn["p_given"].between(0, 1).all()
@@ -91,6 +96,13 @@ def test_noise_injection_is_deterministic_train_only_and_keeps_truth(tmp_path):
     pair = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise"}), classes)
     moved = pair["label_id"] != pair["true_label_id"]
     assert ((pair.loc[moved, "true_label_id"] + 1) % 4 == pair.loc[moved, "label_id"]).all()
+    # explicit pairs swap both ways and leave the other classes alone
+    pairs = [(classes[0], classes[2])]
+    swap = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": pairs}), classes)
+    moved = swap["label_id"] != swap["true_label_id"]
+    assert set(swap.loc[moved, "true_label_id"]) == {0, 2} and (swap.loc[moved, "label_id"] == 2 - swap.loc[moved, "true_label_id"]).all()
+    with pytest.raises(PipelineError, match="unknown class 'nope'"):
+        oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": [("nope", classes[0])]}), classes)
 
 
 def test_on_epoch_end_does_not_change_training():
