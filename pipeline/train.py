@@ -46,7 +46,8 @@ def online_policy(params: Params, policies: str):
         return None
     from pipeline.augment import mixing, policy
 
-    _, p = policy.load_named(policies, params.augment.policy)
+    cfg = params.augment
+    _, p = policy.load_named(policies, cfg.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
     return mixing.make_online_policy(p, params.base.seed)
 
 

@@ -134,3 +134,21 @@ def test_every_op_can_be_used_in_a_policy():
     assert seen == set(ops.OPS)
     for s in range(40):
         assert _augment(p, img, s, pool).shape == img.shape
+
+
+def test_num_ops_and_magnitude_override_a_randaugment_policy():
+    name, p = pol.load_named(ROOT / "augment_policies", "randaugment.yaml", num_ops=3, magnitude=4)
+    assert (name, p.num_ops, p.magnitude) == ("randaugment", 3, 4)
+    assert p.ops == pol.load(ROOT / "augment_policies/randaugment.yaml").ops
+    drawn = pol.draw(p, np.random.default_rng(0), (8, 8, 1))
+    assert len(drawn) == 3 and all(d.magnitude in (4, None) for d in drawn)
+    unchanged = pol.load_named(ROOT / "augment_policies", "randaugment.yaml", num_ops=None, magnitude=None)[1]
+    assert unchanged == pol.load(ROOT / "augment_policies/randaugment.yaml")
+
+
+@pytest.mark.parametrize("name, key", [("trivialaugment.yaml", "magnitude"), ("trivialaugment.yaml", "num_ops"),
+                                       ("autoaugment-svhn.yaml", "num_ops"), ("light.yaml", "magnitude")])
+def test_overriding_a_field_the_kind_lacks_fails_naming_the_param(name, key):
+    with pytest.raises(PipelineError, match=rf"augment\.{key}: expected null for {name} \(kind \w+ has no {key}; "
+                                            rf"only randaugment has\), got 3"):
+        pol.load_named(ROOT / "augment_policies", name, **{key: 3})

@@ -122,3 +122,29 @@ def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path):
               "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
               "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
     assert rc == 2 and not (tmp_path / "augment").exists()
+
+
+def test_num_ops_and_magnitude_params_reach_the_copies_and_the_metrics(tmp_path):
+    _split(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"augment": {"workers": 1, "preview": 0, "num_ops": 1, "magnitude": 4}}))
+    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
+              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
+              "--metrics", str(tmp_path / "augment.json"), "--plots", str(tmp_path / "plots")])
+    assert rc == 0
+    metrics = json.loads((tmp_path / "augment.json").read_text())
+    assert (metrics["num_ops"], metrics["magnitude"], sum(metrics["op_counts"].values())) == (1, 4, 10)
+    df, _ = dataset.read_manifest(tmp_path / "augment")
+    assert all(len(ops) == 1 and ops[0]["magnitude"] in (4, None) for ops in map(json.loads, df["ops"]))
+
+
+def test_train_online_policy_refuses_an_override_the_policy_cannot_take():
+    from pipeline import train
+    from pipeline.errors import PipelineError
+
+    p = params.parse({"augment": {"mode": "online", "policy": "trivialaugment.yaml", "magnitude": 5}})
+    with pytest.raises(PipelineError, match=r"augment\.magnitude: expected null for trivialaugment\.yaml"):
+        train.online_policy(p, ROOT / "augment_policies")
+    ok = params.parse({"augment": {"mode": "online", "num_ops": 1, "magnitude": 0}})
+    x = np.random.default_rng(0).integers(0, 256, (4, 10, 10, 1), dtype=np.uint8)
+    assert train.online_policy(ok, ROOT / "augment_policies")(x, list("abcd"), 1).shape == x.shape

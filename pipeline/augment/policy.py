@@ -9,7 +9,9 @@ A policy file in `augment_policies/` is a YAML mapping:
 
 - `autoaugment` (Cubuk et al. 2018): `sub_policies`, each a list of `[op, probability,
   magnitude]` (two in the paper); per image one sub-policy is drawn uniformly and each of its
-  ops is applied with its probability. Ops without a magnitude take `null`.
+  ops is applied with its probability. Ops without a magnitude take `null`. A learned policy
+  (`learned.yaml`, written by the policy-search stage) adds `search`: how it was found and
+  each sub-policy's scores, kept as data and never read by `draw`.
 - `randaugment` (Cubuk et al. 2019): `num_ops` (N) ops drawn uniformly, with replacement,
   from `ops`, each at `magnitude` (M).
 - `trivialaugment` (Müller & Hutter 2021): one op drawn from `ops`, at a magnitude drawn
@@ -21,9 +23,11 @@ The first three also name the magnitude table (`space`: `standard` or `wide`, se
 
 `load` validates: a wrong key or value fails naming it, with expected versus got. `dump` writes
 the canonical text, and the shipped files are canonical, so they load and save back byte for
-byte. Randomness is drawn apart from its application: `draw(policy, rng, shape)` returns the
-ops with their magnitudes and parameters; `apply(img, drawn)` applies them. What `apply`
-actually applied (for `pipeline`, as albumentations reports it) is what the augment stage logs.
+byte. `load_named(..., num_ops=, magnitude=)` overrides a RandAugment policy's N and M (the
+`augment.num_ops` / `augment.magnitude` params). Randomness is drawn apart from its
+application: `draw(policy, rng, shape)` returns the ops with their magnitudes and parameters;
+`apply(img, drawn)` applies them. What `apply` actually applied (for `pipeline`, as
+albumentations reports it) is what the augment stage logs.
 """
 from __future__ import annotations
 
@@ -70,6 +74,7 @@ class AutoAugment(_OpPolicy):
     kind: Literal["autoaugment"]
     sub_policies: Annotated[list[Annotated[list[tuple[OpName, Probability, Magnitude | None]],
                                            Field(min_length=1)]], Field(min_length=1)]
+    search: dict[str, Any] | None = None  # a learned policy's search record (not used to draw)
 
     @model_validator(mode="after")
     def _magnitudes(self) -> AutoAugment:
@@ -126,6 +131,8 @@ class Pipeline(_Policy):
 
 Policy = Annotated[Union[AutoAugment, RandAugment, TrivialAugment, Pipeline], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(Policy)
+MODELS = {"autoaugment": AutoAugment, "randaugment": RandAugment, "trivialaugment": TrivialAugment,
+          "pipeline": Pipeline}
 
 
 def _describe(err: dict) -> str:
@@ -163,17 +170,38 @@ def load(path: str | Path):
     return parse(raw, str(path))
 
 
-def load_named(directory: str | Path, name: str):
-    """(policy name, policy) for a file name in `directory`; a missing one lists the valid names."""
+def load_named(directory: str | Path, name: str, **overrides):
+    """(policy name, policy) for a file name in `directory`; a missing one lists the valid names.
+
+    `overrides` (the `augment` params `num_ops`, `magnitude`; None: the file's value) replace
+    the policy's fields of those names; a policy whose kind has no such field is refused.
+    """
     path = Path(directory) / name
     if not path.is_file():
         known = ", ".join(p.name for p in sorted(Path(directory).glob("*.yaml"))) or "none"
         raise PipelineError(f"augment.policy: {name!r} is not a file in {directory}/; must be one of {known}")
-    return path.stem, load(path)
+    return path.stem, override(load(path), name, **overrides)
+
+
+def override(policy, origin: str = "policy", **values):
+    """`policy` with the fields in `values` replaced and validated again; None values are skipped."""
+    values = {k: v for k, v in values.items() if v is not None}
+    for key, v in values.items():
+        if key not in type(policy).model_fields:
+            having = [kind for kind, model in MODELS.items() if key in model.model_fields] or ["none"]
+            raise PipelineError(f"augment.{key}: expected null for {origin} (kind {policy.kind} has no {key}; "
+                                f"only {', '.join(having)} has), got {v!r}")
+    if not values:
+        return policy
+    return parse({**policy.model_dump(mode="json"), **values}, origin)
 
 
 class _Flow(list):
     """A list YAML writes on one line: a sub-policy, an op list."""
+
+
+class _FlowMap(dict):
+    """A mapping YAML writes on one line: a row of search scores."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -181,6 +209,18 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+_Dumper.add_representer(_FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(),
+                                                                   flow_style=True))
+
+
+def _leaves_flow(v):
+    """Lists and mappings of scalars on one line each; deeper ones in block style."""
+    if isinstance(v, dict):
+        inner = {k: _leaves_flow(x) for k, x in v.items()}
+        return _FlowMap(inner) if not any(isinstance(x, (dict, list)) for x in v.values()) else inner
+    if isinstance(v, list):
+        return _Flow(v) if not any(isinstance(x, (dict, list)) for x in v) else [_leaves_flow(x) for x in v]
+    return v
 
 
 def dump(policy) -> str:
@@ -191,6 +231,10 @@ def dump(policy) -> str:
         data["sub_policies"] = [_Flow(_Flow(op) for op in sub) for sub in data["sub_policies"]]
     if "ops" in data:
         data["ops"] = _Flow(data["ops"])
+    if "search" in data:  # last, and only in learned policies
+        search = data.pop("search")
+        if search is not None:
+            data["search"] = _leaves_flow(search)
     return yaml.dump({**head, **data}, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
                      default_flow_style=False, width=100)
 

@@ -12,7 +12,8 @@ Copy `k` of parent `p` draws its ops from a generator seeded by `(base.seed,
 other samples, the chunking, or the number of worker processes (`augment.workers`, 0: all
 cores).
 When `augment.enabled` is false, or `augment.mode` is `online` (training then applies the
-policy to each batch instead), the manifest is empty.
+policy to each batch instead), the manifest is empty. `augment.num_ops` / `augment.magnitude`
+override a RandAugment policy's N and M; the metrics record the N and M used.
 """
 from __future__ import annotations
 
@@ -157,6 +158,7 @@ def run(params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: P
     parents = train_parents(split_df)
     active = cfg.enabled and cfg.mode == "offline"
     metrics = {"enabled": cfg.enabled, "mode": cfg.mode, "policy": policy_name, "kind": policy.kind,
+               "num_ops": getattr(policy, "num_ops", None), "magnitude": getattr(policy, "magnitude", None),
                "copies": cfg.copies, "parents": len(parents) if active else 0}
     if not active or len(parents) == 0:
         metrics.update(augmented=0, unchanged=0, op_counts={})
@@ -216,7 +218,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(params: Params, args: argparse.Namespace) -> None:
     split_df, classes = dataset.read_manifest(args.split)
-    name, policy = pol.load_named(args.policies, params.augment.policy)
+    cfg = params.augment
+    name, policy = pol.load_named(args.policies, cfg.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
     out, plots = Path(args.out), Path(args.plots)
     with dataset.staged_dir(out) as tmp:
         df, metrics = run(params, split_df, name, policy, tmp, out)
