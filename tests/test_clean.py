@@ -136,7 +136,7 @@ def test_stage_writes_manifest_metrics_and_gallery(noisy, tmp_path):
     df, _ = dataset.read_manifest(tmp_path / "clean")
     assert len(dataset.load_pixels(df)) == len(df)
     metrics = json.loads((tmp_path / "clean.json").read_text())
-    assert metrics["filter_by"] == "prune_by_noise_rate" and "estimated_noise_rate" in metrics
+    assert metrics["filter_by"] == "low_self_confidence" and "estimated_noise_rate" in metrics
     assert (tmp_path / "plots" / "label_issues.png").exists()
 
 
