@@ -196,6 +196,10 @@ class Augment(Section):
     weight: float = Field(1.0, gt=0.0)  # sample weight of a copy in the assembled training set
     workers: int = Field(0, ge=0)  # processes; 0: all cores
     preview: int = Field(8, ge=0)  # originals per preview grid in plots/augment/
+    # override the policy file's N and M (RandAugment's num_ops, magnitude), so that
+    # `dvc exp run -S` can search them; None: the file's value
+    num_ops: int | None = Field(None, ge=1, le=10)
+    magnitude: int | float | None = Field(None, ge=0, le=10)
 
     @field_validator("policy")
     @classmethod
@@ -203,6 +207,28 @@ class Augment(Section):
         if "/" in v or "\\" in v or not v.endswith((".yaml", ".yml")):
             raise ValueError(f"expected a file name in augment_policies/ such as randaugment.yaml, got {v!r}")
         return v
+
+
+# the ops policy search may use: pipeline/augment/ops.py's, less SamplePairing (it needs a partner
+# pool); written out so that loading params never imports OpenCV (search.py checks they match)
+SearchOp = Literal["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast",
+                   "Invert", "Equalize", "Solarize", "Posterize", "Contrast", "Color", "Brightness",
+                   "Sharpness", "Cutout"]
+
+
+class PolicySearch(Section):
+    """Learn an AutoAugment policy by density matching with the oof fold models (pipeline/augment/search.py)."""
+
+    enabled: bool = True  # false: learned.yaml is the identity policy
+    candidates: int = Field(100, ge=1)  # sub-policies scored per fold (random search)
+    max_samples: int = Field(400, ge=1)  # held-out images per fold each candidate is scored on
+    top: int = Field(5, ge=1)  # sub-policies kept per fold
+    min_change: float = Field(0.05, ge=0.0, le=1.0)  # a candidate must move pixels by this much (mean |diff| / 255)
+    probability: float = Field(0.5, gt=0.0, le=1.0)  # of each op in the learned policy (not searched)
+    ops: list[SearchOp] = Field(["ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast",
+                                 "Invert", "Equalize", "Solarize", "Posterize", "Contrast", "Color",
+                                 "Brightness", "Sharpness", "Cutout"], min_length=1)  # AutoAugment's, less SamplePairing
+    seed: int = Field(0, ge=0)  # added to base.seed
 
 
 class InjectNoise(Section):
@@ -261,6 +287,56 @@ class Mine(Section):
     top: int = Field(32, ge=0)  # hardest examples listed and drawn
 
 
+class SynthVae(Section):
+    """The conditional convolutional VAE (pipeline/synthesize/generators.py)."""
+    epochs: int = Field(30, ge=0)  # 0: untrained (the gate must reject it)
+    latent_dim: int = Field(16, ge=1)
+    width: int = Field(32, ge=4)  # channels of the first conv; the second has twice as many
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-3, gt=0.0)  # Adam
+    beta: float = Field(0.5, ge=0.0)  # weight of the KL term (< 1: sharper, more varied samples)
+    kl_warmup_epochs: int = Field(10, ge=0)  # the KL weight ramps up linearly over these epochs
+    temperature: float = Field(0.8, gt=0.0)  # sampling: z ~ N(0, temperature^2)
+
+
+class SynthGan(Section):
+    """The conditional DCGAN with an auxiliary classifier (ACGAN) discriminator."""
+    epochs: int = Field(30, ge=0)  # 0: untrained (the gate must reject it)
+    latent_dim: int = Field(32, ge=1)
+    width: int = Field(32, ge=4)  # discriminator's first conv; the generator mirrors it
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(2e-4, gt=0.0)  # Adam, betas (0.5, 0.999), both networks
+    aux_weight: float = Field(1.0, ge=0.0)  # weight of the class loss (ACGAN)
+    temperature: float = Field(1.0, gt=0.0)  # sampling: z ~ N(0, temperature^2)
+
+
+class SynthGate(Section):
+    """Per-sample admission and the generator's verdict (pipeline/synthesize/gate.py)."""
+    tau: float = Field(0.5, ge=0.0, le=1.0)  # off_label: judges' mean p(conditioning label) < tau
+    copy_quantile: float = Field(0.01, ge=0.0, le=0.5)  # copies_train threshold; 0: check off
+    holdout_quantile: float = Field(0.01, gt=0.0, le=0.5)  # copies_val_test threshold; always on
+    realism_quantile: float = Field(0.05, ge=0.0, le=0.5)  # off_manifold threshold; 0: check off
+    min_admitted: float = Field(0.2, ge=0.0, le=1.0)  # below: the generator is rejected
+    pr_k: int = Field(3, ge=1)  # k of the k-NN manifolds (precision, recall, realism)
+    max_features: int = Field(5000, ge=10)  # samples per side for precision / recall / KID
+    kid_subsets: int = Field(10, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)
+    tstr_epochs: int = Field(20, ge=1)  # train-on-synthetic classifier (the train recipe)
+
+
+class Synthesize(Section):
+    enabled: bool = True  # false: an empty manifest
+    generator: Literal["vae", "gan"] = "vae"
+    per_class: int = Field(20, ge=0)  # samples drawn per class (before the gate)
+    balance: bool = False  # true: instead, top every class up to the largest class's train count
+    max_draws: int = Field(4, ge=1, le=100)  # per class, at most this times its target is drawn to replace rejects
+    weight: float = Field(1.0, gt=0.0)  # sample weight in the assembled training set
+    vae: SynthVae = SynthVae()
+    gan: SynthGan = SynthGan()
+    gate: SynthGate = SynthGate()
+    preview: int = Field(8, ge=1, le=32)  # samples per class in plots/synthesize/samples.png
+
+
 class Params(Section):
     base: Base = Base()
     ingest: Ingest = Ingest()
@@ -271,9 +347,11 @@ class Params(Section):
     lr_find: LrFind = LrFind()
     adversarial: Adversarial = Adversarial()
     augment: Augment = Augment()
+    policy_search: PolicySearch = PolicySearch()
     oof: Oof = Oof()
     clean: Clean = Clean()
     mine: Mine = Mine()
+    synthesize: Synthesize = Synthesize()
 
 
 def _describe(err: dict) -> str:

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "split", "oof", "clean", "mine", "augment", "adversarial", "assemble", "train", "evaluate"]
+STAGES = ["ingest", "split", "oof", "clean", "mine", "policy-search", "augment", "adversarial", "synthesize",
+          "assemble", "train", "evaluate"]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
@@ -48,7 +49,9 @@ def make_project(dest: Path, **params: dict) -> Path:
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
-    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2}, oof={"epochs": 2})
+    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2}, oof={"epochs": 2},
+                # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
+                synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}})
     _set_params(dest, **params)
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
@@ -71,7 +74,9 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert ingest["in"] == ingest["kept"] + ingest["quarantined"] == 1797
     assert (project / "dvc.lock").exists()
     by_origin = json.loads((project / "metrics/assemble.json").read_text())["by_origin"]
-    assert set(by_origin) == {"real", "augmented", "adversarial"}
+    assert set(by_origin) == {"real", "augmented", "adversarial", "synthetic"}
+    assert json.loads((project / "metrics/synthesize.json").read_text())["verdict"] == "admitted"
+    assert (project / "plots/synthesize/samples.png").exists()
     clean = pd.read_parquet(project / "data/clean/manifest.parquet")
     assert {"sample_id", "path", "label", "split", "is_label_issue", "label_score", "suggested_label"} <= set(clean)
     assert len(clean) == 1797 and (project / "plots/clean/label_issues.png").exists()
@@ -84,12 +89,12 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
 
     _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
-    assert _ran(_run(["dvc", "repro"], project)) == ["split", "oof", "clean", "mine", "augment", "adversarial",
-                                                     "assemble", "train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == ["split", "oof", "clean", "mine", "policy-search", "augment",
+                                                     "adversarial", "synthesize", "assemble", "train", "evaluate"]
 
     _set_params(project, clean={"action": "remove"})  # oof is reused; clean and what reads it re-run
-    assert _ran(_run(["dvc", "repro"], project)) == ["clean", "mine", "augment", "adversarial", "assemble",
-                                                     "train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == ["clean", "mine", "augment", "adversarial", "synthesize",
+                                                     "assemble", "train", "evaluate"]
     _set_params(project, clean={"action": "flag"})
 
     # Back to the first params: same inputs give byte-identical outputs.
