@@ -79,7 +79,7 @@ def main() -> None:
         sets = [*args.set, f"clean.inject_noise.kind={kind}", f"clean.inject_noise.rate={rate}",
                 f"clean.inject_noise.seed={seed}"]
         if pairs:
-            sets.append(f"clean.inject_noise.pairs={PAIRS[pairs[0]]}")
+            sets.append(f"+clean.inject_noise.pairs={PAIRS[pairs[0]]}")  # + : not a key of params.yaml
         seconds, ran, restored = run_pipeline(args.project, sets)
         ours = json.loads((args.project / "metrics/clean.json").read_text())
         df, _ = dataset.read_manifest(args.project / "data/oof")
@@ -107,7 +107,7 @@ def main() -> None:
         for f, s in filters.items():
             print(f"    our oof probs, filter_by={f:22s} P {s['precision']:.3f} R {s['recall']:.3f} "
                   f"F1 {s['f1']:.3f} ({s['flagged']} flagged)", flush=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
+        args.out.write_text(json.dumps(results, indent=1) + "\n")  # after each setting: hours of work
     print(f"wrote {args.out}")
 
 

@@ -123,7 +123,7 @@ def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str
 
 def label_issue_gallery(df: pd.DataFrame, n: int):
     top = df[df["is_label_issue"]].sort_values("label_score", kind="stable").head(n)
-    caps = [f"{g} -> {s}\n{q:.3f}"
+    caps = [f"{g} ->\n{s}\n{q:.3f}"
             for g, s, q in zip(top["given_label"], top["suggested_label"], top["label_score"])]
     title = "top label issues: given -> suggested, label score"
     return gallery.grid(dataset.load_pixels(top) if len(top) else np.zeros((0, 8, 8, 1), np.uint8),

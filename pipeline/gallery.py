@@ -29,19 +29,21 @@ def grid(images: np.ndarray, captions: list[str] | None = None, cols: int = 8,
     cols = max(1, min(cols, n or 1))
     rows = max(1, -(-n // cols))
     font = _font()
-    cap_h = 0
+    cap_h, col_w = 0, cell
     if captions:
         lines = max(c.count("\n") + 1 for c in captions)
         cap_h = 12 * lines + 2
+        # a column is as wide as its longest caption line, so neighbours' captions never overlap
+        col_w = max(cell, *(int(font.getlength(line)) + 2 for c in captions for line in c.split("\n")))
     top = 16 if title else 0
-    w, h = cols * (cell + _PAD) + _PAD, top + rows * (cell + cap_h + _PAD) + _PAD
+    w, h = cols * (col_w + _PAD) + _PAD, top + rows * (cell + cap_h + _PAD) + _PAD
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((_PAD, 2), title, fill=(0, 0, 0), font=font)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        x, y = _PAD + c * (cell + _PAD), top + _PAD + r * (cell + cap_h + _PAD)
+        x, y = _PAD + c * (col_w + _PAD), top + _PAD + r * (cell + cap_h + _PAD)
         pil = Image.fromarray(img[:, :, 0] if img.shape[-1] == 1 else img)
         canvas.paste(pil.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
         if captions:
