@@ -69,7 +69,8 @@ def get(name: str, options: dict | None = None) -> Detector:
 class LabelOptions(Options):
     # low_self_confidence: cleanlab's estimate of how many labels are wrong (count.num_label_issues),
     # taken in order of self-confidence; it won on Fashion-MNIST with 10% injected noise (F1 0.93
-    # vs 0.84 for prune_by_noise_rate) and ties on digits (see README, clean; bench/bench_clean.py)
+    # vs 0.84 for prune_by_noise_rate) but undercounts on data as small as digits, where
+    # prune_by_noise_rate does better (README, clean; bench/bench_clean.py)
     filter_by: Literal["low_self_confidence", "low_normalized_margin", "prune_by_noise_rate",
                        "prune_by_class", "both", "confident_learning",
                        "predicted_neq_given"] = "low_self_confidence"
