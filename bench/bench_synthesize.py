@@ -200,10 +200,11 @@ def main() -> None:
     results = {"per_class": args.per_class, "clf_steps": args.clf_steps, "threads": args.threads,
                "sets": DEFAULT_SETS + args.set,
                "generators": full_data(params, args, clean, classes, judges, ref, train, test)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")  # kept if low-data fails
     if args.low_data:
         results["low_data"] = low_data(params, args, clean, classes, train, test)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(tables(results))
 
 

@@ -294,9 +294,14 @@ class SynthVae(Section):
     width: int = Field(32, ge=4)  # channels of the first conv; the second has twice as many
     batch_size: int = Field(64, ge=2)
     lr: float = Field(2e-3, gt=0.0)  # Adam
-    beta: float = Field(0.5, ge=0.0)  # weight of the KL term (< 1: sharper, more varied samples)
+    beta: float = Field(0.1, ge=0.0)  # weight of the KL term (< 1: sharper, more varied samples)
     kl_warmup_epochs: int = Field(10, ge=0)  # the KL weight ramps up linearly over these epochs
-    temperature: float = Field(0.8, gt=0.0)  # sampling: z ~ N(0, temperature^2)
+    # where latent codes are sampled. normal: the prior N(0, temperature^2 I); mixture: a per-class
+    # Gaussian mixture fitted to the train images' posterior means after training (ex-post density
+    # estimation, Ghosh et al. 2020), each component's noise scaled by temperature
+    prior: Literal["normal", "mixture"] = "mixture"
+    temperature: float = Field(1.0, gt=0.0)
+    mixture_components: int = Field(10, ge=1)  # per class
 
 
 class SynthGan(Section):

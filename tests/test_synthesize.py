@@ -271,3 +271,25 @@ def test_generators_train_deterministically_on_8_and_28_px(name):
         assert np.array_equal(out[:2], a.decode(z[:2], np.arange(2)))  # a sample does not depend on its batch
     with pytest.raises(PipelineError, match="divisible by 4"):
         generators.build(name, knobs, (10, 10, 1), 4, seed=0)
+
+
+def test_vae_mixture_prior_samples_where_the_posterior_means_are(tmp_path):
+    from fit_util import patterns
+
+    x, y = patterns(96, size=8)
+    knobs = params.SynthVae(epochs=2, width=4, batch_size=16, prior="mixture", mixture_components=3)
+    gen = generators.build("vae", knobs, x.shape[1:], 4, seed=3)
+    gen.fit(x, y)
+    mix = gen.networks["mixture"]
+    assert np.allclose(mix.weights.sum(1).numpy(), 1.0) and (mix.weights > 0).sum(1).min() == 3
+    seeds, labels = list(range(400)), np.arange(400) % 4
+    z = gen.latents(seeds, labels)
+    assert np.array_equal(z[:7], gen.latents(seeds[:7], labels[:7]))  # a code depends on its seed only
+    mu = gen.encode(x, y)
+    for c in range(4):  # the codes follow the class's posterior means, not N(0, I)
+        assert np.abs(z[labels == c].mean(0) - mu[y == c].mean(0)).max() < 0.5 * mu[y == c].std(0).max() + 0.1
+    generators.save(tmp_path / "g.pt", gen, list("abcd"), [])
+    loaded, _ = generators.load(tmp_path / "g.pt")
+    assert loaded.fingerprint() == gen.fingerprint() and np.array_equal(loaded.latents(seeds, labels), z)
+    assert not np.allclose(z, generators.build("vae", knobs.model_copy(update={"prior": "normal"}), x.shape[1:], 4,
+                                               seed=3).latents(seeds, labels))

@@ -93,6 +93,11 @@ class Generator:
         """Float NCHW images in [0, 1] for latent codes and label ids (eval mode, no grad)."""
         raise NotImplementedError
 
+    def latents(self, seeds: list[int], labels: np.ndarray) -> np.ndarray:
+        """(N, latent_dim) float32 latent codes, one from each seed: the prior N(0, temperature^2)."""
+        return np.array([np.random.default_rng(s).standard_normal(self.latent_dim) * self.temperature
+                         for s in seeds], np.float32).reshape(len(seeds), self.latent_dim)
+
     def decode(self, z: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """uint8 NHWC images for latent codes (N, latent_dim) and label ids (N,)."""
         out = []
@@ -169,6 +174,44 @@ class _Decoder(nn.Module):
         return self.up(self.fc(torch.cat([z, onehot], 1)).view(-1, *self.shape))
 
 
+class _Mixture(nn.Module):
+    """Per class, a Gaussian mixture over latent codes, held in buffers so it is checkpointed
+    with the weights; one standard normal component per class until `fit`."""
+
+    def __init__(self, k: int, m: int, d: int):
+        super().__init__()
+        self.register_buffer("weights", torch.zeros(k, m).index_fill_(1, torch.tensor([0]), 1.0))
+        self.register_buffer("means", torch.zeros(k, m, d))
+        self.register_buffer("chol", torch.eye(d).repeat(k, m, 1, 1))  # Cholesky factors of the covariances
+
+    def fit(self, z: np.ndarray, labels: np.ndarray, seed: int) -> None:
+        from sklearn.mixture import GaussianMixture
+
+        m = self.means.shape[1]
+        for c in range(self.means.shape[0]):
+            zc = z[labels == c].astype(np.float64)
+            if len(zc) < 2:  # nothing to fit: the class keeps the prior
+                continue
+            g = GaussianMixture(min(m, len(zc)), covariance_type="full", random_state=seed).fit(zc)
+            n = g.n_components
+            self.weights[c] = 0.0
+            self.weights[c, :n] = torch.from_numpy(g.weights_ / g.weights_.sum()).float()
+            self.means[c, :n] = torch.from_numpy(g.means_).float()
+            # sklearn keeps U with precision = U U^T, so the covariance's Cholesky factor is U^-T
+            self.chol[c, :n] = torch.from_numpy(np.linalg.inv(g.precisions_cholesky_).transpose(0, 2, 1)).float()
+
+    def sample(self, seeds: list[int], labels: np.ndarray, temperature: float) -> np.ndarray:
+        w, mu, chol = (t.double().numpy() for t in (self.weights, self.means, self.chol))
+        d = mu.shape[2]
+        out = np.empty((len(seeds), d), np.float32)
+        for i, (s, c) in enumerate(zip(seeds, labels)):
+            rng = np.random.default_rng(s)
+            eps = rng.standard_normal(d) * temperature
+            j = min(int(np.searchsorted(np.cumsum(w[c]), rng.random() * w[c].sum(), side="right")), len(w[c]) - 1)
+            out[i] = mu[c, j] + chol[c, j] @ eps
+        return out
+
+
 @register
 class VAE(Generator):
     name, Knobs = "vae", params.SynthVae
@@ -178,7 +221,22 @@ class VAE(Generator):
         w, k, d = self.knobs.width, self.num_classes, self.latent_dim
         nets = {"encoder": _Encoder(c, s, w, k, d), "decoder": _Decoder(c, s, w, k, d, batchnorm=False)}
         self.opt = torch.optim.Adam([p for n in nets.values() for p in n.parameters()], lr=self.knobs.lr)
+        if self.knobs.prior == "mixture":
+            nets["mixture"] = _Mixture(k, self.knobs.mixture_components, d)
         return nets
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> list[dict]:
+        history = super().fit(x, y)
+        if "mixture" in self.networks:
+            # ex-post density estimation (Ghosh et al. 2020): sample where the train images'
+            # posterior means are, not from the whole N(0, I) the KL term only approximates
+            self.networks["mixture"].fit(self.encode(x, y), np.asarray(y), self.seed)
+        return history
+
+    def latents(self, seeds: list[int], labels: np.ndarray) -> np.ndarray:
+        if "mixture" not in self.networks:
+            return super().latents(seeds, labels)
+        return self.networks["mixture"].sample(seeds, np.asarray(labels), self.temperature)
 
     def step(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> dict[str, float]:
         enc, dec = self.networks["encoder"], self.networks["decoder"]
@@ -199,13 +257,15 @@ class VAE(Generator):
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.networks["decoder"](z, F.one_hot(y, self.num_classes).float()))
 
-    def encode(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Posterior means of uint8 NHWC images (for interpolating between real images)."""
-        xt = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() / 255.0
+    def encode(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> np.ndarray:
+        """Posterior means of uint8 NHWC images."""
+        enc, out = self.networks["encoder"].eval(), []
         with torch.no_grad():
-            mu, _ = self.networks["encoder"].eval()(xt, F.one_hot(torch.from_numpy(np.asarray(y, np.int64)),
-                                                                  self.num_classes).float())
-        return mu.numpy()
+            for i in range(0, len(x), batch_size):
+                xt = torch.from_numpy(np.array(x[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+                onehot = F.one_hot(torch.from_numpy(np.array(y[i:i + batch_size], np.int64)), self.num_classes)
+                out.append(enc(xt, onehot.float())[0].numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)
 
 
 class _Discriminator(nn.Module):

@@ -107,9 +107,7 @@ def draw(gen, model_id: str, labels: np.ndarray, index: np.ndarray, classes: lis
     # 53 bits, as augment's seeds: the column stays exact beside other manifests' in assemble
     seeds = [dataset.sample_seed(seed, f"synthesize:{gen.name}:{c}:{k}") & (2**53 - 1)
              for c, k in zip(labels, index)]
-    z = np.array([np.random.default_rng(s).standard_normal(gen.latent_dim) * gen.temperature for s in seeds],
-                 np.float32).reshape(len(seeds), gen.latent_dim)
-    pixels = gen.decode(z, labels)
+    pixels = gen.decode(gen.latents(seeds, labels), labels)
     rows = pd.DataFrame({
         "sample_id": [dataset.sample_id("synthetic", gen.name, model_id, c, k) for c, k in zip(labels, index)],
         "path": [f"synthetic/{gen.name}/{classes[c]}/{k:05d}" for c, k in zip(labels, index)],
@@ -259,8 +257,7 @@ def interpolation_grid(gen, num_classes: int, classes: list[str], seed: int, ste
     t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
     z, labels = [], []
     for c in range(num_classes):
-        a, b = (np.random.default_rng(dataset.sample_seed(seed, f"interpolate:{gen.name}:{c}:{e}"))
-                .standard_normal(gen.latent_dim).astype(np.float32) * gen.temperature for e in (0, 1))
+        a, b = gen.latents([dataset.sample_seed(seed, f"interpolate:{gen.name}:{c}:{e}") for e in (0, 1)], [c, c])
         z.append((1 - t) * a + t * b)
         labels += [c] * steps
     images = gen.decode(np.concatenate(z), np.array(labels))
