@@ -87,6 +87,8 @@ def train_and_gate(params: P.Params, name: str, train: pd.DataFrame, judges, ref
 
 def full_data(params, args, clean, classes, judges, ref, train, test) -> dict:
     out, k = {}, len(classes)
+    val_df = clean[(clean["origin"] == "real") & (clean["split"] == "val")]
+    val = (dataset.load_pixels(val_df), val_df["label_id"].to_numpy(np.int64))
     x_train, y_train = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
     for name in args.generators:
         r = train_and_gate(params, name, train, judges, ref, classes, args.per_class)
@@ -102,6 +104,7 @@ def full_data(params, args, clean, classes, judges, ref, train, test) -> dict:
             "generated_set": q["generated"], "admitted_set": q["admitted"], "real_baseline": q["real_baseline"],
             "tstr_test_all": accuracy(params, r["pixels"][first], y[first], test, k, args.clf_steps, params.base.seed),
             "tstr_test_admitted": accuracy(params, r["pixels"][a], y[a], test, k, args.clf_steps, params.base.seed),
+            "tstr_val_admitted": accuracy(params, r["pixels"][a], y[a], val, k, args.clf_steps, params.base.seed),
             "real_same_n_test": accuracy(params, x_train[pick], y_train[pick], test, k, args.clf_steps,
                                          params.base.seed)}
         print(f"{name}: {json.dumps({k2: v for k2, v in out[name].items() if not isinstance(v, dict)})}", flush=True)
@@ -183,6 +186,7 @@ def main() -> None:
     ap.add_argument("--clf-steps", type=int, default=1500, help="optimiser steps of each small CNN trained here")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--low-data", action="store_true")
+    ap.add_argument("--low-data-only", action="store_true", help="the low-data experiment alone")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05])
     ap.add_argument("--low-data-per-class", type=int, default=1000)
     ap.add_argument("--low-data-gen-steps", type=int, default=5000, help="generator steps on a low-data subset")
@@ -199,10 +203,11 @@ def main() -> None:
           flush=True)
     results = {"per_class": args.per_class, "clf_steps": args.clf_steps, "threads": args.threads,
                "sets": DEFAULT_SETS + args.set,
-               "generators": full_data(params, args, clean, classes, judges, ref, train, test)}
+               "generators": {} if args.low_data_only else full_data(params, args, clean, classes, judges, ref,
+                                                                       train, test)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")  # kept if low-data fails
-    if args.low_data:
+    if args.low_data or args.low_data_only:
         results["low_data"] = low_data(params, args, clean, classes, train, test)
         args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(tables(results))

@@ -302,6 +302,9 @@ class SynthVae(Section):
     prior: Literal["normal", "mixture"] = "mixture"
     temperature: float = Field(1.0, gt=0.0)
     mixture_components: int = Field(10, ge=1)  # per class
+    # decoding: sigmoid(logits / pixel_temperature); 1 is the Bernoulli mean (blurry), lower is sharper.
+    # Data-dependent: 0.4 lifts Fashion-MNIST's TSTR (0.78 -> 0.82) but lowers digits' (0.81 -> 0.70)
+    pixel_temperature: float = Field(1.0, gt=0.0)
 
 
 class SynthGan(Section):

@@ -293,3 +293,18 @@ def test_vae_mixture_prior_samples_where_the_posterior_means_are(tmp_path):
     assert loaded.fingerprint() == gen.fingerprint() and np.array_equal(loaded.latents(seeds, labels), z)
     assert not np.allclose(z, generators.build("vae", knobs.model_copy(update={"prior": "normal"}), x.shape[1:], 4,
                                                seed=3).latents(seeds, labels))
+
+
+def test_vae_pixel_temperature_sharpens_without_moving_a_pixel_across_the_middle():
+    from fit_util import patterns
+
+    x, y = patterns(64, size=8)
+    knobs = params.SynthVae(epochs=1, width=4, batch_size=16)
+    a = generators.build("vae", knobs, x.shape[1:], 4, seed=0)
+    a.fit(x, y)
+    b = generators.build("vae", knobs.model_copy(update={"pixel_temperature": 0.5}), x.shape[1:], 4, seed=0)
+    b.fit(x, y)
+    z, labels = a.latents(list(range(8)), np.arange(8) % 4), np.arange(8) % 4
+    mean, sharp = (g.decode(z, labels).astype(int) - 127.5 for g in (a, b))
+    assert np.array_equal(np.sign(mean), np.sign(sharp)) and (np.abs(sharp) >= np.abs(mean)).all()
+    assert (np.abs(sharp) > np.abs(mean)).mean() > 0.5
