@@ -155,6 +155,7 @@ def tables(results: dict) -> str:
     f = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = ["| generator | train time | FID generated / admitted | KID generated / admitted | precision | recall | "
              "admitted / generated | TSTR test: admitted / generated | real, same n |", "|---|" + "---|" * 8]
+    lines = lines if results["generators"] else []
     for name, r in results["generators"].items():
         a, s = r["generated_set"], r["admitted_set"]
         lines.append(f"| {name} ({r['epochs']} epochs) | {r['train_seconds'] / 60:.1f} min | {f(a['fid'])} / "
