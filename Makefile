@@ -24,10 +24,7 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	dvc repro
 	@echo
-	dvc metrics show
-	@echo
-	@echo "metrics: metrics/*.json    plots: plots/ (render them with: dvc plots show)"
-	@echo "model:   models/model.pt   data: data/<stage>/manifest.parquet"
+	@$(PY) -m pipeline summary
 
 test: setup labelstudio
 	$(PY) -m pytest -q

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 from pipeline.errors import PipelineError
@@ -23,6 +24,7 @@ STAGES = {
     "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
     "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),
     "lr-find": ("pipeline.lr_find", "LR range test: sweep the learning rate and suggest a maximum"),
+    "summary": ("pipeline.summary", "the run in ten lines: test accuracy with its interval, data counts, flags, where things are"),
     "label": ("pipeline.labelstudio.cli", "push samples to / pull annotations from Label Studio; serve a local one"),
 }
 
@@ -37,14 +39,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+def params_read(name: str, dvc_file: str = "dvc.yaml") -> list[str]:
+    """The params keys (sections or dotted keys) stage `name` reads, as dvc.yaml declares them."""
+    import yaml
+
+    try:
+        with open(dvc_file) as f:
+            stage = (yaml.safe_load(f) or {}).get("stages", {}).get(name, {})
+    except (OSError, yaml.YAMLError):
+        return []
+    return [k for entry in stage.get("params", []) for k in ([entry] if isinstance(entry, str) else entry)]
+
+
+def params_epilog(name: str, params_file: str) -> str:
+    """`--help`'s list of the params the stage reads, with their current values."""
+    from pipeline import params
+
+    keys = params_read(name)
+    if not keys:
+        return ""
+    try:
+        current = params.load(params_file).model_dump(mode="json")
+    except PipelineError as e:
+        return f"params: cannot read {params_file}: {e}"
+    lines = []
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) \
+                and not prefix.endswith(("fractions", "checks", "issues")):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}", v)
+        else:
+            lines.append(f"  {prefix} = {value if isinstance(value, str) else json.dumps(value)}")
+    for key in keys:
+        value = current
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        walk(key, value)
+    return (f"params it reads (current values from {params_file}; change one with "
+            "`dvc exp run -S key=value`):\n" + "\n".join(lines))
+
+
+def stage_parser(name: str, params_file: str = "params.yaml") -> tuple[argparse.ArgumentParser, object]:
     module_name, help_ = STAGES[name]
     module = importlib.import_module(module_name)
-    p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_)
+    p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=params_epilog(name, params_file))
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     module.add_arguments(p)
     return p, module
+
+
+def _params_arg(argv: list[str]) -> str:
+    for i, a in enumerate(argv):
+        if a == "--params" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--params="):
+            return a.split("=", 1)[1]
+    return "params.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in STAGES:
         build_parser().parse_args(argv)  # prints help or "invalid choice", exits
     name, rest = argv[0], argv[1:]
-    parser, module = stage_parser(name)
+    parser, module = stage_parser(name, _params_arg(rest))
     args = parser.parse_args(rest)
     from pipeline import console, params
 

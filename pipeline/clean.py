@@ -6,7 +6,7 @@ with, per issue type in `clean.issues`, `is_<issue>_issue` and `<issue>_score` (
 severe), plus `suggested_label`, `given_label` (the label before any automatic action),
 `human_label`/`label_patched` (the human patch), `needs_review` and `removed_reason`.
 
-Order of decisions: human label patches (`data/labels/patches.csv`) override labels first,
+Order of decisions: human label patches (`labels/patches.csv`, kept in git) override labels first,
 and a sample a human reviewed is never flagged again. Automatic actions touch train only:
 `remove` keeps the row with `split: removed` (so counts add up and stages that select train
 skip it), `relabel` takes the suggested label where its probability is at least
@@ -23,18 +23,13 @@ import pandas as pd
 
 from pipeline import dataset, gallery, issues, oof
 from pipeline.console import log
-from pipeline.errors import PipelineError
 from pipeline.labelstudio import patches as label_patches
 from pipeline.params import Params
 
 
-def load_patches(labels_dir: str | Path, classes: list[str]) -> pd.DataFrame:
-    """The human label patch in `labels_dir`; none when neither it nor its .dvc file exists."""
-    csv = Path(labels_dir) / Path(label_patches.PATCHES).name
-    if not csv.exists() and csv.with_name(csv.name + ".dvc").exists():
-        raise PipelineError(f"{csv}: tracked by {csv.name}.dvc but not in the workspace; "
-                            f"run `dvc pull {csv}`")
-    return label_patches.read_patches(csv, classes)
+def load_patches(path: str | Path, classes: list[str]) -> pd.DataFrame:
+    """The human label patch at `path` (none when the file does not exist)."""
+    return label_patches.read_patches(path, classes)
 
 
 def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
@@ -113,6 +108,11 @@ def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str
     metrics = {"action": params.clean.action, "patches": patch_counts, **action_counts,
                "needs_review": int(df["needs_review"].sum()), "issues": found}
     pool = df["fold"].to_numpy() >= 0
+    metrics["oof_accuracy"] = round(float((probs[pool].argmax(1) == df["label_id"].to_numpy()[pool]).mean()), 6) \
+        if pool.any() else None
+    metrics["oof_trusted"] = metrics["oof_accuracy"] is not None and \
+        metrics["oof_accuracy"] >= params.clean.min_oof_accuracy
+    metrics["flag_rates"] = {name: round(c["total"] / max(len(df), 1), 6) for name, c in found.items()}
     if "is_label_issue" in df:
         metrics["estimated_noise_rate"] = round(float(df["is_label_issue"].to_numpy()[pool].mean()), 6)
         metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).options.filter_by
@@ -132,8 +132,8 @@ def label_issue_gallery(df: pd.DataFrame, n: int):
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oof", default="data/oof", help="oof output (default: %(default)s)")
-    p.add_argument("--labels", default="data/labels",
-                   help="folder of the human label patch (default: %(default)s)")
+    p.add_argument("--labels", default=label_patches.PATCHES,
+                   help="the human label patch, kept in git (default: %(default)s)")
     p.add_argument("--out", default="data/clean", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/clean.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/clean", help="(default: %(default)s)")
@@ -150,3 +150,20 @@ def main(params: Params, args: argparse.Namespace) -> None:
         gallery.save(label_issue_gallery(df, params.clean.gallery), Path(args.plots) / "label_issues.png")
     log.info("clean: %s; %d removed, %d relabeled, %d to review", metrics["issues"], metrics["removed"],
              metrics["relabeled"], metrics["needs_review"])
+    for line in warnings(params, metrics):
+        log.warning("%s", line)
+
+
+def warnings(params: Params, metrics: dict) -> list[str]:
+    """One line for each figure that says the flags should not be trusted as they are."""
+    out = []
+    if not metrics["oof_trusted"] and metrics["oof_accuracy"] is not None:
+        out.append(f"clean: the oof models are weak (out-of-fold accuracy {metrics['oof_accuracy']:.2f} < "
+                   f"clean.min_oof_accuracy {params.clean.min_oof_accuracy:.2f}): their label and outlier "
+                   "flags are not to be trusted; more images per class or more oof epochs help")
+    for name, rate in metrics["flag_rates"].items():
+        if rate > params.clean.max_flag_rate:
+            out.append(f"clean: {name} flags {metrics['issues'][name]['total']} samples ({rate:.0%}), far above "
+                       f"any plausible rate (clean.max_flag_rate {params.clean.max_flag_rate:.0%}): "
+                       f"check clean.issues.{name} for this data")
+    return out

@@ -70,9 +70,11 @@ def score(proba: np.ndarray, y: np.ndarray, classes: list[str], ece_bins: int) -
     top_k = np.argpartition(-proba, top - 1, axis=1)[:, :top] if k > top else np.tile(np.arange(k), (n, 1))
     nll = -np.log(np.clip(proba[np.arange(n), y].astype(np.float64), 1e-12, None))
     r = lambda v: round(float(v), 6)  # noqa: E731  stable JSON across runs
+    correct = int((pred == y).sum())
     return {
         "n_test": int(n),
         "accuracy": r((pred == y).mean()),
+        "accuracy_ci95": [r(v) for v in accuracy_interval(correct, n)],
         "top5_accuracy": r((top_k == y[:, None]).any(axis=1).mean()),
         "macro_f1": r(f1[seen].mean()),
         "ece": r(expected_calibration_error(proba, y, ece_bins)),
@@ -80,6 +82,16 @@ def score(proba: np.ndarray, y: np.ndarray, classes: list[str], ece_bins: int) -
         "per_class": {c: {"precision": r(precision[i]), "recall": r(recall[i]), "f1": r(f1[i]),
                           "support": int(support[i])} for i, c in enumerate(classes)},
     }
+
+
+def accuracy_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson (exact binomial) interval of an accuracy of `correct` out of `n`."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return 0.0, 1.0
+    ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
 
 
 def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.DataFrame:
@@ -177,3 +189,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     record_test_evaluation(args.ledger, params, args.model)
     log.info("evaluate: accuracy %.4f, macro F1 %.4f, ECE %.4f on %d test samples",
              metrics["accuracy"], metrics["macro_f1"], metrics["ece"], metrics["n_test"])
+    lo, hi = metrics["accuracy_ci95"]
+    if (hi - lo) / 2 > params.evaluate.max_interval:
+        log.warning("evaluate: only %d test samples: accuracy %.2f has a 95%% interval of %.2f-%.2f, too wide "
+                    "to tell models apart (more images, or a larger split.fractions.test)",
+                    metrics["n_test"], metrics["accuracy"], lo, hi)

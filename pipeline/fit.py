@@ -70,6 +70,13 @@ def class_weights(y: np.ndarray, num_classes: int) -> np.ndarray:
     return w
 
 
+def size_aware_epochs(n: int, batch_size: int, epochs: int, min_steps: int, max_epochs: int) -> int:
+    """`epochs`, or more where that would be fewer than `min_steps` optimizer steps over `n`
+    samples (small data: 8 epochs of 3,200 images are 200 steps), at most `max_epochs`."""
+    steps = max(1, n // max(1, min(batch_size, n)))
+    return int(min(max(epochs, math.ceil(min_steps / steps)), max(max_epochs, epochs)))
+
+
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (step is 0-based)."""
     if step < warmup:
@@ -89,9 +96,14 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
-def set_threads(cfg: Train) -> None:
+def threads(cfg: Train) -> int:
+    """The torch threads `cfg.threads` means: 0 is every core this process may use."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(cfg.threads or cores or 1)
+    return cfg.threads or cores or 1
+
+
+def set_threads(cfg: Train) -> None:
+    torch.set_num_threads(threads(cfg))
 
 
 @contextlib.contextmanager
@@ -119,7 +131,7 @@ def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes:
     return {"format_version": FORMAT_VERSION, "model": cfg.model, "in_channels": int(x_train.shape[-1]),
             "num_classes": num_classes, "width": cfg.width, "image_size": list(x_train.shape[1:3]),
             "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
-            "seed": seed, "train": cfg.model_dump()}
+            "seed": seed, "threads": threads(cfg), "train": cfg.model_dump()}
 
 
 def evaluate_loss(model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:

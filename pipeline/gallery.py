@@ -23,9 +23,12 @@ def _font(size: int = 10) -> ImageFont.ImageFont:
 
 def grid(images: np.ndarray, captions: list[str] | None = None, cols: int = 8,
          cell: int = 64, title: str | None = None) -> Image.Image:
-    """Lay out uint8 (N, H, W, C) images, row-major, each scaled to `cell` pixels wide."""
+    """Lay out uint8 (N, H, W, C) images, row-major, each scaled to `cell` pixels wide.
+    No images: the title and "none found", never a blank tile."""
     images = np.asarray(images, dtype=np.uint8)
     n = len(images)
+    if n == 0:
+        return empty(title)
     cols = max(1, min(cols, n or 1))
     rows = max(1, -(-n // cols))
     font = _font()
@@ -48,6 +51,19 @@ def grid(images: np.ndarray, captions: list[str] | None = None, cols: int = 8,
         canvas.paste(pil.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST), (x, y))
         if captions:
             draw.multiline_text((x, y + cell + 1), captions[i], fill=(0, 0, 0), font=font, spacing=1)
+    return canvas
+
+
+def empty(title: str | None = None) -> Image.Image:
+    """A picture that says there was nothing to show."""
+    font = _font()
+    text = "none found"
+    w = max(int(font.getlength(t)) for t in (title or "", text)) + 2 * _PAD
+    canvas = Image.new("RGB", (max(w, 120), 40 if title else 24), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((_PAD, 2), title, fill=(0, 0, 0), font=font)
+    draw.text((_PAD, 20 if title else 6), text, fill=(110, 110, 110), font=font)
     return canvas
 
 

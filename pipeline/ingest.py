@@ -26,7 +26,7 @@ from pipeline import dataset
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Params
-from pipeline.sources import SOURCES, Item, native_size
+from pipeline.sources import SOURCES, Item, auto_shape
 from pipeline.decode import DecodeError, decode_file, normalise
 
 QUARANTINE = "quarantine.csv"
@@ -42,8 +42,8 @@ def _decode(file: str, size: int, channels: int, max_pixels: int,
         return None, e.reason, str(e)
 
 
-def _pixels(items: list[Item], cfg: Ingest,
-            size: int) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
+def _pixels(items: list[Item], cfg: Ingest, size: int,
+            channels: int) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
     """Each item with its normalised pixels, or the reason it is quarantined, in input order.
 
     Decoding files is CPU-bound; a process pool keeps input order (imap), so the output
@@ -51,9 +51,9 @@ def _pixels(items: list[Item], cfg: Ingest,
     per-item work in this process limits the speed. In-memory pixels are normalised here,
     which is cheaper than pickling them.
     """
-    shape = (size, size, cfg.channels)
+    shape = (size, size, channels)
     files = [it.file for it in items if it.reason is None and it.pixels is None]
-    decode = functools.partial(_decode, size=size, channels=cfg.channels,
+    decode = functools.partial(_decode, size=size, channels=channels,
                                max_pixels=cfg.max_pixels, min_side=cfg.min_side)
     workers = min(cfg.workers or os.cpu_count() or 1, max(len(files), 1))
     chunksize = max(1, min(256, len(files) // (4 * workers)))
@@ -68,7 +68,7 @@ def _pixels(items: list[Item], cfg: Ingest,
                 if item.reason is not None:
                     yield item, None, item.reason, item.detail
                 elif item.pixels is not None:
-                    yield item, normalise(item.pixels, size, cfg.channels), None, None
+                    yield item, normalise(item.pixels, size, channels), None, None
                 else:
                     raw, reason, detail = next(decoded)
                     pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
@@ -80,11 +80,15 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     cfg = params.ingest
     source = SOURCES[cfg.source]
     items, declared = source(cfg)
-    size = cfg.image_size or native_size(cfg.source)
+    if not items:
+        raise PipelineError(f"no images found under {cfg.path}")
+    size, channels, why = auto_shape(items, cfg)
+    if why:
+        log.info("ingest: auto %s; set ingest.image_size / ingest.channels to override", why)
     writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
-    with contextlib.closing(_pixels(items, cfg, size)) as decoded:
+    with contextlib.closing(_pixels(items, cfg, size, channels)) as decoded:
         for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img",
                                                      total=len(items)):
             if reason is None and cfg.classes is not None and item.label not in cfg.classes:
@@ -120,7 +124,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
         "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
         "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
         "classes": len(classes), "per_class": {c: int((df["label"] == c).sum()) for c in classes},
-        "empty_classes": empty, "image_size": size, "channels": cfg.channels,
+        "empty_classes": empty, "image_size": size, "channels": channels,
     }
     assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
     return metrics
@@ -144,7 +148,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
         log.warning("classes with no usable image (%s): %s", fate,
                     ", ".join(metrics["empty_classes"]))
     if metrics["kept"] == 0:
-        raise PipelineError(f"no usable image in the source (see {out / QUARANTINE})")
+        raise PipelineError(f"no usable image in the source: all {metrics['in']} quarantined "
+                            f"(see {out / QUARANTINE})")
+    if metrics["classes"] < 2:
+        named = ", ".join(f"{c} ({n} images)" for c, n in metrics["per_class"].items())
+        raise PipelineError(f"{metrics['classes']} class with usable images ({named}): a classifier "
+                            "needs at least 2 (one folder per class, or a label column with 2+ values)")
     if metrics["quarantined_fraction"] > params.ingest.max_bad_fraction:
         raise PipelineError(
             f"{metrics['quarantined']} of {metrics['in']} items quarantined "

@@ -118,16 +118,20 @@ class Outliers(Detector):
 
 
 class NearDuplicateOptions(Options):
-    # pixels: cosine of raw pixel vectors. Embeddings were measured too close (neural collapse:
-    # on digits 5% of all samples have a same-class neighbour within cosine 0.002, none a copy)
-    features: Literal["pixels", "embeddings"] = "pixels"
+    # split: the duplicate sets the split stage verified (pixel residuals after a brightness/contrast
+    # fit, in 0..255 units, so the rule carries across image sizes and colours). pixels / embeddings:
+    # besides those, a nearest neighbour within cosine `threshold`. A raw-pixel cosine does not carry
+    # across data: on 64x64 RGB shapes over noisy backgrounds every image had a neighbour within 0.003;
+    # embeddings are too close by design (neural collapse: on digits 5% of samples have a same-class
+    # neighbour within 0.002, none a copy)
+    features: Literal["split", "pixels", "embeddings"] = "split"
     threshold: float = Field(0.003, ge=0.0, le=2.0)  # cosine distance at or below: a near duplicate
 
 
 def nearest_cosine(x: np.ndarray, dims: int = 64, candidates: int = 16,
                    chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine distance, index) of each row's nearest other row. Above `dims` features the
-    `candidates` nearest in a PCA projection are re-scored in full: exact for near duplicates,
+    """(cosine distance, index) of each row's nearest other row. Above `dims` features (and rows)
+    the `candidates` nearest in a PCA projection are re-scored in full: exact for near duplicates,
     close for the rest (the true nearest in 99% of rows), and 12 s on the 52k Fashion-MNIST train
     images where sklearn's brute-force kneighbors kept the clean stage busy for minutes."""
     import torch
@@ -135,7 +139,7 @@ def nearest_cosine(x: np.ndarray, dims: int = 64, candidates: int = 16,
     x = x.astype(np.float32)
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     z = x
-    if x.shape[1] > dims and len(x) > candidates + 1:
+    if x.shape[1] > dims and len(x) > max(dims, candidates + 1):  # PCA needs dims <= rows
         from sklearn.decomposition import PCA
 
         z = PCA(dims, svd_solver="randomized", random_state=0).fit_transform(x).astype(np.float32)
@@ -156,31 +160,40 @@ def nearest_cosine(x: np.ndarray, dims: int = 64, candidates: int = 16,
 
 @register
 class NearDuplicates(Detector):
-    """Nearest neighbour within the same split by cosine distance; samples the split stage put
-    in one duplicate cluster (`cluster_id`) count too. Adds `near_duplicate_of` (the neighbour's
-    id, where flagged). The score is the distance to the nearest neighbour, clipped to 1."""
+    """Samples with a duplicate in their own split: the split stage's verified duplicate sets
+    (`dup_group`; groups are not duplicates), and with `features: pixels | embeddings` also a
+    nearest neighbour within cosine `threshold`. Adds `near_duplicate_of` (the smallest other id
+    of the set, or the neighbour, where flagged). The score is 0 for a verified duplicate, else the
+    cosine distance to the nearest neighbour (1 with `features: split`), clipped to 1."""
     name = "near_duplicate"
     Options = NearDuplicateOptions
 
     def find(self, df, oof):
-        if self.options.features == "pixels":
-            from pipeline import dataset
+        ids = df["sample_id"].to_numpy().astype(object)
+        dist, nearest = np.ones(len(df)), np.full(len(df), "", dtype=object)
+        if self.options.features != "split":
+            if self.options.features == "pixels":
+                from pipeline import dataset
 
-            feats = dataset.load_pixels(df).reshape(len(df), -1).astype(np.float32)
-        else:
-            feats = oof.embeddings
-        dist = np.ones(len(df))
-        nearest = np.array([""] * len(df), dtype=object)
-        ids = df["sample_id"].to_numpy()
-        for _, idx in df.groupby("split", sort=True).indices.items():
-            if len(idx) < 2:
-                continue
-            d, j = nearest_cosine(feats[idx])
-            dist[idx], nearest[idx] = d, ids[idx][j]
+                feats = dataset.load_pixels(df).reshape(len(df), -1).astype(np.float32)
+            else:
+                feats = oof.embeddings
+            for _, idx in df.groupby("split", sort=True).indices.items():
+                if len(idx) >= 2:
+                    d, j = nearest_cosine(feats[idx])
+                    dist[idx], nearest[idx] = d, ids[idx][j]
         flag = dist <= self.options.threshold
-        if "cluster_id" in df:
-            key = df["split"].astype(str) + "\x1f" + df["cluster_id"].astype(str)
-            flag |= key.duplicated(keep=False).to_numpy()
+        if "dup_group" in df:
+            key = df["split"].astype(str) + "\x1f" + df["dup_group"].astype(str)
+            verified = (df["dup_group"].notna() & key.duplicated(keep=False)).to_numpy()
+            sets = pd.DataFrame({"key": key.to_numpy(), "id": ids}, index=np.arange(len(df)))[verified]
+            sets = sets.sort_values("id")
+            smallest = sets.groupby("key")["id"].transform("first")
+            second = sets.groupby("key")["id"].transform(lambda v: v.iloc[1])
+            other = np.full(len(df), "", dtype=object)
+            other[sets.index] = np.where(sets["id"] == smallest, second, smallest)
+            nearest = np.where(verified, other, nearest)
+            dist[verified], flag = 0.0, flag | verified
         return pd.DataFrame({self.flag: flag, self.score: np.clip(dist, 0, 1).round(6),
                              "near_duplicate_of": np.where(flag, nearest, "")})
 

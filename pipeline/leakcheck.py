@@ -44,6 +44,12 @@ class LeakCheck:
         """Pairs (a, b) of rows of `df` (with a `split` column) that leak across splits."""
         raise NotImplementedError
 
+    def pairs(self, images: "neardup.Images", progress: Callable[[Iterable], Iterable] = lambda it: it
+              ) -> pd.DataFrame | None:
+        """Every pair (i, j, dy, dx, rms, peak) this check would call a duplicate, split or not, so
+        that the split can cluster them before splitting; None where clustering already covers it."""
+        return None
+
 
 CHECKS: dict[str, type[LeakCheck]] = {}
 
@@ -106,6 +112,9 @@ class NearDuplicateCheck(LeakCheck):
                                 radius=2 * float(np.sqrt(k.hamming / 63)) + 1e-4,
                                 neighbours=k.neighbours, rms_threshold=k.threshold,
                                 peak_threshold=None)
+
+    def pairs(self, images, progress=lambda it: it):
+        return self.detector().find(images, None, progress)
 
     def find(self, df: pd.DataFrame, images: "neardup.Images",
              progress: Callable[[Iterable], Iterable] = lambda it: it) -> pd.DataFrame:

@@ -58,6 +58,34 @@ def gray(pixels: np.ndarray) -> np.ndarray:
     return x.mean(-1) if x.ndim == 4 else x
 
 
+CHROMA_BLUR = 2.0  # px: the scale at which near-duplicate colours are compared ...
+CHROMA_PEAK = 50.0  # ... and the largest smoothed residual (0..255) of a copy: JPEG q75 copies reached 15
+#                     (64x64 shapes on noise) and 37 (saturated 32x32 random fields); another background
+#                     colour behind the same shape scored 100-107, a red vs a green square of one luma 228
+
+
+def chroma(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (P, H, W, 3) -> float32 (P, H, W, 2) opponent colours R - G and (R + G) / 2 - B."""
+    x = np.asarray(pixels, dtype=np.float32)
+    return np.stack([x[..., 0] - x[..., 1], 0.5 * (x[..., 0] + x[..., 1]) - x[..., 2]], axis=-1)
+
+
+def chroma_peak(a: np.ndarray, b: np.ndarray, offset: tuple[int, int]) -> np.ndarray:
+    """Largest |residual| (0..255) of the opponent colours of RGB pairs (P, H, W, 3), a being b
+    moved by `offset`, on the overlap blurred by CHROMA_BLUR px. Only a scale is fitted (a
+    brightness or contrast change scales the chroma), in [0.8, 1.25]: no offset, since another
+    background colour is another image, not a copy."""
+    h, w = a.shape[1:3]
+    ya, xa, yb, xb = _overlap(h, w, *offset)
+    ca, cb = chroma(a[:, ya, xa]), chroma(b[:, yb, xb])
+    peaks = []
+    for c in range(ca.shape[-1]):
+        x, y = blur(ca[..., c], CHROMA_BLUR), blur(cb[..., c], CHROMA_BLUR)
+        scale = np.clip((x * y).sum((1, 2)) / np.maximum((y * y).sum((1, 2)), 1e-3), 0.8, 1.25)
+        peaks.append(np.abs(x - scale[:, None, None] * y).max((1, 2)))
+    return np.max(peaks, axis=0)
+
+
 def _gauss_rows(n_out: int, length: int, sigma: float, centres: np.ndarray) -> np.ndarray:
     """(n_out, length) Gaussian sampling weights at `centres`, each row summing to 1."""
     d = np.arange(length, dtype=np.float64)[None, :] - centres[:, None]
@@ -376,14 +404,14 @@ class Detector:
             dy, dx = off[order[lo]]
             for a in range(lo, hi, self.batch):
                 m = order[a:min(hi, a + self.batch)]
-                ga = gray(take(cand["i"].to_numpy()[m]))
-                gb = gray(take(cand["j"].to_numpy()[m]))
-                r, pk = residual_scores(ga, gb, (dy, dx))
-                if self.peak_threshold is not None and self.blurs:
-                    again = ((pk > self.peak_threshold) & (pk <= PRESCREEN * self.peak_threshold)
-                             & ~(r <= (self.rms_threshold or -1)))
-                    if again.any():
-                        pk[again] = residual_scores(ga[again], gb[again], (dy, dx), self.blurs)[1]
+                pa, pb = take(cand["i"].to_numpy()[m]), take(cand["j"].to_numpy()[m])
+                r, pk = self._scores(gray(pa), gray(pb), (dy, dx))
+                if pa.ndim == 4 and pa.shape[-1] == 3:
+                    # colour: the colours must match too (a red and a green shape of one luma on
+                    # one background are the same grey image). Compared at a coarse scale, since
+                    # JPEG halves and quantises the chroma: a pair that differs there scores inf
+                    off_colour = chroma_peak(pa, pb, (dy, dx)) > CHROMA_PEAK
+                    r[off_colour], pk[off_colour] = np.inf, np.inf
                 rms[m], peak[m] = r, pk
         ok = np.zeros(len(cand), bool)
         if self.rms_threshold is not None:
@@ -393,6 +421,16 @@ class Detector:
         out = cand[["i", "j", "dy", "dx"]].assign(rms=rms, peak=peak)[ok]
         return (out.sort_values(["i", "j", "rms", "peak", "dy", "dx"], kind="stable")
                 .drop_duplicates(["i", "j"]).reset_index(drop=True))
+
+    def _scores(self, ga: np.ndarray, gb: np.ndarray, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(rms, peak) of grey pairs; the blurred peak only where the plain one is close."""
+        r, pk = residual_scores(ga, gb, offset)
+        if self.peak_threshold is not None and self.blurs:
+            again = ((pk > self.peak_threshold) & (pk <= PRESCREEN * self.peak_threshold)
+                     & ~(r <= (self.rms_threshold or -1)))
+            if again.any():
+                pk[again] = residual_scores(ga[again], gb[again], offset, self.blurs)[1]
+        return r, pk
 
     def find(self, images: "Images",
              allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,

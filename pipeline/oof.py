@@ -32,6 +32,7 @@ from pipeline.params import InjectNoise, Params, Train
 EMBEDDINGS = "embeddings.npy"
 DYNAMICS = "dynamics.parquet"
 MODELS = "models"  # fold{k}.pt: the fold models, for later stages (policy search, synthesize gate)
+DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
 TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
               "warmup_epochs", "label_smoothing", "class_weights", "threads")
 
@@ -81,11 +82,36 @@ def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def train_config(params: Params) -> Train:
+def train_config(params: Params, n_fit: int | None = None) -> Train:
+    """The fold models' recipe; with `n_fit` (samples a fold model trains on) a size-aware number
+    of epochs: `oof.epochs`, or more to reach `oof.min_steps` optimizer steps."""
+    from pipeline.fit import size_aware_epochs
+
     recipe = {k: getattr(params.train, k) for k in TRAIN_KEYS}
     recipe["model"] = params.oof.model or recipe["model"]
     recipe["width"] = params.oof.width or recipe["width"]
-    return Train(**recipe, epochs=params.oof.epochs)
+    o = params.oof
+    epochs = o.epochs if n_fit is None else size_aware_epochs(n_fit, recipe["batch_size"], o.epochs,
+                                                              o.min_steps, o.max_epochs)
+    return Train(**recipe, epochs=epochs)
+
+
+def random_shift(fraction: float, seed: int):
+    """An online transform for the fold models: each image moved by up to `fraction` of its side
+    (at least 1 px) each way, zero-filled, drawn per (seed, sample, epoch); None when off."""
+    if fraction <= 0:
+        return None
+
+    def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:
+        m = max(1, round(fraction * min(x.shape[1:3])))
+        pad = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))
+        out = np.empty_like(x)
+        h, w = x.shape[1:3]
+        for i, sid in enumerate(sample_ids):
+            dy, dx = np.random.default_rng(dataset.sample_seed(seed, f"oof-shift:{sid}:{epoch}")).integers(0, 2 * m + 1, 2)
+            out[i] = pad[i, dy:dy + h, dx:dx + w]
+        return out
+    return transform
 
 
 def predict(model, x: np.ndarray, tta: bool) -> np.ndarray:
@@ -105,7 +131,9 @@ def run(params: Params, df: pd.DataFrame, classes: list[str],
 
     df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
     fold = folds(df, params.oof.folds, params.base.seed)
-    cfg, k = train_config(params), len(classes)
+    n_fit = int(min(((fold >= 0) & (fold != f)).sum() for f in range(params.oof.folds)))
+    cfg, k = train_config(params, n_fit), len(classes)
+    every = -(-cfg.epochs // DYNAMICS_EPOCHS)  # record training dynamics every this many epochs, and the last
     x, y = dataset.load_pixels(df), df["label_id"].to_numpy(np.int64)
     probs = np.zeros((len(df), k), np.float32)
     test = np.flatnonzero(fold < 0)
@@ -114,12 +142,16 @@ def run(params: Params, df: pd.DataFrame, classes: list[str],
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
 
         def record(model, epoch, fit_idx=fit_idx, f=f):
+            if epoch % every and epoch != cfg.epochs:
+                return
             p = fit.predict_proba(model, x[fit_idx])[np.arange(len(fit_idx)), y[fit_idx]]
             dynamics.append(pd.DataFrame({"sample_id": df["sample_id"].to_numpy()[fit_idx], "fold": f,
                                           "epoch": epoch, "p_given": p.astype(np.float32)}))
 
         result = fit.fit(x[fit_idx], y[fit_idx], x[:0], y[:0], cfg, k, params.base.seed + f,
-                         desc=f"oof fold {f + 1}/{params.oof.folds}", on_epoch_end=record)
+                         desc=f"oof fold {f + 1}/{params.oof.folds}", on_epoch_end=record,
+                         online=random_shift(params.oof.shift, params.base.seed + f),
+                         sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist())
         if models is not None:
             models.append(result)
         probs[held] = predict(result.model, x[held], params.oof.tta)
@@ -130,7 +162,8 @@ def run(params: Params, df: pd.DataFrame, classes: list[str],
     df["fold"], df["probs"] = fold, list(probs)
     dyn = pd.concat(dynamics, ignore_index=True)
     pool = fold >= 0
-    metrics = {"folds": params.oof.folds, "epochs": params.oof.epochs, "model": cfg.model,
+    metrics = {"folds": params.oof.folds, "epochs": cfg.epochs, "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
+               "model": cfg.model, "threads": fit.threads(cfg),
                "tta": params.oof.tta, "n_oof": int(pool.sum()), "n_test": len(test),
                "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
                "injected_noise": int((df["label_id"] != df["true_label_id"]).sum())}

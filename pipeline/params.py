@@ -27,14 +27,25 @@ class Base(Section):
 class Ingest(Section):
     source: Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv"] = "digits"
     path: str | None = None  # IDX directory, image-folder root or CSV file
-    image_size: int | None = Field(None, ge=4, le=1024)  # None: the source's native size
-    channels: Literal[1, 3] = 1
+    # auto: the median shorter side of the images (the native size of digits / IDX), at most
+    # AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
+    image_size: int | str | None = "auto"
+    channels: Literal[1, 3, "auto"] = "auto"  # auto: 3 when most images have colour, else 1
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     classes: list[str] | None = None  # fixes the class list; other labels are quarantined
     max_pixels: int = Field(40_000_000, ge=1)  # larger images are decompression-bomb suspects
     min_side: int = Field(4, ge=1)
     shard_size: int = Field(8192, ge=1)
     workers: int = Field(0, ge=0)  # 0: all cores
+
+    @field_validator("image_size", mode="before")
+    @classmethod
+    def _size(cls, v):
+        if v is None or v == "auto":
+            return "auto"
+        if isinstance(v, bool) or not isinstance(v, int) or not 4 <= v <= 1024:
+            raise ValueError(f"expected an integer from 4 to 1024 or auto, got {v!r}")
+        return v
 
     @field_validator("classes")
     @classmethod
@@ -121,6 +132,8 @@ class TrainAdversarial(Section):
 class Train(Section):
     model: Literal["small_cnn", "resnet"] = "small_cnn"
     epochs: int = Field(30, ge=1)
+    min_steps: int = Field(1000, ge=0)  # the train stage: more epochs on small data to reach this many steps ...
+    max_epochs: int = Field(200, ge=1)  # ... up to this (patience stretched in proportion)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0.0)
@@ -131,7 +144,7 @@ class Train(Section):
     patience: int = Field(5, ge=1)  # early stopping on validation loss
     class_weights: bool = False
     width: int = Field(16, ge=4)  # channels of the first stage; later stages double (small_cnn: 73K params)
-    threads: int = Field(1, ge=0)  # torch threads; 0: all cores (results depend on it)
+    threads: int = Field(0, ge=0)  # torch threads; 0: every core the process may use (results depend on it)
     # online mixing at batch level (pipeline/augment/mixing.py); 0 / off by default
     mixup_alpha: float = Field(0.0, ge=0.0)  # Beta(a, a); 0: off
     cutmix_alpha: float = Field(0.0, ge=0.0)  # Beta(a, a); 0: off
@@ -157,6 +170,7 @@ class Evaluate(Section):
     robustness: Robustness = Robustness()
     ece_bins: int = Field(15, ge=2)
     max_test_evaluations: int = Field(10, ge=1)
+    max_interval: float = Field(0.05, gt=0.0, le=1.0)  # half-width of accuracy's 95% interval above: a warning
 
 
 class LrFind(Section):
@@ -190,7 +204,7 @@ class Adversarial(Section):
 
 class Augment(Section):
     enabled: bool = True
-    policy: str = "randaugment.yaml"  # a file name in augment_policies/
+    policy: str = "randaugment.yaml"  # a file name in augment_policies/, or learned.yaml (policy-search)
     copies: int = Field(1, ge=1, le=100)  # augmented copies of each train sample (offline)
     mode: Literal["offline", "online"] = "offline"  # online: train applies the policy per batch
     weight: float = Field(1.0, gt=0.0)  # sample weight of a copy in the assembled training set
@@ -242,10 +256,13 @@ class InjectNoise(Section):
 
 class Oof(Section):
     folds: int = Field(3, ge=2)
-    epochs: int = Field(8, ge=1)
+    epochs: int = Field(8, ge=1)  # at least; more on small data (min_steps)
+    min_steps: int = Field(1500, ge=0)  # optimizer steps per fold model at least, up to max_epochs
+    max_epochs: int = Field(150, ge=1)
     model: Literal["small_cnn", "resnet"] | None = None  # None: train.model
     width: int | None = Field(None, ge=4)  # None: train.width
-    tta: bool = False  # average probabilities over the image and its four 1-pixel shifts
+    tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
+    shift: float = Field(0.08, ge=0.0, le=0.25)  # train the fold models on images moved by up to this fraction of a side
 
 
 class Clean(Section):
@@ -255,6 +272,8 @@ class Clean(Section):
     issues: dict[str, dict] = {"label": {}, "outlier": {}, "near_duplicate": {}, "class_imbalance": {}}
     inject_noise: InjectNoise = InjectNoise()
     gallery: int = Field(32, ge=0)  # images in plots/clean/label_issues.png
+    min_oof_accuracy: float = Field(0.75, ge=0.0, le=1.0)  # below: a warning that the flags rest on weak models
+    max_flag_rate: float = Field(0.3, gt=0.0, le=1.0)  # above, for any issue type: a warning
 
     @field_validator("issues")
     @classmethod
@@ -380,6 +399,26 @@ def parse(raw: dict | None, origin: str = PARAMS_FILE) -> Params:
         raise PipelineError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from None
 
 
+POLICY_DIR = "augment_policies"
+LEARNED_POLICY = "learned.yaml"  # written by the policy-search stage (data/policy-search/)
+
+
+def check_references(params: Params, root: str | Path, origin: str = PARAMS_FILE) -> None:
+    """The files params name exist, so a bad value fails when params load, before any stage does
+    work (not only when the stage that reads it runs, after hours of the ones before it)."""
+    root = Path(root)
+    policies = root / POLICY_DIR
+    if policies.is_dir() and params.augment.policy != LEARNED_POLICY \
+            and not (policies / params.augment.policy).is_file():
+        known = ", ".join(sorted(p.name for p in policies.glob("*.y*ml")))
+        raise PipelineError(f"{origin}: augment.policy: no policy file {POLICY_DIR}/{params.augment.policy} "
+                            f"(expected one of: {known}, or {LEARNED_POLICY} from policy-search)")
+    source = params.adversarial.source_model
+    if params.adversarial.enabled and source != "own" and not (root / source).is_file():
+        raise PipelineError(f"{origin}: adversarial.source_model: {source}: no such model file "
+                            "(or 'own' to train one here)")
+
+
 def load(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.exists():
@@ -388,4 +427,6 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
-    return parse(raw, str(path))
+    params = parse(raw, str(path))
+    check_references(params, path.parent, str(path))
+    return params

@@ -20,8 +20,8 @@ from pipeline.params import Ingest
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-_NATIVE_SIZE = {"digits": 8, "fashion-mnist": 28, "mnist": 28}
-FOLDER_DEFAULT_SIZE = 32
+AUTO_MAX_SIZE = 64  # image_size auto never exceeds this: the small models train on CPU
+AUTO_PROBE = 256  # images looked at to choose image_size / channels
 
 
 @dataclass(frozen=True)
@@ -36,8 +36,53 @@ class Item:
     detail: str | None = None
 
 
-def native_size(source: str) -> int:
-    return _NATIVE_SIZE.get(source, FOLDER_DEFAULT_SIZE)
+def _shape(item: Item) -> tuple[int, int, bool] | None:
+    """(width, height, has colour) of an item, or None where it cannot be read."""
+    if item.pixels is not None:
+        arr = np.asarray(item.pixels)
+        return arr.shape[1], arr.shape[0], _colourful(arr)
+    from PIL import Image
+
+    try:
+        with Image.open(item.file) as img:
+            w, h = img.size
+            if img.mode in ("1", "L", "LA", "I", "I;16", "F"):
+                return w, h, False
+            img.draft("RGB", (32, 32))
+            img.thumbnail((32, 32))
+            return w, h, _colourful(np.asarray(img.convert("RGB")))
+    except Exception:  # noqa: BLE001 - unreadable files are ingest's to quarantine, not ours
+        return None
+
+
+def _colourful(arr: np.ndarray) -> bool:
+    """True when the channels differ visibly (an RGB file of grey pixels is grey)."""
+    if arr.ndim < 3 or arr.shape[2] < 3:
+        return False
+    rgb = arr[..., :3].astype(np.int16)
+    return float(np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()) > 2.0
+
+
+def auto_shape(items: list[Item], cfg: Ingest) -> tuple[int, int, str]:
+    """(image_size, channels, why) for `cfg`, choosing what is `auto` from up to AUTO_PROBE
+    usable items spread evenly over the list: channels 3 when most have colour; size the
+    median shorter side, at most AUTO_MAX_SIZE."""
+    usable = [it for it in items if it.reason is None]
+    probe = [usable[i] for i in np.unique(np.linspace(0, len(usable) - 1, AUTO_PROBE).astype(int))] \
+        if usable else []
+    shapes = [s for s in map(_shape, probe) if s is not None]
+    why = []
+    size, channels = cfg.image_size, cfg.channels
+    if size == "auto":
+        side = int(np.median([min(w, h) for w, h, _ in shapes])) if shapes else AUTO_MAX_SIZE
+        size = int(np.clip(side, 4, AUTO_MAX_SIZE))
+        why.append(f"image_size {size} (median shorter side {side} px"
+                   + (f", at most {AUTO_MAX_SIZE}" if side > AUTO_MAX_SIZE else "") + ")")
+    if channels == "auto":
+        colour = sum(c for _, _, c in shapes)
+        channels = 3 if colour * 2 > len(shapes) else 1
+        why.append(f"channels {channels} ({colour} of {len(shapes)} sampled images have colour)")
+    return size, channels, "; ".join(why)
 
 
 def digits(cfg: Ingest) -> tuple[list[Item], list[str]]:

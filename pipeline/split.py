@@ -71,9 +71,13 @@ def _min_per_component(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return pd.Series(keys).groupby(labels).transform("min").to_numpy()
 
 
-def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None
-             ) -> Clusters:
-    """The units that must stay within one split: exact + near duplicates + groups."""
+def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None,
+             checks: dict[str, dict] | None = None) -> Clusters:
+    """The units that must stay within one split: exact + near duplicates + groups.
+
+    The pairs that the post-hoc `checks` would call duplicates join the clusters too, so the split
+    never makes a split its own check refuses; the checks then run again, after splitting, as an
+    independent guard."""
     n = len(df)
     sids = df["sample_id"].astype(str).to_numpy()
     images = images if images is not None else store_images(df, cfg.chunk)
@@ -93,7 +97,14 @@ def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | Non
         sub = images.subset(reps) if len(reps) < n else images
         found = detector(cfg).find(sub, progress=lambda it: progress(it, desc="near-duplicates",
                                                                      unit="chunk"))
-        near = found.assign(i=reps[found["i"]], j=reps[found["j"]], kind="near")
+        near = [found]
+        for name, knobs in (checks or {}).items():
+            extra = leakcheck.get(name)(**knobs).pairs(sub, lambda it: progress(it, desc=f"{name} check",
+                                                                               unit="chunk"))
+            if extra is not None and len(extra):
+                near.append(extra[["i", "j", "dy", "dx", "rms", "peak"]])
+        near = pd.concat(near, ignore_index=True).drop_duplicates(["i", "j"])
+        near = near.assign(i=reps[near["i"]], j=reps[near["j"]], kind="near")
         links.append((near["i"].to_numpy(), near["j"].to_numpy()))
         pairs.append(near)
     dup = neardup.components(n, links)
@@ -163,7 +174,7 @@ def run(df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None,
     """Cluster (unless `found` is given), split, apply the removal rules, run the checks."""
     df = df.reset_index(drop=True).copy()
     if found is None:
-        found = clusters(df, cfg.near_duplicates, images)
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
     df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
     df["split"], df["removed_reason"], df["dup_of"] = "", None, None
     fixed_test = (cfg.respect_source_split and "source_split" in df
@@ -240,6 +251,8 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
                           df.loc[df["split"] == s, "label"].value_counts().sort_index().items()}
                       for s in ORDER},
     }
+    labels = sorted(df.loc[df["split"].isin(KEPT), "label"].astype(str).unique())
+    m["classes_missing_from"] = {s: [c for c in labels if c not in m["per_class"][s]] for s in ("val", "test")}
     assert m["in"] == m["kept"] + m["removed"] == sum(m[s] for s in ORDER) + m["removed"]
     return m
 
@@ -267,11 +280,14 @@ def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
 
 def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str) -> None:
     real = [r for r in rows if r is not None]
-    pix = dataset.load_pixels(df.loc[real]) if real else np.zeros((0, 8, 8, 1), np.uint8)
-    blank = np.full(pix.shape[1:] if len(pix) else (8, 8, 1), 255, np.uint8)
+    if not real:
+        gallery.save(gallery.empty(title), path)
+        return
+    pix = dataset.load_pixels(df.loc[real])
+    blank = np.full(pix.shape[1:], 255, np.uint8)
     it = iter(pix)
-    images = np.stack([next(it) if r is not None else blank for r in rows]) if rows else blank[None]
-    gallery.save(gallery.grid(images, caps if rows else [""], cols=8, cell=56, title=title), path)
+    images = np.stack([next(it) if r is not None else blank for r in rows])
+    gallery.save(gallery.grid(images, caps, cols=8, cell=56, title=title), path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -283,7 +299,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(params: Params, args: argparse.Namespace) -> None:
     df, classes = dataset.read_manifest(args.inp)
-    found = clusters(df, params.split.near_duplicates)
+    found = clusters(df, params.split.near_duplicates, checks=params.split.checks)
     df, metrics = run(df, params.split, params.base.seed, found)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
@@ -297,3 +313,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
              metrics.get("cross_split_near_duplicates", 0))
     if metrics["val"] == 0:
         log.warning("the val split is empty: training cannot early-stop")
+    for split_name, missing in metrics["classes_missing_from"].items():
+        if missing and metrics[split_name] > 0:
+            sizes = df[df["split"].isin(KEPT)]["label"].value_counts()
+            log.warning("split: %d class(es) with no %s sample, too small to be %s: %s", len(missing), split_name,
+                        "validated" if split_name == "val" else "tested",
+                        ", ".join(f"{c} ({sizes.get(c, 0)} images)" for c in missing[:10]))

@@ -17,7 +17,7 @@ import pandas as pd
 from pipeline import dataset
 from pipeline.console import log
 from pipeline.errors import PipelineError
-from pipeline.params import Params
+from pipeline.params import Params, Train
 
 
 def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
@@ -26,18 +26,30 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
     from pipeline import fit, models
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
+    cfg = schedule(params.train, len(train_df))
     start = time.perf_counter()
     result = fit.fit(dataset.load_pixels(train_df), train_df["label_id"].to_numpy(np.int64),
                      dataset.load_pixels(val_df), val_df["label_id"].to_numpy(np.int64),
-                     params.train, len(classes), params.base.seed, sample_weight=weight,
+                     cfg, len(classes), params.base.seed, sample_weight=weight,
                      online=online, sample_ids=train_df["sample_id"].tolist())
     best = result.history[result.best_epoch - 1]
     metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
+               "epochs_planned": cfg.epochs, "patience": cfg.patience,
                "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
                "n_train": len(train_df), "n_val": len(val_df),
-               "parameters": models.count_parameters(result.model)}
+               "parameters": models.count_parameters(result.model), "threads": fit.threads(cfg)}
     log.info("train: %.1f s", time.perf_counter() - start)
     return result, metrics
+
+
+def schedule(cfg: Train, n: int) -> Train:
+    """Size-aware: `train.epochs` at least, more to reach `train.min_steps` optimizer steps on
+    small data, with the early-stopping patience stretched in proportion."""
+    from pipeline import fit
+
+    epochs = fit.size_aware_epochs(n, cfg.batch_size, cfg.epochs, cfg.min_steps, cfg.max_epochs)
+    return cfg.model_copy(update={"epochs": epochs,
+                                  "patience": max(cfg.patience, round(cfg.patience * epochs / cfg.epochs))})
 
 
 def online_policy(params: Params, policies: str):
@@ -57,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models/model.pt", help="model file to write (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/train.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/train", help="(default: %(default)s)")
-    p.add_argument("--policies", default="augment_policies",
+    p.add_argument("--policies", nargs="+", default=["augment_policies", "data/policy-search"],
                    help="policy folder, for augment.mode online (default: %(default)s)")
 
 

@@ -23,7 +23,7 @@ def oof_dir(tmp_path_factory):
     """An oof output (manifest + 3 fold models) of the tiny quadrant patterns."""
     root = tmp_path_factory.mktemp("oof")
     split, _, _ = write_split(root / "data", n=240)
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": TINY_TRAIN, "oof": {"folds": 3, "epochs": 4}}))
+    (root / "params.yaml").write_text(yaml.safe_dump({"train": TINY_TRAIN, "oof": {"folds": 3, "epochs": 4, "min_steps": 0}}))
     assert cli.main(["oof", "--quiet", "--params", str(root / "params.yaml"), "--split", str(split),
                      "--out", str(root / "oof"), "--metrics", str(root / "oof.json")]) == 0
     return root / "oof"

@@ -88,11 +88,27 @@ def test_patches_override_labels_and_are_not_flagged(noisy):
     assert metrics["patches"]["applied"] == 5
 
 
-def test_patch_file_missing_and_not_pulled(tmp_path):
-    assert len(clean.load_patches(tmp_path / "nothing", ["a"])) == 0
-    (tmp_path / "patches.csv.dvc").write_text("outs: []\n")
-    with pytest.raises(PipelineError, match="dvc pull"):
-        clean.load_patches(tmp_path, ["a"])
+def test_nearest_cosine_on_fewer_rows_than_pca_dims():
+    # 24 samples of 64x64x3 pixels: a split this small once crashed the PCA (n_components=64 > 24)
+    x = np.random.default_rng(0).integers(0, 255, (24, 64 * 64 * 3)).astype(np.float32)
+    x[5] = x[3]
+    dist, index = issues.nearest_cosine(x)
+    assert index[5] == 3 and dist[5] == pytest.approx(0, abs=1e-6) and len(dist) == 24
+
+
+def test_weak_oof_and_a_high_flag_rate_warn_in_one_line_each():
+    p = params.parse({})
+    quiet = {"oof_accuracy": 0.9, "oof_trusted": True, "flag_rates": {"label": 0.05}, "issues": {"label": {"total": 5}}}
+    assert clean.warnings(p, quiet) == []
+    loud = {"oof_accuracy": 0.5, "oof_trusted": False, "flag_rates": {"label": 0.35, "near_duplicate": 1.0},
+            "issues": {"label": {"total": 35}, "near_duplicate": {"total": 100}}}
+    lines = clean.warnings(p, loud)
+    assert len(lines) == 3 and "0.50 < clean.min_oof_accuracy 0.75" in lines[0]
+    assert "near_duplicate flags 100 samples (100%)" in lines[2] and all("\n" not in ln for ln in lines)
+
+
+def test_patch_file_missing_means_no_patches(tmp_path):
+    assert len(clean.load_patches(tmp_path / "nothing.csv", ["a"])) == 0
 
 
 def test_unknown_detector_lists_the_valid_ones():
@@ -121,8 +137,14 @@ def test_near_duplicates_within_a_split_and_imbalance():
     assert list(nd["is_near_duplicate_issue"]) == [True, True, False, True, True, False]  # c ~ f: other split
     assert list(nd["near_duplicate_of"][:2]) == ["b", "a"]
     clustered = issues.get("near_duplicate", {"features": "embeddings"}).find(
-        df.assign(cluster_id=["x", "y", "y", "v", "w", "x"]), arrays)  # a split's duplicate cluster counts
+        df.assign(dup_group=["x", "y", "y", None, "w", "x"]), arrays)  # a split's duplicate set counts
     assert clustered["is_near_duplicate_issue"][2] and not clustered["is_near_duplicate_issue"][5]
+    # the default: the split's verified duplicate sets only; groups (cluster_id) are not duplicates
+    verified = issues.get("near_duplicate").find(
+        df.assign(dup_group=["a", "a", None, "d", "d", "d"], cluster_id=["a", "a", "a", "d", "d", "d"]), arrays)
+    assert list(verified["is_near_duplicate_issue"]) == [True, True, False, True, True, True]
+    assert list(verified["near_duplicate_of"]) == ["b", "a", "", "e", "d", "d"]
+    assert list(verified["near_duplicate_score"]) == [0, 0, 1, 0, 0, 0]
     imb = issues.get("class_imbalance", {"threshold": 0.9}).find(df, arrays)
     assert not imb["is_class_imbalance_issue"][:3].any()  # train: all one class, nothing rarer
     assert list(imb["is_class_imbalance_issue"][3:]) == [True, False, False]  # test: 1 vs 2 (mean 1.5)

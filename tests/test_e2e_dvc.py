@@ -38,10 +38,11 @@ def _set_params(project: Path, **sections: dict) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def make_project(dest: Path, **params: dict) -> Path:
-    """A copy of the project in a fresh git repository at `dest`, with tiny training params."""
+def make_project(dest: Path, tiny: bool = True, **params: dict) -> Path:
+    """A copy of the project in a fresh git repository at `dest`, with tiny training params
+    (or, `tiny=False`, the shipped defaults), then `params` on top."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ["pipeline", "augment_policies", "data/labels", "dvc.yaml", "params.yaml", ".dvc/config",
+    for name in ["pipeline", "augment_policies", "labels", "dvc.yaml", "params.yaml", ".dvc/config",
                  ".dvcignore", ".gitignore"]:
         src = ROOT / name
         if src.is_dir():
@@ -49,9 +50,11 @@ def make_project(dest: Path, **params: dict) -> Path:
         else:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
-    _set_params(dest, train={"epochs": 2}, adversarial={"source_epochs": 2}, oof={"epochs": 2},
-                # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
-                synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}})
+    if tiny:
+        _set_params(dest, train={"epochs": 2, "min_steps": 0}, adversarial={"source_epochs": 2},
+                    oof={"epochs": 2, "min_steps": 0},
+                    # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
+                    synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}})
     _set_params(dest, **params)
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
@@ -102,6 +105,23 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     _run(["dvc", "repro"], project)  # may restore outputs from DVC's run cache ...
     _run(["dvc", "repro", "--force", "--single-item", "train"], project)  # ... so train anew
     assert (project / "models/model.pt").read_bytes() == model_bytes
+
+
+@pytest.mark.slow
+def test_summary_and_the_exp_show_recipe_are_short(project: Path):
+    from pipeline import summary
+
+    _run(["dvc", "repro"], project)  # nothing to do after the test above
+    lines = _run([sys.executable, "-m", "pipeline", "summary"], project).splitlines()
+    assert 8 <= len(lines) <= 12 and max(map(len, lines)) < 400
+    assert lines[0].startswith("data      1797 images in: 1797 kept, 0 quarantined")
+    assert any(ln.startswith("test      accuracy ") and "95% interval" in ln for ln in lines)
+    table = _run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", summary.KEEP], project)
+    header = table.splitlines()[0].split(",")
+    assert set(header) == {"Experiment", "Created", "accuracy", "macro_f1", "ece", "val_accuracy",
+                           "metrics/oof.json:oof_accuracy", "estimated_noise_rate", "quarantined",
+                           "train.epochs", "train.mixup_alpha", "augment.policy", "clean.action"}
+    assert len(_run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")) > 100  # without it
 
 
 @pytest.mark.slow

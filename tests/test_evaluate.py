@@ -103,7 +103,7 @@ def test_evaluate_stage_writes_metrics_and_confusion_reproducibly(trained, caplo
     assert _evaluate(root, split, "first") == 0
     assert _evaluate(root, split, "second") == 0
     m = json.loads((root / "first.json").read_text())
-    assert set(m) == {"accuracy", "top5_accuracy", "macro_f1", "per_class", "ece", "n_test", "nll",
+    assert set(m) == {"accuracy", "accuracy_ci95", "top5_accuracy", "macro_f1", "per_class", "ece", "n_test", "nll",
                       "robustness"}
     assert set(m["per_class"]) == set(classes) and m["n_test"] == 48
     assert m["accuracy"] >= 0.8
@@ -119,3 +119,11 @@ def test_evaluate_refuses_a_model_trained_on_other_classes(trained, tmp_path, ca
     other, _, _ = write_split(tmp_path, k=3)
     assert _evaluate(root, other, "other") == 2
     assert "trained on classes" in capsys.readouterr().err
+
+
+def test_accuracy_interval_is_exact_binomial_and_narrows_with_n():
+    lo, hi = evaluate.accuracy_interval(18, 24)  # 0.75 on 24 test images says little
+    assert lo == pytest.approx(0.5329, abs=1e-4) and hi == pytest.approx(0.9023, abs=1e-4)
+    lo, hi = evaluate.accuracy_interval(9000, 10000)
+    assert hi - lo < 0.013 and lo < 0.9 < hi
+    assert evaluate.accuracy_interval(0, 0) == (0.0, 1.0)

@@ -302,3 +302,50 @@ def test_bad_ingest_params_fail_with_one_line_naming_the_key(section, match):
     with pytest.raises(PipelineError, match=match) as e:
         params.parse({"ingest": section})
     assert "\n" not in str(e.value)
+
+
+# ---- folders users bring: one line for each mistake, colour kept ----------------------------
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [ln for ln in err if ln.startswith("pipeline ingest: error:")]
+    assert len(errors) == 1 and "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+def test_an_empty_folder_says_no_images_found(tmp_path, capsys):
+    (tmp_path / "root" / "cats").mkdir(parents=True)
+    rc, _, _ = ingest(tmp_path, source="imagefolder", path=str(tmp_path / "root"))
+    assert rc == 2 and f"no images found under {tmp_path / 'root'}" in _one_line(capsys)
+
+
+def test_a_folder_of_unreadable_files_names_the_quarantine(tmp_path, capsys):
+    for c in ("a", "b"):
+        (tmp_path / "root" / c).mkdir(parents=True)
+        (tmp_path / "root" / c / "x.png").write_text("not a png")
+    rc, metrics, out = ingest(tmp_path, source="imagefolder", path=str(tmp_path / "root"))
+    line = _one_line(capsys)
+    assert rc == 2 and metrics["quarantined"] == 2 and "all 2 quarantined" in line and str(out / QUARANTINE) in line
+
+
+def test_a_single_class_is_refused_before_any_training(tmp_path, capsys):
+    import corpus as odd
+
+    root = odd.make("single_class", tmp_path)
+    rc, metrics, _ = ingest(tmp_path, source="imagefolder", path=str(root))
+    assert rc == 2 and metrics["classes"] == 1
+    assert "1 class with usable images (red_circle (30 images)): a classifier needs at least 2" in _one_line(capsys)
+
+
+def test_colour_and_size_are_chosen_from_the_images_and_reported(tmp_path):
+    import corpus as odd
+
+    rgb = odd.make("rgb_3x40", tmp_path)
+    rc, metrics, out = ingest(tmp_path, source="imagefolder", path=str(rgb))
+    assert rc == 0 and metrics["channels"] == 3 and metrics["image_size"] == 64
+    assert dataset.load_pixels(dataset.read_manifest(out)[0]).shape[1:] == (64, 64, 3)
+    grey = odd.make("grey_4x30", tmp_path)
+    rc, metrics, _ = ingest(tmp_path, name="grey", source="imagefolder", path=str(grey))
+    assert rc == 0 and metrics["channels"] == 1 and metrics["image_size"] == 40  # median of 32 and 48
+    rc, metrics, _ = ingest(tmp_path, name="fixed", source="imagefolder", path=str(rgb), channels=1, image_size=16)
+    assert rc == 0 and (metrics["channels"], metrics["image_size"]) == (1, 16)

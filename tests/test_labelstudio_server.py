@@ -130,13 +130,13 @@ def test_round_trip_push_annotate_pull(ls, monkeypatch, caplog, capsys):
     expected = annotate(client, project["id"], users, skip_every=7, unsure_every=16, workers=3)
     assert entry.main(["label", "--params", PARAMS, "pull", "--project", "roundtrip"]) == 0
 
-    got = patches.read_patches("data/labels/patches.csv")
+    got = patches.read_patches("labels/patches.csv")
     assert len(got) == 200 and dict(zip(got["sample_id"], got["label"])) == expected
     assert (got["old_label"] != got["label"]).all()  # every flagged label was wrong here
     summary = json.loads(Path("metrics/labels.json").read_text())
     assert summary["method"] == "crowdlab" and summary["counts"]["unsure"] == 13
     assert summary["counts"]["skipped"] == 29 and len(summary["annotators"]) == 3
-    assert Path("data/labels/patches.csv.dvc").exists()
+    assert not Path("labels/patches.csv.dvc").exists()  # git keeps it, not DVC
 
     out = capsys.readouterr()
     port = f":{ls.port}"
@@ -212,8 +212,9 @@ def test_wrong_token_is_a_one_line_error(ls):
     assert wrong not in res.stderr and f":{ls.port}" not in res.stderr
 
 
-def test_patched_labels_reach_the_training_set_and_only_downstream_reruns(ls):
-    """The whole loop: dvc repro flags label issues, push, three annotators, pull, dvc repro."""
+def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
+    """The whole loop: dvc repro flags label issues, push, three annotators, pull; then `dvc exp run`
+    twice, the second failing on a bad value: the patch is byte-identical and its labels train."""
     from test_e2e_dvc import STAGES, _ran, _run, make_project
 
     work = make_project(ls.root / "loop", clean={"inject_noise": {"rate": 0.2, "kind": "symmetric", "seed": 0}})
@@ -233,11 +234,20 @@ def test_patched_labels_reach_the_training_set_and_only_downstream_reruns(ls):
         done = subprocess.run([sys.executable, "-m", "pipeline", "label", "--quiet", *args], cwd=work, env=env,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
-    assert (work / "data/labels/patches.csv.dvc").exists()
+    assert "git add labels/patches.csv" in done.stdout  # pull says how to record the labels
+    patch = (work / "labels/patches.csv").read_bytes()
+    assert len(patches.read_patches(work / "labels/patches.csv")) == len(expected)
 
-    rerun = _ran(_run(["dvc", "repro"], work))
+    rerun = _ran(_run(["dvc", "exp", "run"], work))
     # clean and what follows it, and only that (policy-search reads oof, which a patch leaves alone)
     assert rerun == [s for s in STAGES[STAGES.index("clean"):] if s != "policy-search"]
+    failed = subprocess.run(["dvc", "exp", "run", "-S", "train.epochs=-1"], cwd=work, env=env,
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "train.epochs" in failed.stdout + failed.stderr
+    assert (work / "labels/patches.csv").read_bytes() == patch
+    _run(["dvc", "status"], work)
+    assert (work / "labels/patches.csv").read_bytes() == patch
+
     clean, _ = dataset.read_manifest(work / "data/clean")
     assembled, _ = dataset.read_manifest(work / "data/assemble")
     label_of = dict(zip(clean["sample_id"], clean["label"]))

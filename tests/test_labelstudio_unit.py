@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,8 +212,8 @@ def _pushed_and_annotated(work, n=24, **kw):
 def test_pull_reaches_consensus_and_writes_a_sorted_patch(work):
     fake, expected = _pushed_and_annotated(work, skip_every=3, unsure_every=8)
     manifest, classes = dataset.read_manifest("data/clean/manifest.parquet")
-    out, summary = pull.run(fake, pull.PullOptions(project="proj", dvc=False), manifest, classes)
-    got = patches.read_patches("data/labels/patches.csv", classes)
+    out, summary = pull.run(fake, pull.PullOptions(project="proj"), manifest, classes)
+    got = patches.read_patches("labels/patches.csv", classes)
     assert got["sample_id"].is_monotonic_increasing and len(got) == 24
     assert dict(zip(got["sample_id"], got["label"])) == expected
     old = manifest.set_index("sample_id")["label"]
@@ -228,14 +229,14 @@ def test_pull_uses_manifest_probabilities_and_merges_with_earlier_patches(work):
     make_manifest(work / "data" / "clean", n=60, pred_probs=True)
     fake, expected = _pushed_and_annotated(work, n=10)
     manifest, classes = dataset.read_manifest("data/clean/manifest.parquet")
-    patches.write_patches("data/labels/patches.csv", pd.DataFrame(
+    patches.write_patches("labels/patches.csv", pd.DataFrame(
         [{"sample_id": "zzz", "old_label": "cat", "label": "dog", "consensus_quality": 0.5,
           "annotators": 1, "agreement": 1.0, "revision": "r0", "project": "old"},
          {"sample_id": "s00000", "old_label": "cat", "label": "bird", "consensus_quality": 0.1,
           "annotators": 1, "agreement": 1.0, "revision": "r0", "project": "old"}]))
-    _, summary = pull.run(fake, pull.PullOptions(project="proj", dvc=False), manifest, classes)
+    _, summary = pull.run(fake, pull.PullOptions(project="proj"), manifest, classes)
     assert summary["probabilities"] == "manifest pred_probs"
-    got = patches.read_patches("data/labels/patches.csv")
+    got = patches.read_patches("labels/patches.csv")
     assert len(got) == 11 and got["sample_id"].iloc[-1] == "zzz"
     assert got.set_index("sample_id").loc["s00000", "label"] == expected["s00000"]
 
@@ -297,14 +298,20 @@ def test_patch_file_is_deterministic(tmp_path):
     assert text.splitlines()[0] == ",".join(patches.COLUMNS) and "0.333333" in text
 
 
-def test_pull_tracks_the_patch_with_dvc(work):
+def test_pull_prints_the_git_step_that_records_the_patch(work, capsys):
     subprocess.run(["git", "init", "-q"], cwd=work, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=work, check=True)
     fake, _ = _pushed_and_annotated(work, n=6)
-    pull.run(fake, pull.PullOptions(project="proj"), None, CLASSES)
-    dvc_file = work / "data/labels/patches.csv.dvc"
-    assert dvc_file.exists() and "md5:" in dvc_file.read_text()
-    assert "/patches.csv" in (work / "data/labels/.gitignore").read_text()
+    _, summary = pull.run(fake, pull.PullOptions(project="proj"), None, CLASSES)
+    printed = capsys.readouterr().out
+    step = summary["commit_with"]
+    assert step in printed and step.startswith("git add labels/patches.csv metrics/labels.json && git commit -m ")
+    assert not list(work.rglob("*.dvc"))  # not DVC's: git keeps the human labels
+    done = subprocess.run(step, shell=True, cwd=work, capture_output=True, text=True,
+                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    assert done.returncode == 0, done.stderr
+    log = subprocess.run(["git", "log", "--name-only", "--format=%s"], cwd=work, capture_output=True, text=True).stdout
+    assert "labels: pull proj (6 samples" in log and "labels/patches.csv" in log
 
 
 # --- the HTTP client: retries, backoff, one-line errors, no secrets --------------------------
@@ -406,8 +413,8 @@ def test_cli_round_trip_keeps_secrets_out_of_files_and_logs(work, monkeypatch, c
     assert entry.main(["label", "--params", params, "push", "--project", "proj", "--select", "issues",
                        "--limit", "9", "--annotators", "3"]) == 0
     annotate(fake, 1, [1, 2, 3])
-    assert entry.main(["label", "--params", params, "pull", "--project", "proj", "--no-dvc"]) == 0
-    assert len(patches.read_patches("data/labels/patches.csv")) == 9
+    assert entry.main(["label", "--params", params, "pull", "--project", "proj"]) == 0
+    assert len(patches.read_patches("labels/patches.csv")) == 9
     out = capsys.readouterr()
     blobs = [caplog.text, out.out, out.err, json.dumps(list(fake.tasks.values())),
              json.dumps(list(fake.projects.values()))]

@@ -12,7 +12,7 @@ from pipeline import dataset, fit, oof, params
 from pipeline.errors import PipelineError
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
-TINY_OOF = {"folds": 3, "epochs": 4}
+TINY_OOF = {"folds": 3, "epochs": 4, "min_steps": 0, "tta": False, "shift": 0.0}
 
 
 def with_clusters(split: "Path", size: int = 2) -> None:
@@ -127,3 +127,30 @@ def test_too_many_folds_for_the_clusters_fails():
                        "cluster_id": ["x", "x", "y", "y"]})
     with pytest.raises(PipelineError, match="oof.folds: expected at most 2"):
         oof.folds(df, 3, seed=0)
+
+
+def test_small_data_gets_a_size_aware_schedule():
+    p = params.parse({"oof": {"epochs": 8, "min_steps": 1500, "max_epochs": 150}})
+    assert oof.train_config(p, 37_000).epochs == 8  # Fashion-MNIST: 289 steps an epoch
+    assert oof.train_config(p, 3_200).epochs == 60  # 6,000 images: 25 steps an epoch
+    assert oof.train_config(p, 80).epochs == 150  # one step an epoch: capped
+    assert oof.train_config(p).epochs == 8
+
+
+def test_random_shift_moves_each_image_by_at_most_its_margin_reproducibly():
+    assert oof.random_shift(0.0, 0) is None
+    x = np.zeros((6, 28, 28, 1), np.uint8)
+    x[:, 10:18, 10:18] = 255
+    shift = oof.random_shift(0.08, seed=3)  # 2 px at 28
+    a, b = shift(x, list("abcdef"), 1), shift(x, list("abcdef"), 1)
+    assert np.array_equal(a, b) and not np.array_equal(a, shift(x, list("abcdef"), 2))
+    for img in a:
+        ys, xs = np.nonzero(img[..., 0])
+        assert 8 <= ys.min() <= 12 and 8 <= xs.min() <= 12 and img.sum() == x[0].sum()
+
+
+def test_shifted_training_with_tta_and_subsampled_dynamics(tmp_path):
+    _, out, metrics = run_oof(tmp_path, folds=2, epochs=40, shift=0.1, tta=True)
+    _, _, _, dyn = oof.read(out)
+    assert metrics["epochs"] == 40 and sorted(set(dyn["epoch"])) == [*range(3, 40, 3), 40]
+    assert metrics["oof_accuracy"] > 0.6

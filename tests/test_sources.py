@@ -17,9 +17,24 @@ def test_registry_matches_the_params_choices():
     assert set(sources.SOURCES) == set(choices)
 
 
-def test_native_sizes():
-    assert [sources.native_size(s) for s in ("digits", "fashion-mnist", "mnist", "imagefolder")] \
-        == [8, 28, 28, sources.FOLDER_DEFAULT_SIZE]
+def test_auto_shape_from_the_images(tmp_path):
+
+
+    auto = Ingest(source="imagefolder", path=str(tmp_path))
+    grey = [sources.Item(path=f"g{i}", pixels=np.zeros((28, 28), np.uint8)) for i in range(3)]
+    assert sources.auto_shape(grey, auto)[:2] == (28, 1)
+    rng = np.random.default_rng(0)
+    files = []
+    for i, (w, h) in enumerate([(320, 240), (200, 300), (640, 480)]):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        files.append(sources.Item(path=f"{i}.png", file=str(tmp_path / f"{i}.png")))
+    size, channels, why = sources.auto_shape(files, auto)
+    assert (size, channels) == (sources.AUTO_MAX_SIZE, 3) and "median shorter side 240" in why
+    # an RGB file of grey pixels is grey; fixed values are kept
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "g.png")
+    flat = [sources.Item(path="g.png", file=str(tmp_path / "g.png"))] * 3
+    assert sources.auto_shape(flat, auto)[:2] == (40, 1)
+    assert sources.auto_shape(files, Ingest(image_size=16, channels=1))[:2] == (16, 1)
 
 
 def test_digits_are_scaled_to_0_255():

@@ -307,3 +307,50 @@ def test_index_finds_what_brute_force_finds_without_comparing_all_pairs():
 def test_components_joins_chains_and_names_them_by_their_smallest_member():
     labels = neardup.components(6, [(np.array([5, 3]), np.array([3, 1]))])
     assert labels.tolist() == [0, 1, 2, 1, 4, 1]
+
+
+def test_the_split_never_makes_a_split_its_own_check_refuses(tmp_path):
+    # a clusterer blind to near duplicates (thresholds 0) beside a check that sees them: the pairs
+    # the check would find join the clusters before splitting, so the guard finds nothing after
+    orig = _fields(60, 28, 1, 4)
+    rng = np.random.default_rng(1)
+    pixels = np.concatenate([orig, np.stack([plant(orig[i], "noise", rng) for i in range(20)])])
+    df = manifest(tmp_path, pixels)
+    blind = NearDuplicates(rms_threshold=0.0, peak_threshold=0.0)
+    cfg = Split(near_duplicates=blind)
+    out, m = split.run(df, cfg, seed=0)
+    assert m["cross_split_near_duplicates"] == 0 and m["duplicates"]["near_pairs"] >= 10
+    sets = out.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
+    assert len(sets) >= 10 and (sets == 1).all()  # each copy sits in its original's split
+    without_check = split.clusters(df, blind)  # the clusterer alone misses them ...
+    assert (without_check.pairs["kind"] == "near").sum() == 0
+    with pytest.raises(PipelineError, match="cross splits"):  # ... and the guard would refuse its split
+        split.run(df, cfg, seed=0, found=without_check)
+
+
+def test_colour_decides_near_duplicates_of_colour_images():
+    # a red and a green square of the same luma on one background are one grey image, not a copy;
+    # a JPEG re-encode of a noisy colour image is a copy
+    rng = np.random.default_rng(0)
+    base = np.clip(120 + rng.normal(0, 18, (64, 64, 3)), 0, 255).astype(np.uint8)
+    red, green = base.copy(), base.copy()
+    red[20:40, 20:40], green[20:40, 20:40] = (200, 60, 60), (60, 137, 60)
+    buf = io.BytesIO()
+    Image.fromarray(red).save(buf, "JPEG", quality=75)
+    jpeg = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    detector = split.detector(NearDuplicates())
+    found = detector.find(neardup.Images.from_array(np.stack([red, green, jpeg])))
+    assert found[["i", "j"]].values.tolist() == [[0, 2]]
+    grey = np.rint(neardup.gray(np.stack([red, green]))).astype(np.uint8)[..., None]
+    assert len(detector.find(neardup.Images.from_array(grey))) == 1  # in grey they are one image
+
+
+def test_a_class_too_small_for_val_and_test_is_named(tmp_path, caplog):
+    pixels = _fields(61, 28, 1, 5)
+    df = manifest(tmp_path, pixels, label=["a"] * 30 + ["b"] * 30 + ["ring"])
+    _, m = split.run(df, Split(), seed=0)
+    missing = m["classes_missing_from"]
+    assert sum(m["per_class"][s].get("ring", 0) for s in ("train", "val", "test")) == 1
+    assert "ring" in missing["val"] + missing["test"] and not {"a", "b"} & set(missing["val"] + missing["test"])
+    for s in ("val", "test"):
+        assert ("ring" in missing[s]) == ("ring" not in m["per_class"][s])

@@ -19,7 +19,7 @@ TINY_SYNTH = {"per_class": 12, "vae": {"epochs": 40, "batch_size": 16, "width": 
 
 
 def _raw(**synthesize) -> dict:
-    return {"train": TINY_TRAIN, "oof": {"folds": 2, "epochs": 6}, "synthesize": {**TINY_SYNTH, **synthesize}}
+    return {"train": TINY_TRAIN, "oof": {"folds": 2, "epochs": 6, "min_steps": 0}, "synthesize": {**TINY_SYNTH, **synthesize}}
 
 
 def _params(**synthesize) -> params.Params:

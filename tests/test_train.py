@@ -5,22 +5,22 @@ import yaml
 
 from fit_util import write_split
 from pipeline import __main__ as cli
-from pipeline import fit
+from pipeline import fit, params, train
 
 
 def test_train_stage_writes_model_metrics_and_curves(tmp_path):
     split, assemble, classes = write_split(tmp_path)
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({"train": {"epochs": 3, "batch_size": 32, "width": 8,
-                                                     "lr": 0.01, "threads": 1}}))
+                                                     "lr": 0.01, "threads": 1, "min_steps": 0}}))
     out = tmp_path / "out"
     rc = cli.main(["train", "--params", str(params_file), "--quiet", "--train", str(assemble),
                    "--split", str(split), "--model", str(out / "model.pt"),
                    "--metrics", str(out / "train.json"), "--plots", str(out / "plots")])
     assert rc == 0
     m = json.loads((out / "train.json").read_text())
-    assert set(m) == {"best_epoch", "epochs_run", "val_accuracy", "val_loss",
-                      "n_train", "n_val", "parameters"}
+    assert set(m) == {"best_epoch", "epochs_run", "epochs_planned", "patience", "val_accuracy", "val_loss",
+                      "n_train", "n_val", "parameters", "threads"}
     assert m["n_train"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
     curves = pd.read_csv(out / "plots" / "curves.csv")
     assert list(curves.columns) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
@@ -36,3 +36,12 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
     rc = cli.main(["train", "--quiet", "--params", str(tmp_path / "params.yaml"), "--train", str(other),
                    "--split", str(split)])
     assert rc == 2 and "class list differs" in capsys.readouterr().err
+
+
+def test_small_data_trains_for_more_epochs_to_reach_min_steps():
+    cfg = params.Train(epochs=30, patience=5, batch_size=128, min_steps=1000, max_epochs=200)
+    assert train.schedule(cfg, 60_000).epochs == 30  # 468 steps an epoch: plenty
+    small = train.schedule(cfg, 3_200)  # 25 steps an epoch
+    assert small.epochs == 40 and small.patience == 7
+    assert train.schedule(cfg, 100).epochs == 200  # one step an epoch: capped
+    assert train.schedule(cfg.model_copy(update={"min_steps": 0}), 100).epochs == 30

@@ -170,16 +170,27 @@ def load(path: str | Path):
     return parse(raw, str(path))
 
 
-def load_named(directory: str | Path, name: str, **overrides):
-    """(policy name, policy) for a file name in `directory`; a missing one lists the valid names.
+def files(directories) -> list[Path]:
+    """The policy files of `directories` (a folder or a list of them: the shipped policies, and
+    data/policy-search for the learned one), by name; the first folder holding a name wins."""
+    found: dict[str, Path] = {}
+    for d in [directories] if isinstance(directories, (str, Path)) else directories:
+        for p in sorted(Path(d).glob("*.yaml")):
+            found.setdefault(p.name, p)
+    return [found[k] for k in sorted(found)]
+
+
+def load_named(directories, name: str, **overrides):
+    """(policy name, policy) for a file name in `directories`; a missing one lists the valid names.
 
     `overrides` (the `augment` params `num_ops`, `magnitude`; None: the file's value) replace
     the policy's fields of those names; a policy whose kind has no such field is refused.
     """
-    path = Path(directory) / name
-    if not path.is_file():
-        known = ", ".join(p.name for p in sorted(Path(directory).glob("*.yaml"))) or "none"
-        raise PipelineError(f"augment.policy: {name!r} is not a file in {directory}/; must be one of {known}")
+    path = next((p for p in files(directories) if p.name == name), None)
+    if path is None:
+        known = ", ".join(p.name for p in files(directories)) or "none"
+        where = directories if isinstance(directories, (str, Path)) else " or ".join(map(str, directories))
+        raise PipelineError(f"augment.policy: {name!r} is not a file in {where}/; must be one of {known}")
     return path.stem, override(load(path), name, **overrides)
 
 

@@ -1,6 +1,6 @@
 """policy-search: learn an AutoAugment policy from the data by density matching (Fast AutoAugment).
 
-Writes `--out` (`augment_policies/learned.yaml`: kind `autoaugment`, loadable and canonical like
+Writes `--out` (`data/policy-search/learned.yaml`, a DVC output: kind `autoaugment`, loadable and canonical like
 the shipped policies, with a `search` block holding every kept sub-policy's scores) and
 `metrics/policy_search.json`.
 
@@ -197,7 +197,8 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oof", default="data/oof", help="oof output with its fold models (default: %(default)s)")
-    p.add_argument("--out", default="augment_policies/learned.yaml", help="policy file to write (default: %(default)s)")
+    p.add_argument("--out", default="data/policy-search/learned.yaml",
+                   help="policy file to write (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/policy_search.json", help="(default: %(default)s)")
 
 

@@ -210,7 +210,8 @@ def preview(policy_name: str, policy, split_df: pd.DataFrame, classes: list[str]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--policies", default="augment_policies", help="policy folder (default: %(default)s)")
+    p.add_argument("--policies", nargs="+", default=["augment_policies", "data/policy-search"],
+                   help="policy folders: the shipped ones, and the learned one (default: %(default)s)")
     p.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/augment.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/augment", help="preview grids (default: %(default)s)")
@@ -225,7 +226,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         df, metrics = run(params, split_df, name, policy, tmp, out)
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     with dataset.staged_dir(plots) as tmp:
-        for path in sorted(Path(args.policies).glob("*.yaml")):
+        for path in pol.files(args.policies):
             other = policy if path.stem == name else pol.load(path)
             grid = preview(path.stem, other, split_df, classes, params.base.seed, params.augment.preview)
             if grid is not None:

@@ -57,11 +57,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pull.add_argument("--project", required=True, help="project title")
     pull.add_argument("--manifest",
                       help=f"for current labels and pred_probs (default: {DEFAULT_MANIFEST} if present)")
-    pull.add_argument("--out", default="data/labels/patches.csv", help="the patch (default: %(default)s)")
+    pull.add_argument("--out", default="labels/patches.csv",
+                      help="the patch, a file kept in git (default: %(default)s)")
     pull.add_argument("--summary", default="metrics/labels.json", help="default: %(default)s")
     pull.add_argument("--min-annotators", type=int, default=1,
                       help="usable answers a sample needs to be patched (default: %(default)s)")
-    pull.add_argument("--no-dvc", action="store_true", help="do not `dvc add` the patch")
     _common(pull)
 
     serve = sub.add_parser("serve", help="start a local Label Studio (own venv, 127.0.0.1 only)")
@@ -118,7 +118,7 @@ def _pull(args) -> dict:
         manifest, classes = dataset.read_manifest(path)
     opts = pull.PullOptions(project=args.project, patches=Path(args.out),
                             summary=Path(args.summary) if args.summary else None,
-                            min_annotators=args.min_annotators, dvc=not args.no_dvc)
+                            min_annotators=args.min_annotators)
     return pull.run(_client(args), opts, manifest, classes)[1]
 
 

@@ -1,7 +1,10 @@
 """The label patch: what human annotators decided, one row per reviewed sample.
 
-`data/labels/patches.csv` (DVC-tracked by `data/labels/patches.csv.dvc`) is written by
-`python -m pipeline label pull` and read by the clean stage. Columns:
+`labels/patches.csv` is written by `python -m pipeline label pull` and read by the clean stage
+(a dependency of it in dvc.yaml). It is a plain file kept in **git**, not a DVC output and not
+`dvc add`-ed: human labels are the most expensive data the project holds, and no DVC command
+(`dvc exp run`, `checkout`, `gc`) deletes or reverts a file git tracks; `git log -p
+labels/patches.csv` is its audit trail. The project ships it with a header only. Columns:
 
 | column | meaning |
 |---|---|
@@ -26,7 +29,7 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 
-PATCHES = "data/labels/patches.csv"
+PATCHES = "labels/patches.csv"
 COLUMNS = ["sample_id", "old_label", "label", "consensus_quality", "annotators", "agreement",
            "revision", "project"]
 REQUIRED = ("sample_id", "label")
@@ -46,6 +49,8 @@ def read_patches(path: str | Path = PATCHES, classes: list[str] | None = None,
     label outside `classes` when the class list is given.
     """
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a folder; expected the patch file ({PATCHES})")
     if not path.exists():
         if missing_ok:
             return empty()

@@ -1,15 +1,14 @@
 """`label pull`: export a project's annotations, reach a consensus, write the label patch.
 
-Writes `data/labels/patches.csv` (format: patches.py), merged over earlier pulls and sorted
-by sample_id, then `dvc add`s it so `data/labels/patches.csv.dvc` tracks it (the clean stage
-depends on it), and a summary (`metrics/labels.json`): what was dropped and why, the method,
-and each annotator's quality. Annotators appear by their Label Studio user id only.
+Writes `labels/patches.csv` (format and why it lives in git: patches.py), merged over earlier
+pulls and sorted by sample_id, and a summary (`metrics/labels.json`): what was dropped and why,
+the method, and each annotator's quality. Annotators appear by their Label Studio user id only.
+It ends by printing the `git add` / `git commit` that records the new labels.
 """
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,6 @@ class PullOptions:
     patches: Path = Path(patches.PATCHES)
     summary: Path | None = Path("metrics/labels.json")
     min_annotators: int = 1
-    dvc: bool = True
 
 
 def manifest_probs(manifest: pd.DataFrame | None, samples: np.ndarray, k: int) -> np.ndarray | None:
@@ -92,29 +90,15 @@ def run(client, opts: PullOptions, manifest: pd.DataFrame | None = None,
              "%d skipped, %d unsure, %d empty; patch: %s (%d rows)", counts["usable"], len(out),
              opts.project, method, changed, len(out) - changed, counts["skipped"], counts["unsure"],
              counts["empty"], opts.patches, len(written))
-    if opts.dvc:
-        summary["dvc_tracked"] = dvc_track(opts.patches)
+    summary["commit_with"] = commit_command(opts, summary["counts"])
+    print(f"label pull: {len(written)} patched labels in {opts.patches}; record them with:\n"
+          f"  {summary['commit_with']}")
     return written, summary
 
 
-def dvc_root(path: Path) -> Path | None:
-    for folder in [path.resolve().parent, *path.resolve().parents]:
-        if (folder / ".dvc").is_dir():
-            return folder
-    return None
-
-
-def dvc_track(path: Path) -> bool:
-    """`dvc add` the patch (so `<path>.dvc` tracks it); False when not inside a DVC repo."""
-    root = dvc_root(Path(path))
-    if root is None:
-        log.info("%s: not inside a DVC repository; not tracked (dvc add skipped)", path)
-        return False
-    proc = subprocess.run([sys.executable, "-m", "dvc", "add", "-q",
-                           str(Path(path).resolve().relative_to(root))],
-                          cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise PipelineError(f"dvc add {path} failed: {lines[-1] if lines else proc.returncode}")
-    log.info("%s is tracked by %s.dvc", path, path)
-    return True
+def commit_command(opts: PullOptions, counts: dict) -> str:
+    """The git step that records the patch (and its summary) in the project's history."""
+    files = " ".join(shlex.quote(str(p)) for p in (opts.patches, opts.summary) if p is not None)
+    message = (f"labels: pull {opts.project} ({counts['samples']} samples, {counts['changed']} relabeled, "
+               f"{counts['confirmed']} confirmed)")
+    return f"git add {files} && git commit -m {shlex.quote(message)}"

@@ -1,0 +1,73 @@
+"""End to end on the folders users bring (tests/corpus.py): with default params, `dvc repro`
+runs every stage on each, keeping colour where the images have it; a single class is refused
+at ingest in one line, before any training."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import corpus
+from test_e2e_dvc import STAGES, _ran, _run, make_project
+
+RUNNABLE = [n for n in corpus.FOLDERS if n != "single_class"]
+
+
+def _project(tmp_path: Path, name: str) -> Path:
+    images = corpus.make(name, tmp_path / "images")
+    return make_project(tmp_path / "project", tiny=False, ingest={"source": "imagefolder", "path": str(images)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_folder_runs_end_to_end_with_default_params(tmp_path, name):
+    spec = corpus.FOLDERS[name]
+    project = _project(tmp_path, name)
+    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    metrics = {p.stem: json.loads(p.read_text()) for p in (project / "metrics").glob("*.json")}
+    ingest, split = metrics["ingest"], metrics["split"]
+    assert ingest["in"] == ingest["kept"] == sum(spec.counts) and ingest["quarantined"] == 0
+    assert ingest["channels"] == (3 if spec.colour else 1)
+    assert ingest["image_size"] == min(64, int(pd.Series([min(s) for s in spec.sizes]).median()))
+    assert split["in"] == split["kept"] + split["removed"]
+    assert sum(v for k, v in split.items() if k.startswith("cross_split_")) == 0
+    clean = pd.read_parquet(project / "data/clean/manifest.parquet")
+    assert len(clean) == sum(spec.counts)
+    # nothing here is a duplicate: a detector that flags them has lost its calibration
+    assert metrics["clean"]["issues"]["near_duplicate"]["total"] == 0
+    lo, hi = metrics["evaluate"]["accuracy_ci95"]
+    assert 0 <= lo <= metrics["evaluate"]["accuracy"] <= hi <= 1
+    summary = subprocess.run([sys.executable, "-m", "pipeline", "summary"], cwd=project, capture_output=True,
+                             text=True, env={**os.environ, "PIPELINE_QUIET": "1"})
+    assert summary.returncode == 0 and 6 <= len(summary.stdout.splitlines()) <= 12
+    assert all(len(line) < 400 for line in summary.stdout.splitlines())
+
+
+@pytest.mark.slow
+def test_a_csv_with_groups_and_missing_files(tmp_path):
+    table = corpus.make_csv(tmp_path / "images")
+    project = make_project(tmp_path / "project", tiny=False, ingest={"source": "csv", "path": str(table)})
+    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    ingest = json.loads((project / "metrics/ingest.json").read_text())
+    assert (ingest["in"], ingest["kept"], ingest["by_reason"]) == (94, 90, {"missing_file": 4})
+    assert ingest["channels"] == 3
+    split = pd.read_parquet(project / "data/split/manifest.parquet")
+    assert (split.groupby("group")["split"].nunique() == 1).all()  # a session never crosses splits
+    clean = json.loads((project / "metrics/clean.json").read_text())
+    assert clean["issues"]["near_duplicate"]["total"] == 0  # shots of one session are not copies
+
+
+@pytest.mark.slow
+def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
+    project = _project(tmp_path, "single_class")
+    proc = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pipeline ingest: error:")]
+    assert len(errors) == 1 and "1 class with usable images (red_circle (30 images))" in errors[0]
+    assert "Traceback" not in proc.stderr and not (project / "data/split").exists()
