@@ -13,6 +13,7 @@ Sharpness or Color; `Sharpen` and `ColorJitter` stand in). Each time is the best
 Usage: python bench/bench_augment.py [--images DIR] [--limit N] [--repeats R]
 Pass: ours >= 0.8x the baseline's speed; 2 workers >= 1.6x faster than 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,8 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pipeline.augment import policy as pol, stage  # noqa: E402
+from pipeline.augment import policy as pol  # noqa: E402
+from pipeline.augment import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def read_idx_images(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
-    n, h, w = (int.from_bytes(data[i:i + 4], "big") for i in (4, 8, 12))
+    n, h, w = (int.from_bytes(data[i : i + 4], "big") for i in (4, 8, 12))
     return np.frombuffer(data, np.uint8, offset=16).reshape(n, h, w, 1).copy()
 
 
@@ -99,8 +101,9 @@ def main() -> None:
         store = Path(tmp) / "00000.npy"
         np.save(store, images)
         df = pd.DataFrame({"store": str(store), "row": np.arange(len(images))})
-        job = stage.Job(stage.Source(df), tuple(f"fmnist/train/{i:05d}" for i in range(len(images))),
-                        policy, copies=1, seed=0)
+        job = stage.Job(
+            stage.Source(df), tuple(f"fmnist/train/{i:05d}" for i in range(len(images))), policy, copies=1, seed=0
+        )
         times = {"baseline": [], "ours_1": [], "ours_2": []}
         for _ in range(args.repeats):  # interleaved, so slow phases of a shared machine hit all three
             times["baseline"].append(run_baseline(images, policy.magnitude))
@@ -108,13 +111,21 @@ def main() -> None:
             times["ours_2"].append(run_ours(job, 2))
     best = {k: min(v) for k, v in times.items()}
     n = len(images)
-    print(f"Fashion-MNIST train, {n} images {images.shape[1:]}, RandAugment N={policy.num_ops} M={policy.magnitude}, "
-          f"best of {args.repeats}, {len(os.sched_getaffinity(0))} CPUs, load average {load0:.1f} -> "
-          f"{os.getloadavg()[0]:.1f} (other processes compete for the CPUs when it exceeds their number)")
-    for k, label in [("baseline", "bare albumentations loop"), ("ours_1", "augment stage, 1 worker"),
-                     ("ours_2", "augment stage, 2 workers")]:
-        print(f"  {label:26s} {best[k]:7.2f} s  {n / best[k]:9.0f} img/s   (runs: "
-              + ", ".join(f"{t:.2f}" for t in times[k]) + ")")
+    print(
+        f"Fashion-MNIST train, {n} images {images.shape[1:]}, RandAugment N={policy.num_ops} M={policy.magnitude}, "
+        f"best of {args.repeats}, {len(os.sched_getaffinity(0))} CPUs, load average {load0:.1f} -> "
+        f"{os.getloadavg()[0]:.1f} (other processes compete for the CPUs when it exceeds their number)"
+    )
+    for k, label in [
+        ("baseline", "bare albumentations loop"),
+        ("ours_1", "augment stage, 1 worker"),
+        ("ours_2", "augment stage, 2 workers"),
+    ]:
+        print(
+            f"  {label:26s} {best[k]:7.2f} s  {n / best[k]:9.0f} img/s   (runs: "
+            + ", ".join(f"{t:.2f}" for t in times[k])
+            + ")"
+        )
     speed = best["baseline"] / best["ours_1"]
     scale = best["ours_1"] / best["ours_2"]
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731

@@ -14,6 +14,7 @@ kept truth. Also scores other `clean.issues.label.filter_by` choices on our oof 
 A noise setting is `kind:rate:seed`; `pairwise:0.2:0:fmnist` swaps Fashion-MNIST's
 shirt <-> T-shirt/top and pullover <-> coat. Writes `bench/clean_results.json`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,15 +29,26 @@ import numpy as np
 from pipeline import dataset
 
 PAIRS = {"fmnist": "[[Shirt,T-shirt/top],[Pullover,Coat]]"}
-FILTERS = ["prune_by_noise_rate", "prune_by_class", "both", "confident_learning",
-           "predicted_neq_given", "low_self_confidence", "low_normalized_margin"]
+FILTERS = [
+    "prune_by_noise_rate",
+    "prune_by_class",
+    "both",
+    "confident_learning",
+    "predicted_neq_given",
+    "low_self_confidence",
+    "low_normalized_margin",
+]
 
 
 def scores(noisy: np.ndarray, found: np.ndarray) -> dict:
     tp = int((noisy & found).sum())
     p, r = tp / max(1, found.sum()), tp / max(1, noisy.sum())
-    return {"flagged": int(found.sum()), "precision": round(p, 4), "recall": round(r, 4),
-            "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+    return {
+        "flagged": int(found.sum()),
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+    }
 
 
 def run_pipeline(project: Path, sets: list[str]) -> tuple[float, list[str], list[str]]:
@@ -76,8 +88,12 @@ def main() -> None:
     results = []
     for spec in args.noise:
         kind, rate, seed, *pairs = spec.split(":")
-        sets = [*args.set, f"clean.inject_noise.kind={kind}", f"clean.inject_noise.rate={rate}",
-                f"clean.inject_noise.seed={seed}"]
+        sets = [
+            *args.set,
+            f"clean.inject_noise.kind={kind}",
+            f"clean.inject_noise.rate={rate}",
+            f"clean.inject_noise.seed={seed}",
+        ]
         if pairs:
             sets.append(f"+clean.inject_noise.pairs={PAIRS[pairs[0]]}")  # + : not a key of params.yaml
         seconds, ran, restored = run_pipeline(args.project, sets)
@@ -93,20 +109,34 @@ def main() -> None:
         t0 = time.perf_counter()
         baseline = scores(noisy, plain_cleanlab(x, y, int(seed), args.lr_max_iter)[train])
         lr_seconds = time.perf_counter() - t0
-        row = {"noise": spec, "params": sets, "noisy": int(noisy.sum()), "train": int(train.sum()),
-               "ours": {k: ours["detection"][k] for k in ("flagged", "precision", "recall", "f1")},
-               "filter_by": ours["filter_by"], "pipeline_seconds": round(seconds, 1),
-               "stages_ran": ran, "stages_restored": restored,
-               "plain_cleanlab_lr": baseline, "plain_cleanlab_seconds": round(lr_seconds, 1),
-               "ours_other_filters": filters}
+        row = {
+            "noise": spec,
+            "params": sets,
+            "noisy": int(noisy.sum()),
+            "train": int(train.sum()),
+            "ours": {k: ours["detection"][k] for k in ("flagged", "precision", "recall", "f1")},
+            "filter_by": ours["filter_by"],
+            "pipeline_seconds": round(seconds, 1),
+            "stages_ran": ran,
+            "stages_restored": restored,
+            "plain_cleanlab_lr": baseline,
+            "plain_cleanlab_seconds": round(lr_seconds, 1),
+            "ours_other_filters": filters,
+        }
         results.append(row)
-        print(f"{spec}: {row['noisy']} noisy of {row['train']} train; ours ({row['filter_by']}) "
-              f"P {row['ours']['precision']:.3f} R {row['ours']['recall']:.3f} F1 {row['ours']['f1']:.3f} "
-              f"in {seconds:.0f} s (ran {ran}); plain cleanlab LR P {baseline['precision']:.3f} "
-              f"R {baseline['recall']:.3f} F1 {baseline['f1']:.3f} in {lr_seconds:.0f} s", flush=True)
+        print(
+            f"{spec}: {row['noisy']} noisy of {row['train']} train; ours ({row['filter_by']}) "
+            f"P {row['ours']['precision']:.3f} R {row['ours']['recall']:.3f} F1 {row['ours']['f1']:.3f} "
+            f"in {seconds:.0f} s (ran {ran}); plain cleanlab LR P {baseline['precision']:.3f} "
+            f"R {baseline['recall']:.3f} F1 {baseline['f1']:.3f} in {lr_seconds:.0f} s",
+            flush=True,
+        )
         for f, s in filters.items():
-            print(f"    our oof probs, filter_by={f:22s} P {s['precision']:.3f} R {s['recall']:.3f} "
-                  f"F1 {s['f1']:.3f} ({s['flagged']} flagged)", flush=True)
+            print(
+                f"    our oof probs, filter_by={f:22s} P {s['precision']:.3f} R {s['recall']:.3f} "
+                f"F1 {s['f1']:.3f} ({s['flagged']} flagged)",
+                flush=True,
+            )
         args.out.write_text(json.dumps(results, indent=1) + "\n")  # after each setting: hours of work
     print(f"wrote {args.out}")
 

@@ -14,6 +14,7 @@ and reports the best time of each.
 
 Usage: .venv/bin/python bench/bench_ingest.py [--n 5000] [--repeats 3] [--check]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,7 @@ def sample_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     d = load_digits()
     small = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
     idx = np.arange(n) % len(small)
-    big = [np.asarray(Image.fromarray(small[i]).resize((28, 28), Image.Resampling.BILINEAR))
-           for i in idx]
+    big = [np.asarray(Image.fromarray(small[i]).resize((28, 28), Image.Resampling.BILINEAR)) for i in idx]
     return np.stack(big), d.target[idx]
 
 
@@ -72,12 +72,23 @@ def ingest(root: Path, tmp: Path, workers: int) -> dict:
     from pipeline.__main__ import main
 
     params = tmp / f"params-{workers}.yaml"
-    params.write_text(yaml.safe_dump({"ingest": {
-        "source": "imagefolder", "path": str(root), "image_size": 28, "channels": 1,
-        "workers": workers}}))
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": {
+                    "source": "imagefolder",
+                    "path": str(root),
+                    "image_size": 28,
+                    "channels": 1,
+                    "workers": workers,
+                }
+            }
+        )
+    )
     metrics = tmp / f"metrics-{workers}.json"
-    rc = main(["ingest", "--params", str(params), "--out", str(tmp / f"out-{workers}"),
-               "--metrics", str(metrics), "--quiet"])
+    rc = main(
+        ["ingest", "--params", str(params), "--out", str(tmp / f"out-{workers}"), "--metrics", str(metrics), "--quiet"]
+    )
     if rc != 0:
         sys.exit(f"bench: ingest failed with exit code {rc}")
     return json.loads(metrics.read_text())
@@ -106,22 +117,27 @@ def main(argv: list[str] | None = None) -> int:
         kept = ingest(tmp / "root", tmp, 0)["kept"]  # warm-up: imports, page cache
         if kept != len(files):
             sys.exit(f"bench: ingest kept {kept} of {len(files)} images")
-        variants = {bare_name: lambda: bare_loop(files),
-                    all_name: lambda: ingest(tmp / "root", tmp, 0),
-                    "ingest, workers=1": lambda: ingest(tmp / "root", tmp, 1)}
+        variants = {
+            bare_name: lambda: bare_loop(files),
+            all_name: lambda: ingest(tmp / "root", tmp, 0),
+            "ingest, workers=1": lambda: ingest(tmp / "root", tmp, 1),
+        }
         best = {name: (float("inf"), float("inf")) for name in variants}
         for _ in range(args.repeats):  # alternate, so drift in machine load hits all variants
             for name, fn in variants.items():
                 best[name] = min(best[name], timed(fn))
     bare = best[bare_name][0]
-    print(f"{len(files)} PNGs, 28x28 grey; best of {args.repeats} by wall time; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{len(files)} PNGs, 28x28 grey; best of {args.repeats} by wall time; "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'variant':<28} {'wall s':>7} {'images/s':>9} {'speed vs bare':>14} {'CPU s':>6}")
     for name, (t, cpu) in best.items():
         print(f"{name:<28} {t:7.3f} {len(files) / t:9.0f} {bare / t:14.2f} {cpu:6.2f}")
     ratio = bare / best[all_name][0]
     print(f"ingest/bare speed ratio: {ratio:.2f} (>= {REQUIRED_RATIO} required)")
     return 1 if args.check and ratio < REQUIRED_RATIO else 0
+
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

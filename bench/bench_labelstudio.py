@@ -11,6 +11,7 @@ Targets (the issue): push <= 60 s, pull <= 30 s.
 
 Usage: .venv/bin/python bench/bench_labelstudio.py [--n 10000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,20 @@ def manifest(folder: Path, n: int) -> tuple[pd.DataFrame, Path]:
     for i in range(n):
         store, row = writer.add(rng.integers(0, 256, (28, 28, 1), dtype=np.uint8))
         y = i % len(CLASSES)
-        rows.append(dict(sample_id=f"b{i:06d}", path=f"bench/{i}", label=CLASSES[y], label_id=y,
-                         split="train", is_label_issue=True, label_score=round(rng.random(), 4),
-                         suggested_label=CLASSES[(y + 1) % len(CLASSES)], store=store, row=row))
+        rows.append(
+            dict(
+                sample_id=f"b{i:06d}",
+                path=f"bench/{i}",
+                label=CLASSES[y],
+                label_id=y,
+                split="train",
+                is_label_issue=True,
+                label_score=round(rng.random(), 4),
+                suggested_label=CLASSES[(y + 1) % len(CLASSES)],
+                store=store,
+                row=row,
+            )
+        )
     writer.close()
     path = folder / "manifest.parquet"
     dataset.write_manifest(pd.DataFrame(rows), path, CLASSES)
@@ -55,11 +67,17 @@ def annotated_tasks(df: pd.DataFrame, users: list[int]) -> list[dict]:
     tasks = []
     for k, r in enumerate(df.itertuples()):
         answers = [r.suggested_label, r.suggested_label, r.label if k % 4 == 1 else r.suggested_label]
-        tasks.append({"data": {"image": f"/data/local-files/?d=x/{r.sample_id}.png", "sample_id": r.sample_id,
-                               "label": r.label},
-                      "annotations": [{"completed_by": u, "result": config.choice_result(a)}
-                                      for u, a in zip(users, answers)],
-                      "predictions": [push.prediction(r.suggested_label, 0.7, "bench")]})
+        tasks.append(
+            {
+                "data": {
+                    "image": f"/data/local-files/?d=x/{r.sample_id}.png",
+                    "sample_id": r.sample_id,
+                    "label": r.label,
+                },
+                "annotations": [{"completed_by": u, "result": config.choice_result(a)} for u, a in zip(users, answers)],
+                "predictions": [push.prediction(r.suggested_label, 0.7, "bench")],
+            }
+        )
     return tasks
 
 
@@ -76,8 +94,15 @@ def main() -> None:
         work = docroot / "project"
         work.mkdir(parents=True)
         token, port = secrets.token_hex(20), serve.free_port()
-        proc = serve.start(port, base / "ls", docroot, token, secrets.token_hex(8),
-                           venv=ROOT / ".venv-ls", log_path=base / "server.log")
+        proc = serve.start(
+            port,
+            base / "ls",
+            docroot,
+            token,
+            secrets.token_hex(8),
+            venv=ROOT / ".venv-ls",
+            log_path=base / "server.log",
+        )
         try:
             t = time.monotonic()
             serve.wait_ready(port, proc)
@@ -85,8 +110,9 @@ def main() -> None:
             client = Client(f"http://{serve.HOST}:{port}", token)
             df, path = manifest(work / "data" / "clean", n)
             os.chdir(work)
-            opts = push.PushOptions(project="bench-push", image_dir=work / ".pipeline/label-images",
-                                    model_version="bench+00000000")
+            opts = push.PushOptions(
+                project="bench-push", image_dir=work / ".pipeline/label-images", model_version="bench+00000000"
+            )
             t = time.monotonic()
             counts = push.run(client, df, CLASSES, opts)
             t_push = time.monotonic() - t
@@ -97,14 +123,16 @@ def main() -> None:
             assert again["created"] == 0 and again["predictions_refreshed"] == 0, again
 
             users = [client.create_user(f"bench{i}@example.com")["id"] for i in range(3)]
-            project = client.create_project(title="bench-pull", label_config=config.labeling_config(CLASSES),
-                                            maximum_annotations=3)
+            project = client.create_project(
+                title="bench-pull", label_config=config.labeling_config(CLASSES), maximum_annotations=3
+            )
             tasks = annotated_tasks(df, users)
             for start in range(0, n, 1000):
-                client.import_tasks(project["id"], tasks[start:start + 1000])
+                client.import_tasks(project["id"], tasks[start : start + 1000])
             t = time.monotonic()
-            patch, summary = pull.run(client, pull.PullOptions(project="bench-pull", dvc=False,
-                                                               summary=None), df, CLASSES)
+            patch, summary = pull.run(
+                client, pull.PullOptions(project="bench-pull", dvc=False, summary=None), df, CLASSES
+            )
             t_pull = time.monotonic() - t
             assert len(patch) == n and summary["method"] == "crowdlab", summary
         finally:

@@ -18,6 +18,7 @@ real     what the detector finds in the 70,000 real images (within train, within
          across the official split), the split stage's removals, and a picture.
 Writes bench/split_results.json and bench/split_*.png.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,15 +44,41 @@ from pipeline import dataset, gallery, leakcheck, neardup, split  # noqa: E402
 from pipeline.params import NearDuplicates, Split  # noqa: E402
 
 OUT = ROOT / "bench"
-KINDS = ["exact", "shift1", "shift2", "shift2_edge", "shift2_wrap", "bright", "dark",
-         "noise", "jpeg75", "rescale0.9", "rescale1.1"]
+KINDS = [
+    "exact",
+    "shift1",
+    "shift2",
+    "shift2_edge",
+    "shift2_wrap",
+    "bright",
+    "dark",
+    "noise",
+    "jpeg75",
+    "rescale0.9",
+    "rescale1.1",
+]
 
 
 def ingest(params: dict, out: Path) -> pd.DataFrame:
     pfile = out.parent / f"{out.name}.params.yaml"
     pfile.write_text(yaml.safe_dump(params))
-    subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--params", str(pfile), "--out", str(out),
-                    "--metrics", str(out.parent / f"{out.name}.json"), "--quiet"], cwd=ROOT, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "ingest",
+            "--params",
+            str(pfile),
+            "--out",
+            str(out),
+            "--metrics",
+            str(out.parent / f"{out.name}.json"),
+            "--quiet",
+        ],
+        cwd=ROOT,
+        check=True,
+    )
     return dataset.read_manifest(out)[0]
 
 
@@ -67,7 +94,7 @@ def shifted(img: np.ndarray, dy: int, dx: int, fill: str) -> np.ndarray:
         return np.roll(img, (dy, dx), (0, 1))
     h, w = img.shape[:2]
     p = np.pad(img, ((2, 2), (2, 2), (0, 0)), mode="edge" if fill == "edge" else "constant")
-    return p[2 - dy:2 - dy + h, 2 - dx:2 - dx + w]
+    return p[2 - dy : 2 - dy + h, 2 - dx : 2 - dx + w]
 
 
 def plant(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.Image, str]:
@@ -91,11 +118,12 @@ def plant(img: np.ndarray, kind: str, rng: np.random.Generator) -> tuple[Image.I
     return pil, ".png"
 
 
-def planted_folder(pixels: np.ndarray, labels: np.ndarray, root: Path, n_distinct: int,
-                   per_kind: int, seed: int = 0) -> None:
+def planted_folder(
+    pixels: np.ndarray, labels: np.ndarray, root: Path, n_distinct: int, per_kind: int, seed: int = 0
+) -> None:
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(pixels), n_distinct, replace=False)
-    with_copy = chosen[:per_kind * len(KINDS)]
+    with_copy = chosen[: per_kind * len(KINDS)]
     for idx in chosen:
         d = root / f"c{labels[idx]}"
         d.mkdir(parents=True, exist_ok=True)
@@ -109,8 +137,9 @@ def planted_folder(pixels: np.ndarray, labels: np.ndarray, root: Path, n_distinc
 
 def parse_paths(df: pd.DataFrame) -> pd.DataFrame:
     stem = df["path"].str.rsplit("/", n=1).str[-1].str.rsplit(".", n=1).str[0]
-    return df.assign(orig=stem.str[-5:].astype(int),
-                     kind=np.where(stem.str.startswith("copy_"), stem.str[5:-9], "original"))
+    return df.assign(
+        orig=stem.str[-5:].astype(int), kind=np.where(stem.str.startswith("copy_"), stem.str[5:-9], "original")
+    )
 
 
 def planted_scores(df: pd.DataFrame, same: pd.Series) -> dict:
@@ -138,16 +167,23 @@ def bench_timing(fm: pd.DataFrame, sizes: list[int]) -> dict:
         print(f"  clustering {n:6d} images: {times[-1]:6.1f} s  ({near} near pairs)", flush=True)
     k = fit_exponent(sizes, times)
     print(f"  fitted growth exponent (log-log least squares): {k:.2f}")
-    return {"sizes": sizes, "seconds": [round(x, 2) for x in times], "exponent": round(k, 3),
-            "cpu_count": os.cpu_count()}
+    return {
+        "sizes": sizes,
+        "seconds": [round(x, 2) for x in times],
+        "exponent": round(k, 3),
+        "cpu_count": os.cpu_count(),
+    }
 
 
 def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct: int, per_kind: int) -> dict:
     root = work / "folder"
     shutil.rmtree(root, ignore_errors=True)
     planted_folder(pixels, labels, root, n_distinct, per_kind)
-    df = parse_paths(ingest({"ingest": {"source": "imagefolder", "path": str(root), "image_size": 28,
-                                        "channels": 1}}, work / "planted"))
+    df = parse_paths(
+        ingest(
+            {"ingest": {"source": "imagefolder", "path": str(root), "image_size": 28, "channels": 1}}, work / "planted"
+        )
+    )
     t = time.perf_counter()
     out, metrics = split.run(df, Split(fail_on_leak=False), seed=0)
     t_split = time.perf_counter() - t
@@ -162,8 +198,7 @@ def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct
     ck = leakcheck.NearDuplicateCheck().detector().find(images)
     found = set(zip(ck["i"].tolist(), ck["j"].tolist()))
     pos = pd.Series(np.arange(len(out)), index=out.index)
-    orig_pos = out["orig"].map(pd.Series(pos[out["kind"] == "original"].to_numpy(),
-                                         index=originals.index))
+    orig_pos = out["orig"].map(pd.Series(pos[out["kind"] == "original"].to_numpy(), index=originals.index))
     check_hit = pd.Series([(min(a, b), max(a, b)) in found for a, b in zip(pos, orig_pos)], index=out.index)
     # precision: of the pairs inside the clusters formed, the share joining a copy to its own
     # original (or two copies of one original); per kind, over the pairs that involve a copy of it
@@ -171,28 +206,35 @@ def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct
     pairs = members.merge(members, on="cluster_id", suffixes=("_a", "_b"))
     pairs = pairs[pairs["index_a"] < pairs["index_b"]]
     right = pairs["orig_a"] == pairs["orig_b"]
-    precision = {k: round(float(right[(pairs["kind_a"] == k) | (pairs["kind_b"] == k)].mean()), 4)
-                 for k in KINDS}
-    res = {"distinct_images": n_distinct, "copies_per_kind": per_kind,
-           "pairs_in_clusters": int(len(pairs)), "pair_precision": round(float(right.mean()), 4),
-           "precision": precision,
-           "recall_same_cluster": planted_scores(out, same_cluster),
-           "recall_same_split": planted_scores(out, same_split),
-           "wrongly_merged_originals": merged, "wrongly_merged_rate": round(merged / n_distinct, 5),
-           "check_recall": planted_scores(out, check_hit),
-           "split_stage_seconds": round(t_split, 2),
-           "cross_split_exact": metrics["cross_split_exact"],
-           "cross_split_near_duplicates": metrics["cross_split_near_duplicates"]}
-    print(f"  planted: {n_distinct} distinct + {per_kind} copies x {len(KINDS)} kinds; "
-          f"split stage {t_split:.1f} s")
+    precision = {k: round(float(right[(pairs["kind_a"] == k) | (pairs["kind_b"] == k)].mean()), 4) for k in KINDS}
+    res = {
+        "distinct_images": n_distinct,
+        "copies_per_kind": per_kind,
+        "pairs_in_clusters": int(len(pairs)),
+        "pair_precision": round(float(right.mean()), 4),
+        "precision": precision,
+        "recall_same_cluster": planted_scores(out, same_cluster),
+        "recall_same_split": planted_scores(out, same_split),
+        "wrongly_merged_originals": merged,
+        "wrongly_merged_rate": round(merged / n_distinct, 5),
+        "check_recall": planted_scores(out, check_hit),
+        "split_stage_seconds": round(t_split, 2),
+        "cross_split_exact": metrics["cross_split_exact"],
+        "cross_split_near_duplicates": metrics["cross_split_near_duplicates"],
+    }
+    print(f"  planted: {n_distinct} distinct + {per_kind} copies x {len(KINDS)} kinds; split stage {t_split:.1f} s")
     for kind in KINDS:
-        print(f"    {kind:12s} same cluster {res['recall_same_cluster'][kind]:.3f}  same split "
-              f"{res['recall_same_split'][kind]:.3f}  precision {res['precision'][kind]:.3f}  "
-              f"(independent check alone: recall {res['check_recall'][kind]:.3f})")
+        print(
+            f"    {kind:12s} same cluster {res['recall_same_cluster'][kind]:.3f}  same split "
+            f"{res['recall_same_split'][kind]:.3f}  precision {res['precision'][kind]:.3f}  "
+            f"(independent check alone: recall {res['check_recall'][kind]:.3f})"
+        )
     print(f"    pairs inside clusters: {len(pairs)}, precision {res['pair_precision']:.4f}")
-    print(f"    distinct originals merged with another: {merged} of {n_distinct} "
-          f"({merged / n_distinct:.3%}); post-hoc leaks: exact {metrics['cross_split_exact']}, "
-          f"near {metrics['cross_split_near_duplicates']}")
+    print(
+        f"    distinct originals merged with another: {merged} of {n_distinct} "
+        f"({merged / n_distinct:.3%}); post-hoc leaks: exact {metrics['cross_split_exact']}, "
+        f"near {metrics['cross_split_near_duplicates']}"
+    )
     out.to_parquet(work / "planted_split.parquet")
     return res
 
@@ -201,14 +243,18 @@ def bench_methods(work: Path) -> dict:
     out = pd.read_parquet(work / "planted_split.parquet")
     df, _ = dataset.read_manifest(work / "planted")
     images = split.store_images(df)
-    orig_pos = out["orig"].map(pd.Series(np.flatnonzero(out["kind"] == "original"),
-                                         index=out.loc[out["kind"] == "original", "orig"].to_numpy()))
+    orig_pos = out["orig"].map(
+        pd.Series(
+            np.flatnonzero(out["kind"] == "original"), index=out.loc[out["kind"] == "original", "orig"].to_numpy()
+        )
+    )
     base = split.detector(NearDuplicates())
     thumb, phash = neardup.Descriptor("thumb"), neardup.Descriptor("phash")
     variants = {
         "cascade (the split stage)": base,
-        "perceptual hash alone, hamming <= 8": neardup.Detector(phash, max_shift=0, radius=0.713,
-                                                               rms_threshold=255, peak_threshold=None),
+        "perceptual hash alone, hamming <= 8": neardup.Detector(
+            phash, max_shift=0, radius=0.713, rms_threshold=255, peak_threshold=None
+        ),
         "perceptual hash + shift search, rms <= 5 (the check)": leakcheck.NearDuplicateCheck().detector(),
         "cascade without shift search": neardup.Detector(thumb, max_shift=0),
         "cascade without blur matching": neardup.Detector(thumb, blurs=()),
@@ -224,8 +270,11 @@ def bench_methods(work: Path) -> dict:
         is_orig = (out["kind"] == "original").to_numpy()
         olab = lab[is_orig]
         merged = int((pd.Series(olab).map(pd.Series(olab).value_counts()) > 1).sum())
-        res[name] = {"recall": planted_scores(out, same), "wrongly_merged": merged,
-                     "seconds": round(time.perf_counter() - t, 2)}
+        res[name] = {
+            "recall": planted_scores(out, same),
+            "wrongly_merged": merged,
+            "seconds": round(time.perf_counter() - t, 2),
+        }
         worst = min(res[name]["recall"].items(), key=lambda kv: kv[1])
         print(f"  {name:55s} min recall {worst[1]:.3f} ({worst[0]}), merged originals {merged}")
     return res
@@ -239,20 +288,31 @@ def bench_real(fm: pd.DataFrame, work: Path) -> dict:
     src = fm.set_index("sample_id")["source_split"]
     p = found.pairs.assign(a=found.pairs["sample_a"].map(src), b=found.pairs["sample_b"].map(src))
     where = np.where(p["a"] != p["b"], "across", "within_" + p["a"])
-    counts = {f"{w}_{k}": int(((where == w) & (p["kind"] == k)).sum())
-              for w in ("within_train", "within_test", "across") for k in ("exact", "near")}
-    res = {"images": len(fm), "cluster_seconds": round(t_cluster, 2), "pairs": counts,
-           "duplicate_sets": metrics["duplicates"]["sets"],
-           "samples_in_sets": metrics["duplicates"]["samples_in_sets"],
-           "label_conflicts": metrics["duplicates"]["label_conflicts"],
-           "removed_by_rule": metrics["removed_by_rule"], "train": metrics["train"],
-           "val": metrics["val"], "test": metrics["test"],
-           "cross_split_exact": metrics["cross_split_exact"],
-           "cross_split_near_duplicates": metrics["cross_split_near_duplicates"]}
-    print(f"  real Fashion-MNIST: clustering {t_cluster:.1f} s; pairs {counts}; "
-          f"{res['samples_in_sets']} images in {res['duplicate_sets']} duplicate sets; "
-          f"removed {res['removed_by_rule']}; post-hoc leaks exact {res['cross_split_exact']}, "
-          f"near {res['cross_split_near_duplicates']}")
+    counts = {
+        f"{w}_{k}": int(((where == w) & (p["kind"] == k)).sum())
+        for w in ("within_train", "within_test", "across")
+        for k in ("exact", "near")
+    }
+    res = {
+        "images": len(fm),
+        "cluster_seconds": round(t_cluster, 2),
+        "pairs": counts,
+        "duplicate_sets": metrics["duplicates"]["sets"],
+        "samples_in_sets": metrics["duplicates"]["samples_in_sets"],
+        "label_conflicts": metrics["duplicates"]["label_conflicts"],
+        "removed_by_rule": metrics["removed_by_rule"],
+        "train": metrics["train"],
+        "val": metrics["val"],
+        "test": metrics["test"],
+        "cross_split_exact": metrics["cross_split_exact"],
+        "cross_split_near_duplicates": metrics["cross_split_near_duplicates"],
+    }
+    print(
+        f"  real Fashion-MNIST: clustering {t_cluster:.1f} s; pairs {counts}; "
+        f"{res['samples_in_sets']} images in {res['duplicate_sets']} duplicate sets; "
+        f"removed {res['removed_by_rule']}; post-hoc leaks exact {res['cross_split_exact']}, "
+        f"near {res['cross_split_near_duplicates']}"
+    )
     pix = {}
     rows, caps = [], []
     idx = fm.reset_index().set_index("sample_id")["index"]
@@ -262,10 +322,17 @@ def bench_real(fm: pd.DataFrame, work: Path) -> dict:
             rows += [idx[r.sample_a], idx[r.sample_b]]
             caps += [f"{r.a}", f"{r.b} r{r.rms:.0f} p{r.peak:.0f}"]
     pix = dataset.load_pixels(fm.iloc[rows])
-    gallery.save(gallery.grid(pix, caps, cols=8, cell=64,
-                              title="Fashion-MNIST near duplicates (pairs; r: rms, p: peak residual): "
-                                    "within train, within test, across train/test"),
-                 OUT / "split_fmnist_duplicates.png")
+    gallery.save(
+        gallery.grid(
+            pix,
+            caps,
+            cols=8,
+            cell=64,
+            title="Fashion-MNIST near duplicates (pairs; r: rms, p: peak residual): "
+            "within train, within test, across train/test",
+        ),
+        OUT / "split_fmnist_duplicates.png",
+    )
     return res
 
 

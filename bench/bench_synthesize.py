@@ -20,6 +20,7 @@ Prints markdown tables; writes `--out` (default bench/synthesize_results.json).
 
     python bench/bench_synthesize.py --generators vae gan --per-class 1000 [--low-data] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,8 +67,9 @@ def accuracy(params, x, y, test, num_classes: int, steps: int, seed: int) -> flo
     return stage.tstr(x, y, x_test, y_test, recipe(params, len(x), steps), num_classes, seed)
 
 
-def train_and_gate(params: P.Params, name: str, train: pd.DataFrame, judges, ref, classes, per_class: int,
-                   epochs: int | None = None) -> dict:
+def train_and_gate(
+    params: P.Params, name: str, train: pd.DataFrame, judges, ref, classes, per_class: int, epochs: int | None = None
+) -> dict:
     """Train generator `name` on `train`, draw and gate its samples as the stage does."""
     syn = params.synthesize
     knobs = getattr(syn, name)
@@ -81,8 +83,15 @@ def train_and_gate(params: P.Params, name: str, train: pd.DataFrame, judges, ref
     targets = np.full(len(classes), per_class, np.int64)
     rows, pixels, admitted, gated = stage.sample_and_admit(syn, gen, judges, ref, classes, targets, params.base.seed)
     first = rows["first_draw"].to_numpy()
-    return {"y": rows["label_id"].to_numpy(np.int64), "pixels": pixels, "admitted": admitted, "first": first,
-            "metrics": gated, "train_seconds": seconds, "epochs": knobs.epochs}
+    return {
+        "y": rows["label_id"].to_numpy(np.int64),
+        "pixels": pixels,
+        "admitted": admitted,
+        "first": first,
+        "metrics": gated,
+        "train_seconds": seconds,
+        "epochs": knobs.epochs,
+    }
 
 
 def full_data(params, args, clean, classes, judges, ref, train, test) -> dict:
@@ -97,16 +106,26 @@ def full_data(params, args, clean, classes, judges, ref, train, test) -> dict:
         n_real = max(int(a.sum()), 2)
         pick = np.random.default_rng(params.base.seed).choice(len(x_train), min(n_real, len(x_train)), replace=False)
         out[name] = {
-            "train_seconds": round(r["train_seconds"], 1), "epochs": r["epochs"], "generated": m["generated"],
-            "drawn": m["drawn"], "admitted": m["admitted"], "passed_fraction": m["passed_fraction"],
-            "verdict": m["verdict"], "rejected_by_reason": m["rejected_by_reason"],
-            "admitted_per_class": m["admitted_per_class"], "label_consistency": m["label_consistency"],
-            "generated_set": q["generated"], "admitted_set": q["admitted"], "real_baseline": q["real_baseline"],
+            "train_seconds": round(r["train_seconds"], 1),
+            "epochs": r["epochs"],
+            "generated": m["generated"],
+            "drawn": m["drawn"],
+            "admitted": m["admitted"],
+            "passed_fraction": m["passed_fraction"],
+            "verdict": m["verdict"],
+            "rejected_by_reason": m["rejected_by_reason"],
+            "admitted_per_class": m["admitted_per_class"],
+            "label_consistency": m["label_consistency"],
+            "generated_set": q["generated"],
+            "admitted_set": q["admitted"],
+            "real_baseline": q["real_baseline"],
             "tstr_test_all": accuracy(params, r["pixels"][first], y[first], test, k, args.clf_steps, params.base.seed),
             "tstr_test_admitted": accuracy(params, r["pixels"][a], y[a], test, k, args.clf_steps, params.base.seed),
             "tstr_val_admitted": accuracy(params, r["pixels"][a], y[a], val, k, args.clf_steps, params.base.seed),
-            "real_same_n_test": accuracy(params, x_train[pick], y_train[pick], test, k, args.clf_steps,
-                                         params.base.seed)}
+            "real_same_n_test": accuracy(
+                params, x_train[pick], y_train[pick], test, k, args.clf_steps, params.base.seed
+            ),
+        }
         print(f"{name}: {json.dumps({k2: v for k2, v in out[name].items() if not isinstance(v, dict)})}", flush=True)
     return out
 
@@ -127,12 +146,21 @@ def low_data(params, args, clean, classes, train, test) -> dict:
     for fraction in args.fractions:
         sub = subset(train, fraction, seed)
         xs, ys = dataset.load_pixels(sub), sub["label_id"].to_numpy(np.int64)
-        judges = [fit.fit(xs, ys, xs[:0], ys[:0], recipe(params, len(xs), args.clf_steps), k, seed + j,
-                          desc=f"judge {j}").model for j in range(3)]
+        judges = [
+            fit.fit(
+                xs, ys, xs[:0], ys[:0], recipe(params, len(xs), args.clf_steps), k, seed + j, desc=f"judge {j}"
+            ).model
+            for j in range(3)
+        ]
         ref = gate.Reference(
-            train=gate.features(judges, xs), train_labels=ys, train_hashes=set(sub["pixel_sha256"]),
-            holdout=gate.features(judges, dataset.load_pixels(holdout)), holdout_hashes=set(holdout["pixel_sha256"]),
-            val=gate.features(judges, dataset.load_pixels(val)), val_labels=val["label_id"].to_numpy(np.int64))
+            train=gate.features(judges, xs),
+            train_labels=ys,
+            train_hashes=set(sub["pixel_sha256"]),
+            holdout=gate.features(judges, dataset.load_pixels(holdout)),
+            holdout_hashes=set(holdout["pixel_sha256"]),
+            val=gate.features(judges, dataset.load_pixels(val)),
+            val_labels=val["label_id"].to_numpy(np.int64),
+        )
         row = {"labels": len(sub), "real_only": accuracy(params, xs, ys, test, k, args.clf_steps, seed)}
         for name in args.generators:
             bs = getattr(params.synthesize, name).batch_size
@@ -140,12 +168,31 @@ def low_data(params, args, clean, classes, train, test) -> dict:
             r = train_and_gate(params, name, sub, judges, ref, classes, args.low_data_per_class, epochs)
             y, a, first = r["y"], r["admitted"], r["first"]
             row[name] = {
-                "train_seconds": round(r["train_seconds"], 1), "epochs": epochs, "admitted": int(a.sum()),
-                "generated": int(first.sum()), "drawn": len(a), "verdict": r["metrics"]["verdict"],
-                "plus_all": accuracy(params, np.concatenate([xs, r["pixels"][first]]), np.concatenate([ys, y[first]]),
-                                     test, k, args.clf_steps, seed),
-                "plus_admitted": accuracy(params, np.concatenate([xs, r["pixels"][a]]), np.concatenate([ys, y[a]]),
-                                          test, k, args.clf_steps, seed)}
+                "train_seconds": round(r["train_seconds"], 1),
+                "epochs": epochs,
+                "admitted": int(a.sum()),
+                "generated": int(first.sum()),
+                "drawn": len(a),
+                "verdict": r["metrics"]["verdict"],
+                "plus_all": accuracy(
+                    params,
+                    np.concatenate([xs, r["pixels"][first]]),
+                    np.concatenate([ys, y[first]]),
+                    test,
+                    k,
+                    args.clf_steps,
+                    seed,
+                ),
+                "plus_admitted": accuracy(
+                    params,
+                    np.concatenate([xs, r["pixels"][a]]),
+                    np.concatenate([ys, y[a]]),
+                    test,
+                    k,
+                    args.clf_steps,
+                    seed,
+                ),
+            }
         out[str(fraction)] = row
         print(f"low data {fraction}: {json.dumps(row)}", flush=True)
     return out
@@ -153,26 +200,38 @@ def low_data(params, args, clean, classes, train, test) -> dict:
 
 def tables(results: dict) -> str:
     f = lambda v, d=4: "-" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = ["| generator | train time | FID generated / admitted | KID generated / admitted | precision | recall | "
-             "admitted / generated | TSTR test: admitted / generated | real, same n |", "|---|" + "---|" * 8]
+    lines = [
+        "| generator | train time | FID generated / admitted | KID generated / admitted | precision | recall | "
+        "admitted / generated | TSTR test: admitted / generated | real, same n |",
+        "|---|" + "---|" * 8,
+    ]
     lines = lines if results["generators"] else []
     for name, r in results["generators"].items():
         a, s = r["generated_set"], r["admitted_set"]
-        lines.append(f"| {name} ({r['epochs']} epochs) | {r['train_seconds'] / 60:.1f} min | {f(a['fid'])} / "
-                     f"{f(s['fid'])} | {f(a['kid'], 5)} / {f(s['kid'], 5)} | {f(a['precision'], 3)} | "
-                     f"{f(a['recall'], 3)} | {r['admitted']}/{r['generated']} ({r['verdict']}) | "
-                     f"**{f(r['tstr_test_admitted'])}** / {f(r['tstr_test_all'])} | {f(r['real_same_n_test'])} |")
+        lines.append(
+            f"| {name} ({r['epochs']} epochs) | {r['train_seconds'] / 60:.1f} min | {f(a['fid'])} / "
+            f"{f(s['fid'])} | {f(a['kid'], 5)} / {f(s['kid'], 5)} | {f(a['precision'], 3)} | "
+            f"{f(a['recall'], 3)} | {r['admitted']}/{r['generated']} ({r['verdict']}) | "
+            f"**{f(r['tstr_test_admitted'])}** / {f(r['tstr_test_all'])} | {f(r['real_same_n_test'])} |"
+        )
     if results["generators"]:
         b = next(iter(results["generators"].values()))["real_baseline"]
-        lines.append(f"| real val vs train (baseline) | | {f(b['fid'])} | {f(b['kid'], 5)} | {f(b['precision'], 3)} | "
-                     f"{f(b['recall'], 3)} | | | |")
+        lines.append(
+            f"| real val vs train (baseline) | | {f(b['fid'])} | {f(b['kid'], 5)} | {f(b['precision'], 3)} | "
+            f"{f(b['recall'], 3)} | | | |"
+        )
     if results.get("low_data"):
         gens = [g for g in next(iter(results["low_data"].values())) if g not in ("labels", "real_only")]
-        lines += ["", "| train labels | real only | " + " | ".join(f"+ {g} all | + {g} admitted" for g in gens) + " |",
-                  "|---|---|" + "---|---|" * len(gens)]
+        lines += [
+            "",
+            "| train labels | real only | " + " | ".join(f"+ {g} all | + {g} admitted" for g in gens) + " |",
+            "|---|---|" + "---|---|" * len(gens),
+        ]
         for fraction, row in results["low_data"].items():
-            cells = " | ".join(f"{f(row[g]['plus_all'])} | {f(row[g]['plus_admitted'])} "
-                               f"({row[g]['admitted']}/{row[g]['generated']})" for g in gens)
+            cells = " | ".join(
+                f"{f(row[g]['plus_all'])} | {f(row[g]['plus_admitted'])} ({row[g]['admitted']}/{row[g]['generated']})"
+                for g in gens
+            )
             lines.append(f"| {float(fraction):.0%} ({row['labels']}) | {f(row['real_only'])} | {cells} |")
     return "\n".join(lines)
 
@@ -200,12 +259,17 @@ def main() -> None:
     train, test_df = real[real["split"] == "train"], real[real["split"] == "test"]
     test = (dataset.load_pixels(test_df), test_df["label_id"].to_numpy(np.int64))
     judges, ref, _ = stage.judges_and_reference(clean, args.source / "data/oof")
-    print(f"{len(train)} train, {len(test_df)} test images; {args.per_class} per class; {args.threads} threads",
-          flush=True)
-    results = {"per_class": args.per_class, "clf_steps": args.clf_steps, "threads": args.threads,
-               "sets": DEFAULT_SETS + args.set,
-               "generators": {} if args.low_data_only else full_data(params, args, clean, classes, judges, ref,
-                                                                       train, test)}
+    print(
+        f"{len(train)} train, {len(test_df)} test images; {args.per_class} per class; {args.threads} threads",
+        flush=True,
+    )
+    results = {
+        "per_class": args.per_class,
+        "clf_steps": args.clf_steps,
+        "threads": args.threads,
+        "sets": DEFAULT_SETS + args.set,
+        "generators": {} if args.low_data_only else full_data(params, args, clean, classes, judges, ref, train, test),
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")  # kept if low-data fails
     if args.low_data or args.low_data_only:

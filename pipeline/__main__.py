@@ -1,4 +1,5 @@
 """`python -m pipeline <stage>`: dispatch to a stage module, imported only when run."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,27 +13,48 @@ from pipeline.errors import PipelineError
 # `python -m pipeline split` never pays for torch.
 STAGES = {
     "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
-    "split": ("pipeline.split", "stratified, group-aware, leak-safe train/val/test split: duplicate clusters never cross splits"),
+    "split": (
+        "pipeline.split",
+        "stratified, group-aware, leak-safe train/val/test split: duplicate clusters never cross splits",
+    ),
     "oof": ("pipeline.oof", "out-of-fold probabilities, embeddings and training dynamics by group-aware K-fold"),
-    "clean": ("pipeline.clean", "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train"),
+    "clean": (
+        "pipeline.clean",
+        "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train",
+    ),
     "mine": ("pipeline.mine", "hardness, data-map categories and sampling weights; suspects are not hard"),
-    "policy-search": ("pipeline.augment.search", "learn an AutoAugment policy from the data: density matching with the oof fold models (Fast AutoAugment)"),
-    "augment": ("pipeline.augment.stage", "offline augmented copies of the train samples under a policy file (AutoAugment, RandAugment, TrivialAugment, albumentations)"),
+    "policy-search": (
+        "pipeline.augment.search",
+        "learn an AutoAugment policy from the data: density matching with the oof fold models (Fast AutoAugment)",
+    ),
+    "augment": (
+        "pipeline.augment.stage",
+        "offline augmented copies of the train samples under a policy file "
+        "(AutoAugment, RandAugment, TrivialAugment, albumentations)",
+    ),
     "adversarial": ("pipeline.adversarial", "FGSM / PGD examples of train samples as a derived dataset with lineage"),
-    "synthesize": ("pipeline.synthesize.stage", "class-conditional VAE / GAN samples, admitted through a quality gate (FID, KID, precision/recall, memorisation, label consistency, TSTR)"),
+    "synthesize": (
+        "pipeline.synthesize.stage",
+        "class-conditional VAE / GAN samples, admitted through a quality gate "
+        "(FID, KID, precision/recall, memorisation, label consistency, TSTR)",
+    ),
     "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),
     "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
     "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),
     "lr-find": ("pipeline.lr_find", "LR range test: sweep the learning rate and suggest a maximum"),
-    "summary": ("pipeline.summary", "the run in ten lines: test accuracy with its interval, data counts, flags, where things are"),
+    "params": ("pipeline.params", "print the effective params (every knob, as params.yaml holds them) as YAML"),
+    "summary": (
+        "pipeline.summary",
+        "the run in ten lines: test accuracy with its interval, data counts, flags, where things are",
+    ),
     "label": ("pipeline.labelstudio.cli", "push samples to / pull annotations from Label Studio; serve a local one"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline",
-        description="Data-centric pipeline stages. Each reads its section of params.yaml.")
+        prog="python -m pipeline", description="Data-centric pipeline stages. Each reads its section of params.yaml."
+    )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
     for name, (_, help_) in STAGES.items():
         sub.add_parser(name, help=help_, add_help=False)
@@ -65,27 +87,37 @@ def params_epilog(name: str, params_file: str) -> str:
     lines = []
 
     def walk(prefix: str, value) -> None:
-        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) \
-                and not prefix.endswith(("fractions", "checks", "issues")):
+        if (
+            isinstance(value, dict)
+            and value
+            and all(isinstance(k, str) for k in value)
+            and not prefix.endswith(("fractions", "checks", "issues"))
+        ):
             for k, v in value.items():
                 walk(f"{prefix}.{k}", v)
         else:
             lines.append(f"  {prefix} = {value if isinstance(value, str) else json.dumps(value)}")
+
     for key in keys:
         value = current
         for part in key.split("."):
             value = value.get(part) if isinstance(value, dict) else None
         walk(key, value)
-    return (f"params it reads (current values from {params_file}; change one with "
-            "`dvc exp run -S key=value`):\n" + "\n".join(lines))
+    return (
+        f"params it reads (current values from {params_file}; change one with "
+        "`dvc exp run -S key=value`):\n" + "\n".join(lines)
+    )
 
 
 def stage_parser(name: str, params_file: str = "params.yaml") -> tuple[argparse.ArgumentParser, object]:
     module_name, help_ = STAGES[name]
     module = importlib.import_module(module_name)
-    p = argparse.ArgumentParser(prog=f"python -m pipeline {name}", description=help_,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=params_epilog(name, params_file))
+    p = argparse.ArgumentParser(
+        prog=f"python -m pipeline {name}",
+        description=help_,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=params_epilog(name, params_file),
+    )
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
     module.add_arguments(p)

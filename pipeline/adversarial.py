@@ -11,6 +11,7 @@ no cycle through the train stage), or read from a model file path (e.g. a previo
 `models/model.pt`). Pixels are stored as uint8, so `flipped` is measured on the rounded
 image that training will actually see.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,27 @@ from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.params import Adversarial, Params
 
-COLUMNS = ["sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id",
-           "attack", "eps", "norm", "steps", "source_model", "flipped", "pred_label", "weight",
-           "pixel_sha256", "store", "row"]
+COLUMNS = [
+    "sample_id",
+    "path",
+    "label",
+    "label_id",
+    "group",
+    "split",
+    "origin",
+    "parent_id",
+    "attack",
+    "eps",
+    "norm",
+    "steps",
+    "source_model",
+    "flipped",
+    "pred_label",
+    "weight",
+    "pixel_sha256",
+    "store",
+    "row",
+]
 
 
 def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
@@ -39,8 +58,20 @@ def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
 
 # The train params the own source model uses (dvc.yaml lists them as this stage's params):
 # the recipe, not the length or the online options of the train stage.
-SOURCE_TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-                     "warmup_epochs", "label_smoothing", "patience", "class_weights", "threads")
+SOURCE_TRAIN_KEYS = (
+    "model",
+    "width",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "patience",
+    "class_weights",
+    "threads",
+)
 
 
 def source_train_config(params: Params):
@@ -54,6 +85,7 @@ def source_train_config(params: Params):
 def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
     import torch
+
     from pipeline import fit
 
     cfg = params.adversarial
@@ -67,18 +99,26 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
         return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     tr, va = split_df[split_df["split"] == "train"], split_df[split_df["split"] == "val"]
     train_cfg = source_train_config(params)
-    result = fit.fit(dataset.load_pixels(tr), tr["label_id"].to_numpy(), dataset.load_pixels(va),
-                     va["label_id"].to_numpy(), train_cfg, len(classes), params.base.seed,
-                     desc="adversarial source model")
-    state = b"".join(t.numpy().tobytes() for t in result.model.state_dict().values()
-                     if isinstance(t, torch.Tensor))
+    result = fit.fit(
+        dataset.load_pixels(tr),
+        tr["label_id"].to_numpy(),
+        dataset.load_pixels(va),
+        va["label_id"].to_numpy(),
+        train_cfg,
+        len(classes),
+        params.base.seed,
+        desc="adversarial source model",
+    )
+    state = b"".join(t.numpy().tobytes() for t in result.model.state_dict().values() if isinstance(t, torch.Tensor))
     return result.model, hashlib.sha256(state).hexdigest()[:16]
 
 
-def generate(model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, seed: int,
-             num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, seed: int, num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Adversarial uint8 pixels and the model's predictions on them."""
     import torch
+
     from pipeline import attacks
 
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
@@ -86,13 +126,15 @@ def generate(model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, se
     if cfg.targeted:  # a random other class per sample, drawn apart from the attack
         g = torch.Generator().manual_seed(seed)
         y = (y + torch.randint(1, num_classes, y.shape, generator=g)) % num_classes
-    acfg = attacks.AttackConfig(eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size,
-                                random_start=cfg.random_start, targeted=cfg.targeted)
+    acfg = attacks.AttackConfig(
+        eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, random_start=cfg.random_start, targeted=cfg.targeted
+    )
     out, preds = [], []
     model.eval()
     for i in progress(range(0, len(x), cfg.batch_size), desc=f"adversarial {cfg.attack}", unit="batch"):
-        adv = attacks.attack_batches(model, x[i:i + cfg.batch_size], y[i:i + cfg.batch_size],
-                                     cfg.attack, acfg, seed=seed + i)
+        adv = attacks.attack_batches(
+            model, x[i : i + cfg.batch_size], y[i : i + cfg.batch_size], cfg.attack, acfg, seed=seed + i
+        )
         adv8 = torch.round(adv * 255).to(torch.uint8)
         with torch.no_grad():
             preds.append(model(adv8.float() / 255).argmax(1).numpy())
@@ -102,8 +144,9 @@ def generate(model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, se
     return np.concatenate(out), np.concatenate(preds)
 
 
-def run(params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, final_dir: Path,
-        plots: Path | None = None) -> tuple[pd.DataFrame, dict]:
+def run(
+    params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, final_dir: Path, plots: Path | None = None
+) -> tuple[pd.DataFrame, dict]:
     cfg = params.adversarial
     chosen = select(split_df, cfg.fraction, params.base.seed) if cfg.enabled else split_df.iloc[:0]
     metrics = {"enabled": cfg.enabled, "attack": cfg.attack, "eps": cfg.eps, "attacked": len(chosen)}
@@ -123,18 +166,38 @@ def run(params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, f
     rows = []
     for (_, parent), px, p, f in zip(chosen[keep].iterrows(), adv[keep], pred[keep], flipped[keep]):
         store, row = writer.add(px)
-        rows.append({
-            "sample_id": dataset.sample_id(parent["sample_id"], "adversarial", cfg.attack, cfg.eps,
-                                           cfg.steps, model_id),
-            "path": parent["path"], "label": parent["label"], "label_id": int(parent["label_id"]),
-            "group": parent.get("group"), "split": parent["split"], "origin": "adversarial",
-            "parent_id": parent["sample_id"], "attack": cfg.attack, "eps": cfg.eps,
-            "norm": "l2" if cfg.attack == "pgd_l2" else "linf", "steps": cfg.steps,
-            "source_model": model_id, "flipped": bool(f), "pred_label": classes[int(p)],
-            "weight": cfg.weight, "pixel_sha256": dataset.pixel_hash(px), "store": store, "row": row})
+        rows.append(
+            {
+                "sample_id": dataset.sample_id(
+                    parent["sample_id"], "adversarial", cfg.attack, cfg.eps, cfg.steps, model_id
+                ),
+                "path": parent["path"],
+                "label": parent["label"],
+                "label_id": int(parent["label_id"]),
+                "group": parent.get("group"),
+                "split": parent["split"],
+                "origin": "adversarial",
+                "parent_id": parent["sample_id"],
+                "attack": cfg.attack,
+                "eps": cfg.eps,
+                "norm": "l2" if cfg.attack == "pgd_l2" else "linf",
+                "steps": cfg.steps,
+                "source_model": model_id,
+                "flipped": bool(f),
+                "pred_label": classes[int(p)],
+                "weight": cfg.weight,
+                "pixel_sha256": dataset.pixel_hash(px),
+                "store": store,
+                "row": row,
+            }
+        )
     writer.close()
-    metrics.update(kept=len(rows), flip_rate=round(float(flipped.mean()), 6), source_model=model_id,
-                   mean_linf=round(float(np.abs(adv.astype(int) - clean).max(axis=(1, 2, 3)).mean() / 255), 6))
+    metrics.update(
+        kept=len(rows),
+        flip_rate=round(float(flipped.mean()), 6),
+        source_model=model_id,
+        mean_linf=round(float(np.abs(adv.astype(int) - clean).max(axis=(1, 2, 3)).mean() / 255), 6),
+    )
     if plots is not None:
         gallery.save(_examples(clean, adv, labels, pred, classes), plots / "examples.png")
     return pd.DataFrame(rows, columns=COLUMNS), metrics
@@ -147,8 +210,7 @@ def _examples(clean, adv, labels, pred, classes, n: int = 8):
     scale = 127 / max(1, int(np.abs(delta).max()))
     amplified = np.clip(128 + delta * scale, 0, 255).astype(np.uint8)
     images = np.concatenate([clean[:n], amplified, adv[:n]])
-    caps = ([f"{classes[y]}" for y in labels[:n]] + ["perturbation"] * n
-            + [f"-> {classes[p]}" for p in pred[:n]])
+    caps = [f"{classes[y]}" for y in labels[:n]] + ["perturbation"] * n + [f"-> {classes[p]}" for p in pred[:n]]
     return gallery.grid(images, caps, cols=n, title="original / perturbation (amplified) / adversarial")
 
 
@@ -167,5 +229,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         df, metrics = run(params, split_df, classes, tmp, out, plots)
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     dataset.write_json(args.metrics, metrics)
-    log.info("adversarial: %d examples kept of %d attacked (flip rate %.3f)", metrics["kept"],
-             metrics["attacked"], metrics["flip_rate"])
+    log.info(
+        "adversarial: %d examples kept of %d attacked (flip rate %.3f)",
+        metrics["kept"],
+        metrics["attacked"],
+        metrics["flip_rate"],
+    )

@@ -5,6 +5,7 @@ adversarial, synthetic) are admitted only if their lineage holds (see `check_lin
 a derived sample's parent is a real train sample and the child inherits its split;
 nothing derives from val or test, and no id is reused.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,6 +23,7 @@ DERIVED_ORIGINS = {"augmented", "adversarial", "synthetic"}
 
 def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
     """Raise PipelineError naming the first rule `derived` breaks against the split `real`."""
+
     def fail(rule: str, rows: pd.DataFrame) -> None:
         ids = ", ".join(rows["sample_id"].astype(str).head(3))
         raise PipelineError(f"{name}: {len(rows)} sample(s) {rule} (e.g. {ids})")
@@ -47,8 +49,9 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
         fail("derive from a val or test sample", derived.loc[parent_split[parent_split != "train"].index])
 
 
-def run(split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float,
-        weights: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+def run(
+    split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float, weights: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
     """`weights` (sample_id, weight), e.g. the mine stage's, multiply the real rows' weight (missing: 1)."""
     real = split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")].copy()
     real["weight"] = real_weight
@@ -63,15 +66,23 @@ def run(split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: f
         parts.append(df)
         counts[name] = len(df)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else real.reset_index(drop=True)
-    metrics = {"total": len(out), "by_source": counts,
-               "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()}}
+    metrics = {
+        "total": len(out),
+        "by_source": counts,
+        "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()},
+    }
     return out, metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--derived", nargs="*", default=[], metavar="DIR",
-                   help="derived dataset folders to admit (each with a manifest.parquet)")
+    p.add_argument(
+        "--derived",
+        nargs="*",
+        default=[],
+        metavar="DIR",
+        help="derived dataset folders to admit (each with a manifest.parquet)",
+    )
     p.add_argument("--weights", default=None, help="per-sample weights parquet (sample_id, weight), optional")
     p.add_argument("--out", default="data/assemble", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/assemble.json", help="counts (default: %(default)s)")

@@ -5,6 +5,7 @@ returns images clipped to the valid range. The update order follows Goodfellow e
 (FGSM) and Madry et al. 2017 (PGD) as torchattacks implements them, so that the two agree
 to float precision on the same model and inputs (tests/test_attacks.py).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Attack:
 
     For a targeted attack `y` holds the target classes and the loss is descended.
     """
+
     name: str = ""
     norm: str = "linf"
 
@@ -43,7 +45,7 @@ class Attack:
 def _grad(model, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
     x_adv = x_adv.detach().requires_grad_(True)
     loss = F.cross_entropy(model(x_adv), y)
-    grad, = torch.autograd.grad(-loss if targeted else loss, x_adv)
+    (grad,) = torch.autograd.grad(-loss if targeted else loss, x_adv)
     return grad
 
 
@@ -106,14 +108,16 @@ def get(name: str) -> Attack:
     return ATTACKS[name]
 
 
-def attack_batches(model, x: torch.Tensor, y: torch.Tensor, attack: str, cfg: AttackConfig,
-                   seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+def attack_batches(
+    model, x: torch.Tensor, y: torch.Tensor, attack: str, cfg: AttackConfig, seed: int = 0, batch_size: int = 256
+) -> torch.Tensor:
     """Run `attack` over (x, y) in batches with the model in eval mode; deterministic in seed."""
     atk = get(attack)
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
-    out = [atk.perturb(model, x[i:i + batch_size], y[i:i + batch_size], cfg, gen)
-           for i in range(0, len(x), batch_size)]
+    out = [
+        atk.perturb(model, x[i : i + batch_size], y[i : i + batch_size], cfg, gen) for i in range(0, len(x), batch_size)
+    ]
     model.train(was_training)
     return torch.cat(out) if out else x.clone()

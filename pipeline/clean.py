@@ -13,6 +13,7 @@ skip it), `relabel` takes the suggested label where its probability is at least
 `clean.relabel_threshold`. Val/test issues are only flagged (`needs_review`).
 With `clean.inject_noise` on, metrics include detection precision/recall/F1 against the truth.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFr
     any_issue = df[flags].any(axis=1).to_numpy() if flags else np.zeros(len(df), bool)
     df["given_label"] = df["label"]
     # keep the split stage's removals (e.g. near_duplicate_of_test) and their reasons
-    upstream = (df["removed_reason"].fillna("").astype(str) if "removed_reason" in df
-                else pd.Series("", index=df.index)).to_numpy()
+    upstream = (
+        df["removed_reason"].fillna("").astype(str) if "removed_reason" in df else pd.Series("", index=df.index)
+    ).to_numpy()
     df["removed_reason"] = upstream
     counts = {"removed": 0, "relabeled": 0}
     if cfg.action == "remove":
@@ -67,8 +69,12 @@ def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFr
         counts["removed"] = int(gone.sum())
     elif cfg.action == "relabel" and "is_label_issue" in df:
         confident = (df["suggested_prob"] >= cfg.relabel_threshold).to_numpy()
-        hit = (train & df["is_label_issue"].to_numpy() & confident
-               & (df["suggested_label_id"] != df["label_id"]).to_numpy())
+        hit = (
+            train
+            & df["is_label_issue"].to_numpy()
+            & confident
+            & (df["suggested_label_id"] != df["label_id"]).to_numpy()
+        )
         df.loc[hit, "label_id"] = df.loc[hit, "suggested_label_id"]
         df.loc[hit, "label"] = [classes[i] for i in df.loc[hit, "label_id"]]
         counts["relabeled"] = int(hit.sum())
@@ -86,16 +92,22 @@ def detection(df: pd.DataFrame) -> dict:
     tp = int((noisy & found).sum())
     p = tp / max(1, found.sum())
     r = tp / max(1, noisy.sum())
-    out = {"noisy": int(noisy.sum()), "flagged": int(found.sum()), "precision": round(p, 6),
-           "recall": round(r, 6), "f1": round(2 * p * r / (p + r), 6) if p + r else 0.0}
+    out = {
+        "noisy": int(noisy.sum()),
+        "flagged": int(found.sum()),
+        "precision": round(p, 6),
+        "recall": round(r, 6),
+        "f1": round(2 * p * r / (p + r), 6) if p + r else 0.0,
+    }
     fixed = df[df["label"] != df["given_label"]]
     if len(fixed):
         out["relabel_accuracy"] = round(float((fixed["label"] == fixed["true_label"]).mean()), 6)
     return out
 
 
-def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str],
-        patches: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+def run(
+    params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str], patches: pd.DataFrame
+) -> tuple[pd.DataFrame, dict]:
     df, patch_counts = label_patches.apply_patches(oof_df.reset_index(drop=True), patches, classes)
     probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
     df = detect(params, df.drop(columns=["probs"]), issues.OofArrays(probs, emb), classes)
@@ -105,13 +117,20 @@ def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str
         found[name] = {s: int(flag[df["split"] == s].sum()) for s in ("train", "val", "test")}
         found[name]["total"] = int(flag.sum())
     df, action_counts = act(params, df, classes)
-    metrics = {"action": params.clean.action, "patches": patch_counts, **action_counts,
-               "needs_review": int(df["needs_review"].sum()), "issues": found}
+    metrics = {
+        "action": params.clean.action,
+        "patches": patch_counts,
+        **action_counts,
+        "needs_review": int(df["needs_review"].sum()),
+        "issues": found,
+    }
     pool = df["fold"].to_numpy() >= 0
-    metrics["oof_accuracy"] = round(float((probs[pool].argmax(1) == df["label_id"].to_numpy()[pool]).mean()), 6) \
-        if pool.any() else None
-    metrics["oof_trusted"] = metrics["oof_accuracy"] is not None and \
-        metrics["oof_accuracy"] >= params.clean.min_oof_accuracy
+    metrics["oof_accuracy"] = (
+        round(float((probs[pool].argmax(1) == df["label_id"].to_numpy()[pool]).mean()), 6) if pool.any() else None
+    )
+    metrics["oof_trusted"] = (
+        metrics["oof_accuracy"] is not None and metrics["oof_accuracy"] >= params.clean.min_oof_accuracy
+    )
     metrics["flag_rates"] = {name: round(c["total"] / max(len(df), 1), 6) for name, c in found.items()}
     if "is_label_issue" in df:
         metrics["estimated_noise_rate"] = round(float(df["is_label_issue"].to_numpy()[pool].mean()), 6)
@@ -123,17 +142,18 @@ def run(params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str
 
 def label_issue_gallery(df: pd.DataFrame, n: int):
     top = df[df["is_label_issue"]].sort_values("label_score", kind="stable").head(n)
-    caps = [f"{g} ->\n{s}\n{q:.3f}"
-            for g, s, q in zip(top["given_label"], top["suggested_label"], top["label_score"])]
+    caps = [f"{g} ->\n{s}\n{q:.3f}" for g, s, q in zip(top["given_label"], top["suggested_label"], top["label_score"])]
     title = "top label issues: given -> suggested, label score"
-    return gallery.grid(dataset.load_pixels(top) if len(top) else np.zeros((0, 8, 8, 1), np.uint8),
-                        caps, cols=8, title=title)
+    return gallery.grid(
+        dataset.load_pixels(top) if len(top) else np.zeros((0, 8, 8, 1), np.uint8), caps, cols=8, title=title
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oof", default="data/oof", help="oof output (default: %(default)s)")
-    p.add_argument("--labels", default=label_patches.PATCHES,
-                   help="the human label patch, kept in git (default: %(default)s)")
+    p.add_argument(
+        "--labels", default=label_patches.PATCHES, help="the human label patch, kept in git (default: %(default)s)"
+    )
     p.add_argument("--out", default="data/clean", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/clean.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/clean", help="(default: %(default)s)")
@@ -148,8 +168,13 @@ def main(params: Params, args: argparse.Namespace) -> None:
     dataset.write_json(args.metrics, metrics)
     if "is_label_issue" in df:
         gallery.save(label_issue_gallery(df, params.clean.gallery), Path(args.plots) / "label_issues.png")
-    log.info("clean: %s; %d removed, %d relabeled, %d to review", metrics["issues"], metrics["removed"],
-             metrics["relabeled"], metrics["needs_review"])
+    log.info(
+        "clean: %s; %d removed, %d relabeled, %d to review",
+        metrics["issues"],
+        metrics["removed"],
+        metrics["relabeled"],
+        metrics["needs_review"],
+    )
     for line in warnings(params, metrics):
         log.warning("%s", line)
 
@@ -158,12 +183,16 @@ def warnings(params: Params, metrics: dict) -> list[str]:
     """One line for each figure that says the flags should not be trusted as they are."""
     out = []
     if not metrics["oof_trusted"] and metrics["oof_accuracy"] is not None:
-        out.append(f"clean: the oof models are weak (out-of-fold accuracy {metrics['oof_accuracy']:.2f} < "
-                   f"clean.min_oof_accuracy {params.clean.min_oof_accuracy:.2f}): their label and outlier "
-                   "flags are not to be trusted; more images per class or more oof epochs help")
+        out.append(
+            f"clean: the oof models are weak (out-of-fold accuracy {metrics['oof_accuracy']:.2f} < "
+            f"clean.min_oof_accuracy {params.clean.min_oof_accuracy:.2f}): their label and outlier "
+            "flags are not to be trusted; more images per class or more oof epochs help"
+        )
     for name, rate in metrics["flag_rates"].items():
         if rate > params.clean.max_flag_rate:
-            out.append(f"clean: {name} flags {metrics['issues'][name]['total']} samples ({rate:.0%}), far above "
-                       f"any plausible rate (clean.max_flag_rate {params.clean.max_flag_rate:.0%}): "
-                       f"check clean.issues.{name} for this data")
+            out.append(
+                f"clean: {name} flags {metrics['issues'][name]['total']} samples ({rate:.0%}), far above "
+                f"any plausible rate (clean.max_flag_rate {params.clean.max_flag_rate:.0%}): "
+                f"check clean.issues.{name} for this data"
+            )
     return out

@@ -1,4 +1,5 @@
 """Logging and progress bars, silenced together by `--quiet`."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,7 @@ _quiet = False
 def setup(quiet: bool) -> None:
     global _quiet
     _quiet = quiet
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
-                        format="%(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(name)s: %(message)s")
 
 
 def progress(iterable=None, **kwargs):

@@ -6,6 +6,7 @@ On disk the `store` column is relative to the manifest's folder, so a data folde
 move; in memory it is a usable path (relative to the working directory or absolute).
 The class list travels in the Parquet metadata so `label_id` keeps its meaning.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,7 @@ def pixel_hash(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()
 
 
-def write_manifest(df: pd.DataFrame, path: str | Path, classes: list[str],
-                   final_dir: str | Path | None = None) -> None:
+def write_manifest(df: pd.DataFrame, path: str | Path, classes: list[str], final_dir: str | Path | None = None) -> None:
     """Write `df` atomically; `final_dir` is where the manifest will live if `path` is staged."""
     path = Path(path)
     base = Path(final_dir) if final_dir is not None else path.parent
@@ -70,8 +70,10 @@ def read_manifest(path: str | Path) -> tuple[pd.DataFrame, list[str]]:
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
     if meta.get("version") != FORMAT_VERSION:
-        raise PipelineError(f"{path}: manifest format version {meta.get('version')!r}, "
-                            f"expected {FORMAT_VERSION}; re-run the stage that wrote it")
+        raise PipelineError(
+            f"{path}: manifest format version {meta.get('version')!r}, "
+            f"expected {FORMAT_VERSION}; re-run the stage that wrote it"
+        )
     df = table.to_pandas()
     if "store" in df:
         df["store"] = [os.path.normpath(os.path.join(path.parent, s)) for s in df["store"]]
@@ -97,8 +99,7 @@ def load_pixels(df: pd.DataFrame) -> np.ndarray:
 class ShardWriter:
     """Appends images to fixed-size `.npy` shards in `directory` (bounded memory)."""
 
-    def __init__(self, directory: str | Path, final_dir: str | Path | None = None,
-                 shard_size: int = 8192):
+    def __init__(self, directory: str | Path, final_dir: str | Path | None = None, shard_size: int = 8192):
         self.directory = Path(directory)
         self.final_dir = Path(final_dir) if final_dir is not None else self.directory
         self.shard_size = shard_size

@@ -5,6 +5,7 @@ composited onto black; CMYK/palette/1-bit converted; resized (not cropped) to a 
 with bilinear filtering. Anything that cannot be used raises `DecodeError` with a reason
 code that ingest writes to the quarantine list.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,8 +31,9 @@ def decode_file(path: str, size: int, channels: int, max_pixels: int, min_side: 
         with img:
             w, h = img.size
             if w * h > max_pixels:
-                raise DecodeError("too_large", f"{w}x{h} pixels > ingest.max_pixels {max_pixels} "
-                                               "(decompression-bomb guard)")
+                raise DecodeError(
+                    "too_large", f"{w}x{h} pixels > ingest.max_pixels {max_pixels} (decompression-bomb guard)"
+                )
             if min(w, h) < min_side:
                 raise DecodeError("too_small", f"{w}x{h} has a side < ingest.min_side {min_side}")
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at reduced scale

@@ -10,6 +10,7 @@ once more distinct configurations than `evaluate.max_test_evaluations` have been
 warning says so, because picking among many configurations by their test score makes the
 test set part of training. The ledger never changes the metrics.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,15 @@ def calibration_bins(proba: np.ndarray, y: np.ndarray, bins: int) -> pd.DataFram
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_conf = np.bincount(idx, conf, bins) / count
         acc = np.bincount(idx, correct.astype(np.float64), bins) / count
-    return pd.DataFrame({"bin_lo": np.arange(bins) / bins, "bin_hi": np.arange(1, bins + 1) / bins,
-                         "count": count, "confidence": mean_conf, "accuracy": acc})
+    return pd.DataFrame(
+        {
+            "bin_lo": np.arange(bins) / bins,
+            "bin_hi": np.arange(1, bins + 1) / bins,
+            "count": count,
+            "confidence": mean_conf,
+            "accuracy": acc,
+        }
+    )
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -79,8 +87,10 @@ def score(proba: np.ndarray, y: np.ndarray, classes: list[str], ece_bins: int) -
         "macro_f1": r(f1[seen].mean()),
         "ece": r(expected_calibration_error(proba, y, ece_bins)),
         "nll": r(nll.mean()),
-        "per_class": {c: {"precision": r(precision[i]), "recall": r(recall[i]), "f1": r(f1[i]),
-                          "support": int(support[i])} for i, c in enumerate(classes)},
+        "per_class": {
+            c: {"precision": r(precision[i]), "recall": r(recall[i]), "f1": r(f1[i]), "support": int(support[i])}
+            for i, c in enumerate(classes)
+        },
     }
 
 
@@ -101,8 +111,7 @@ def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.Da
 
 def params_hash(params: Params) -> str:
     """sha256 of the canonical JSON of every params section except `evaluate`."""
-    canon = json.dumps(params.model_dump(mode="json", exclude={"evaluate"}), sort_keys=True,
-                       separators=(",", ":"))
+    canon = json.dumps(params.model_dump(mode="json", exclude={"evaluate"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
@@ -112,9 +121,11 @@ def record_test_evaluation(ledger: str | Path, params: Params, model_path: str |
     Warns once that number passes `evaluate.max_test_evaluations`.
     """
     ledger = Path(ledger)
-    entry = {"params_hash": params_hash(params),
-             "model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    entry = {
+        "params_hash": params_hash(params),
+        "model_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     ledger.parent.mkdir(parents=True, exist_ok=True)
     with ledger.open("a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -126,11 +137,15 @@ def record_test_evaluation(ledger: str | Path, params: Params, model_path: str |
             continue  # a hand-edited or truncated line must not stop an evaluation
     limit = params.evaluate.max_test_evaluations
     if len(hashes) > limit:
-        log.warning("evaluate: the test set has now scored %d distinct configurations (more than "
-                    "evaluate.max_test_evaluations = %d, see %s). Choosing among many configurations "
-                    "by their test score turns the test set into training data: compare experiments "
-                    "on the validation split, and keep the test set for the final one.",
-                    len(hashes), limit, ledger)
+        log.warning(
+            "evaluate: the test set has now scored %d distinct configurations (more than "
+            "evaluate.max_test_evaluations = %d, see %s). Choosing among many configurations "
+            "by their test score turns the test set into training data: compare experiments "
+            "on the validation split, and keep the test set for the final one.",
+            len(hashes),
+            limit,
+            ledger,
+        )
     return len(hashes)
 
 
@@ -146,10 +161,17 @@ def robustness(params: Params, model, test: pd.DataFrame) -> tuple[dict, pd.Data
         return {}, pd.DataFrame()
     if cfg.max_samples and len(test) > cfg.max_samples:
         keys = [dataset.sample_seed(params.base.seed, f"robustness:{s}") for s in test["sample_id"]]
-        test = test.iloc[np.sort(np.argsort(keys, kind="stable")[:cfg.max_samples])]
+        test = test.iloc[np.sort(np.argsort(keys, kind="stable")[: cfg.max_samples])]
     eps = sorted({0.0, *cfg.eps})
-    rows = robust_accuracy(model, dataset.load_pixels(test), test["label_id"].to_numpy(np.int64),
-                           list(cfg.attacks), eps, cfg.steps, params.base.seed)
+    rows = robust_accuracy(
+        model,
+        dataset.load_pixels(test),
+        test["label_id"].to_numpy(np.int64),
+        list(cfg.attacks),
+        eps,
+        cfg.steps,
+        params.base.seed,
+    )
     flat = {f"{r['attack']}_eps{r['eps']:g}": r["accuracy"] for r in rows if r["eps"] > 0}
     flat["n"] = int(len(test))
     curve = pd.DataFrame(rows).pivot(index="eps", columns="attack", values="accuracy").reset_index()
@@ -187,10 +209,20 @@ def main(params: Params, args: argparse.Namespace) -> None:
         dataset.write_csv(plots / "robustness.csv", curve)
     dataset.write_json(args.metrics, metrics)
     record_test_evaluation(args.ledger, params, args.model)
-    log.info("evaluate: accuracy %.4f, macro F1 %.4f, ECE %.4f on %d test samples",
-             metrics["accuracy"], metrics["macro_f1"], metrics["ece"], metrics["n_test"])
+    log.info(
+        "evaluate: accuracy %.4f, macro F1 %.4f, ECE %.4f on %d test samples",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        metrics["ece"],
+        metrics["n_test"],
+    )
     lo, hi = metrics["accuracy_ci95"]
     if (hi - lo) / 2 > params.evaluate.max_interval:
-        log.warning("evaluate: only %d test samples: accuracy %.2f has a 95%% interval of %.2f-%.2f, too wide "
-                    "to tell models apart (more images, or a larger split.fractions.test)",
-                    metrics["n_test"], metrics["accuracy"], lo, hi)
+        log.warning(
+            "evaluate: only %d test samples: accuracy %.2f has a 95%% interval of %.2f-%.2f, too wide "
+            "to tell models apart (more images, or a larger split.fractions.test)",
+            metrics["n_test"],
+            metrics["accuracy"],
+            lo,
+            hi,
+        )

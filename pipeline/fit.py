@@ -10,6 +10,7 @@ Reproducible: the same inputs and seed give a bitwise-identical `state_dict` on 
 machine and thread count. Initialisation and shuffling draw from a local generator seeded
 from `seed`, so nothing depends on global RNG state left by other code.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,8 +90,7 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     """Weight decay on conv/linear weights only: decaying norm scales and biases only hurts."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
@@ -122,16 +122,24 @@ def new_model(x_train: np.ndarray, cfg: Train, num_classes: int, generator: torc
     if len(x_train) == 0:
         raise PipelineError("no training samples: the training set is empty")
     mean, std = channel_stats(x_train)
-    model = models.build_model(cfg.model, x_train.shape[-1], num_classes, cfg.width, mean, std,
-                               generator=generator)
+    model = models.build_model(cfg.model, x_train.shape[-1], num_classes, cfg.width, mean, std, generator=generator)
     return model.to(memory_format=torch.channels_last)
 
 
 def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes: int, seed: int) -> dict:
-    return {"format_version": FORMAT_VERSION, "model": cfg.model, "in_channels": int(x_train.shape[-1]),
-            "num_classes": num_classes, "width": cfg.width, "image_size": list(x_train.shape[1:3]),
-            "mean": model.normalize.mean.flatten().tolist(), "std": model.normalize.std.flatten().tolist(),
-            "seed": seed, "threads": threads(cfg), "train": cfg.model_dump()}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": cfg.model,
+        "in_channels": int(x_train.shape[-1]),
+        "num_classes": num_classes,
+        "width": cfg.width,
+        "image_size": list(x_train.shape[1:3]),
+        "mean": model.normalize.mean.flatten().tolist(),
+        "std": model.normalize.std.flatten().tolist(),
+        "seed": seed,
+        "threads": threads(cfg),
+        "train": cfg.model_dump(),
+    }
 
 
 def evaluate_loss(model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> tuple[float, float]:
@@ -140,8 +148,8 @@ def evaluate_loss(model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_siz
     loss, correct = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(x8), batch_size):
-            logits = model(_float(x8[i:i + batch_size]))
-            yb = y[i:i + batch_size]
+            logits = model(_float(x8[i : i + batch_size]))
+            yb = y[i : i + batch_size]
             loss += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return loss / len(x8), correct / len(x8)
@@ -157,8 +165,15 @@ class BatchStep:
     is byte-identical to one that never had the options.
     """
 
-    def __init__(self, cfg: Train, num_classes: int, seed: int, x_train: np.ndarray,
-                 sample_ids: list[str] | None = None, online=None):
+    def __init__(
+        self,
+        cfg: Train,
+        num_classes: int,
+        seed: int,
+        x_train: np.ndarray,
+        sample_ids: list[str] | None = None,
+        online=None,
+    ):
         if online is not None and sample_ids is None:
             raise PipelineError("online augmentation needs the training samples' ids")
         self.cfg, self.num_classes, self.x_train = cfg, num_classes, x_train
@@ -171,8 +186,9 @@ class BatchStep:
         on = cfg.adversarial.attack != "none" and cfg.adversarial.ratio > 0
         self.adv = cfg.adversarial if on else None
 
-    def __call__(self, model: nn.Module, x8: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
-                 epoch: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, model: nn.Module, x8: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, epoch: int, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         xb8 = x8[idx]
         if self.online is not None:
             ids = [self.sample_ids[i] for i in idx.tolist()]
@@ -195,22 +211,30 @@ class BatchStep:
             loss = (1 - (torch.softmax(logits, 1) * soft).sum(1)).pow(self.cfg.focal_gamma) * loss
         return logits, loss
 
-    def _adversarial(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
-                     g: torch.Generator) -> torch.Tensor:
+    def _adversarial(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         from pipeline import attacks
 
         a = self.adv
         k = round(a.ratio * len(xb))  # the batch is already in random order: take the first k
-        cfg = attacks.AttackConfig(eps=a.eps, steps=a.steps, step_size=a.step_size,
-                                   random_start=a.random_start)
+        cfg = attacks.AttackConfig(eps=a.eps, steps=a.steps, step_size=a.step_size, random_start=a.random_start)
         adv = attacks.get(a.attack).perturb(model, xb[:k], yb[:k], cfg, g)
         return torch.cat([adv, xb[k:]]).contiguous(memory_format=torch.channels_last)
 
 
-def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, y: torch.Tensor,
-                weight: torch.Tensor, order: torch.Tensor, batch_size: int, lrs: list[float],
-                step: BatchStep, epoch: int, g: torch.Generator,
-                ohem_fraction: float = 0.0) -> tuple[float, float]:
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x8: torch.Tensor,
+    y: torch.Tensor,
+    weight: torch.Tensor,
+    order: torch.Tensor,
+    batch_size: int,
+    lrs: list[float],
+    step: BatchStep,
+    epoch: int,
+    g: torch.Generator,
+    ohem_fraction: float = 0.0,
+) -> tuple[float, float]:
     """One pass over the samples `order` names, step i at learning rate lrs[i].
 
     `ohem_fraction` > 0: online hard example mining, only the largest per-sample losses of
@@ -222,7 +246,7 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, 
     for i, lr in enumerate(lrs):
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = order[i * batch_size:(i + 1) * batch_size]
+        idx = order[i * batch_size : (i + 1) * batch_size]
         logits, per_sample = step(model, x8, y, idx, epoch, g)
         opt.zero_grad(set_to_none=True)
         weighted = per_sample * weight[idx]
@@ -236,9 +260,20 @@ def train_epoch(model: nn.Module, opt: torch.optim.Optimizer, x8: torch.Tensor, 
     return loss_sum / len(order), correct / len(order)
 
 
-def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: Train,
-        num_classes: int, seed: int, sample_weight: np.ndarray | None = None, desc: str = "train",
-        online=None, sample_ids: list[str] | None = None, on_epoch_end=None) -> FitResult:
+def fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    cfg: Train,
+    num_classes: int,
+    seed: int,
+    sample_weight: np.ndarray | None = None,
+    desc: str = "train",
+    online=None,
+    sample_ids: list[str] | None = None,
+    on_epoch_end=None,
+) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
     `online` and `sample_ids`: an online augmentation policy and the samples' ids (BatchStep).
@@ -249,8 +284,10 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
-        raise PipelineError(f"expected one label per image, got {len(y_train)} for {len(x_train)} "
-                            f"(train) and {len(y_val)} for {len(x_val)} (val)")
+        raise PipelineError(
+            f"expected one label per image, got {len(y_train)} for {len(x_train)} "
+            f"(train) and {len(y_val)} for {len(x_val)} (val)"
+        )
     if len(x_val) and x_val.shape[1:] != x_train.shape[1:]:
         raise PipelineError(f"expected val images of shape {x_train.shape[1:]}, got {x_val.shape[1:]}")
     if len(y_train) and (y_train.min() < 0 or y_train.max() >= num_classes):
@@ -286,13 +323,18 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
             first = (epoch - 1) * steps_per_epoch
             lrs = [lr_at(s, total, warmup, cfg.lr) for s in range(first, first + steps_per_epoch)]
             if odds is None:
-                order = torch.randperm(len(y), generator=g)[:steps_per_epoch * bs]
+                order = torch.randperm(len(y), generator=g)[: steps_per_epoch * bs]
             else:
                 order = torch.multinomial(odds, steps_per_epoch * bs, replacement=True, generator=g)
-            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g,
-                                    cfg.ohem_fraction)
-            row = {"epoch": epoch, "lr": lrs[-1], "train_loss": loss, "train_accuracy": acc,
-                   "val_loss": None, "val_accuracy": None}
+            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction)
+            row = {
+                "epoch": epoch,
+                "lr": lrs[-1],
+                "train_loss": loss,
+                "train_accuracy": acc,
+                "val_loss": None,
+                "val_accuracy": None,
+            }
             if xv8 is not None:
                 row["val_loss"], row["val_accuracy"] = evaluate_loss(model, xv8, yv)
             history.append({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()})
@@ -317,17 +359,25 @@ def fit(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.n
 
 
 def _log_epoch(desc: str, row: dict, epochs: int, seconds: float) -> None:
-    val = (f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}"
-           if row["val_loss"] is not None else "")
-    log.info("%s: epoch %d/%d lr %.3g train_loss %.4f train_acc %.4f%s (%.1fs)", desc, row["epoch"], epochs,
-             row["lr"], row["train_loss"], row["train_accuracy"], val, seconds)
+    val = f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
+    log.info(
+        "%s: epoch %d/%d lr %.3g train_loss %.4f train_acc %.4f%s (%.1fs)",
+        desc,
+        row["epoch"],
+        epochs,
+        row["lr"],
+        row["train_loss"],
+        row["train_accuracy"],
+        val,
+        seconds,
+    )
 
 
 def _batches(model: nn.Module, x: np.ndarray, batch_size: int, fn) -> list[torch.Tensor]:
     x8 = to_tensor(x)
     model.eval()
     with torch.no_grad():
-        return [fn(_float(x8[i:i + batch_size])) for i in range(0, len(x8), batch_size)]
+        return [fn(_float(x8[i : i + batch_size])) for i in range(0, len(x8), batch_size)]
 
 
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
@@ -347,8 +397,9 @@ def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[s
     path = Path(path)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     buf = io.BytesIO()  # a buffer, not the path: the archive's inner names stay path-independent
-    torch.save({"format_version": FORMAT_VERSION, "state_dict": state, "config": dict(config),
-                "classes": list(classes)}, buf)
+    torch.save(
+        {"format_version": FORMAT_VERSION, "state_dict": state, "config": dict(config), "classes": list(classes)}, buf
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())

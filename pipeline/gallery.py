@@ -3,6 +3,7 @@
 Pillow only (no matplotlib): images are upscaled with nearest-neighbour so pixels stay
 visible, and captions use Pillow's built-in font so the output is the same everywhere.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,9 @@ def _font(size: int = 10) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def grid(images: np.ndarray, captions: list[str] | None = None, cols: int = 8,
-         cell: int = 64, title: str | None = None) -> Image.Image:
+def grid(
+    images: np.ndarray, captions: list[str] | None = None, cols: int = 8, cell: int = 64, title: str | None = None
+) -> Image.Image:
     """Lay out uint8 (N, H, W, C) images, row-major, each scaled to `cell` pixels wide.
     No images: the title and "none found", never a blank tile."""
     images = np.asarray(images, dtype=np.uint8)

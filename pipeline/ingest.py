@@ -6,6 +6,7 @@ origin, parent_id, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
 quarantined with a reason; `metrics/ingest.json` holds the counts, which always add up.
 Exits with code 2 when the quarantined fraction passes `ingest.max_bad_fraction`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,16 +25,17 @@ from PIL import Image
 
 from pipeline import dataset
 from pipeline.console import log, progress
+from pipeline.decode import DecodeError, decode_file, normalise
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Params
 from pipeline.sources import SOURCES, Item, auto_shape
-from pipeline.decode import DecodeError, decode_file, normalise
 
 QUARANTINE = "quarantine.csv"
 
 
-def _decode(file: str, size: int, channels: int, max_pixels: int,
-            min_side: int) -> tuple[bytes | None, str | None, str | None]:
+def _decode(
+    file: str, size: int, channels: int, max_pixels: int, min_side: int
+) -> tuple[bytes | None, str | None, str | None]:
     """Worker: a file's normalised pixels (as bytes: cheaper to send back than an array),
     or the reason it is quarantined."""
     try:
@@ -42,8 +44,9 @@ def _decode(file: str, size: int, channels: int, max_pixels: int,
         return None, e.reason, str(e)
 
 
-def _pixels(items: list[Item], cfg: Ingest, size: int,
-            channels: int) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
+def _pixels(
+    items: list[Item], cfg: Ingest, size: int, channels: int
+) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
     """Each item with its normalised pixels, or the reason it is quarantined, in input order.
 
     Decoding files is CPU-bound; a process pool keeps input order (imap), so the output
@@ -53,8 +56,7 @@ def _pixels(items: list[Item], cfg: Ingest, size: int,
     """
     shape = (size, size, channels)
     files = [it.file for it in items if it.reason is None and it.pixels is None]
-    decode = functools.partial(_decode, size=size, channels=channels,
-                               max_pixels=cfg.max_pixels, min_side=cfg.min_side)
+    decode = functools.partial(_decode, size=size, channels=channels, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
     workers = min(cfg.workers or os.cpu_count() or 1, max(len(files), 1))
     chunksize = max(1, min(256, len(files) // (4 * workers)))
     with warnings.catch_warnings():
@@ -89,8 +91,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
     with contextlib.closing(_pixels(items, cfg, size, channels)) as decoded:
-        for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img",
-                                                     total=len(items)):
+        for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
             if reason is None and cfg.classes is not None and item.label not in cfg.classes:
                 reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
             sid = dataset.sample_id(item.path)
@@ -101,12 +102,22 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
                 continue
             seen[sid] = item.path
             store, row = writer.add(pixels)
-            rows.append({"sample_id": sid, "path": item.path, "label": item.label,
-                         "group": item.group, "source_split": item.source_split,
-                         "pixel_sha256": dataset.pixel_hash(pixels), "store": store, "row": row})
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "path": item.path,
+                    "label": item.label,
+                    "group": item.group,
+                    "source_split": item.source_split,
+                    "pixel_sha256": dataset.pixel_hash(pixels),
+                    "store": store,
+                    "row": row,
+                }
+            )
     writer.close()
-    df = pd.DataFrame(rows, columns=["sample_id", "path", "label", "group", "source_split",
-                                     "pixel_sha256", "store", "row"])
+    df = pd.DataFrame(
+        rows, columns=["sample_id", "path", "label", "group", "source_split", "pixel_sha256", "store", "row"]
+    )
     present = set(df["label"])
     if cfg.classes is None:
         classes = [c for c in declared if c in present]
@@ -120,11 +131,17 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
     dataset.write_csv(out / QUARANTINE, quarantine)
     metrics = {
-        "source": cfg.source, "in": len(items), "kept": len(df), "quarantined": len(quarantine),
+        "source": cfg.source,
+        "in": len(items),
+        "kept": len(df),
+        "quarantined": len(quarantine),
         "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
         "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
-        "classes": len(classes), "per_class": {c: int((df["label"] == c).sum()) for c in classes},
-        "empty_classes": empty, "image_size": size, "channels": channels,
+        "classes": len(classes),
+        "per_class": {c: int((df["label"] == c).sum()) for c in classes},
+        "empty_classes": empty,
+        "image_size": size,
+        "channels": channels,
     }
     assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
     return metrics
@@ -140,22 +157,29 @@ def main(params: Params, args: argparse.Namespace) -> None:
     with dataset.staged_dir(out) as tmp:
         metrics = run(params, tmp, out)
     dataset.write_json(args.metrics, metrics)
-    log.info("ingest: %d in, %d kept, %d quarantined %s", metrics["in"], metrics["kept"],
-             metrics["quarantined"], metrics["by_reason"] or "")
+    log.info(
+        "ingest: %d in, %d kept, %d quarantined %s",
+        metrics["in"],
+        metrics["kept"],
+        metrics["quarantined"],
+        metrics["by_reason"] or "",
+    )
     if metrics["empty_classes"]:
-        fate = "kept: ingest.classes fixes the list" if params.ingest.classes is not None \
-            else "left out of the class list"
-        log.warning("classes with no usable image (%s): %s", fate,
-                    ", ".join(metrics["empty_classes"]))
+        fate = (
+            "kept: ingest.classes fixes the list" if params.ingest.classes is not None else "left out of the class list"
+        )
+        log.warning("classes with no usable image (%s): %s", fate, ", ".join(metrics["empty_classes"]))
     if metrics["kept"] == 0:
-        raise PipelineError(f"no usable image in the source: all {metrics['in']} quarantined "
-                            f"(see {out / QUARANTINE})")
+        raise PipelineError(f"no usable image in the source: all {metrics['in']} quarantined (see {out / QUARANTINE})")
     if metrics["classes"] < 2:
         named = ", ".join(f"{c} ({n} images)" for c, n in metrics["per_class"].items())
-        raise PipelineError(f"{metrics['classes']} class with usable images ({named}): a classifier "
-                            "needs at least 2 (one folder per class, or a label column with 2+ values)")
+        raise PipelineError(
+            f"{metrics['classes']} class with usable images ({named}): a classifier "
+            "needs at least 2 (one folder per class, or a label column with 2+ values)"
+        )
     if metrics["quarantined_fraction"] > params.ingest.max_bad_fraction:
         raise PipelineError(
             f"{metrics['quarantined']} of {metrics['in']} items quarantined "
             f"({metrics['quarantined_fraction']:.1%} > ingest.max_bad_fraction "
-            f"{params.ingest.max_bad_fraction:.1%}); see {out / QUARANTINE}")
+            f"{params.ingest.max_bad_fraction:.1%}); see {out / QUARANTINE}"
+        )

@@ -6,6 +6,7 @@ name so they cannot drift. `df` is the oof manifest (with `probs`, after human p
 `oof` holds the arrays (`probs` (N, K), `embeddings` (N, D)). Options come from
 `clean.issues: {<name>: {...}}` and are validated by each detector's `Options` model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,7 @@ class Detector:
             self.options = self.Options(**(options or {}))
         except ValidationError as e:
             err = e.errors()[0]
-            raise PipelineError(f"clean.issues.{self.name}.{'.'.join(map(str, err['loc']))}: "
-                                f"{err['msg']}") from None
+            raise PipelineError(f"clean.issues.{self.name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
 
     @property
     def flag(self) -> str:
@@ -71,16 +71,22 @@ class LabelOptions(Options):
     # taken in order of self-confidence; it won on Fashion-MNIST with 10% injected noise (F1 0.93
     # vs 0.84 for prune_by_noise_rate) but undercounts on data as small as digits, where
     # prune_by_noise_rate does better (README, clean; bench/bench_clean.py)
-    filter_by: Literal["low_self_confidence", "low_normalized_margin", "prune_by_noise_rate",
-                       "prune_by_class", "both", "confident_learning",
-                       "predicted_neq_given"] = "low_self_confidence"
-    score_method: Literal["self_confidence", "normalized_margin",
-                          "confidence_weighted_entropy"] = "self_confidence"
+    filter_by: Literal[
+        "low_self_confidence",
+        "low_normalized_margin",
+        "prune_by_noise_rate",
+        "prune_by_class",
+        "both",
+        "confident_learning",
+        "predicted_neq_given",
+    ] = "low_self_confidence"
+    score_method: Literal["self_confidence", "normalized_margin", "confidence_weighted_entropy"] = "self_confidence"
 
 
 @register
 class LabelIssues(Detector):
     """cleanlab confident learning on out-of-fold probabilities; adds `suggested_label(_id)`."""
+
     name = "label"
     Options = LabelOptions
 
@@ -92,9 +98,14 @@ class LabelIssues(Detector):
         issue = find_label_issues(y, oof.probs, filter_by=self.options.filter_by, n_jobs=1)
         score = get_label_quality_scores(y, oof.probs, method=self.options.score_method)
         suggested = oof.probs.argmax(1)
-        return pd.DataFrame({self.flag: issue, self.score: score.round(6),
-                             "suggested_label_id": suggested,
-                             "suggested_prob": oof.probs.max(1).round(6)})
+        return pd.DataFrame(
+            {
+                self.flag: issue,
+                self.score: score.round(6),
+                "suggested_label_id": suggested,
+                "suggested_prob": oof.probs.max(1).round(6),
+            }
+        )
 
 
 class OutlierOptions(Options):
@@ -105,6 +116,7 @@ class OutlierOptions(Options):
 @register
 class Outliers(Detector):
     """cleanlab `OutOfDistribution` (mean distance to the k nearest neighbours) on embeddings."""
+
     name = "outlier"
     Options = OutlierOptions
 
@@ -128,8 +140,9 @@ class NearDuplicateOptions(Options):
     threshold: float = Field(0.003, ge=0.0, le=2.0)  # cosine distance at or below: a near duplicate
 
 
-def nearest_cosine(x: np.ndarray, dims: int = 64, candidates: int = 16,
-                   chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def nearest_cosine(
+    x: np.ndarray, dims: int = 64, candidates: int = 16, chunk: int = 2048
+) -> tuple[np.ndarray, np.ndarray]:
     """(cosine distance, index) of each row's nearest other row. Above `dims` features (and rows)
     the `candidates` nearest in a PCA projection are re-scored in full: exact for near duplicates,
     close for the rest (the true nearest in 99% of rows), and 12 s on the 52k Fashion-MNIST train
@@ -165,6 +178,7 @@ class NearDuplicates(Detector):
     nearest neighbour within cosine `threshold`. Adds `near_duplicate_of` (the smallest other id
     of the set, or the neighbour, where flagged). The score is 0 for a verified duplicate, else the
     cosine distance to the nearest neighbour (1 with `features: split`), clipped to 1."""
+
     name = "near_duplicate"
     Options = NearDuplicateOptions
 
@@ -194,8 +208,13 @@ class NearDuplicates(Detector):
             other[sets.index] = np.where(sets["id"] == smallest, second, smallest)
             nearest = np.where(verified, other, nearest)
             dist[verified], flag = 0.0, flag | verified
-        return pd.DataFrame({self.flag: flag, self.score: np.clip(dist, 0, 1).round(6),
-                             "near_duplicate_of": np.where(flag, nearest, "")})
+        return pd.DataFrame(
+            {
+                self.flag: flag,
+                self.score: np.clip(dist, 0, 1).round(6),
+                "near_duplicate_of": np.where(flag, nearest, ""),
+            }
+        )
 
 
 class ImbalanceOptions(Options):
@@ -205,6 +224,7 @@ class ImbalanceOptions(Options):
 @register
 class ClassImbalance(Detector):
     """Samples of a class much rarer than the mean class in their split (Datalab's rule)."""
+
     name = "class_imbalance"
     Options = ImbalanceOptions
 
@@ -214,5 +234,4 @@ class ClassImbalance(Detector):
         for _, idx in df.groupby("split", sort=True).indices.items():
             counts = np.bincount(df["label_id"].to_numpy()[idx], minlength=k)
             ratio[idx] = counts[df["label_id"].to_numpy()[idx]] / (len(idx) / k)
-        return pd.DataFrame({self.flag: ratio < self.options.threshold,
-                             self.score: np.clip(ratio, 0, 1).round(6)})
+        return pd.DataFrame({self.flag: ratio < self.options.threshold, self.score: np.clip(ratio, 0, 1).round(6)})

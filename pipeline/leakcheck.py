@@ -9,6 +9,7 @@ searches with a perceptual hash (DCT signs) instead of the clusterer's spatial d
 and accepts by its own, stricter residual threshold, so that on real data it flags only
 pairs that no reasonable detector would call distinct.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,9 @@ class LeakCheck:
         """Pairs (a, b) of rows of `df` (with a `split` column) that leak across splits."""
         raise NotImplementedError
 
-    def pairs(self, images: "neardup.Images", progress: Callable[[Iterable], Iterable] = lambda it: it
-              ) -> pd.DataFrame | None:
+    def pairs(
+        self, images: "neardup.Images", progress: Callable[[Iterable], Iterable] = lambda it: it
+    ) -> pd.DataFrame | None:
         """Every pair (i, j, dy, dx, rms, peak) this check would call a duplicate, split or not, so
         that the split can cluster them before splitting; None where clustering already covers it."""
         return None
@@ -79,8 +81,9 @@ class ExactCheck(LeakCheck):
         digest = np.empty(len(df), object)
         for pos, pix in images.chunks():
             for p, img in zip(pos, pix):
-                digest[p] = hashlib.blake2b(np.ascontiguousarray(img).tobytes() + str(img.shape).encode(),
-                                            digest_size=16).hexdigest()
+                digest[p] = hashlib.blake2b(
+                    np.ascontiguousarray(img).tobytes() + str(img.shape).encode(), digest_size=16
+                ).hexdigest()
         split = df["split"].to_numpy()
         pairs = []
         groups = pd.Series(np.arange(len(df))).groupby(digest, sort=True)
@@ -108,16 +111,21 @@ class NearDuplicateCheck(LeakCheck):
 
     def detector(self) -> neardup.Detector:
         k = self.knobs
-        return neardup.Detector(neardup.Descriptor("phash", margin=k.max_shift), max_shift=k.max_shift,
-                                radius=2 * float(np.sqrt(k.hamming / 63)) + 1e-4,
-                                neighbours=k.neighbours, rms_threshold=k.threshold,
-                                peak_threshold=None)
+        return neardup.Detector(
+            neardup.Descriptor("phash", margin=k.max_shift),
+            max_shift=k.max_shift,
+            radius=2 * float(np.sqrt(k.hamming / 63)) + 1e-4,
+            neighbours=k.neighbours,
+            rms_threshold=k.threshold,
+            peak_threshold=None,
+        )
 
     def pairs(self, images, progress=lambda it: it):
         return self.detector().find(images, None, progress)
 
-    def find(self, df: pd.DataFrame, images: "neardup.Images",
-             progress: Callable[[Iterable], Iterable] = lambda it: it) -> pd.DataFrame:
+    def find(
+        self, df: pd.DataFrame, images: "neardup.Images", progress: Callable[[Iterable], Iterable] = lambda it: it
+    ) -> pd.DataFrame:
         split = df["split"].to_numpy()
         found = self.detector().find(images, _cross(split), progress)
         same = found["rms"].to_numpy() == 0  # pixel-identical after the fit: exact's to count

@@ -9,6 +9,7 @@ The suggestion is the learning rate at the steepest descent of the smoothed loss
 negative slope against log10(lr), looked for before the loss minimum); when the curve is too
 short to have a slope (fewer than 5 points), it falls back to the minimum-loss LR / 10.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,9 @@ def suggest(curve: pd.DataFrame) -> float:
     return float(lr[int(np.argmin(slope))])
 
 
-def lr_range_test(x: np.ndarray, y: np.ndarray, cfg: Train, num_classes: int, seed: int,
-                  lr_cfg: LrFind) -> tuple[pd.DataFrame, float]:
+def lr_range_test(
+    x: np.ndarray, y: np.ndarray, cfg: Train, num_classes: int, seed: int, lr_cfg: LrFind
+) -> tuple[pd.DataFrame, float]:
     """(curve with columns lr, loss, smoothed_loss; suggested max LR) on uint8 NHWC pixels."""
     import torch
     import torch.nn.functional as F
@@ -57,9 +59,9 @@ def lr_range_test(x: np.ndarray, y: np.ndarray, cfg: Train, num_classes: int, se
         for step in progress(range(lr_cfg.steps), desc="lr-find", unit="batch"):
             if pos + bs > len(yt):
                 perm, pos = torch.randperm(len(yt), generator=g), 0
-            idx = perm[pos:pos + bs]
+            idx = perm[pos : pos + bs]
             pos += bs
-            lr = lr_cfg.min_lr * ratio ** step
+            lr = lr_cfg.min_lr * ratio**step
             for group in opt.param_groups:
                 group["lr"] = lr
             loss = F.cross_entropy(model(fit._float(x8[idx])), yt[idx], label_smoothing=cfg.label_smoothing)
@@ -88,8 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(params: Params, args: argparse.Namespace) -> None:
     df, classes = dataset.read_manifest(args.train)
-    curve, lr = lr_range_test(dataset.load_pixels(df), df["label_id"].to_numpy(np.int64), params.train,
-                              len(classes), params.base.seed, params.lr_find)
+    curve, lr = lr_range_test(
+        dataset.load_pixels(df),
+        df["label_id"].to_numpy(np.int64),
+        params.train,
+        len(classes),
+        params.base.seed,
+        params.lr_find,
+    )
     dataset.write_csv(args.out, curve.map(lambda v: float(f"{v:.6g}")))
     log.info("lr-find: %d steps, curve in %s", len(curve), args.out)
     print(f"suggested train.lr (steepest descent, {params.train.optimizer}): {lr:.3g}")

@@ -16,6 +16,7 @@ Writes `<out>/hardness.parquet` (one row per train/val sample, with `reason`),
 clipped to [min_weight, max_weight], mean 1 over non-suspects; suspects get
 `mine.suspect_weight`), `<out>/top_hard.csv`, `metrics/mine.json` and `plots/mine/hardest.png`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def scores(probs: np.ndarray, y: np.ndarray) -> pd.DataFrame:
     other[np.arange(n), y] = -1
     entropy = -(p * np.log(p)).sum(1) / np.log(k)
     out = pd.DataFrame({"loss": -np.log(p_y), "margin": p_y - other.max(1), "entropy": entropy})
-    ranks = pd.concat([out["loss"].rank(pct=True), (-out["margin"]).rank(pct=True),
-                       out["entropy"].rank(pct=True)], axis=1)
+    ranks = pd.concat(
+        [out["loss"].rank(pct=True), (-out["margin"]).rank(pct=True), out["entropy"].rank(pct=True)], axis=1
+    )
     out.insert(0, "hardness", ranks.mean(axis=1))
     return out
 
@@ -57,8 +59,9 @@ def data_map(dynamics: pd.DataFrame, burn_in: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame({"confidence": g.mean(), "variability": g.std(ddof=0)})
 
 
-def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame,
-        dynamics: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def run(
+    params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, dynamics: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     cfg = params.mine
     probs = pd.Series(list(oof_df["probs"]), index=oof_df["sample_id"])
     df = clean_df[clean_df["split"].isin(["train", "val"])].reset_index(drop=True)
@@ -66,29 +69,40 @@ def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame,
     out = pd.concat([df[["sample_id", "split", "label"]], scores(p, df["label_id"].to_numpy())], axis=1)
     dm = data_map(dynamics, cfg.burn_in).reindex(df["sample_id"])
     out["confidence"], out["variability"] = dm["confidence"].to_numpy(), dm["variability"].to_numpy()
-    out["category"] = np.where(out["variability"] >= cfg.ambiguous_variability, "ambiguous",
-                               np.where(out["confidence"] >= cfg.easy_confidence, "easy", "hard-to-learn"))
+    out["category"] = np.where(
+        out["variability"] >= cfg.ambiguous_variability,
+        "ambiguous",
+        np.where(out["confidence"] >= cfg.easy_confidence, "easy", "hard-to-learn"),
+    )
     out["suspect"] = df["is_label_issue"].to_numpy() if "is_label_issue" in df else False
     out["hard"] = (out["category"] != "easy") & ~out["suspect"]
     out["reason"] = [_reason(r) for r in out.itertuples()]
     for c in ("hardness", "loss", "margin", "entropy", "confidence", "variability"):
         out[c] = out[c].astype(float).round(6)
-    weights = _weights(out[out["split"] == "train"], cfg) if cfg.enabled else \
-        out.loc[out["split"] == "train", ["sample_id"]].assign(weight=1.0)
+    weights = (
+        _weights(out[out["split"] == "train"], cfg)
+        if cfg.enabled
+        else out.loc[out["split"] == "train", ["sample_id"]].assign(weight=1.0)
+    )
     train = out[out["split"] == "train"]
-    metrics = {"enabled": cfg.enabled, "n": len(out),
-               "hard_fraction": round(float(train["hard"].mean()), 6) if len(train) else 0.0,
-               "suspect_fraction": round(float(train["suspect"].mean()), 6) if len(train) else 0.0,
-               "categories": {c: int((train["category"] == c).sum()) for c in CATEGORIES},
-               "weight_max": round(float(weights["weight"].max()), 6) if len(weights) else 0.0}
+    metrics = {
+        "enabled": cfg.enabled,
+        "n": len(out),
+        "hard_fraction": round(float(train["hard"].mean()), 6) if len(train) else 0.0,
+        "suspect_fraction": round(float(train["suspect"].mean()), 6) if len(train) else 0.0,
+        "categories": {c: int((train["category"] == c).sum()) for c in CATEGORIES},
+        "weight_max": round(float(weights["weight"].max()), 6) if len(weights) else 0.0,
+    }
     return out, weights, metrics
 
 
 def _reason(r) -> str:
     if r.suspect:
         return f"suspect: likely mislabeled (loss {r.loss:.2f})"
-    return (f"{r.category}: loss {r.loss:.2f}, margin {r.margin:.2f}, "
-            f"confidence {r.confidence:.2f}, variability {r.variability:.2f}")
+    return (
+        f"{r.category}: loss {r.loss:.2f}, margin {r.margin:.2f}, "
+        f"confidence {r.confidence:.2f}, variability {r.variability:.2f}"
+    )
 
 
 def _weights(train: pd.DataFrame, cfg) -> pd.DataFrame:
@@ -127,10 +141,18 @@ def main(params: Params, args: argparse.Namespace) -> None:
         dataset.write_csv(tmp / TOP, top)
     dataset.write_json(args.metrics, metrics)
     rows = clean_df.set_index("sample_id").loc[top["sample_id"]].reset_index()
-    caps = [f"{lab} {c.replace('-to-learn', '')}\n{h:.2f}"
-            for lab, c, h in zip(top["label"], top["category"], top["hardness"])]
+    caps = [
+        f"{lab} {c.replace('-to-learn', '')}\n{h:.2f}"
+        for lab, c, h in zip(top["label"], top["category"], top["hardness"])
+    ]
     pixels = dataset.load_pixels(rows) if len(rows) else np.zeros((0, 8, 8, 1), np.uint8)
-    gallery.save(gallery.grid(pixels, caps, cols=8, title="hardest examples: label, category, hardness"),
-                 Path(args.plots) / "hardest.png")
-    log.info("mine: hard fraction %.3f, suspects %.3f, %s", metrics["hard_fraction"],
-             metrics["suspect_fraction"], metrics["categories"])
+    gallery.save(
+        gallery.grid(pixels, caps, cols=8, title="hardest examples: label, category, hardness"),
+        Path(args.plots) / "hardest.png",
+    )
+    log.info(
+        "mine: hard fraction %.3f, suspects %.3f, %s",
+        metrics["hard_fraction"],
+        metrics["suspect_fraction"],
+        metrics["categories"],
+    )

@@ -7,6 +7,7 @@ augmentations work in pixel space and a saved `state_dict` carries the normalisa
 `model(x)` the logits. Weights use He initialisation, drawn from an optional
 `torch.Generator` so that a model is reproducible whatever the global RNG state.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -32,8 +33,7 @@ class Normalize(nn.Module):
 class Classifier(nn.Module):
     """Normalise -> body -> global average pool (`features`) -> linear head (logits)."""
 
-    def __init__(self, body: nn.Module, embed_dim: int, num_classes: int,
-                 mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, body: nn.Module, embed_dim: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.body = body
@@ -43,8 +43,7 @@ class Classifier(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or min(x.shape[-2:]) < MIN_SIZE:
-            raise PipelineError(f"expected NCHW images of at least {MIN_SIZE}x{MIN_SIZE}, "
-                                f"got shape {tuple(x.shape)}")
+            raise PipelineError(f"expected NCHW images of at least {MIN_SIZE}x{MIN_SIZE}, got shape {tuple(x.shape)}")
         return self.pool(self.body(self.normalize(x))).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,9 +62,15 @@ def small_cnn(in_channels: int, width: int) -> tuple[nn.Module, int]:
     """
     w = width
     body = nn.Sequential(
-        *_conv_bn(in_channels, w), *_conv_bn(w, w), nn.MaxPool2d(2),
-        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2),
-        *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w))
+        *_conv_bn(in_channels, w),
+        *_conv_bn(w, w),
+        nn.MaxPool2d(2),
+        *_conv_bn(w, 2 * w),
+        *_conv_bn(2 * w, 2 * w),
+        nn.MaxPool2d(2),
+        *_conv_bn(2 * w, 4 * w),
+        *_conv_bn(4 * w, 4 * w),
+    )
     return body, 4 * w
 
 
@@ -93,7 +98,7 @@ def resnet(in_channels: int, width: int, blocks: Sequence[int] = (1, 1, 1)) -> t
     layers: list[nn.Module] = _conv_bn(in_channels, width)
     c = width
     for i, n in enumerate(blocks):
-        c_out = width * 2 ** i
+        c_out = width * 2**i
         for j in range(n):
             layers.append(BasicBlock(c, c_out, stride=2 if i > 0 and j == 0 else 1))
             c = c_out
@@ -128,9 +133,15 @@ def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> 
             nn.init.zeros_(m.bn2.weight)
 
 
-def build_model(name: str, in_channels: int, num_classes: int, width: int,
-                mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                generator: torch.Generator | None = None) -> Classifier:
+def build_model(
+    name: str,
+    in_channels: int,
+    num_classes: int,
+    width: int,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> Classifier:
     """A registered model; `mean` / `std` are per-channel, in [0, 1] pixel units."""
     if name not in MODELS:
         raise PipelineError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")

@@ -22,6 +22,7 @@ A `Detector` is a cascade, each step chosen by measurement on Fashion-MNIST
 
 `components` joins accepted pairs (union-find). Everything runs with BLAS on one thread.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -120,14 +121,17 @@ def blur(x: np.ndarray, sigma: float) -> np.ndarray:
 def window_offsets(max_shift: int, half: bool = False) -> list[tuple[int, int]]:
     """(0, 0), then every (dy, dx) with |dy|, |dx| <= max_shift (only one of s, -s if half)."""
     r = range(-max_shift, max_shift + 1)
-    return [(0, 0)] + [(dy, dx) for dy in r for dx in r
-                       if (dy, dx) > (0, 0) or (not half and (dy, dx) < (0, 0))]
+    return [(0, 0)] + [(dy, dx) for dy in r for dx in r if (dy, dx) > (0, 0) or (not half and (dy, dx) < (0, 0))]
 
 
 def _overlap(h: int, w: int, dy: int, dx: int) -> tuple[slice, slice, slice, slice]:
     """Slices so that a[ya, xa] lines up with b[yb, xb] when a is b moved by (dy, dx)."""
-    return (slice(max(0, dy), h + min(0, dy)), slice(max(0, dx), w + min(0, dx)),
-            slice(max(0, -dy), h + min(0, -dy)), slice(max(0, -dx), w + min(0, -dx)))
+    return (
+        slice(max(0, dy), h + min(0, dy)),
+        slice(max(0, dx), w + min(0, dx)),
+        slice(max(0, -dy), h + min(0, -dy)),
+        slice(max(0, -dx), w + min(0, -dx)),
+    )
 
 
 # ---------------------------------------------------------------- descriptors
@@ -173,8 +177,7 @@ class Descriptor:
         t = (g.reshape(p * h, w) @ mx.T).reshape(p, h, -1).transpose(0, 2, 1)
         t = (np.ascontiguousarray(t).reshape(-1, h) @ my.T).reshape(p, -1, my.shape[0])
         samp = t.transpose(0, 2, 1).reshape(p, len(dys), ny, len(dxs), nx)
-        return np.stack([self._finish(samp[:, dys.index(dy), :, dxs.index(dx), :])
-                         for dy, dx in offsets])
+        return np.stack([self._finish(samp[:, dys.index(dy), :, dxs.index(dx), :]) for dy, dx in offsets])
 
     def _finish(self, s: np.ndarray) -> np.ndarray:
         p = len(s)
@@ -218,10 +221,10 @@ def _nearest(x: np.ndarray, cent: np.ndarray, k: int, chunk: int = 16384) -> np.
     out = np.empty((len(x), k), np.int64)
     c2 = (cent * cent).sum(1)
     for a in range(0, len(x), chunk):
-        d = c2[None, :] - 2 * x[a:a + chunk] @ cent.T
+        d = c2[None, :] - 2 * x[a : a + chunk] @ cent.T
         rows = np.arange(len(d))
         for j in range(min(k, len(cent))):
-            out[a:a + chunk, j] = best = d.argmin(1)
+            out[a : a + chunk, j] = best = d.argmin(1)
             d[rows, best] = np.inf
     return out
 
@@ -233,11 +236,10 @@ class CoarseIndex:
     assign); distances inside the probed cells are exact, in the full descriptor.
     """
 
-    def __init__(self, base: np.ndarray, cells: int | None = None, sample: int = 20000,
-                 dims: int = 24):
+    def __init__(self, base: np.ndarray, cells: int | None = None, sample: int = 20000, dims: int = 24):
         n = len(base)
         cells = cells or max(1, min(n, int(round(2 * math.sqrt(n)))))
-        sub = base[::max(1, n // sample)]
+        sub = base[:: max(1, n // sample)]
         self.mean = sub.mean(0)
         self.proj = np.linalg.svd(sub - self.mean, full_matrices=False)[2][:dims].T.copy()
         self.cent = _kmeans(self._reduce(sub), cells)
@@ -251,8 +253,9 @@ class CoarseIndex:
     def _reduce(self, x: np.ndarray) -> np.ndarray:
         return ((x - self.mean) @ self.proj).astype(np.float32)
 
-    def query(self, q: np.ndarray, radius: float, neighbours: int, probes: int
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def query(
+        self, q: np.ndarray, radius: float, neighbours: int, probes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(query row, base index, distance) for up to `neighbours` base rows within radius."""
         probes = min(probes, len(self.cent))
         cells = _nearest(self._reduce(q), self.cent, probes)
@@ -268,7 +271,7 @@ class CoarseIndex:
             lo, hi = self.starts[c], self.starts[c + 1]
             if hi == lo:
                 continue
-            rows = qi[bounds[c]:bounds[c + 1]]
+            rows = qi[bounds[c] : bounds[c + 1]]
             self.compared += len(rows) * (hi - lo)
             d2 = qnorm[rows, None] + self.norm[None, lo:hi] - 2 * (q[rows] @ self.base[lo:hi].T)
             r, k = np.nonzero(d2 <= r2)
@@ -300,9 +303,9 @@ def _fit_residual(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (am - alpha[:, None, None] * bm) / np.sqrt(alpha)[:, None, None]
 
 
-def residual_scores(a: np.ndarray, b: np.ndarray, offset: tuple[int, int],
-                    blurs: tuple[float, ...] = (), smooth: float = 1.0
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def residual_scores(
+    a: np.ndarray, b: np.ndarray, offset: tuple[int, int], blurs: tuple[float, ...] = (), smooth: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(rms, peak) dissimilarity of grey pairs (P, H, W), a being b moved by `offset`.
 
     Both are in 0..255 units, on the overlap, after a brightness and contrast fit.
@@ -345,9 +348,13 @@ class Detector:
     blurs: tuple[float, ...] = (0.6, 0.9)
     batch: int = 4096  # images per feature chunk / pairs per verification batch
 
-    def candidates(self, n: int, chunks: Callable[[], Iterable[Chunk]],
-                   allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                   progress: Callable[[Iterable], Iterable] = lambda it: it) -> pd.DataFrame:
+    def candidates(
+        self,
+        n: int,
+        chunks: Callable[[], Iterable[Chunk]],
+        allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        progress: Callable[[Iterable], Iterable] = lambda it: it,
+    ) -> pd.DataFrame:
         """Candidates (i < j, dy, dx, dist): image i may be image j moved by (dy, dx).
 
         A pair can come with several offsets; all are kept for verification.
@@ -360,31 +367,32 @@ class Detector:
                 base = np.zeros((n, f.shape[1]), np.float32)
             base[pos] = f
         if base is None or n < 2:
-            return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("i", "j", "dy", "dx")}
-                                ).assign(dist=np.zeros(0, np.float32))
+            return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("i", "j", "dy", "dx")}).assign(
+                dist=np.zeros(0, np.float32)
+            )
         index = CoarseIndex(base)
         found = [pd.DataFrame({"i": [], "j": [], "dy": [], "dx": [], "dist": []})]
         for pos, pix in progress(chunks()):
             feats = self.descriptor.compute(gray(pix), offsets)
-            qr, b, d = index.query(feats.reshape(-1, feats.shape[-1]), self.radius,
-                                   self.neighbours, self.probes)
+            qr, b, d = index.query(feats.reshape(-1, feats.shape[-1]), self.radius, self.neighbours, self.probes)
             k, i = np.divmod(qr, len(pos))
             i = pos[i]
             keep = i != b
             if allowed is not None:
                 keep &= allowed(i, b)
             off = np.asarray(offsets)[k[keep]]
-            found.append(pd.DataFrame({"i": i[keep], "j": b[keep], "dy": off[:, 0],
-                                       "dx": off[:, 1], "dist": d[keep]}))
+            found.append(pd.DataFrame({"i": i[keep], "j": b[keep], "dy": off[:, 0], "dx": off[:, 1], "dist": d[keep]}))
         pairs = pd.concat(found, ignore_index=True)
-        pairs = pairs.astype({"i": np.int64, "j": np.int64, "dy": np.int64, "dx": np.int64,
-                              "dist": np.float32})
+        pairs = pairs.astype({"i": np.int64, "j": np.int64, "dy": np.int64, "dx": np.int64, "dist": np.float32})
         swap = (pairs["i"] > pairs["j"]).to_numpy()  # (j, i, -s) is the same candidate
         ij = pairs[["i", "j"]].to_numpy()
         pairs[["i", "j"]] = np.where(swap[:, None], ij[:, ::-1], ij)
         pairs.loc[swap, ["dy", "dx"]] = -pairs.loc[swap, ["dy", "dx"]].to_numpy()
-        return (pairs.sort_values(["i", "j", "dy", "dx", "dist"], kind="stable")
-                .drop_duplicates(["i", "j", "dy", "dx"]).reset_index(drop=True))
+        return (
+            pairs.sort_values(["i", "j", "dy", "dx", "dist"], kind="stable")
+            .drop_duplicates(["i", "j", "dy", "dx"])
+            .reset_index(drop=True)
+        )
 
     def verify(self, cand: pd.DataFrame, take: Callable[[np.ndarray], np.ndarray]) -> pd.DataFrame:
         """Accepted pairs (i, j, dy, dx, rms, peak), one row per pair at its best offset.
@@ -403,7 +411,7 @@ class Detector:
         for lo, hi in zip(bounds[:-1], bounds[1:]):
             dy, dx = off[order[lo]]
             for a in range(lo, hi, self.batch):
-                m = order[a:min(hi, a + self.batch)]
+                m = order[a : min(hi, a + self.batch)]
                 pa, pb = take(cand["i"].to_numpy()[m]), take(cand["j"].to_numpy()[m])
                 r, pk = self._scores(gray(pa), gray(pb), (dy, dx))
                 if pa.ndim == 4 and pa.shape[-1] == 3:
@@ -419,22 +427,31 @@ class Detector:
         if self.peak_threshold is not None:
             ok |= peak <= self.peak_threshold
         out = cand[["i", "j", "dy", "dx"]].assign(rms=rms, peak=peak)[ok]
-        return (out.sort_values(["i", "j", "rms", "peak", "dy", "dx"], kind="stable")
-                .drop_duplicates(["i", "j"]).reset_index(drop=True))
+        return (
+            out.sort_values(["i", "j", "rms", "peak", "dy", "dx"], kind="stable")
+            .drop_duplicates(["i", "j"])
+            .reset_index(drop=True)
+        )
 
     def _scores(self, ga: np.ndarray, gb: np.ndarray, offset: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(rms, peak) of grey pairs; the blurred peak only where the plain one is close."""
         r, pk = residual_scores(ga, gb, offset)
         if self.peak_threshold is not None and self.blurs:
-            again = ((pk > self.peak_threshold) & (pk <= PRESCREEN * self.peak_threshold)
-                     & ~(r <= (self.rms_threshold or -1)))
+            again = (
+                (pk > self.peak_threshold)
+                & (pk <= PRESCREEN * self.peak_threshold)
+                & ~(r <= (self.rms_threshold or -1))
+            )
             if again.any():
                 pk[again] = residual_scores(ga[again], gb[again], offset, self.blurs)[1]
         return r, pk
 
-    def find(self, images: "Images",
-             allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-             progress: Callable[[Iterable], Iterable] = lambda it: it) -> pd.DataFrame:
+    def find(
+        self,
+        images: "Images",
+        allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        progress: Callable[[Iterable], Iterable] = lambda it: it,
+    ) -> pd.DataFrame:
         """Verified pairs (i < j, dy, dx, rms, peak) among `images`, optionally only those
         `allowed(i, j)` (the post-hoc checks look across splits only)."""
         with one_blas_thread():
@@ -467,15 +484,15 @@ class Images:
     """Pixels addressed by position 0..n-1: `chunks()` walks them in bounded batches (the
     feature passes), `take(positions)` reads a few at random (verification)."""
 
-    def __init__(self, n: int, chunks: Callable[[], Iterator[Chunk]],
-                 take: Callable[[np.ndarray], np.ndarray]):
+    def __init__(self, n: int, chunks: Callable[[], Iterator[Chunk]], take: Callable[[np.ndarray], np.ndarray]):
         self.n, self.chunks, self.take = n, chunks, take
 
     @classmethod
     def from_array(cls, pixels: np.ndarray, chunk: int = 8192) -> "Images":
         def gen() -> Iterator[Chunk]:
             for a in range(0, len(pixels), chunk):
-                yield np.arange(a, min(a + chunk, len(pixels))), pixels[a:a + chunk]
+                yield np.arange(a, min(a + chunk, len(pixels))), pixels[a : a + chunk]
+
         return cls(len(pixels), gen, lambda pos: pixels[np.asarray(pos)])
 
     def subset(self, keep: np.ndarray) -> "Images":
@@ -489,4 +506,5 @@ class Images:
                 m = where[pos] >= 0
                 if m.any():
                     yield where[pos][m], pix[m]
+
         return Images(len(keep), gen, lambda pos: self.take(keep[np.asarray(pos)]))

@@ -16,6 +16,7 @@ held-out fold would let it leak into its own predictions). Writes, under `<out>/
 - `models/fold{k}.pt`: the fold models (`fit.save_model` files; `fold_models` loads them), real-data
   classifiers for later stages (policy search, the synthetic-data gate) at no extra training.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,19 @@ EMBEDDINGS = "embeddings.npy"
 DYNAMICS = "dynamics.parquet"
 MODELS = "models"  # fold{k}.pt: the fold models, for later stages (policy search, synthesize gate)
 DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
-TRAIN_KEYS = ("model", "width", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
-              "warmup_epochs", "label_smoothing", "class_weights", "threads")
+TRAIN_KEYS = (
+    "model",
+    "width",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "class_weights",
+    "threads",
+)
 
 
 def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
@@ -56,8 +68,7 @@ def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.D
             for a, b in cfg.pairs:
                 for name in (a, b):
                     if name not in classes:
-                        raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; "
-                                            f"classes are {classes}")
+                        raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; classes are {classes}")
                 partner[classes.index(a)], partner[classes.index(b)] = classes.index(b), classes.index(a)
             target = partner[y]
     flip = (df["split"].to_numpy() == "train") & (u < cfg.rate) & (target != y)
@@ -74,8 +85,10 @@ def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     pool = np.flatnonzero(df["split"].isin(["train", "val"]).to_numpy())
     groups = (df["cluster_id"] if "cluster_id" in df else df["sample_id"]).astype(str).to_numpy()[pool]
     if len(np.unique(groups)) < n_folds:
-        raise PipelineError(f"oof.folds: expected at most {len(np.unique(groups))} folds "
-                            f"(one per cluster of train + val), got {n_folds}")
+        raise PipelineError(
+            f"oof.folds: expected at most {len(np.unique(groups))} folds "
+            f"(one per cluster of train + val), got {n_folds}"
+        )
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for k, (_, held) in enumerate(cv.split(pool, df["label_id"].to_numpy()[pool], groups)):
         out[pool[held]] = k
@@ -91,8 +104,11 @@ def train_config(params: Params, n_fit: int | None = None) -> Train:
     recipe["model"] = params.oof.model or recipe["model"]
     recipe["width"] = params.oof.width or recipe["width"]
     o = params.oof
-    epochs = o.epochs if n_fit is None else size_aware_epochs(n_fit, recipe["batch_size"], o.epochs,
-                                                              o.min_steps, o.max_epochs)
+    epochs = (
+        o.epochs
+        if n_fit is None
+        else size_aware_epochs(n_fit, recipe["batch_size"], o.epochs, o.min_steps, o.max_epochs)
+    )
     return Train(**recipe, epochs=epochs)
 
 
@@ -108,9 +124,12 @@ def random_shift(fraction: float, seed: int):
         out = np.empty_like(x)
         h, w = x.shape[1:3]
         for i, sid in enumerate(sample_ids):
-            dy, dx = np.random.default_rng(dataset.sample_seed(seed, f"oof-shift:{sid}:{epoch}")).integers(0, 2 * m + 1, 2)
-            out[i] = pad[i, dy:dy + h, dx:dx + w]
+            dy, dx = np.random.default_rng(dataset.sample_seed(seed, f"oof-shift:{sid}:{epoch}")).integers(
+                0, 2 * m + 1, 2
+            )
+            out[i] = pad[i, dy : dy + h, dx : dx + w]
         return out
+
     return transform
 
 
@@ -123,8 +142,9 @@ def predict(model, x: np.ndarray, tta: bool) -> np.ndarray:
     return np.mean([fit.predict_proba(model, v) for v in views], axis=0).astype(np.float32)
 
 
-def run(params: Params, df: pd.DataFrame, classes: list[str],
-        models: list | None = None) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
+def run(
+    params: Params, df: pd.DataFrame, classes: list[str], models: list | None = None
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
     """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
     each fold's FitResult is appended to `models` when given."""
     from pipeline import fit
@@ -145,13 +165,30 @@ def run(params: Params, df: pd.DataFrame, classes: list[str],
             if epoch % every and epoch != cfg.epochs:
                 return
             p = fit.predict_proba(model, x[fit_idx])[np.arange(len(fit_idx)), y[fit_idx]]
-            dynamics.append(pd.DataFrame({"sample_id": df["sample_id"].to_numpy()[fit_idx], "fold": f,
-                                          "epoch": epoch, "p_given": p.astype(np.float32)}))
+            dynamics.append(
+                pd.DataFrame(
+                    {
+                        "sample_id": df["sample_id"].to_numpy()[fit_idx],
+                        "fold": f,
+                        "epoch": epoch,
+                        "p_given": p.astype(np.float32),
+                    }
+                )
+            )
 
-        result = fit.fit(x[fit_idx], y[fit_idx], x[:0], y[:0], cfg, k, params.base.seed + f,
-                         desc=f"oof fold {f + 1}/{params.oof.folds}", on_epoch_end=record,
-                         online=random_shift(params.oof.shift, params.base.seed + f),
-                         sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist())
+        result = fit.fit(
+            x[fit_idx],
+            y[fit_idx],
+            x[:0],
+            y[:0],
+            cfg,
+            k,
+            params.base.seed + f,
+            desc=f"oof fold {f + 1}/{params.oof.folds}",
+            on_epoch_end=record,
+            online=random_shift(params.oof.shift, params.base.seed + f),
+            sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
+        )
         if models is not None:
             models.append(result)
         probs[held] = predict(result.model, x[held], params.oof.tta)
@@ -162,11 +199,18 @@ def run(params: Params, df: pd.DataFrame, classes: list[str],
     df["fold"], df["probs"] = fold, list(probs)
     dyn = pd.concat(dynamics, ignore_index=True)
     pool = fold >= 0
-    metrics = {"folds": params.oof.folds, "epochs": cfg.epochs, "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
-               "model": cfg.model, "threads": fit.threads(cfg),
-               "tta": params.oof.tta, "n_oof": int(pool.sum()), "n_test": len(test),
-               "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
-               "injected_noise": int((df["label_id"] != df["true_label_id"]).sum())}
+    metrics = {
+        "folds": params.oof.folds,
+        "epochs": cfg.epochs,
+        "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
+        "model": cfg.model,
+        "threads": fit.threads(cfg),
+        "tta": params.oof.tta,
+        "n_oof": int(pool.sum()),
+        "n_test": len(test),
+        "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
+        "injected_noise": int((df["label_id"] != df["true_label_id"]).sum()),
+    }
     if metrics["injected_noise"]:
         truth = df["true_label_id"].to_numpy()
         metrics["oof_accuracy_vs_truth"] = round(float((probs[pool].argmax(1) == truth[pool]).mean()), 6)
@@ -213,5 +257,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
         for f, result in enumerate(results):
             fit.save_model(tmp / MODELS / f"fold{f}.pt", result.model, result.config, classes)
     dataset.write_json(args.metrics, metrics)
-    log.info("oof: %d folds, out-of-fold accuracy %.4f on %d samples", metrics["folds"],
-             metrics["oof_accuracy"], metrics["n_oof"])
+    log.info(
+        "oof: %d folds, out-of-fold accuracy %.4f on %d samples",
+        metrics["folds"],
+        metrics["oof_accuracy"],
+        metrics["n_oof"],
+    )

@@ -3,6 +3,7 @@
 A misspelled key or an out-of-range value fails at load time with a one-line
 "<section>.<key>: expected ..., got ..." message (a `PipelineError`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,8 +96,7 @@ class Split(Section):
 
         for name, knobs in v.items():
             if name not in leakcheck.CHECKS:
-                raise ValueError(f"expected a leak check (one of {', '.join(sorted(leakcheck.CHECKS))}), "
-                                 f"got {name!r}")
+                raise ValueError(f"expected a leak check (one of {', '.join(sorted(leakcheck.CHECKS))}), got {name!r}")
             model = leakcheck.CHECKS[name].Knobs
             try:
                 model.model_validate(knobs or {})
@@ -104,8 +104,10 @@ class Split(Section):
                 err = e.errors()[0]
                 key = f"{name}.{'.'.join(map(str, err['loc']))}"
                 if err["type"] == "extra_forbidden":
-                    raise ValueError(f"expected {key} to be one of the check's knobs "
-                                     f"({', '.join(model.model_fields) or 'none'}), got {err['loc'][-1]!r}") from None
+                    raise ValueError(
+                        f"expected {key} to be one of the check's knobs "
+                        f"({', '.join(model.model_fields) or 'none'}), got {err['loc'][-1]!r}"
+                    ) from None
                 what = err["msg"].removeprefix("Input should be ")
                 raise ValueError(f"expected {key} {what}, got {err.get('input')!r}") from None
         return {name: dict(knobs or {}) for name, knobs in v.items()}
@@ -121,6 +123,7 @@ class TrainAdversarial(Section):
     `attack: pgd, steps: 1, step_size: 1.25 * eps` with a random start is the fast
     FGSM-with-random-start training of Wong et al. 2020.
     """
+
     attack: Literal["none", "fgsm", "pgd", "pgd_l2"] = "none"
     eps: float = Field(0.1, gt=0.0, le=100.0)
     steps: int = Field(1, ge=1)
@@ -225,9 +228,24 @@ class Augment(Section):
 
 # the ops policy search may use: pipeline/augment/ops.py's, less SamplePairing (it needs a partner
 # pool); written out so that loading params never imports OpenCV (search.py checks they match)
-SearchOp = Literal["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast",
-                   "Invert", "Equalize", "Solarize", "Posterize", "Contrast", "Color", "Brightness",
-                   "Sharpness", "Cutout"]
+SearchOp = Literal[
+    "Identity",
+    "ShearX",
+    "ShearY",
+    "TranslateX",
+    "TranslateY",
+    "Rotate",
+    "AutoContrast",
+    "Invert",
+    "Equalize",
+    "Solarize",
+    "Posterize",
+    "Contrast",
+    "Color",
+    "Brightness",
+    "Sharpness",
+    "Cutout",
+]
 
 
 class PolicySearch(Section):
@@ -239,14 +257,32 @@ class PolicySearch(Section):
     top: int = Field(5, ge=1)  # sub-policies kept per fold
     min_change: float = Field(0.05, ge=0.0, le=1.0)  # a candidate must move pixels by this much (mean |diff| / 255)
     probability: float = Field(0.5, gt=0.0, le=1.0)  # of each op in the learned policy (not searched)
-    ops: list[SearchOp] = Field(["ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "AutoContrast",
-                                 "Invert", "Equalize", "Solarize", "Posterize", "Contrast", "Color",
-                                 "Brightness", "Sharpness", "Cutout"], min_length=1)  # AutoAugment's, less SamplePairing
+    ops: list[SearchOp] = Field(
+        [
+            "ShearX",
+            "ShearY",
+            "TranslateX",
+            "TranslateY",
+            "Rotate",
+            "AutoContrast",
+            "Invert",
+            "Equalize",
+            "Solarize",
+            "Posterize",
+            "Contrast",
+            "Color",
+            "Brightness",
+            "Sharpness",
+            "Cutout",
+        ],
+        min_length=1,
+    )  # AutoAugment's, less SamplePairing
     seed: int = Field(0, ge=0)  # added to base.seed
 
 
 class InjectNoise(Section):
     """Corrupt train labels before oof, keeping the truth, to measure detection (0: off)."""
+
     rate: float = Field(0.0, ge=0.0, lt=1.0)
     kind: Literal["symmetric", "pairwise"] = "symmetric"  # pairwise: class k -> k + 1, or `pairs`
     seed: int = Field(0, ge=0)
@@ -262,7 +298,9 @@ class Oof(Section):
     model: Literal["small_cnn", "resnet"] | None = None  # None: train.model
     width: int | None = Field(None, ge=4)  # None: train.width
     tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
-    shift: float = Field(0.08, ge=0.0, le=0.25)  # train the fold models on images moved by up to this fraction of a side
+    shift: float = Field(
+        0.08, ge=0.0, le=0.25
+    )  # train the fold models on images moved by up to this fraction of a side
 
 
 class Clean(Section):
@@ -308,6 +346,7 @@ class Mine(Section):
 
 class SynthVae(Section):
     """The conditional convolutional VAE (pipeline/synthesize/generators.py)."""
+
     epochs: int = Field(30, ge=0)  # 0: untrained (the gate must reject it)
     latent_dim: int = Field(16, ge=1)
     width: int = Field(32, ge=4)  # channels of the first conv; the second has twice as many
@@ -328,6 +367,7 @@ class SynthVae(Section):
 
 class SynthGan(Section):
     """The conditional DCGAN with an auxiliary classifier (ACGAN) discriminator."""
+
     epochs: int = Field(30, ge=0)  # 0: untrained (the gate must reject it)
     latent_dim: int = Field(32, ge=1)
     width: int = Field(32, ge=4)  # discriminator's first conv; the generator mirrors it
@@ -339,6 +379,7 @@ class SynthGan(Section):
 
 class SynthGate(Section):
     """Per-sample admission and the generator's verdict (pipeline/synthesize/gate.py)."""
+
     tau: float = Field(0.5, ge=0.0, le=1.0)  # off_label: judges' mean p(conditioning label) < tau
     copy_quantile: float = Field(0.01, ge=0.0, le=0.5)  # copies_train threshold; 0: check off
     holdout_quantile: float = Field(0.01, gt=0.0, le=0.5)  # copies_val_test threshold; always on
@@ -408,15 +449,21 @@ def check_references(params: Params, root: str | Path, origin: str = PARAMS_FILE
     work (not only when the stage that reads it runs, after hours of the ones before it)."""
     root = Path(root)
     policies = root / POLICY_DIR
-    if policies.is_dir() and params.augment.policy != LEARNED_POLICY \
-            and not (policies / params.augment.policy).is_file():
+    if (
+        policies.is_dir()
+        and params.augment.policy != LEARNED_POLICY
+        and not (policies / params.augment.policy).is_file()
+    ):
         known = ", ".join(sorted(p.name for p in policies.glob("*.y*ml")))
-        raise PipelineError(f"{origin}: augment.policy: no policy file {POLICY_DIR}/{params.augment.policy} "
-                            f"(expected one of: {known}, or {LEARNED_POLICY} from policy-search)")
+        raise PipelineError(
+            f"{origin}: augment.policy: no policy file {POLICY_DIR}/{params.augment.policy} "
+            f"(expected one of: {known}, or {LEARNED_POLICY} from policy-search)"
+        )
     source = params.adversarial.source_model
     if params.adversarial.enabled and source != "own" and not (root / source).is_file():
-        raise PipelineError(f"{origin}: adversarial.source_model: {source}: no such model file "
-                            "(or 'own' to train one here)")
+        raise PipelineError(
+            f"{origin}: adversarial.source_model: {source}: no such model file (or 'own' to train one here)"
+        )
 
 
 def load(path: str | Path = PARAMS_FILE) -> Params:
@@ -430,3 +477,44 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
     params = parse(raw, str(path))
     check_references(params, path.parent, str(path))
     return params
+
+
+# `python -m pipeline params`: the effective params, as YAML in params.yaml's shape. params.yaml
+# holds every knob (tests/test_params.py fails on a code-only default), so this equals it.
+OPAQUE = ("split.fractions", "split.checks", "clean.issues")  # plug-in dicts: taken as written
+
+
+def missing_keys(raw: dict | None, params: Params) -> list[str]:
+    """Dotted keys that `params` has and the params file `raw` does not spell out."""
+
+    def walk(effective: dict, written, prefix: str) -> list[str]:
+        out = []
+        for key, value in effective.items():
+            name = f"{prefix}{key}"
+            if not isinstance(written, dict) or key not in written:
+                out.append(name)
+            elif isinstance(value, dict) and name not in OPAQUE:
+                out += walk(value, written[key], name + ".")
+        return out
+
+    return walk(params.model_dump(mode="json"), raw or {}, "")
+
+
+def dump(params: Params) -> str:
+    return yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False, width=110)
+
+
+def add_arguments(p) -> None:
+    p.add_argument(
+        "--missing",
+        action="store_true",
+        help="list the keys params.yaml leaves to code defaults instead (none, when complete)",
+    )
+
+
+def main(params: Params, args) -> None:
+    if args.missing:
+        raw = yaml.safe_load(Path(args.params).read_text())
+        print("\n".join(missing_keys(raw, params)))
+    else:
+        print(dump(params), end="")

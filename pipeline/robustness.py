@@ -1,4 +1,5 @@
 """Accuracy under attack for a list of eps: the robustness curve evaluate reports."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,16 @@ from pipeline import attacks
 from pipeline.console import progress
 
 
-def robust_accuracy(model, pixels: np.ndarray, labels: np.ndarray, attack_names: list[str],
-                    eps_list: list[float], steps: int, seed: int, batch_size: int = 256) -> list[dict]:
+def robust_accuracy(
+    model,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    attack_names: list[str],
+    eps_list: list[float],
+    steps: int,
+    seed: int,
+    batch_size: int = 256,
+) -> list[dict]:
     """Rows of (attack, eps, accuracy, n) for uint8 NHWC `pixels`; eps 0 is clean accuracy."""
     x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
     y = torch.from_numpy(np.array(labels, dtype=np.int64))
@@ -23,9 +32,17 @@ def robust_accuracy(model, pixels: np.ndarray, labels: np.ndarray, attack_names:
                 cfg = attacks.AttackConfig(eps=eps, steps=1 if name == "fgsm" else steps)
                 adv = attacks.attack_batches(model, x, y, name, cfg, seed=seed, batch_size=batch_size)
             with torch.no_grad():
-                pred = torch.cat([model(adv[i:i + batch_size]).argmax(1)
-                                  for i in range(0, len(adv), batch_size)]) if len(adv) else y
-            rows.append({"attack": name, "eps": float(eps),
-                         "accuracy": round(float((pred == y).float().mean()) if len(y) else 0.0, 6),
-                         "n": int(len(y))})
+                pred = (
+                    torch.cat([model(adv[i : i + batch_size]).argmax(1) for i in range(0, len(adv), batch_size)])
+                    if len(adv)
+                    else y
+                )
+            rows.append(
+                {
+                    "attack": name,
+                    "eps": float(eps),
+                    "accuracy": round(float((pred == y).float().mean()) if len(y) else 0.0, 6),
+                    "n": int(len(y)),
+                }
+            )
     return rows

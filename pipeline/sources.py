@@ -3,6 +3,7 @@
 A source never decodes; it only says what there is and why an entry is unusable
 (outside the root, not in a class folder, ...), so that ingest can account for all of it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -18,8 +19,18 @@ from pipeline.errors import PipelineError
 from pipeline.params import Ingest
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 AUTO_MAX_SIZE = 64  # image_size auto never exceeds this: the small models train on CPU
 AUTO_PROBE = 256  # images looked at to choose image_size / channels
 
@@ -68,16 +79,18 @@ def auto_shape(items: list[Item], cfg: Ingest) -> tuple[int, int, str]:
     usable items spread evenly over the list: channels 3 when most have colour; size the
     median shorter side, at most AUTO_MAX_SIZE."""
     usable = [it for it in items if it.reason is None]
-    probe = [usable[i] for i in np.unique(np.linspace(0, len(usable) - 1, AUTO_PROBE).astype(int))] \
-        if usable else []
+    probe = [usable[i] for i in np.unique(np.linspace(0, len(usable) - 1, AUTO_PROBE).astype(int))] if usable else []
     shapes = [s for s in map(_shape, probe) if s is not None]
     why = []
     size, channels = cfg.image_size, cfg.channels
     if size == "auto":
         side = int(np.median([min(w, h) for w, h, _ in shapes])) if shapes else AUTO_MAX_SIZE
         size = int(np.clip(side, 4, AUTO_MAX_SIZE))
-        why.append(f"image_size {size} (median shorter side {side} px"
-                   + (f", at most {AUTO_MAX_SIZE}" if side > AUTO_MAX_SIZE else "") + ")")
+        why.append(
+            f"image_size {size} (median shorter side {side} px"
+            + (f", at most {AUTO_MAX_SIZE}" if side > AUTO_MAX_SIZE else "")
+            + ")"
+        )
     if channels == "auto":
         colour = sum(c for _, _, c in shapes)
         channels = 3 if colour * 2 > len(shapes) else 1
@@ -91,8 +104,7 @@ def digits(cfg: Ingest) -> tuple[list[Item], list[str]]:
     d = load_digits()
     # The bundled digits are 8x8 counts in 0..16; scale them to the 0..255 range of images.
     pixels = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
-    items = [Item(path=f"digits/{i:04d}", label=str(y), pixels=pixels[i])
-             for i, y in enumerate(d.target)]
+    items = [Item(path=f"digits/{i:04d}", label=str(y), pixels=pixels[i]) for i, y in enumerate(d.target)]
     return items, [str(c) for c in range(10)]
 
 
@@ -107,10 +119,9 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
     header = 4 + 4 * ndim
     if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
         raise PipelineError(f"{path}: not an IDX file with magic number {magic}")
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if len(raw) - header != int(np.prod(shape)):
-        raise PipelineError(f"{path}: header says {shape}, but the data has "
-                            f"{len(raw) - header} bytes")
+        raise PipelineError(f"{path}: header says {shape}, but the data has {len(raw) - header} bytes")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
@@ -118,8 +129,9 @@ def _idx_file(directory: Path, stem: str) -> Path:
     for name in (f"{stem}.gz", stem):
         if (directory / name).exists():
             return directory / name
-    raise PipelineError(f"{directory}: no {stem}[.gz] (IDX files; for Fashion-MNIST: "
-                        "apt-get install dataset-fashion-mnist)")
+    raise PipelineError(
+        f"{directory}: no {stem}[.gz] (IDX files; for Fashion-MNIST: apt-get install dataset-fashion-mnist)"
+    )
 
 
 def _idx(name: str, default_dir: str | None, classes: list[str]):
@@ -132,15 +144,22 @@ def _idx(name: str, default_dir: str | None, classes: list[str]):
             images = _read_idx(_idx_file(directory, f"{prefix}-images-idx3-ubyte"), 2051)
             labels = _read_idx(_idx_file(directory, f"{prefix}-labels-idx1-ubyte"), 2049)
             if len(images) != len(labels):
-                raise PipelineError(f"{directory}: {prefix} has {len(images)} images but "
-                                    f"{len(labels)} labels")
+                raise PipelineError(f"{directory}: {prefix} has {len(images)} images but {len(labels)} labels")
             for i, (img, y) in enumerate(zip(images, labels)):
                 label = classes[y] if y < len(classes) else None
                 reason = None if label else "unknown_label"
-                items.append(Item(path=f"{name}/{prefix}/{i:05d}", label=label, source_split=split,
-                                  pixels=img, reason=reason,
-                                  detail=f"label index {y} out of range" if reason else None))
+                items.append(
+                    Item(
+                        path=f"{name}/{prefix}/{i:05d}",
+                        label=label,
+                        source_split=split,
+                        pixels=img,
+                        reason=reason,
+                        detail=f"label index {y} out of range" if reason else None,
+                    )
+                )
         return items, classes
+
     return source
 
 
@@ -167,14 +186,12 @@ def _file_item(full: str, rel: str, real_root: str, **fields) -> Item:
     the folder walk never enters linked folders, and `csv` checks its paths beforehand.
     """
     if _utf8(rel) is None:
-        return Item(path=_escaped(rel), reason="non_utf8_name",
-                    detail="file name is not valid UTF-8; rename the file")
+        return Item(path=_escaped(rel), reason="non_utf8_name", detail="file name is not valid UTF-8; rename the file")
     try:
         mode = os.lstat(full).st_mode
         if stat.S_ISLNK(mode):
             if _outside(os.path.realpath(full), real_root):
-                return Item(path=rel, reason="outside_root",
-                            detail="resolves outside the source root")
+                return Item(path=rel, reason="outside_root", detail="resolves outside the source root")
             mode = os.stat(full).st_mode
     except OSError:
         return Item(path=rel, reason="missing_file", detail="no such file (or a broken link)")
@@ -205,24 +222,31 @@ def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
             full, rel = os.path.join(dirpath, d), os.path.normpath(os.path.join(rel_dir, d))
             if os.path.islink(full):
                 dirnames.remove(d)
-                items.append(Item(path=rel, reason="linked_dir",
-                                  detail="directory symlinks are not followed"))
+                items.append(Item(path=rel, reason="linked_dir", detail="directory symlinks are not followed"))
             elif _utf8(rel) is None:
                 dirnames.remove(d)
-                items.append(Item(path=_escaped(rel), reason="non_utf8_name",
-                                  detail="folder name is not valid UTF-8; its files are not read"))
+                items.append(
+                    Item(
+                        path=_escaped(rel),
+                        reason="non_utf8_name",
+                        detail="folder name is not valid UTF-8; its files are not read",
+                    )
+                )
             elif rel_dir == ".":
                 classes.append(d)
         for f in sorted(filenames):
             rel = os.path.normpath(os.path.join(rel_dir, f))
             if rel_dir == ".":
-                items.append(Item(path=rel if _utf8(rel) else _escaped(rel),
-                                  reason="not_in_class_folder",
-                                  detail="files must be in root/<class>/"))
+                items.append(
+                    Item(
+                        path=rel if _utf8(rel) else _escaped(rel),
+                        reason="not_in_class_folder",
+                        detail="files must be in root/<class>/",
+                    )
+                )
                 continue
             label = rel.split(os.sep, 1)[0]
-            items.append(_file_item(os.path.join(dirpath, f), rel.replace(os.sep, "/"),
-                                    real_root, label=label))
+            items.append(_file_item(os.path.join(dirpath, f), rel.replace(os.sep, "/"), real_root, label=label))
     return items, classes
 
 
@@ -234,8 +258,7 @@ def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
         raise PipelineError(f"{table}: cannot read as CSV: {e}".splitlines()[0]) from None
     missing = {"path", "label"} - set(df.columns)
     if missing:
-        raise PipelineError(f"{table}: expected columns path,label[,group], "
-                            f"got {','.join(df.columns)}")
+        raise PipelineError(f"{table}: expected columns path,label[,group], got {','.join(df.columns)}")
     root = table.parent
     real_root = os.path.realpath(root)
     items = []
@@ -247,11 +270,11 @@ def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
         elif not row.label.strip():
             items.append(Item(path=rel, reason="missing_label", detail=f"line {n}: empty label"))
         elif os.path.isabs(rel) or _outside(os.path.realpath(root / rel), real_root):
-            items.append(Item(path=rel, reason="outside_root",
-                              detail=f"line {n}: path resolves outside the CSV's folder"))
+            items.append(
+                Item(path=rel, reason="outside_root", detail=f"line {n}: path resolves outside the CSV's folder")
+            )
         else:
-            items.append(_file_item(str(root / rel), rel, real_root, label=row.label.strip(),
-                                    group=group))
+            items.append(_file_item(str(root / rel), rel, real_root, label=row.label.strip(), group=group))
     return items, sorted({it.label for it in items if it.label})
 
 

@@ -22,6 +22,7 @@ Assignment is by quantile: inside each label stratum, clusters are ordered by a 
 (base.seed, cluster_id) and cut at the cumulative fractions: exact stratification up to one
 cluster per boundary, and adding a sample moves at most the clusters next to a boundary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def store_images(df: pd.DataFrame, chunk: int = 8192) -> neardup.Images:
 
     def chunks():
         for a in range(0, len(df), chunk):
-            pos = order[a:a + chunk]
+            pos = order[a : a + chunk]
             yield pos, dataset.load_pixels(df.iloc[pos])
+
     return neardup.Images(len(df), chunks, lambda pos: dataset.load_pixels(df.iloc[np.asarray(pos)]))
 
 
@@ -71,8 +73,9 @@ def _min_per_component(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return pd.Series(keys).groupby(labels).transform("min").to_numpy()
 
 
-def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None,
-             checks: dict[str, dict] | None = None) -> Clusters:
+def clusters(
+    df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None, checks: dict[str, dict] | None = None
+) -> Clusters:
     """The units that must stay within one split: exact + near duplicates + groups.
 
     The pairs that the post-hoc `checks` would call duplicates join the clusters too, so the split
@@ -90,17 +93,14 @@ def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | Non
     first = pd.Series(np.arange(n)).groupby(digest, sort=False).transform("min").to_numpy()
     exact = np.flatnonzero(first != np.arange(n))
     links = [(exact, first[exact])]
-    pairs = [pd.DataFrame({"i": exact, "j": first[exact], "kind": "exact", "dy": 0, "dx": 0,
-                           "rms": 0.0, "peak": 0.0})]
+    pairs = [pd.DataFrame({"i": exact, "j": first[exact], "kind": "exact", "dy": 0, "dx": 0, "rms": 0.0, "peak": 0.0})]
     reps = np.flatnonzero(first == np.arange(n))
     if cfg.enabled and len(reps) > 1:
         sub = images.subset(reps) if len(reps) < n else images
-        found = detector(cfg).find(sub, progress=lambda it: progress(it, desc="near-duplicates",
-                                                                     unit="chunk"))
+        found = detector(cfg).find(sub, progress=lambda it: progress(it, desc="near-duplicates", unit="chunk"))
         near = [found]
         for name, knobs in (checks or {}).items():
-            extra = leakcheck.get(name)(**knobs).pairs(sub, lambda it: progress(it, desc=f"{name} check",
-                                                                               unit="chunk"))
+            extra = leakcheck.get(name)(**knobs).pairs(sub, lambda it: progress(it, desc=f"{name} check", unit="chunk"))
             if extra is not None and len(extra):
                 near.append(extra[["i", "j", "dy", "dx", "rms", "peak"]])
         near = pd.concat(near, ignore_index=True).drop_duplicates(["i", "j"])
@@ -116,16 +116,22 @@ def clusters(df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | Non
     pairs = pd.concat(pairs, ignore_index=True)
     pairs = pairs.assign(sample_a=sids[pairs["i"]], sample_b=sids[pairs["j"]])
     pairs = pairs[["sample_a", "sample_b", "kind", "dy", "dx", "rms", "peak"]]
-    return Clusters(pd.Series(_min_per_component(comp, keys), index=df.index),
-                    pd.Series(dup_group, index=df.index, dtype=object),
-                    pairs.sort_values(["sample_a", "sample_b"]).reset_index(drop=True))
+    return Clusters(
+        pd.Series(_min_per_component(comp, keys), index=df.index),
+        pd.Series(dup_group, index=df.index, dtype=object),
+        pairs.sort_values(["sample_a", "sample_b"]).reset_index(drop=True),
+    )
 
 
 def detector(cfg: NearDuplicates) -> neardup.Detector:
-    return neardup.Detector(neardup.Descriptor("thumb", grid=cfg.grid, margin=cfg.max_shift),
-                            max_shift=cfg.max_shift,
-                            radius=cfg.radius, neighbours=cfg.neighbours,
-                            rms_threshold=cfg.rms_threshold, peak_threshold=cfg.peak_threshold)
+    return neardup.Detector(
+        neardup.Descriptor("thumb", grid=cfg.grid, margin=cfg.max_shift),
+        max_shift=cfg.max_shift,
+        radius=cfg.radius,
+        neighbours=cfg.neighbours,
+        rms_threshold=cfg.rms_threshold,
+        peak_threshold=cfg.peak_threshold,
+    )
 
 
 def assign(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
@@ -152,11 +158,17 @@ def _remove_test_duplicates(df: pd.DataFrame, is_test: np.ndarray) -> None:
     if not hit.any():
         return
     rows = df[hit]
-    first = lambda key: rows[key].map(test.dropna(subset=[key]).groupby(key)["sample_id"].min())
+
+    def first(key):
+        return rows[key].map(test.dropna(subset=[key]).groupby(key)["sample_id"].min())
+
     exact = first("pixel_sha256") if "pixel_sha256" in df else pd.Series(None, index=rows.index)
     near = first("dup_group")
-    rule = np.where(exact.notna(), "exact_duplicate_of_test",
-                    np.where(near.notna(), "near_duplicate_of_test", "group_shared_with_test"))
+    rule = np.where(
+        exact.notna(),
+        "exact_duplicate_of_test",
+        np.where(near.notna(), "near_duplicate_of_test", "group_shared_with_test"),
+    )
     df.loc[hit, "split"] = REMOVED
     df.loc[hit, "removed_reason"] = rule
     df.loc[hit, "dup_of"] = exact.fillna(near).fillna(first("cluster_id")).to_numpy()
@@ -169,23 +181,22 @@ def _within_split(df: pd.DataFrame) -> pd.DataFrame:
     return kept.assign(dup_of=first)[kept["sample_id"] != first]
 
 
-def run(df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None,
-        images: neardup.Images | None = None) -> tuple[pd.DataFrame, dict]:
+def run(
+    df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None, images: neardup.Images | None = None
+) -> tuple[pd.DataFrame, dict]:
     """Cluster (unless `found` is given), split, apply the removal rules, run the checks."""
     df = df.reset_index(drop=True).copy()
     if found is None:
         found = clusters(df, cfg.near_duplicates, images, cfg.checks)
     df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
     df["split"], df["removed_reason"], df["dup_of"] = "", None, None
-    fixed_test = (cfg.respect_source_split and "source_split" in df
-                  and (df["source_split"] == "test").any())
+    fixed_test = cfg.respect_source_split and "source_split" in df and (df["source_split"] == "test").any()
     if fixed_test:
         is_test = (df["source_split"] == "test").to_numpy()
         df.loc[is_test, "split"] = "test"
         _remove_test_duplicates(df, is_test)
         rest = cfg.fractions["train"] + cfg.fractions["val"]
-        fractions = {"train": cfg.fractions["train"] / rest, "val": cfg.fractions["val"] / rest,
-                     "test": 0.0}
+        fractions = {"train": cfg.fractions["train"] / rest, "val": cfg.fractions["val"] / rest, "test": 0.0}
         log.info("split: keeping the source's test set (%d samples)", is_test.sum())
         todo = df["split"] == ""
         df.loc[todo, "split"] = assign(df[todo], fractions, seed)
@@ -195,8 +206,8 @@ def run(df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None,
     if cfg.drop_duplicates:
         drop = within[~((within["split"] == "test") & fixed_test)]
         df.loc[drop.index, ["split", "removed_reason", "dup_of"]] = np.column_stack(
-            [np.full(len(drop), REMOVED), np.full(len(drop), "within_split_duplicate"),
-             drop["dup_of"].to_numpy()])
+            [np.full(len(drop), REMOVED), np.full(len(drop), "within_split_duplicate"), drop["dup_of"].to_numpy()]
+        )
         within = _within_split(df)
     metrics = _metrics(df, found, within, fixed_test)
     leaks = check(df, cfg, images)
@@ -206,9 +217,11 @@ def run(df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None,
         p = next(p for p in leaks.values() if len(p))
         a, b = df.iloc[p.iloc[0]["a"]], df.iloc[p.iloc[0]["b"]]
         counts = ", ".join(f"{name} {len(p)}" for name, p in leaks.items())
-        raise PipelineError(f"{total} duplicate pairs cross splits after splitting ({counts}; e.g. "
-                            f"{a['sample_id']} in {a['split']} ~ {b['sample_id']} in {b['split']}); "
-                            "set split.fail_on_leak: false to keep this split anyway")
+        raise PipelineError(
+            f"{total} duplicate pairs cross splits after splitting ({counts}; e.g. "
+            f"{a['sample_id']} in {a['split']} ~ {b['sample_id']} in {b['split']}); "
+            "set split.fail_on_leak: false to keep this split anyway"
+        )
     return df, metrics
 
 
@@ -232,24 +245,28 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
     bins = {"2": (2, 2), "3": (3, 3), "4-7": (4, 7), "8+": (8, np.inf)}
     removed = df.loc[df["split"] == REMOVED, "removed_reason"].value_counts().sort_index()
     m = {
-        "in": len(df), "kept": int(df["split"].isin(KEPT).sum()), "removed": int(counts.get(REMOVED, 0)),
+        "in": len(df),
+        "kept": int(df["split"].isin(KEPT).sum()),
+        "removed": int(counts.get(REMOVED, 0)),
         "removed_by_rule": {str(k): int(v) for k, v in removed.items()},
         "source_test_kept": bool(fixed_test),
         **{s: int(counts.get(s, 0)) for s in ORDER},
-        "clusters": int(len(sizes)), "clusters_with_several": int((sizes > 1).sum()),
+        "clusters": int(len(sizes)),
+        "clusters_with_several": int((sizes > 1).sum()),
         "largest_cluster": int(sizes.max()) if len(sizes) else 0,
         "duplicates": {
             "exact_pairs": int((found.pairs["kind"] == "exact").sum()),
             "near_pairs": int((found.pairs["kind"] == "near").sum()),
-            "sets": int(len(dup_sizes)), "samples_in_sets": int(dup_sizes.sum()),
-            "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum())
-                          for k, (lo, hi) in bins.items()},
+            "sets": int(len(dup_sizes)),
+            "samples_in_sets": int(dup_sizes.sum()),
+            "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum()) for k, (lo, hi) in bins.items()},
             "label_conflicts": int((conflicts > 1).sum()),
         },
         "within_split_duplicates": {s: int((within["split"] == s).sum()) for s in KEPT},
-        "per_class": {s: {str(k): int(v) for k, v in
-                          df.loc[df["split"] == s, "label"].value_counts().sort_index().items()}
-                      for s in ORDER},
+        "per_class": {
+            s: {str(k): int(v) for k, v in df.loc[df["split"] == s, "label"].value_counts().sort_index().items()}
+            for s in ORDER
+        },
     }
     labels = sorted(df.loc[df["split"].isin(KEPT), "label"].astype(str).unique())
     m["classes_missing_from"] = {s: [c for c in labels if c not in m["per_class"][s]] for s in ("val", "test")}
@@ -267,15 +284,24 @@ def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
         members = df[df["cluster_id"] == cid].head(8)
         rows += list(members.index) + [None] * (8 - len(members))
         caps += [f"{r.split}\n{str(r.label)[:9]}" for r in members.itertuples()] + [""] * (8 - len(members))
-    _grid(df, rows, caps, plots / "largest_clusters.png",
-          f"{len(top)} largest clusters (of {int((sizes > 1).sum())} with several samples), one per row")
+    _grid(
+        df,
+        rows,
+        caps,
+        plots / "largest_clusters.png",
+        f"{len(top)} largest clusters (of {int((sizes > 1).sum())} with several samples), one per row",
+    )
     removed = df[df["split"] == REMOVED].head(4 * examples)
     ids = df.reset_index().set_index("sample_id")["index"]
     rows = [x for r in removed.itertuples() for x in (r.Index, ids.get(r.dup_of))]
-    caps = [c for r in removed.itertuples()
-            for c in (f"removed\n{r.removed_reason.split('_of')[0][:14]}", "kept")]
-    _grid(df, rows, caps, plots / "removed_pairs.png",
-          f"removed samples (left) and what they duplicate; {int((df['split'] == REMOVED).sum())} removed")
+    caps = [c for r in removed.itertuples() for c in (f"removed\n{r.removed_reason.split('_of')[0][:14]}", "kept")]
+    _grid(
+        df,
+        rows,
+        caps,
+        plots / "removed_pairs.png",
+        f"removed samples (left) and what they duplicate; {int((df['split'] == REMOVED).sum())} removed",
+    )
 
 
 def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str) -> None:
@@ -307,15 +333,25 @@ def main(params: Params, args: argparse.Namespace) -> None:
         dataset.write_csv(tmp / DUPLICATES, found.pairs)
     report(df, Path(args.plots), params.split.report_examples)
     dataset.write_json(args.metrics, metrics)
-    log.info("split: train %d, val %d, test %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
-             metrics["train"], metrics["val"], metrics["test"], metrics["removed"],
-             metrics["duplicates"]["sets"], metrics.get("cross_split_exact", 0),
-             metrics.get("cross_split_near_duplicates", 0))
+    log.info(
+        "split: train %d, val %d, test %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
+        metrics["train"],
+        metrics["val"],
+        metrics["test"],
+        metrics["removed"],
+        metrics["duplicates"]["sets"],
+        metrics.get("cross_split_exact", 0),
+        metrics.get("cross_split_near_duplicates", 0),
+    )
     if metrics["val"] == 0:
         log.warning("the val split is empty: training cannot early-stop")
     for split_name, missing in metrics["classes_missing_from"].items():
         if missing and metrics[split_name] > 0:
             sizes = df[df["split"].isin(KEPT)]["label"].value_counts()
-            log.warning("split: %d class(es) with no %s sample, too small to be %s: %s", len(missing), split_name,
-                        "validated" if split_name == "val" else "tested",
-                        ", ".join(f"{c} ({sizes.get(c, 0)} images)" for c in missing[:10]))
+            log.warning(
+                "split: %d class(es) with no %s sample, too small to be %s: %s",
+                len(missing),
+                split_name,
+                "validated" if split_name == "val" else "tested",
+                ", ".join(f"{c} ({sizes.get(c, 0)} images)" for c in missing[:10]),
+            )

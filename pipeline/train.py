@@ -2,9 +2,11 @@
 
 Writes the model file (state_dict + config + classes, see `fit.save_model`),
 `metrics/train.json` (best_epoch, epochs_run, val_accuracy, val_loss, n_train, n_val,
-parameters; wall time is logged, not written, so outputs stay byte-identical) and `plots/train/curves.csv` (one row per epoch).
+parameters; wall time is logged, not written, so outputs stay byte-identical) and
+`plots/train/curves.csv` (one row per epoch).
 Sample weights come from the training set's `weight` column.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,24 +22,38 @@ from pipeline.errors import PipelineError
 from pipeline.params import Params, Train
 
 
-def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str],
-        online=None):
+def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None):
     """(FitResult, metrics) for a training manifest and a val manifest."""
     from pipeline import fit, models
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
     cfg = schedule(params.train, len(train_df))
     start = time.perf_counter()
-    result = fit.fit(dataset.load_pixels(train_df), train_df["label_id"].to_numpy(np.int64),
-                     dataset.load_pixels(val_df), val_df["label_id"].to_numpy(np.int64),
-                     cfg, len(classes), params.base.seed, sample_weight=weight,
-                     online=online, sample_ids=train_df["sample_id"].tolist())
+    result = fit.fit(
+        dataset.load_pixels(train_df),
+        train_df["label_id"].to_numpy(np.int64),
+        dataset.load_pixels(val_df),
+        val_df["label_id"].to_numpy(np.int64),
+        cfg,
+        len(classes),
+        params.base.seed,
+        sample_weight=weight,
+        online=online,
+        sample_ids=train_df["sample_id"].tolist(),
+    )
     best = result.history[result.best_epoch - 1]
-    metrics = {"best_epoch": result.best_epoch, "epochs_run": len(result.history),
-               "epochs_planned": cfg.epochs, "patience": cfg.patience,
-               "val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"],
-               "n_train": len(train_df), "n_val": len(val_df),
-               "parameters": models.count_parameters(result.model), "threads": fit.threads(cfg)}
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "epochs_planned": cfg.epochs,
+        "patience": cfg.patience,
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
+        "n_train": len(train_df),
+        "n_val": len(val_df),
+        "parameters": models.count_parameters(result.model),
+        "threads": fit.threads(cfg),
+    }
     log.info("train: %.1f s", time.perf_counter() - start)
     return result, metrics
 
@@ -48,8 +64,9 @@ def schedule(cfg: Train, n: int) -> Train:
     from pipeline import fit
 
     epochs = fit.size_aware_epochs(n, cfg.batch_size, cfg.epochs, cfg.min_steps, cfg.max_epochs)
-    return cfg.model_copy(update={"epochs": epochs,
-                                  "patience": max(cfg.patience, round(cfg.patience * epochs / cfg.epochs))})
+    return cfg.model_copy(
+        update={"epochs": epochs, "patience": max(cfg.patience, round(cfg.patience * epochs / cfg.epochs))}
+    )
 
 
 def online_policy(params: Params, policies: str):
@@ -69,8 +86,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="models/model.pt", help="model file to write (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/train.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/train", help="(default: %(default)s)")
-    p.add_argument("--policies", nargs="+", default=["augment_policies", "data/policy-search"],
-                   help="policy folder, for augment.mode online (default: %(default)s)")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=["augment_policies", "data/policy-search"],
+        help="policy folder, for augment.mode online (default: %(default)s)",
+    )
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -86,5 +107,9 @@ def main(params: Params, args: argparse.Namespace) -> None:
     fit.save_model(args.model, result.model, result.config, classes)
     dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
     dataset.write_json(args.metrics, metrics)
-    log.info("train: best epoch %d of %d, val accuracy %s", metrics["best_epoch"],
-             metrics["epochs_run"], metrics["val_accuracy"])
+    log.info(
+        "train: best epoch %d of %d, val accuracy %s",
+        metrics["best_epoch"],
+        metrics["epochs_run"],
+        metrics["val_accuracy"],
+    )

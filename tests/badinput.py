@@ -7,6 +7,7 @@ created, as ingest reports them, with the reason each must be quarantined for (N
 so a test can check every item and not only the totals. Images are tiny (16x16) so the whole
 corpus ingests in well under a second.
 """
+
 from __future__ import annotations
 
 import io
@@ -53,10 +54,12 @@ def kind(registry: dict, name: str):
     def register(fn):
         registry[name] = fn
         return fn
+
     return register
 
 
 # ---- pixel patterns -------------------------------------------------------------------
+
 
 def pattern(seed: int = 0, side: int = SIDE) -> np.ndarray:
     """A deterministic grey image with some structure (JPEG-friendly blocks)."""
@@ -69,7 +72,7 @@ def asymmetric() -> np.ndarray:
     """Top-left white, top-right mid grey, bottom black: every rotation or flip differs."""
     a = np.zeros((SIDE, SIDE), np.uint8)
     a[: SIDE // 2, : SIDE // 2] = 255
-    a[: SIDE // 2, SIDE // 2:] = 128
+    a[: SIDE // 2, SIDE // 2 :] = 128
     return a
 
 
@@ -86,14 +89,13 @@ def zero_bilevel_png(width: int, height: int) -> bytes:
     """A valid 1-bit PNG of zeros: a huge declared size that compresses to a few kB."""
     row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
     z = zlib.compressobj(9)
-    data = b"".join(z.compress(row * 500) for _ in range(height // 500)) + \
-        z.compress(row * (height % 500)) + z.flush()
+    data = b"".join(z.compress(row * 500) for _ in range(height // 500)) + z.compress(row * (height % 500)) + z.flush()
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data)
-            + _png_chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
 
 
 # ---- the image-folder corpus ----------------------------------------------------------
+
 
 @kind(KINDS, "good images in two classes, one in a nested folder")
 def _good(root: Path):
@@ -180,7 +182,7 @@ def _gray16(root: Path):
 @kind(KINDS, "palette PNG with a transparent entry (left transparent, right grey 100)")
 def _palette(root: Path):
     a = np.ones((SIDE, SIDE), np.uint8)
-    a[:, SIDE // 2:] = 2
+    a[:, SIDE // 2 :] = 2
     img = Image.fromarray(a, "P")
     img.putpalette([0, 0, 0, 200, 200, 200, 100, 100, 100])
     _save(root / PALETTE, img, transparency=1)
@@ -191,7 +193,7 @@ def _palette(root: Path):
 def _rgba(root: Path):
     a = np.full((SIDE, SIDE, 4), 200, np.uint8)
     a[: SIDE // 2, :, 3] = 255
-    a[SIDE // 2:, :, 3] = 0
+    a[SIDE // 2 :, :, 3] = 0
     _save(root / RGBA, Image.fromarray(a, "RGBA"))
     return [(RGBA, None)]
 
@@ -200,7 +202,7 @@ def _rgba(root: Path):
 def _gray_alpha(root: Path):
     a = np.full((SIDE, SIDE, 2), 200, np.uint8)
     a[:, : SIDE // 2, 1] = 255
-    a[:, SIDE // 2:, 1] = 128
+    a[:, SIDE // 2 :, 1] = 128
     _save(root / GRAY_ALPHA, Image.fromarray(a, "LA"))
     return [(GRAY_ALPHA, None)]
 
@@ -352,8 +354,7 @@ def write_corpus(root: Path) -> list[Case]:
     root.mkdir(parents=True, exist_ok=True)
     for cls in ("cat", "dog"):
         (root / cls).mkdir(exist_ok=True)
-    return [Case(name, path, reason) for name, write in KINDS.items()
-            for path, reason in write(root)]
+    return [Case(name, path, reason) for name, write in KINDS.items() for path, reason in write(root)]
 
 
 def expected_counts(cases: list[Case]) -> dict[str, int]:
@@ -375,16 +376,19 @@ CSV_NAME = "labels.csv"
 def _csv_good(root: Path):
     for i, name in enumerate(("a0", "a1", "b0", "b1", "b2")):
         _save(root / "img" / f"{name}.png", Image.fromarray(pattern(60 + i)))
-    rows = ["img/a0.png,a,g1", "img/a1.png,a,g1", "img/b0.png,b,g2", "img/b1.png,b,",
-            " img/b2.png , b ,g2"]
-    return rows, [("img/a0.png", None), ("img/a1.png", None), ("img/b0.png", None),
-                  ("img/b1.png", None), ("img/b2.png", None)]
+    rows = ["img/a0.png,a,g1", "img/a1.png,a,g1", "img/b0.png,b,g2", "img/b1.png,b,", " img/b2.png , b ,g2"]
+    return rows, [
+        ("img/a0.png", None),
+        ("img/a1.png", None),
+        ("img/b0.png", None),
+        ("img/b1.png", None),
+        ("img/b2.png", None),
+    ]
 
 
 @kind(CSV_KINDS, "the same path twice, and once more spelled ./img/...")
 def _csv_duplicate(root: Path):
-    return (["img/a0.png,a,g1", "./img/a1.png,a,g1"],
-            [("img/a0.png", "duplicate_id"), ("img/a1.png", "duplicate_id")])
+    return (["img/a0.png,a,g1", "./img/a1.png,a,g1"], [("img/a0.png", "duplicate_id"), ("img/a1.png", "duplicate_id")])
 
 
 @kind(CSV_KINDS, "a path to a file that does not exist")
@@ -396,8 +400,10 @@ def _csv_missing(root: Path):
 def _csv_escape(root: Path):
     outside = root.parent / f"{root.name}-outside.png"
     _save(outside, Image.fromarray(pattern(70)))
-    return ([f"../{outside.name},a,g3", f"{outside},a,g3"],
-            [(f"../{outside.name}", "outside_root"), (str(outside), "outside_root")])
+    return (
+        [f"../{outside.name},a,g3", f"{outside},a,g3"],
+        [(f"../{outside.name}", "outside_root"), (str(outside), "outside_root")],
+    )
 
 
 @kind(CSV_KINDS, "a symlink in the folder that points outside it")

@@ -7,6 +7,7 @@ a noisy background, so that classes are learnable and no two images are near dup
 `make_csv(root)` writes a CSV source (`path,label,group`, three shots a group, rows for 4 files
 that do not exist) and returns the CSV's path.
 """
+
 from __future__ import annotations
 
 import hashlib

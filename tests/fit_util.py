@@ -1,4 +1,5 @@
 """Tiny learnable image data for the training-core tests, as arrays and as manifests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,12 +19,13 @@ def patterns(n: int = 200, size: int = 8, channels: int = 1, k: int = 4, seed: i
     h = size // 2
     for i, c in enumerate(y):
         r, q = divmod(int(c) % 4, 2)
-        x[i, r * h:(r + 1) * h, q * h:(q + 1) * h] += 140
+        x[i, r * h : (r + 1) * h, q * h : (q + 1) * h] += 140
     return x.clip(0, 255).astype(np.uint8), y.astype(np.int64)
 
 
-def write_split(root: Path, n: int = 240, k: int = 4, size: int = 8, seed: int = 0,
-                fractions=(0.6, 0.2, 0.2)) -> tuple[Path, Path, list[str]]:
+def write_split(
+    root: Path, n: int = 240, k: int = 4, size: int = 8, seed: int = 0, fractions=(0.6, 0.2, 0.2)
+) -> tuple[Path, Path, list[str]]:
     """A split manifest and an assembled training set (its train rows, weight 1) under `root`."""
     x, y = patterns(n, size, 1, k, seed)
     classes = [f"c{i}" for i in range(k)]
@@ -33,9 +35,21 @@ def write_split(root: Path, n: int = 240, k: int = 4, size: int = 8, seed: int =
     for i, (px, label) in enumerate(zip(x, y)):
         store, row = writer.add(px)
         split = "train" if i < cut[0] else "val" if i < cut[1] else "test"
-        rows.append({"sample_id": f"s{i:04d}", "path": f"tiny/{i:04d}", "label": classes[label],
-                     "label_id": int(label), "group": None, "split": split, "origin": "real",
-                     "parent_id": None, "pixel_sha256": dataset.pixel_hash(px), "store": store, "row": row})
+        rows.append(
+            {
+                "sample_id": f"s{i:04d}",
+                "path": f"tiny/{i:04d}",
+                "label": classes[label],
+                "label_id": int(label),
+                "group": None,
+                "split": split,
+                "origin": "real",
+                "parent_id": None,
+                "pixel_sha256": dataset.pixel_hash(px),
+                "store": store,
+                "row": row,
+            }
+        )
     writer.close()
     df = pd.DataFrame(rows)
     dataset.write_manifest(df, root / "split" / dataset.MANIFEST, classes)

@@ -1,4 +1,5 @@
 """Shared by the Label Studio tests: a clean-stage-like manifest, and simulated annotators."""
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -13,8 +14,9 @@ from pipeline.labelstudio import config
 CLASSES = ["cat", "dog", "bird"]
 
 
-def make_manifest(root: Path, n: int = 60, classes: list[str] = CLASSES, side: int = 8,
-                  issue_every: int = 2, pred_probs: bool = False) -> Path:
+def make_manifest(
+    root: Path, n: int = 60, classes: list[str] = CLASSES, side: int = 8, issue_every: int = 2, pred_probs: bool = False
+) -> Path:
     """A manifest shaped like the clean stage's output: every `issue_every`-th sample is a
     label issue whose suggested label is the next class; label_score rises with the index."""
     rng = np.random.default_rng(0)
@@ -25,9 +27,18 @@ def make_manifest(root: Path, n: int = 60, classes: list[str] = CLASSES, side: i
         store, row = writer.add(rng.integers(0, 256, (side, side, 1), dtype=np.uint8))
         issue = i % issue_every == 0
         suggested = classes[(label_id + 1) % len(classes)] if issue else classes[label_id]
-        rec = dict(sample_id=f"s{i:05d}", path=f"src/{i}.png", label=classes[label_id],
-                   label_id=label_id, split=["train", "val", "test"][i % 3], is_label_issue=issue,
-                   label_score=round(i / n, 4), suggested_label=suggested, store=store, row=row)
+        rec = dict(
+            sample_id=f"s{i:05d}",
+            path=f"src/{i}.png",
+            label=classes[label_id],
+            label_id=label_id,
+            split=["train", "val", "test"][i % 3],
+            is_label_issue=issue,
+            label_score=round(i / n, 4),
+            suggested_label=suggested,
+            store=store,
+            row=row,
+        )
         if pred_probs:
             p = np.full(len(classes), 0.1)
             p[classes.index(suggested)] = 0.8
@@ -39,8 +50,15 @@ def make_manifest(root: Path, n: int = 60, classes: list[str] = CLASSES, side: i
     return path
 
 
-def annotate(client, pid: int, annotators: list[int], classes: list[str] = CLASSES,
-             skip_every: int = 0, unsure_every: int = 0, workers: int = 1) -> dict[str, str]:
+def annotate(
+    client,
+    pid: int,
+    annotators: list[int],
+    classes: list[str] = CLASSES,
+    skip_every: int = 0,
+    unsure_every: int = 0,
+    workers: int = 1,
+) -> dict[str, str]:
     """Each annotator answers every task of the project: the first two always choose the
     suggested label, the third disagrees on every 4th sample (k % 4 == 1: the old label); every
     `skip_every`-th task gets a skip and every `unsure_every`-th (a multiple of 4) an "unsure"
@@ -61,6 +79,9 @@ def annotate(client, pid: int, annotators: list[int], classes: list[str] = CLASS
             jobs.append((task["id"], [], annotators[-1], True))
         expected[data["sample_id"]] = want
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda job: client.create_annotation(job[0], job[1], completed_by=job[2],
-                                                           was_cancelled=job[3]), jobs))
+        list(
+            pool.map(
+                lambda job: client.create_annotation(job[0], job[1], completed_by=job[2], was_cancelled=job[3]), jobs
+            )
+        )
     return expected

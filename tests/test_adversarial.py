@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-
 from fit_util import patterns, write_split
+
 from pipeline import __main__ as cli
 from pipeline import assemble, dataset, fit, params
 
@@ -14,12 +14,28 @@ TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 
 
 def _run_stage(tmp_path, **adversarial):
     split, _, classes = write_split(tmp_path)
-    cfg = {"train": TINY_TRAIN, "adversarial": {"source_epochs": 4, "fraction": 0.5, "eps": 0.4,
-                                                "steps": 3, **adversarial}}
+    cfg = {
+        "train": TINY_TRAIN,
+        "adversarial": {"source_epochs": 4, "fraction": 0.5, "eps": 0.4, "steps": 3, **adversarial},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
-    rc = cli.main(["adversarial", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(split),
-                   "--out", str(out / "adv"), "--metrics", str(out / "adv.json"), "--plots", str(out / "plots")])
+    rc = cli.main(
+        [
+            "adversarial",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--split",
+            str(split),
+            "--out",
+            str(out / "adv"),
+            "--metrics",
+            str(out / "adv.json"),
+            "--plots",
+            str(out / "plots"),
+        ]
+    )
     assert rc == 0
     df, adv_classes = dataset.read_manifest(out / "adv")
     return split, df, json.loads((out / "adv.json").read_text()), out
@@ -71,14 +87,30 @@ def test_adversarial_training_options():
     x, y = patterns(160)
     base = params.Train(**TINY_TRAIN)
     plain = fit.fit(x, y, x[:0], y[:0], base, 4, seed=0).model
-    zero = fit.fit(x, y, x[:0], y[:0], base.model_copy(update={"adversarial": params.TrainAdversarial(
-        attack="pgd", ratio=0.0)}), 4, seed=0).model
-    fast = base.model_copy(update={"adversarial": params.TrainAdversarial(attack="pgd", eps=0.1, steps=1,
-                                                                          step_size=0.125)})
+    zero = fit.fit(
+        x,
+        y,
+        x[:0],
+        y[:0],
+        base.model_copy(update={"adversarial": params.TrainAdversarial(attack="pgd", ratio=0.0)}),
+        4,
+        seed=0,
+    ).model
+    fast = base.model_copy(
+        update={"adversarial": params.TrainAdversarial(attack="pgd", eps=0.1, steps=1, step_size=0.125)}
+    )
     adv_a = fit.fit(x, y, x[:0], y[:0], fast, 4, seed=0).model
     adv_b = fit.fit(x, y, x[:0], y[:0], fast, 4, seed=0).model
-    same = lambda m1, m2: all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(),  # noqa: E731
-                                                                  m2.state_dict().values()))
+
+    def same(m1, m2):
+        return all(
+            torch.equal(a, b)
+            for a, b in zip(
+                m1.state_dict().values(),  # noqa: E731
+                m2.state_dict().values(),
+            )
+        )
+
     assert same(plain, zero)  # ratio 0 is off
     assert same(adv_a, adv_b) and not same(plain, adv_a)  # deterministic, and it does something
 
@@ -99,12 +131,44 @@ def test_evaluate_reports_robustness(tmp_path):
     cfg = {"train": TINY_TRAIN, "evaluate": {"robustness": {"eps": [0.05, 0.5], "steps": 5}}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     p = ["--quiet", "--params", str(tmp_path / "params.yaml")]
-    assert cli.main(["train", *p, "--train", str(assembled), "--split", str(split),
-                     "--model", str(tmp_path / "m.pt"), "--metrics", str(tmp_path / "t.json"),
-                     "--plots", str(tmp_path / "tp")]) == 0
-    assert cli.main(["evaluate", *p, "--model", str(tmp_path / "m.pt"), "--split", str(split),
-                     "--metrics", str(tmp_path / "e.json"), "--plots", str(tmp_path / "ep"),
-                     "--ledger", str(tmp_path / "ledger.jsonl")]) == 0
+    assert (
+        cli.main(
+            [
+                "train",
+                *p,
+                "--train",
+                str(assembled),
+                "--split",
+                str(split),
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--metrics",
+                str(tmp_path / "t.json"),
+                "--plots",
+                str(tmp_path / "tp"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                *p,
+                "--model",
+                str(tmp_path / "m.pt"),
+                "--split",
+                str(split),
+                "--metrics",
+                str(tmp_path / "e.json"),
+                "--plots",
+                str(tmp_path / "ep"),
+                "--ledger",
+                str(tmp_path / "ledger.jsonl"),
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "e.json").read_text())
     r = m["robustness"]
     assert set(r) == {"fgsm_eps0.05", "fgsm_eps0.5", "pgd_eps0.05", "pgd_eps0.5", "n"}

@@ -6,9 +6,15 @@ from pipeline.errors import PipelineError
 
 
 def _split():
-    return pd.DataFrame({"sample_id": ["t1", "t2", "v1", "x1"], "label": ["a", "b", "a", "b"],
-                         "split": ["train", "train", "val", "test"], "origin": "real",
-                         "parent_id": None})
+    return pd.DataFrame(
+        {
+            "sample_id": ["t1", "t2", "v1", "x1"],
+            "label": ["a", "b", "a", "b"],
+            "split": ["train", "train", "val", "test"],
+            "origin": "real",
+            "parent_id": None,
+        }
+    )
 
 
 def _derived(**overrides):
@@ -30,16 +36,19 @@ def test_valid_derived_samples_are_admitted():
     assert len(assemble.run(_split(), {"syn": synthetic}, 1.0)[0]) == 3
 
 
-@pytest.mark.parametrize("overrides, match", [
-    ({"parent_id": "v1"}, "derive from a val or test sample"),
-    ({"parent_id": "x1"}, "derive from a val or test sample"),
-    ({"split": "val"}, "not in the train split"),
-    ({"parent_id": "zzz"}, "not a real sample"),
-    ({"sample_id": "t2"}, "reuse an existing sample_id"),
-    ({"origin": "real"}, "origin outside"),
-    ({"parent_id": None}, "name no parent_id"),
-    ({"origin": "synthetic"}, "synthetic but name a parent"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"parent_id": "v1"}, "derive from a val or test sample"),
+        ({"parent_id": "x1"}, "derive from a val or test sample"),
+        ({"split": "val"}, "not in the train split"),
+        ({"parent_id": "zzz"}, "not a real sample"),
+        ({"sample_id": "t2"}, "reuse an existing sample_id"),
+        ({"origin": "real"}, "origin outside"),
+        ({"parent_id": None}, "name no parent_id"),
+        ({"origin": "synthetic"}, "synthetic but name a parent"),
+    ],
+)
 def test_lineage_violations_are_refused_by_name(overrides, match):
     with pytest.raises(PipelineError, match=match):
         assemble.run(_split(), {"aug": _derived(**overrides)}, 1.0)

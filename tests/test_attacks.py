@@ -55,8 +55,7 @@ def test_targeted_attack_lowers_the_loss_of_the_target():
     target = torch.full((len(x),), 2)
     adv = attacks.get("pgd").perturb(model, x, target, AttackConfig(eps=0.3, targeted=True))
     with torch.no_grad():
-        assert (nn.functional.cross_entropy(model(adv), target)
-                < nn.functional.cross_entropy(model(x), target))
+        assert nn.functional.cross_entropy(model(adv), target) < nn.functional.cross_entropy(model(x), target)
 
 
 def test_random_start_is_deterministic_in_the_seed():
@@ -75,21 +74,22 @@ def test_unknown_attack_lists_valid_names():
 
 def _cnn():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(64, 3)).eval()
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3)).eval()
 
 
-@pytest.mark.parametrize("ours, theirs, eps, alpha", [
-    ("fgsm", "FGSM", 0.1, None),
-    ("pgd", "PGD", 0.1, 0.02),
-    ("pgd_l2", "PGDL2", 0.5, 0.1),
-])
+@pytest.mark.parametrize(
+    "ours, theirs, eps, alpha",
+    [
+        ("fgsm", "FGSM", 0.1, None),
+        ("pgd", "PGD", 0.1, 0.02),
+        ("pgd_l2", "PGDL2", 0.5, 0.1),
+    ],
+)
 def test_matches_torchattacks_without_random_start(ours, theirs, eps, alpha):
     # torchattacks is a test-only reference, installed by `make test` (pip --no-deps).
     torchattacks = pytest.importorskip("torchattacks")
     model, (x, y) = _cnn(), _data()
-    kwargs = {"eps": eps} if alpha is None else {"eps": eps, "alpha": alpha, "steps": 7,
-                                                  "random_start": False}
+    kwargs = {"eps": eps} if alpha is None else {"eps": eps, "alpha": alpha, "steps": 7, "random_start": False}
     ref = getattr(torchattacks, theirs)(model, **kwargs)(x, y)
     cfg = AttackConfig(eps=eps, steps=7, step_size=alpha, random_start=False)
     mine = attacks.get(ours).perturb(model, x, y, cfg)

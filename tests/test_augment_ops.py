@@ -1,6 +1,7 @@
 """Each op against its defined meaning: the papers' PIL code where they define it that way, and
 the property that defines it (Posterize keeps the top bits, Solarize inverts from the threshold
 up, ...). Driven by the op registry: an op without a case here fails."""
+
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
@@ -52,15 +53,15 @@ def case_shear_y(img):
 def case_translate_x(img):
     w = img.shape[1]
     out = ops.translate_x(img, 0.25, fill=7)  # 5 px to the left
-    assert np.array_equal(out[:, :w - 5], img[:, 5:]) and (out[:, w - 5:] == 7).all()
+    assert np.array_equal(out[:, : w - 5], img[:, 5:]) and (out[:, w - 5 :] == 7).all()
     out = ops.translate_x(img, -0.25, fill=0)
-    assert np.array_equal(out[:, 5:], img[:, :w - 5]) and (out[:, :5] == 0).all()
+    assert np.array_equal(out[:, 5:], img[:, : w - 5]) and (out[:, :5] == 0).all()
 
 
 def case_translate_y(img):
     h = img.shape[0]
     out = ops.translate_y(img, 0.25, fill=7)  # 6 px up
-    assert np.array_equal(out[:h - 6], img[6:]) and (out[h - 6:] == 7).all()
+    assert np.array_equal(out[: h - 6], img[6:]) and (out[h - 6 :] == 7).all()
 
 
 def case_rotate(img):
@@ -106,7 +107,7 @@ def case_contrast(img):
 
 
 def case_color(img):
-    grey = img.astype(float) @ np.array([0.299, 0.587, 0.114])[:img.shape[-1]] if img.shape[-1] == 3 else None
+    grey = img.astype(float) @ np.array([0.299, 0.587, 0.114])[: img.shape[-1]] if img.shape[-1] == 3 else None
     for f in (0.1, 0.6, 1.9):
         out = ops.color(img, f)
         if grey is not None:  # blend with the greyscale image; PIL truncates where we round
@@ -151,12 +152,23 @@ def case_sample_pairing(img):
 
 
 CASES = {
-    "Identity": case_identity, "ShearX": case_shear_x, "ShearY": case_shear_y,
-    "TranslateX": case_translate_x, "TranslateY": case_translate_y, "Rotate": case_rotate,
-    "AutoContrast": case_auto_contrast, "Invert": case_invert, "Equalize": case_equalize,
-    "Solarize": case_solarize, "Posterize": case_posterize, "Contrast": case_contrast,
-    "Color": case_color, "Brightness": case_brightness, "Sharpness": case_sharpness,
-    "Cutout": case_cutout, "SamplePairing": case_sample_pairing,
+    "Identity": case_identity,
+    "ShearX": case_shear_x,
+    "ShearY": case_shear_y,
+    "TranslateX": case_translate_x,
+    "TranslateY": case_translate_y,
+    "Rotate": case_rotate,
+    "AutoContrast": case_auto_contrast,
+    "Invert": case_invert,
+    "Equalize": case_equalize,
+    "Solarize": case_solarize,
+    "Posterize": case_posterize,
+    "Contrast": case_contrast,
+    "Color": case_color,
+    "Brightness": case_brightness,
+    "Sharpness": case_sharpness,
+    "Cutout": case_cutout,
+    "SamplePairing": case_sample_pairing,
 }
 
 

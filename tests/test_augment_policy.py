@@ -1,5 +1,6 @@
 """Every shipped policy loads, applies to 1- and 3-channel images, saves back byte for byte,
 and gives identical pixels for the same seed; bad files fail naming the key."""
+
 import json
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.augment import ops, policy as pol
+from pipeline.augment import ops
+from pipeline.augment import policy as pol
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,8 +27,15 @@ def _augment(policy, img, seed, pool):
 
 
 def test_the_published_and_default_policies_are_shipped():
-    assert {"autoaugment-cifar10", "autoaugment-svhn", "autoaugment-imagenet", "randaugment",
-            "trivialaugment", "light", "strong"} <= set(IDS)
+    assert {
+        "autoaugment-cifar10",
+        "autoaugment-svhn",
+        "autoaugment-imagenet",
+        "randaugment",
+        "trivialaugment",
+        "light",
+        "strong",
+    } <= set(IDS)
     for name in ("cifar10", "svhn", "imagenet"):
         p = pol.load(ROOT / f"augment_policies/autoaugment-{name}.yaml")
         assert len(p.sub_policies) == 25 and all(len(sub) == 2 for sub in p.sub_policies)
@@ -44,6 +53,7 @@ def test_policy_round_trips_to_identical_yaml(path, tmp_path):
     assert (tmp_path / "again.yaml").read_bytes() == path.read_bytes()
     if p.kind == "pipeline":  # and it is albumentations' own serialised form
         import albumentations as A
+
         assert json.loads(json.dumps(A.to_dict(A.from_dict(p.transform)))) == p.transform
 
 
@@ -70,8 +80,7 @@ def test_draw_follows_each_kind():
         assert len(drawn) == 3 and all(d.magnitude == (7 if d.op == "Rotate" else None) for d in drawn)
     ta = pol.parse({"version": 1, "kind": "trivialaugment", "magnitude_bins": 3, "ops": ["Rotate"], "space": "wide"})
     assert {pol.draw(ta, rng, (8, 8, 1))[0].magnitude for _ in range(40)} == {0.0, 5.0, 10.0}
-    aa = pol.parse({"version": 1, "kind": "autoaugment",
-                    "sub_policies": [[["Invert", 1.0, None], ["Rotate", 0.0, 3]]]})
+    aa = pol.parse({"version": 1, "kind": "autoaugment", "sub_policies": [[["Invert", 1.0, None], ["Rotate", 0.0, 3]]]})
     assert all([d.op for d in pol.draw(aa, rng, (8, 8, 1))] == ["Invert"] for _ in range(10))
 
 
@@ -89,8 +98,19 @@ def test_pipeline_trace_names_the_albumentations_transforms_applied():
     p = pol.load(ROOT / "augment_policies/strong.yaml")
     trace = []
     pol.apply(_img((28, 28, 1)), pol.draw(p, np.random.default_rng(1), (28, 28, 1)), policy=p, trace=trace)
-    assert trace and all(d.op in {"Affine", "ElasticTransform", "RandomBrightnessContrast", "GaussNoise",
-                                  "GaussianBlur", "CoarseDropout", "OneOf"} for d in trace)
+    assert trace and all(
+        d.op
+        in {
+            "Affine",
+            "ElasticTransform",
+            "RandomBrightnessContrast",
+            "GaussNoise",
+            "GaussianBlur",
+            "CoarseDropout",
+            "OneOf",
+        }
+        for d in trace
+    )
 
 
 def _raw(**changes):
@@ -99,21 +119,30 @@ def _raw(**changes):
     return {k: v for k, v in raw.items() if v is not None}
 
 
-@pytest.mark.parametrize("raw, match", [
-    (_raw(version=2), r"version: expected 1, got 2"),
-    (_raw(kind="fancyaugment"), r"kind: expected one of autoaugment, randaugment, trivialaugment, pipeline"),
-    (_raw(ops=["Rotate", "Twirl"]), r"ops\.1: .*must be one of Identity"),
-    (_raw(magnitude=11), r"magnitude: expected less than or equal to 10"),
-    (_raw(num_ops=0), r"num_ops: expected greater than or equal to 1"),
-    (_raw(magnitde=3), r"magnitde: unknown key"),
-    (_raw(space="huge"), r"space: expected 'standard' or 'wide'"),
-    ({"version": 1, "kind": "autoaugment", "sub_policies": [[["Invert", 0.5, 4]]]},
-     r"expected null \(it has no magnitude\) for Invert"),
-    ({"version": 1, "kind": "autoaugment", "sub_policies": [[["Rotate", 1.5, 4]]]},
-     r"sub_policies\.0\.0\.1: expected less than or equal to 1"),
-    ({"version": 1, "kind": "pipeline", "transform": {"transform": {"__class_fullname__": "Nope"}}},
-     r"transform: expected an albumentations pipeline"),
-])
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (_raw(version=2), r"version: expected 1, got 2"),
+        (_raw(kind="fancyaugment"), r"kind: expected one of autoaugment, randaugment, trivialaugment, pipeline"),
+        (_raw(ops=["Rotate", "Twirl"]), r"ops\.1: .*must be one of Identity"),
+        (_raw(magnitude=11), r"magnitude: expected less than or equal to 10"),
+        (_raw(num_ops=0), r"num_ops: expected greater than or equal to 1"),
+        (_raw(magnitde=3), r"magnitde: unknown key"),
+        (_raw(space="huge"), r"space: expected 'standard' or 'wide'"),
+        (
+            {"version": 1, "kind": "autoaugment", "sub_policies": [[["Invert", 0.5, 4]]]},
+            r"expected null \(it has no magnitude\) for Invert",
+        ),
+        (
+            {"version": 1, "kind": "autoaugment", "sub_policies": [[["Rotate", 1.5, 4]]]},
+            r"sub_policies\.0\.0\.1: expected less than or equal to 1",
+        ),
+        (
+            {"version": 1, "kind": "pipeline", "transform": {"transform": {"__class_fullname__": "Nope"}}},
+            r"transform: expected an albumentations pipeline",
+        ),
+    ],
+)
 def test_bad_policies_fail_naming_the_key(raw, match):
     with pytest.raises(PipelineError, match=match) as e:
         pol.parse(raw, "x.yaml")
@@ -146,9 +175,19 @@ def test_num_ops_and_magnitude_override_a_randaugment_policy():
     assert unchanged == pol.load(ROOT / "augment_policies/randaugment.yaml")
 
 
-@pytest.mark.parametrize("name, key", [("trivialaugment.yaml", "magnitude"), ("trivialaugment.yaml", "num_ops"),
-                                       ("autoaugment-svhn.yaml", "num_ops"), ("light.yaml", "magnitude")])
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("trivialaugment.yaml", "magnitude"),
+        ("trivialaugment.yaml", "num_ops"),
+        ("autoaugment-svhn.yaml", "num_ops"),
+        ("light.yaml", "magnitude"),
+    ],
+)
 def test_overriding_a_field_the_kind_lacks_fails_naming_the_param(name, key):
-    with pytest.raises(PipelineError, match=rf"augment\.{key}: expected null for {name} \(kind \w+ has no {key}; "
-                                            rf"only randaugment has\), got 3"):
+    with pytest.raises(
+        PipelineError,
+        match=rf"augment\.{key}: expected null for {name} \(kind \w+ has no {key}; "
+        rf"only randaugment has\), got 3",
+    ):
         pol.load_named(ROOT / "augment_policies", name, **{key: 3})

@@ -1,17 +1,19 @@
 """The policy-search stage on tiny data: the learned file is a valid, canonical AutoAugment policy
 with its scores; the same inputs give the same file; the scoring prefers a mild op to a
 destructive one; Identity-like candidates are never kept; missing fold models fail clearly."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 import yaml
-
 from fit_util import write_split
+
 from pipeline import __main__ as cli
 from pipeline import dataset, oof, params
-from pipeline.augment import ops, policy as pol, search
+from pipeline.augment import ops, search
+from pipeline.augment import policy as pol
 from pipeline.errors import PipelineError
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
@@ -23,17 +25,47 @@ def oof_dir(tmp_path_factory):
     """An oof output (manifest + 3 fold models) of the tiny quadrant patterns."""
     root = tmp_path_factory.mktemp("oof")
     split, _, _ = write_split(root / "data", n=240)
-    (root / "params.yaml").write_text(yaml.safe_dump({"train": TINY_TRAIN, "oof": {"folds": 3, "epochs": 4, "min_steps": 0}}))
-    assert cli.main(["oof", "--quiet", "--params", str(root / "params.yaml"), "--split", str(split),
-                     "--out", str(root / "oof"), "--metrics", str(root / "oof.json")]) == 0
+    (root / "params.yaml").write_text(
+        yaml.safe_dump({"train": TINY_TRAIN, "oof": {"folds": 3, "epochs": 4, "min_steps": 0}})
+    )
+    assert (
+        cli.main(
+            [
+                "oof",
+                "--quiet",
+                "--params",
+                str(root / "params.yaml"),
+                "--split",
+                str(split),
+                "--out",
+                str(root / "oof"),
+                "--metrics",
+                str(root / "oof.json"),
+            ]
+        )
+        == 0
+    )
     return root / "oof"
 
 
 def _search(tmp_path, oof_path, name="learned.yaml", **cfg):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"train": TINY_TRAIN, "policy_search": {**TINY_SEARCH, **cfg}}))
-    rc = cli.main(["policy-search", "--quiet", "--params", str(tmp_path / "params.yaml"), "--oof", str(oof_path),
-                   "--out", str(tmp_path / name), "--metrics", str(tmp_path / "search.json")])
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"train": TINY_TRAIN, "policy_search": {**TINY_SEARCH, **cfg}})
+    )
+    rc = cli.main(
+        [
+            "policy-search",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--oof",
+            str(oof_path),
+            "--out",
+            str(tmp_path / name),
+            "--metrics",
+            str(tmp_path / "search.json"),
+        ]
+    )
     return rc, tmp_path / name
 
 

@@ -1,5 +1,6 @@
 """The augment stage on a tiny split: copies of train samples only, lineage that assemble
 accepts, per-sample determinism, an empty valid output when off, the same bytes on 1 or 2 workers."""
+
 import json
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import yaml
 
 from pipeline import assemble, dataset, params
 from pipeline.__main__ import main as cli
-from pipeline.augment import policy as pol, stage
+from pipeline.augment import policy as pol
+from pipeline.augment import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["a", "b"]
@@ -23,9 +25,21 @@ def _split(tmp_path: Path, n_train: int = 10, channels: int = 1) -> pd.DataFrame
     for i, split in enumerate(["train"] * n_train + ["val"] * 3 + ["test"] * 3):
         px = rng.integers(0, 256, (10, 10, channels), dtype=np.uint8)
         store, row = writer.add(px)
-        rows.append({"sample_id": dataset.sample_id("src", i), "path": f"src/{i:04d}", "label": CLASSES[i % 2],
-                     "label_id": i % 2, "group": None, "split": split, "origin": "real", "parent_id": None,
-                     "pixel_sha256": dataset.pixel_hash(px), "store": store, "row": row})
+        rows.append(
+            {
+                "sample_id": dataset.sample_id("src", i),
+                "path": f"src/{i:04d}",
+                "label": CLASSES[i % 2],
+                "label_id": i % 2,
+                "group": None,
+                "split": split,
+                "origin": "real",
+                "parent_id": None,
+                "pixel_sha256": dataset.pixel_hash(px),
+                "store": store,
+                "row": row,
+            }
+        )
     writer.close()
     df = pd.DataFrame(rows)
     dataset.write_manifest(df, tmp_path / "split" / dataset.MANIFEST, CLASSES)
@@ -104,9 +118,24 @@ def test_off_or_online_writes_an_empty_valid_manifest(tmp_path, augment):
 def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
     _split(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"copies": 2, "workers": 1, "preview": 3}}))
-    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
-              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
-              "--metrics", str(tmp_path / "augment.json"), "--plots", str(tmp_path / "plots")])
+    rc = cli(
+        [
+            "augment",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--split",
+            str(tmp_path / "split"),
+            "--policies",
+            str(ROOT / "augment_policies"),
+            "--out",
+            str(tmp_path / "augment"),
+            "--metrics",
+            str(tmp_path / "augment.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert rc == 0
     metrics = json.loads((tmp_path / "augment.json").read_text())
     assert metrics["augmented"] == 20 and metrics["policy"] == "randaugment"
@@ -118,19 +147,50 @@ def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
 def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path):
     _split(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"policy": "nope.yaml"}}))
-    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
-              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
-              "--metrics", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots")])
+    rc = cli(
+        [
+            "augment",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--split",
+            str(tmp_path / "split"),
+            "--policies",
+            str(ROOT / "augment_policies"),
+            "--out",
+            str(tmp_path / "augment"),
+            "--metrics",
+            str(tmp_path / "m.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "augment").exists()
 
 
 def test_num_ops_and_magnitude_params_reach_the_copies_and_the_metrics(tmp_path):
     _split(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"augment": {"workers": 1, "preview": 0, "num_ops": 1, "magnitude": 4}}))
-    rc = cli(["augment", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(tmp_path / "split"),
-              "--policies", str(ROOT / "augment_policies"), "--out", str(tmp_path / "augment"),
-              "--metrics", str(tmp_path / "augment.json"), "--plots", str(tmp_path / "plots")])
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"augment": {"workers": 1, "preview": 0, "num_ops": 1, "magnitude": 4}})
+    )
+    rc = cli(
+        [
+            "augment",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--split",
+            str(tmp_path / "split"),
+            "--policies",
+            str(ROOT / "augment_policies"),
+            "--out",
+            str(tmp_path / "augment"),
+            "--metrics",
+            str(tmp_path / "augment.json"),
+            "--plots",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert rc == 0
     metrics = json.loads((tmp_path / "augment.json").read_text())
     assert (metrics["num_ops"], metrics["magnitude"], sum(metrics["op_counts"].values())) == (1, 4, 10)

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_oof import run_oof
 
-from test_oof import TINY_OOF, TINY_TRAIN, run_oof
 from pipeline import __main__ as cli
 from pipeline import clean, dataset, issues, oof, params
 from pipeline.errors import PipelineError
@@ -79,8 +79,14 @@ def test_relabel_train_only_above_threshold(noisy, threshold):
 def test_patches_override_labels_and_are_not_flagged(noisy):
     first, _ = _clean(noisy)
     flagged = first[first["is_label_issue"]].head(5)
-    patch = pd.DataFrame({"sample_id": flagged["sample_id"], "label": flagged["true_label"],
-                          "old_label": flagged["label"], "consensus_quality": 1.0})
+    patch = pd.DataFrame(
+        {
+            "sample_id": flagged["sample_id"],
+            "label": flagged["true_label"],
+            "old_label": flagged["label"],
+            "consensus_quality": 1.0,
+        }
+    )
     df, metrics = _clean(noisy, patches=patch)
     rows = df.set_index("sample_id").loc[flagged["sample_id"]]
     assert (rows["label"] == flagged["true_label"].to_numpy()).all()
@@ -100,8 +106,12 @@ def test_weak_oof_and_a_high_flag_rate_warn_in_one_line_each():
     p = params.parse({})
     quiet = {"oof_accuracy": 0.9, "oof_trusted": True, "flag_rates": {"label": 0.05}, "issues": {"label": {"total": 5}}}
     assert clean.warnings(p, quiet) == []
-    loud = {"oof_accuracy": 0.5, "oof_trusted": False, "flag_rates": {"label": 0.35, "near_duplicate": 1.0},
-            "issues": {"label": {"total": 35}, "near_duplicate": {"total": 100}}}
+    loud = {
+        "oof_accuracy": 0.5,
+        "oof_trusted": False,
+        "flag_rates": {"label": 0.35, "near_duplicate": 1.0},
+        "issues": {"label": {"total": 35}, "near_duplicate": {"total": 100}},
+    }
     lines = clean.warnings(p, loud)
     assert len(lines) == 3 and "0.50 < clean.min_oof_accuracy 0.75" in lines[0]
     assert "near_duplicate flags 100 samples (100%)" in lines[2] and all("\n" not in ln for ln in lines)
@@ -130,18 +140,21 @@ def test_every_detector_writes_its_columns(noisy, name):
 
 def test_near_duplicates_within_a_split_and_imbalance():
     emb = np.eye(6)[[0, 0, 1, 2, 2, 1]].astype(np.float32)
-    df = pd.DataFrame({"sample_id": list("abcdef"), "split": ["train"] * 3 + ["test"] * 3,
-                       "label_id": [0, 0, 0, 0, 1, 1]})
+    df = pd.DataFrame(
+        {"sample_id": list("abcdef"), "split": ["train"] * 3 + ["test"] * 3, "label_id": [0, 0, 0, 0, 1, 1]}
+    )
     arrays = issues.OofArrays(np.full((6, 2), 0.5), emb)
     nd = issues.get("near_duplicate", {"features": "embeddings"}).find(df, arrays)
     assert list(nd["is_near_duplicate_issue"]) == [True, True, False, True, True, False]  # c ~ f: other split
     assert list(nd["near_duplicate_of"][:2]) == ["b", "a"]
     clustered = issues.get("near_duplicate", {"features": "embeddings"}).find(
-        df.assign(dup_group=["x", "y", "y", None, "w", "x"]), arrays)  # a split's duplicate set counts
+        df.assign(dup_group=["x", "y", "y", None, "w", "x"]), arrays
+    )  # a split's duplicate set counts
     assert clustered["is_near_duplicate_issue"][2] and not clustered["is_near_duplicate_issue"][5]
     # the default: the split's verified duplicate sets only; groups (cluster_id) are not duplicates
     verified = issues.get("near_duplicate").find(
-        df.assign(dup_group=["a", "a", None, "d", "d", "d"], cluster_id=["a", "a", "a", "d", "d", "d"]), arrays)
+        df.assign(dup_group=["a", "a", None, "d", "d", "d"], cluster_id=["a", "a", "a", "d", "d", "d"]), arrays
+    )
     assert list(verified["is_near_duplicate_issue"]) == [True, True, False, True, True, True]
     assert list(verified["near_duplicate_of"]) == ["b", "a", "", "e", "d", "d"]
     assert list(verified["near_duplicate_score"]) == [0, 0, 1, 0, 0, 0]
@@ -152,9 +165,27 @@ def test_near_duplicates_within_a_split_and_imbalance():
 
 def test_stage_writes_manifest_metrics_and_gallery(noisy, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"clean": {"inject_noise": NOISE}}))
-    assert cli.main(["clean", "--quiet", "--params", str(tmp_path / "params.yaml"), "--oof", str(noisy[0]),
-                     "--labels", str(tmp_path / "labels"), "--out", str(tmp_path / "clean"),
-                     "--metrics", str(tmp_path / "clean.json"), "--plots", str(tmp_path / "plots")]) == 0
+    assert (
+        cli.main(
+            [
+                "clean",
+                "--quiet",
+                "--params",
+                str(tmp_path / "params.yaml"),
+                "--oof",
+                str(noisy[0]),
+                "--labels",
+                str(tmp_path / "labels"),
+                "--out",
+                str(tmp_path / "clean"),
+                "--metrics",
+                str(tmp_path / "clean.json"),
+                "--plots",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
     df, _ = dataset.read_manifest(tmp_path / "clean")
     assert len(dataset.load_pixels(df)) == len(df)
     metrics = json.loads((tmp_path / "clean.json").read_text())
@@ -163,9 +194,16 @@ def test_stage_writes_manifest_metrics_and_gallery(noisy, tmp_path):
 
 
 def test_remove_near_duplicates_keeps_one_of_each_pair():
-    df = pd.DataFrame({"sample_id": list("abcd"), "split": "train", "label": "x", "label_id": 0,
-                       "is_near_duplicate_issue": [True, True, False, False],
-                       "near_duplicate_of": ["b", "a", "", ""]})
+    df = pd.DataFrame(
+        {
+            "sample_id": list("abcd"),
+            "split": "train",
+            "label": "x",
+            "label_id": 0,
+            "is_near_duplicate_issue": [True, True, False, False],
+            "near_duplicate_of": ["b", "a", "", ""],
+        }
+    )
     p = params.parse({"clean": {"action": "remove", "remove_issues": ["near_duplicate"]}})
     out, counts = clean.act(p, df, ["x"])
     assert list(out["split"]) == ["train", "removed", "train", "train"] and counts["removed"] == 1
@@ -175,10 +213,16 @@ def test_removals_by_the_split_stage_keep_their_reason():
     from pipeline import clean
     from pipeline.params import parse
 
-    df = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": ["x", "x", "y"], "label_id": [0, 0, 1],
-                       "split": ["train", "removed", "train"],
-                       "removed_reason": ["", "near_duplicate_of_test", ""],
-                       "is_label_issue": [False, False, True]})
+    df = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "c"],
+            "label": ["x", "x", "y"],
+            "label_id": [0, 0, 1],
+            "split": ["train", "removed", "train"],
+            "removed_reason": ["", "near_duplicate_of_test", ""],
+            "is_label_issue": [False, False, True],
+        }
+    )
     params = parse({"clean": {"action": "remove", "remove_issues": ["label"]}})
     out, counts = clean.act(params, df, ["x", "y"])
     assert list(out["removed_reason"]) == ["", "near_duplicate_of_test", "label_issue"]

@@ -2,10 +2,10 @@ import io
 
 import numpy as np
 import pytest
+from badinput import asymmetric, pattern, zero_bilevel_png
 from PIL import Image
 
 from pipeline.decode import DecodeError, decode_file, normalise
-from badinput import asymmetric, pattern, zero_bilevel_png
 
 MAX_PIXELS, MIN_SIDE = 40_000_000, 4
 
@@ -28,6 +28,7 @@ def reason_of(path, **kw):
 
 # ---- conventions ----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("channels", [1, 3])
 def test_16bit_grey_is_scaled_by_its_full_range(tmp_path, channels):
     a = np.array([[0, 257, 32896, 65535]] * 4, np.uint16)
@@ -40,19 +41,20 @@ def test_16bit_grey_is_scaled_by_its_full_range(tmp_path, channels):
 
 def test_32bit_int_and_float_tiffs_are_scaled(tmp_path):
     ints = np.array([[0, 32896, 65535, 65535]] * 4, np.int32)
-    assert decode(saved(tmp_path, "i.tif", Image.fromarray(ints)), size=4)[0, :, 0].tolist() == \
-        [0, 128, 255, 255]
+    assert decode(saved(tmp_path, "i.tif", Image.fromarray(ints)), size=4)[0, :, 0].tolist() == [0, 128, 255, 255]
     floats = np.array([[0.0, 0.5, 1.0, 1.0]] * 4, np.float32)
-    assert decode(saved(tmp_path, "f.tif", Image.fromarray(floats)), size=4)[0, :, 0].tolist() == \
-        [0, 128, 255, 255]
+    assert decode(saved(tmp_path, "f.tif", Image.fromarray(floats)), size=4)[0, :, 0].tolist() == [0, 128, 255, 255]
 
 
-@pytest.mark.parametrize("mode, value, alpha, expected", [
-    ("RGBA", (200, 200, 200), 0, 0),
-    ("RGBA", (200, 200, 200), 255, 200),
-    ("RGBA", (200, 200, 200), 128, 100),
-    ("LA", (200,), 128, 100),
-])
+@pytest.mark.parametrize(
+    "mode, value, alpha, expected",
+    [
+        ("RGBA", (200, 200, 200), 0, 0),
+        ("RGBA", (200, 200, 200), 255, 200),
+        ("RGBA", (200, 200, 200), 128, 100),
+        ("LA", (200,), 128, 100),
+    ],
+)
 def test_transparency_is_composited_on_black(tmp_path, mode, value, alpha, expected):
     path = saved(tmp_path, "t.png", Image.new(mode, (8, 8), (*value, alpha)))
     assert np.all(decode(path, size=8) == expected)
@@ -70,9 +72,16 @@ def test_palette_and_colour_key_transparency_are_composited_on_black(tmp_path):
 
 def _stored_for(displayed: np.ndarray, orientation: int) -> np.ndarray:
     """What a camera stores so that EXIF `orientation` displays as `displayed` (EXIF 2.3)."""
-    return {1: lambda d: d, 2: np.fliplr, 3: lambda d: np.rot90(d, 2), 4: np.flipud,
-            5: np.transpose, 6: lambda d: np.rot90(d, 1), 7: lambda d: np.rot90(d, 2).T,
-            8: lambda d: np.rot90(d, -1)}[orientation](displayed)
+    return {
+        1: lambda d: d,
+        2: np.fliplr,
+        3: lambda d: np.rot90(d, 2),
+        4: np.flipud,
+        5: np.transpose,
+        6: lambda d: np.rot90(d, 1),
+        7: lambda d: np.rot90(d, 2).T,
+        8: lambda d: np.rot90(d, -1),
+    }[orientation](displayed)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -136,10 +145,10 @@ def test_lossless_formats_round_trip(tmp_path, fmt):
 
 # ---- quarantine reasons -----------------------------------------------------------------
 
+
 def _jpeg(size=16) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), np.uint8)) \
-        .save(buf, "JPEG", quality=90)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), np.uint8)).save(buf, "JPEG", quality=90)
     return buf.getvalue()
 
 
@@ -187,6 +196,7 @@ def test_decode_error_message_is_one_line_without_the_file_path(tmp_path):
 
 
 # ---- in-memory pixels -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(8, 8), (8, 8, 1)])
 def test_normalise_passes_native_grey_through(shape):

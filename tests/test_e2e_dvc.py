@@ -1,4 +1,5 @@
 """End to end: the project, copied into a fresh git repository, run by `dvc repro`."""
+
 from __future__ import annotations
 
 import json
@@ -14,13 +15,29 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "split", "oof", "clean", "mine", "policy-search", "augment", "adversarial", "synthesize",
-          "assemble", "train", "evaluate"]
+STAGES = [
+    "ingest",
+    "split",
+    "oof",
+    "clean",
+    "mine",
+    "policy-search",
+    "augment",
+    "adversarial",
+    "synthesize",
+    "assemble",
+    "train",
+    "evaluate",
+]
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PIPELINE_QUIET": "1", "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "PIPELINE_QUIET": "1",
+        "DVC_NO_ANALYTICS": "1",
+    }
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout + proc.stderr
@@ -42,8 +59,16 @@ def make_project(dest: Path, tiny: bool = True, **params: dict) -> Path:
     """A copy of the project in a fresh git repository at `dest`, with tiny training params
     (or, `tiny=False`, the shipped defaults), then `params` on top."""
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ["pipeline", "augment_policies", "labels", "dvc.yaml", "params.yaml", ".dvc/config",
-                 ".dvcignore", ".gitignore"]:
+    for name in [
+        "pipeline",
+        "augment_policies",
+        "labels",
+        "dvc.yaml",
+        "params.yaml",
+        ".dvc/config",
+        ".dvcignore",
+        ".gitignore",
+    ]:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -51,10 +76,14 @@ def make_project(dest: Path, tiny: bool = True, **params: dict) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(src, dest / name)
     if tiny:
-        _set_params(dest, train={"epochs": 2, "min_steps": 0}, adversarial={"source_epochs": 2},
-                    oof={"epochs": 2, "min_steps": 0},
-                    # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
-                    synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}})
+        _set_params(
+            dest,
+            train={"epochs": 2, "min_steps": 0},
+            adversarial={"source_epochs": 2},
+            oof={"epochs": 2, "min_steps": 0},
+            # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
+            synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}},
+        )
     _set_params(dest, **params)
     _run(["git", "init", "-q"], dest)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "add", "-A"], dest)
@@ -92,12 +121,31 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
 
     _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
-    assert _ran(_run(["dvc", "repro"], project)) == ["split", "oof", "clean", "mine", "policy-search", "augment",
-                                                     "adversarial", "synthesize", "assemble", "train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == [
+        "split",
+        "oof",
+        "clean",
+        "mine",
+        "policy-search",
+        "augment",
+        "adversarial",
+        "synthesize",
+        "assemble",
+        "train",
+        "evaluate",
+    ]
 
     _set_params(project, clean={"action": "remove"})  # oof is reused; clean and what reads it re-run
-    assert _ran(_run(["dvc", "repro"], project)) == ["clean", "mine", "augment", "adversarial", "synthesize",
-                                                     "assemble", "train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == [
+        "clean",
+        "mine",
+        "augment",
+        "adversarial",
+        "synthesize",
+        "assemble",
+        "train",
+        "evaluate",
+    ]
     _set_params(project, clean={"action": "flag"})
 
     # Back to the first params: same inputs give byte-identical outputs.
@@ -118,9 +166,21 @@ def test_summary_and_the_exp_show_recipe_are_short(project: Path):
     assert any(ln.startswith("test      accuracy ") and "95% interval" in ln for ln in lines)
     table = _run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", summary.KEEP], project)
     header = table.splitlines()[0].split(",")
-    assert set(header) == {"Experiment", "Created", "accuracy", "macro_f1", "ece", "val_accuracy",
-                           "metrics/oof.json:oof_accuracy", "estimated_noise_rate", "quarantined",
-                           "train.epochs", "train.mixup_alpha", "augment.policy", "clean.action"}
+    assert set(header) == {
+        "Experiment",
+        "Created",
+        "accuracy",
+        "macro_f1",
+        "ece",
+        "val_accuracy",
+        "metrics/oof.json:oof_accuracy",
+        "estimated_noise_rate",
+        "quarantined",
+        "train.epochs",
+        "train.mixup_alpha",
+        "augment.policy",
+        "clean.action",
+    }
     assert len(_run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")) > 100  # without it
 
 
@@ -129,9 +189,25 @@ def test_stage_failure_is_one_line_and_nonzero(project: Path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     bad = project / "bad.yaml"
     bad.write_text("ingest: {source: imagefolder, path: /nonexistent/folder}\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--params", str(bad),
-                           "--out", str(project / "x"), "--metrics", str(project / "x.json")],
-                          cwd=project, env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "ingest",
+            "--params",
+            str(bad),
+            "--out",
+            str(project / "x"),
+            "--metrics",
+            str(project / "x.json"),
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "pipeline ingest: error: ingest.path: /nonexistent/folder: no such file or directory"]
+        "pipeline ingest: error: ingest.path: /nonexistent/folder: no such file or directory"
+    ]

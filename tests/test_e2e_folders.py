@@ -1,6 +1,7 @@
 """End to end on the folders users bring (tests/corpus.py): with default params, `dvc repro`
 runs every stage on each, keeping colour where the images have it; a single class is refused
 at ingest in one line, before any training."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import corpus
 import pandas as pd
 import pytest
-
-import corpus
 from test_e2e_dvc import STAGES, _ran, _run, make_project
 
 RUNNABLE = [n for n in corpus.FOLDERS if n != "single_class"]
@@ -42,8 +42,13 @@ def test_folder_runs_end_to_end_with_default_params(tmp_path, name):
     assert metrics["clean"]["issues"]["near_duplicate"]["total"] == 0
     lo, hi = metrics["evaluate"]["accuracy_ci95"]
     assert 0 <= lo <= metrics["evaluate"]["accuracy"] <= hi <= 1
-    summary = subprocess.run([sys.executable, "-m", "pipeline", "summary"], cwd=project, capture_output=True,
-                             text=True, env={**os.environ, "PIPELINE_QUIET": "1"})
+    summary = subprocess.run(
+        [sys.executable, "-m", "pipeline", "summary"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PIPELINE_QUIET": "1"},
+    )
     assert summary.returncode == 0 and 6 <= len(summary.stdout.splitlines()) <= 12
     assert all(len(line) < 400 for line in summary.stdout.splitlines())
 
@@ -65,8 +70,13 @@ def test_a_csv_with_groups_and_missing_files(tmp_path):
 @pytest.mark.slow
 def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
     project = _project(tmp_path, "single_class")
-    proc = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    proc = subprocess.run(
+        ["dvc", "repro"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert proc.returncode != 0
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pipeline ingest: error:")]
     assert len(errors) == 1 and "1 class with usable images (red_circle (30 images))" in errors[0]

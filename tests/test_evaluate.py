@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from fit_util import write_split
+
 from pipeline import __main__ as cli
 from pipeline import evaluate, params
 
@@ -81,21 +81,55 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage")
     split, assemble, classes = write_split(root)
     params_file = root / "params.yaml"
-    params_file.write_text(yaml.safe_dump({
-        "train": {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1},
-        "evaluate": {"max_test_evaluations": 1, "ece_bins": 10}}))
-    rc = cli.main(["train", "--params", str(params_file), "--quiet", "--train", str(assemble),
-                   "--split", str(split), "--model", str(root / "model.pt"),
-                   "--metrics", str(root / "train.json"), "--plots", str(root / "plots_train")])
+    params_file.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1},
+                "evaluate": {"max_test_evaluations": 1, "ece_bins": 10},
+            }
+        )
+    )
+    rc = cli.main(
+        [
+            "train",
+            "--params",
+            str(params_file),
+            "--quiet",
+            "--train",
+            str(assemble),
+            "--split",
+            str(split),
+            "--model",
+            str(root / "model.pt"),
+            "--metrics",
+            str(root / "train.json"),
+            "--plots",
+            str(root / "plots_train"),
+        ]
+    )
     assert rc == 0
     return root, split, classes
 
 
 def _evaluate(root, split, tag):
-    return cli.main(["evaluate", "--params", str(root / "params.yaml"), "--quiet",
-                     "--model", str(root / "model.pt"), "--split", str(split),
-                     "--metrics", str(root / f"{tag}.json"), "--plots", str(root / f"plots_{tag}"),
-                     "--ledger", str(root / "ledger.jsonl")])
+    return cli.main(
+        [
+            "evaluate",
+            "--params",
+            str(root / "params.yaml"),
+            "--quiet",
+            "--model",
+            str(root / "model.pt"),
+            "--split",
+            str(split),
+            "--metrics",
+            str(root / f"{tag}.json"),
+            "--plots",
+            str(root / f"plots_{tag}"),
+            "--ledger",
+            str(root / "ledger.jsonl"),
+        ]
+    )
 
 
 def test_evaluate_stage_writes_metrics_and_confusion_reproducibly(trained, caplog):
@@ -103,8 +137,17 @@ def test_evaluate_stage_writes_metrics_and_confusion_reproducibly(trained, caplo
     assert _evaluate(root, split, "first") == 0
     assert _evaluate(root, split, "second") == 0
     m = json.loads((root / "first.json").read_text())
-    assert set(m) == {"accuracy", "accuracy_ci95", "top5_accuracy", "macro_f1", "per_class", "ece", "n_test", "nll",
-                      "robustness"}
+    assert set(m) == {
+        "accuracy",
+        "accuracy_ci95",
+        "top5_accuracy",
+        "macro_f1",
+        "per_class",
+        "ece",
+        "n_test",
+        "nll",
+        "robustness",
+    }
     assert set(m["per_class"]) == set(classes) and m["n_test"] == 48
     assert m["accuracy"] >= 0.8
     assert (root / "first.json").read_bytes() == (root / "second.json").read_bytes()

@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from fit_util import patterns
+
 from pipeline import fit, models, params
 from pipeline.errors import PipelineError
 
@@ -69,8 +69,7 @@ def test_without_val_it_trains_all_epochs():
 def test_a_zero_sample_weight_removes_a_class():
     xt, yt, xv, yv = _split(n=400)
     weight = np.where(yt == 0, 0.0, 1.0)
-    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"label_smoothing": 0.0}), 4, seed=0,
-                sample_weight=weight)
+    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"label_smoothing": 0.0}), 4, seed=0, sample_weight=weight)
     pred = fit.predict_proba(r.model, xv).argmax(1)
     assert (pred[yv == 0] == 0).mean() < 0.5
     assert (pred[yv != 0] == yv[yv != 0]).mean() > 0.9
@@ -135,12 +134,15 @@ def test_load_refuses_pickled_objects(tmp_path):
         fit.load_model(tmp_path / "other.pt")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"x_train": np.zeros((0, 8, 8, 1), np.uint8), "y_train": np.zeros(0, np.int64)}, "training set is empty"),
-    ({"y_train": np.full(160, 9)}, r"expected labels in \[0, 4\)"),
-    ({"x_train": np.zeros((160, 8, 8, 1), np.float32)}, "expected uint8 images"),
-    ({"y_train": np.zeros(3, np.int64)}, "one label per image"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"x_train": np.zeros((0, 8, 8, 1), np.uint8), "y_train": np.zeros(0, np.int64)}, "training set is empty"),
+        ({"y_train": np.full(160, 9)}, r"expected labels in \[0, 4\)"),
+        ({"x_train": np.zeros((160, 8, 8, 1), np.float32)}, "expected uint8 images"),
+        ({"y_train": np.zeros(3, np.int64)}, "one label per image"),
+    ],
+)
 def test_bad_inputs_fail_clearly(kwargs, match):
     xt, yt, xv, yv = _split()
     args = {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv} | kwargs

@@ -3,12 +3,12 @@ import multiprocessing
 import os
 import warnings
 
+import badinput
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
-import badinput
 from pipeline import console, dataset, params
 from pipeline import ingest as stage
 from pipeline.__main__ import main
@@ -24,14 +24,19 @@ def ingest(tmp_path, name="run", **section):
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump({"ingest": section}))
     out, metrics = tmp_path / name, tmp_path / f"{name}.json"
-    rc = main(["ingest", "--params", str(p), "--out", str(out), "--metrics", str(metrics),
-               "--quiet"])
+    rc = main(["ingest", "--params", str(p), "--out", str(out), "--metrics", str(metrics), "--quiet"])
     return rc, (json.loads(metrics.read_text()) if metrics.exists() else None), out
 
 
 def folder_params(root, **kw):
-    return {"source": "imagefolder", "path": str(root), "image_size": SIDE,
-            "classes": badinput.CLASSES, "max_bad_fraction": 1.0, **kw}
+    return {
+        "source": "imagefolder",
+        "path": str(root),
+        "image_size": SIDE,
+        "classes": badinput.CLASSES,
+        "max_bad_fraction": 1.0,
+        **kw,
+    }
 
 
 def pixels(out, path):
@@ -49,6 +54,7 @@ def corpus(tmp_path_factory):
 
 
 # ---- the bad-input corpus ---------------------------------------------------------------
+
 
 def test_corpus_covers_enough_kinds(corpus):
     _, cases, _, _ = corpus
@@ -88,8 +94,9 @@ def test_quarantine_rows_match_exactly(corpus):
     _, cases, _, out = corpus
     quarantine = pd.read_csv(out / QUARANTINE, keep_default_na=False)
     assert list(quarantine.columns) == ["path", "reason", "detail"]
-    assert sorted(zip(quarantine["path"], quarantine["reason"])) == \
-        sorted((c.path, c.reason) for c in cases if c.reason)
+    assert sorted(zip(quarantine["path"], quarantine["reason"])) == sorted(
+        (c.path, c.reason) for c in cases if c.reason
+    )
     assert (quarantine["detail"] != "").all()
     assert not quarantine["detail"].str.contains("Traceback|\n").any()
 
@@ -97,13 +104,13 @@ def test_quarantine_rows_match_exactly(corpus):
 def test_kept_pixels_follow_the_conventions(corpus):
     _, _, _, out = corpus
     g16 = pixels(out, badinput.GRAY16)[..., 0]
-    assert (g16[: SIDE // 2] == 255).all() and (g16[SIDE // 2:] == 128).all()  # 65535, 32896
+    assert (g16[: SIDE // 2] == 255).all() and (g16[SIDE // 2 :] == 128).all()  # 65535, 32896
     rgba = pixels(out, badinput.RGBA)[..., 0]
-    assert (rgba[: SIDE // 2] == 200).all() and (rgba[SIDE // 2:] == 0).all()
+    assert (rgba[: SIDE // 2] == 200).all() and (rgba[SIDE // 2 :] == 0).all()
     la = pixels(out, badinput.GRAY_ALPHA)[..., 0]
-    assert (la[:, : SIDE // 2] == 200).all() and (la[:, SIDE // 2:] == 100).all()
+    assert (la[:, : SIDE // 2] == 200).all() and (la[:, SIDE // 2 :] == 100).all()
     pal = pixels(out, badinput.PALETTE)[..., 0]
-    assert (pal[:, : SIDE // 2] == 0).all() and (pal[:, SIDE // 2:] == 100).all()
+    assert (pal[:, : SIDE // 2] == 0).all() and (pal[:, SIDE // 2 :] == 100).all()
     assert (pixels(out, badinput.GIF) == 255).all()  # the first frame
     assert np.abs(pixels(out, badinput.LAB).astype(int) - 119).max() <= 2
     assert abs(int(pixels(out, badinput.CMYK)[0, 0, 0]) - 76) <= 3  # luma of pure red
@@ -130,8 +137,19 @@ def test_manifest_columns_and_pixel_shapes(corpus):
     _, _, metrics, out = corpus
     df, classes = dataset.read_manifest(out)
     assert classes == badinput.CLASSES
-    assert list(df.columns) == ["sample_id", "path", "label", "label_id", "group", "origin",
-                                "parent_id", "source_split", "pixel_sha256", "store", "row"]
+    assert list(df.columns) == [
+        "sample_id",
+        "path",
+        "label",
+        "label_id",
+        "group",
+        "origin",
+        "parent_id",
+        "source_split",
+        "pixel_sha256",
+        "store",
+        "row",
+    ]
     assert (df["label_id"] == df["label"].map(classes.index)).all()
     px = dataset.load_pixels(df)
     assert px.shape == (metrics["kept"], SIDE, SIDE, 1) and px.dtype == np.uint8
@@ -172,8 +190,7 @@ def test_too_many_bad_items_exit_2_with_one_line(corpus, tmp_path, capsys):
 def test_nothing_usable_is_an_error(tmp_path, capsys):
     (tmp_path / "root" / "a").mkdir(parents=True)
     (tmp_path / "root" / "a" / "x.png").write_text("no")
-    rc, _, _ = ingest(tmp_path, source="imagefolder", path=str(tmp_path / "root"),
-                      max_bad_fraction=1.0)
+    rc, _, _ = ingest(tmp_path, source="imagefolder", path=str(tmp_path / "root"), max_bad_fraction=1.0)
     assert rc == 2 and "no usable image" in capsys.readouterr().err
 
 
@@ -210,9 +227,9 @@ def test_an_error_mid_loop_leaves_no_worker_behind(corpus, tmp_path, monkeypatch
 
 # ---- determinism ------------------------------------------------------------------------
 
+
 def _files(out):
-    return {p.relative_to(out).as_posix(): p.read_bytes()
-            for p in sorted(out.rglob("*")) if p.is_file()}
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_two_ingests_are_byte_identical(corpus, tmp_path):
@@ -232,24 +249,33 @@ def test_worker_count_does_not_change_the_output(corpus, tmp_path):
 
 # ---- the CSV corpus ---------------------------------------------------------------------
 
+
 def test_csv_corpus(tmp_path):
     cases = badinput.write_csv_corpus(tmp_path / "c")
-    rc, metrics, out = ingest(tmp_path, source="csv", path=str(tmp_path / "c" / badinput.CSV_NAME),
-                              image_size=SIDE, max_bad_fraction=1.0)
+    rc, metrics, out = ingest(
+        tmp_path, source="csv", path=str(tmp_path / "c" / badinput.CSV_NAME), image_size=SIDE, max_bad_fraction=1.0
+    )
     assert rc == 0 and metrics["in"] == metrics["kept"] + metrics["quarantined"] == len(cases)
     assert metrics["by_reason"] == badinput.expected_counts(cases)
     quarantine = pd.read_csv(out / QUARANTINE, keep_default_na=False)
-    assert sorted(zip(quarantine["path"], quarantine["reason"])) == \
-        sorted((c.path, c.reason) for c in cases if c.reason)
+    assert sorted(zip(quarantine["path"], quarantine["reason"])) == sorted(
+        (c.path, c.reason) for c in cases if c.reason
+    )
     df, classes = dataset.read_manifest(out)
     assert classes == ["a", "b"]
     groups = {p: None if pd.isna(g) else g for p, g in zip(df["path"], df["group"])}
-    assert groups == {"img/a0.png": "g1", "img/a1.png": "g1", "img/b0.png": "g2",
-                      "img/b1.png": None, "img/b2.png": "g2"}
+    assert groups == {
+        "img/a0.png": "g1",
+        "img/a1.png": "g1",
+        "img/b0.png": "g2",
+        "img/b1.png": None,
+        "img/b2.png": "g2",
+    }
     assert dict(zip(df["path"], df["label"]))["img/b2.png"] == "b"
 
 
 # ---- bundled and IDX sources ------------------------------------------------------------
+
 
 def test_digits(tmp_path):
     rc, metrics, out = ingest(tmp_path, source="digits")
@@ -260,8 +286,7 @@ def test_digits(tmp_path):
     assert dataset.load_pixels(df).shape == (1797, 8, 8, 1)
 
 
-@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR),
-                    reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason=f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
 def test_fashion_mnist(tmp_path):
     rc, metrics, out = ingest(tmp_path, source="fashion-mnist")
     assert rc == 0 and metrics["in"] == metrics["kept"] == 70000 and metrics["by_reason"] == {}
@@ -286,18 +311,25 @@ def test_idx_errors_exit_2_naming_the_file(tmp_path, capsys):
 
 def test_idx_errors_raise_pipeline_error(tmp_path):
     with pytest.raises(PipelineError, match="nope"):
-        stage.run(params.parse({"ingest": {"source": "mnist", "path": str(tmp_path / "nope")}}),
-                  tmp_path / "out", tmp_path / "out")
+        stage.run(
+            params.parse({"ingest": {"source": "mnist", "path": str(tmp_path / "nope")}}),
+            tmp_path / "out",
+            tmp_path / "out",
+        )
 
 
 # ---- params -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("section, match", [
-    ({"sorce": "x"}, r"ingest\.sorce: unknown key"),
-    ({"channels": 2}, r"ingest\.channels: expected .*got 2"),
-    ({"max_bad_fraction": 1.5}, r"ingest\.max_bad_fraction: expected .*got 1\.5"),
-    ({"image_size": 2}, r"ingest\.image_size: expected .*got 2"),
-])
+
+@pytest.mark.parametrize(
+    "section, match",
+    [
+        ({"sorce": "x"}, r"ingest\.sorce: unknown key"),
+        ({"channels": 2}, r"ingest\.channels: expected .*got 2"),
+        ({"max_bad_fraction": 1.5}, r"ingest\.max_bad_fraction: expected .*got 1\.5"),
+        ({"image_size": 2}, r"ingest\.image_size: expected .*got 2"),
+    ],
+)
 def test_bad_ingest_params_fail_with_one_line_naming_the_key(section, match):
     with pytest.raises(PipelineError, match=match) as e:
         params.parse({"ingest": section})
@@ -305,6 +337,7 @@ def test_bad_ingest_params_fail_with_one_line_naming_the_key(section, match):
 
 
 # ---- folders users bring: one line for each mistake, colour kept ----------------------------
+
 
 def _one_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()

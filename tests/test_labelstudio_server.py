@@ -4,6 +4,7 @@ The server runs from its own virtual environment, `.venv-ls` (`make labelstudio`
 `make test` depends on that), bound to 127.0.0.1 on a free port, with its database and its
 local-files document root in a temporary folder. Annotators are simulated through the API.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from labelstudio_util import annotate, make_manifest
+
 from pipeline import __main__ as entry
 from pipeline import dataset
 from pipeline.labelstudio import patches, serve
@@ -42,8 +43,9 @@ class Server:
         return f"http://{serve.HOST}:{self.port}"
 
     def start(self) -> None:
-        self.proc = serve.start(self.port, self.data, self.root, self.token, self.password,
-                                venv=VENV_LS, log_path=self.base / "server.log")
+        self.proc = serve.start(
+            self.port, self.data, self.root, self.token, self.password, venv=VENV_LS, log_path=self.base / "server.log"
+        )
         serve.wait_ready(self.port, self.proc, timeout=600)
 
     def kill(self) -> None:
@@ -57,8 +59,11 @@ class Server:
 @pytest.fixture(scope="session")
 def ls_server(tmp_path_factory):
     if not serve.executable(VENV_LS).exists():
-        pytest.fail(f"{serve.executable(VENV_LS)} is missing: run `make labelstudio` to install "
-                    "Label Studio into its own environment", pytrace=False)
+        pytest.fail(
+            f"{serve.executable(VENV_LS)} is missing: run `make labelstudio` to install "
+            "Label Studio into its own environment",
+            pytrace=False,
+        )
     server = Server(tmp_path_factory.mktemp("labelstudio"))
     server.start()
     yield server
@@ -82,8 +87,23 @@ def _workdir(server: Server, name: str, n: int) -> Path:
 
 
 def _push_cmd(project: str, limit: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline", "label", "--params", PARAMS, "--quiet", "push",
-            "--project", project, "--select", "issues", "--limit", str(limit), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "label",
+        "--params",
+        PARAMS,
+        "--quiet",
+        "push",
+        "--project",
+        project,
+        "--select",
+        "issues",
+        "--limit",
+        str(limit),
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -114,8 +134,25 @@ def test_round_trip_push_annotate_pull(ls, monkeypatch, caplog, capsys):
     monkeypatch.chdir(work)
     subprocess.run(["git", "init", "-q"], check=True)
     subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], check=True)
-    assert entry.main(["label", "--params", PARAMS, "push", "--project", "roundtrip",
-                       "--select", "issues", "--limit", "200", "--annotators", "3"]) == 0
+    assert (
+        entry.main(
+            [
+                "label",
+                "--params",
+                PARAMS,
+                "push",
+                "--project",
+                "roundtrip",
+                "--select",
+                "issues",
+                "--limit",
+                "200",
+                "--annotators",
+                "3",
+            ]
+        )
+        == 0
+    )
     client = ls.client()
     project = client.find_project("roundtrip")
     assert project["maximum_annotations"] == 3
@@ -141,14 +178,23 @@ def test_round_trip_push_annotate_pull(ls, monkeypatch, caplog, capsys):
     out = capsys.readouterr()
     port = f":{ls.port}"
     for text in [caplog.text, out.out, out.err, json.dumps(tasks)] + [
-            p.read_bytes().decode("latin-1") for p in work.rglob("*") if p.is_file()]:
+        p.read_bytes().decode("latin-1") for p in work.rglob("*") if p.is_file()
+    ]:
         assert ls.token not in text and port not in text
 
 
 def test_repush_creates_no_duplicates_and_adds_only_new(ls):
     work = _workdir(ls, "repush", n=120)
-    run = lambda limit: subprocess.run(_push_cmd("repush", limit), cwd=work, env=_env(),  # noqa: E731
-                                       capture_output=True, text=True)
+
+    def run(limit):
+        return subprocess.run(
+            _push_cmd("repush", limit),
+            cwd=work,
+            env=_env(),  # noqa: E731
+            capture_output=True,
+            text=True,
+        )
+
     for limit in (40, 40, 60):
         assert run(limit).returncode == 0
     client = ls.client()
@@ -170,8 +216,14 @@ def test_repush_creates_no_duplicates_and_adds_only_new(ls):
 
 def test_server_stopped_mid_push_fails_on_one_line_then_resumes(ls):
     work = _workdir(ls, "fault", n=600)
-    proc = subprocess.Popen(_push_cmd("fault", 300, "--batch-size", "5", "--retries", "2", "--timeout", "10"),
-                            cwd=work, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _push_cmd("fault", 300, "--batch-size", "5", "--retries", "2", "--timeout", "10"),
+        cwd=work,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _wait_for_tasks(ls.client(), "fault", 40, proc)
     ls.kill()
     _, err = proc.communicate(timeout=120)
@@ -189,8 +241,13 @@ def test_server_stopped_mid_push_fails_on_one_line_then_resumes(ls):
 
 def test_push_killed_mid_batch_resumes_without_duplicates(ls):
     work = _workdir(ls, "killed", n=600)
-    proc = subprocess.Popen(_push_cmd("killed", 300, "--batch-size", "5"), cwd=work, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _push_cmd("killed", 300, "--batch-size", "5"),
+        cwd=work,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     _wait_for_tasks(ls.client(), "killed", 40, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -205,8 +262,13 @@ def test_push_killed_mid_batch_resumes_without_duplicates(ls):
 def test_wrong_token_is_a_one_line_error(ls):
     work = _workdir(ls, "badtoken", n=10)
     wrong = "f" * 40
-    res = subprocess.run(_push_cmd("badtoken", 5), cwd=work, capture_output=True, text=True,
-                         env={**_env(), "LABEL_STUDIO_API_KEY": wrong})
+    res = subprocess.run(
+        _push_cmd("badtoken", 5),
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={**_env(), "LABEL_STUDIO_API_KEY": wrong},
+    )
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "refused the token in LABEL_STUDIO_API_KEY" in res.stderr
     assert wrong not in res.stderr and f":{ls.port}" not in res.stderr
@@ -221,18 +283,30 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
     _run(["dvc", "repro"], work)
     flagged = dataset.read_manifest(work / "data/clean")[0]
     assert flagged["is_label_issue"].sum() >= 200
-    env = {**_env(), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.token}
-    for args in (["push", "--project", "loop", "--select", "issues", "--limit", "200", "--annotators", "3"],
-                 None, ["pull", "--project", "loop"]):
+    env = {
+        **_env(),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ls.token,
+    }
+    for args in (
+        ["push", "--project", "loop", "--select", "issues", "--limit", "200", "--annotators", "3"],
+        None,
+        ["pull", "--project", "loop"],
+    ):
         if args is None:  # three annotators, sometimes disagreeing
             client = ls.client()
             pid = client.find_project("loop")["id"]
             users = [client.create_user(f"loop{i}@example.com")["id"] for i in range(3)]
             expected = annotate(client, pid, users, workers=3)
             continue
-        done = subprocess.run([sys.executable, "-m", "pipeline", "label", "--quiet", *args], cwd=work, env=env,
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "label", "--quiet", *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         assert done.returncode == 0, done.stderr
     assert "git add labels/patches.csv" in done.stdout  # pull says how to record the labels
     patch = (work / "labels/patches.csv").read_bytes()
@@ -240,9 +314,10 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
 
     rerun = _ran(_run(["dvc", "exp", "run"], work))
     # clean and what follows it, and only that (policy-search reads oof, which a patch leaves alone)
-    assert rerun == [s for s in STAGES[STAGES.index("clean"):] if s != "policy-search"]
-    failed = subprocess.run(["dvc", "exp", "run", "-S", "train.epochs=-1"], cwd=work, env=env,
-                            capture_output=True, text=True)
+    assert rerun == [s for s in STAGES[STAGES.index("clean") :] if s != "policy-search"]
+    failed = subprocess.run(
+        ["dvc", "exp", "run", "-S", "train.epochs=-1"], cwd=work, env=env, capture_output=True, text=True
+    )
     assert failed.returncode != 0 and "train.epochs" in failed.stdout + failed.stderr
     assert (work / "labels/patches.csv").read_bytes() == patch
     _run(["dvc", "status"], work)

@@ -1,4 +1,5 @@
 """Label Studio integration without a server: the fake client, and a fake HTTP session."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
-
 from labelstudio_util import CLASSES, annotate, make_manifest
+
 from pipeline import __main__ as entry
 from pipeline import dataset
 from pipeline.errors import PipelineError
@@ -35,8 +36,9 @@ def work(tmp_path, monkeypatch):
 
 
 def _opts(work, **kw):
-    return push.PushOptions(project="proj", image_dir=work / ".pipeline/label-images",
-                            model_version="abc1234+00000000", **kw)
+    return push.PushOptions(
+        project="proj", image_dir=work / ".pipeline/label-images", model_version="abc1234+00000000", **kw
+    )
 
 
 def _chosen(how="issues", limit=20, **kw):
@@ -46,20 +48,21 @@ def _chosen(how="issues", limit=20, **kw):
 
 # --- labeling config ----------------------------------------------------------------------
 
+
 def test_config_lists_classes_and_unsure_and_round_trips():
     xml = config.labeling_config(["a&b", 'say "hi"', "<c>"])
     assert xml.count("<Choice ") == 4 and 'value="unsure"' in xml
     assert config.classes_of(xml) == ["a&b", 'say "hi"', "<c>"]
 
 
-@pytest.mark.parametrize("classes, match", [([], "empty"), (["a", "unsure"], "reserved"),
-                                            (["a", "a"], "duplicates")])
+@pytest.mark.parametrize("classes, match", [([], "empty"), (["a", "unsure"], "reserved"), (["a", "a"], "duplicates")])
 def test_config_rejects_bad_class_lists(classes, match):
     with pytest.raises(PipelineError, match=match):
         config.labeling_config(classes)
 
 
 # --- selection ----------------------------------------------------------------------------
+
 
 def test_issues_are_lowest_label_score_first_within_bounds(work):
     chosen, _ = _chosen("issues", limit=5, min_score=0.1, max_score=0.5)
@@ -100,6 +103,7 @@ def test_hard_and_ids_and_errors(work):
 
 # --- push ---------------------------------------------------------------------------------
 
+
 def test_push_is_idempotent_and_refreshes_changed_predictions(work):
     fake = FakeClient(document_root=str(work))
     chosen, classes = _chosen(limit=20)
@@ -130,6 +134,7 @@ def test_push_is_idempotent_and_refreshes_changed_predictions(work):
 def test_ambiguous_batch_is_rechecked_not_resent(work):
     class LosesAnswer(FakeClient):
         """The server applies the second batch, but the answer never arrives."""
+
         batches = 0
 
         def import_tasks(self, pid, tasks):
@@ -201,6 +206,7 @@ def test_pngs_are_upscaled_grayscale(work):
 
 # --- pull ---------------------------------------------------------------------------------
 
+
 def _pushed_and_annotated(work, n=24, **kw):
     fake = FakeClient(document_root=str(work))
     chosen, classes = _chosen(limit=n)
@@ -229,11 +235,33 @@ def test_pull_uses_manifest_probabilities_and_merges_with_earlier_patches(work):
     make_manifest(work / "data" / "clean", n=60, pred_probs=True)
     fake, expected = _pushed_and_annotated(work, n=10)
     manifest, classes = dataset.read_manifest("data/clean/manifest.parquet")
-    patches.write_patches("labels/patches.csv", pd.DataFrame(
-        [{"sample_id": "zzz", "old_label": "cat", "label": "dog", "consensus_quality": 0.5,
-          "annotators": 1, "agreement": 1.0, "revision": "r0", "project": "old"},
-         {"sample_id": "s00000", "old_label": "cat", "label": "bird", "consensus_quality": 0.1,
-          "annotators": 1, "agreement": 1.0, "revision": "r0", "project": "old"}]))
+    patches.write_patches(
+        "labels/patches.csv",
+        pd.DataFrame(
+            [
+                {
+                    "sample_id": "zzz",
+                    "old_label": "cat",
+                    "label": "dog",
+                    "consensus_quality": 0.5,
+                    "annotators": 1,
+                    "agreement": 1.0,
+                    "revision": "r0",
+                    "project": "old",
+                },
+                {
+                    "sample_id": "s00000",
+                    "old_label": "cat",
+                    "label": "bird",
+                    "consensus_quality": 0.1,
+                    "annotators": 1,
+                    "agreement": 1.0,
+                    "revision": "r0",
+                    "project": "old",
+                },
+            ]
+        ),
+    )
     _, summary = pull.run(fake, pull.PullOptions(project="proj"), manifest, classes)
     assert summary["probabilities"] == "manifest pred_probs"
     got = patches.read_patches("labels/patches.csv")
@@ -242,8 +270,7 @@ def test_pull_uses_manifest_probabilities_and_merges_with_earlier_patches(work):
 
 
 def test_majority_vote_fallback_for_a_single_annotator():
-    ans = pd.DataFrame({"sample_id": ["a", "b"], "annotator": ["1", "1"], "label": ["x", "y"],
-                        "annotation_id": [1, 2]})
+    ans = pd.DataFrame({"sample_id": ["a", "b"], "annotator": ["1", "1"], "label": ["x", "y"], "annotation_id": [1, 2]})
     out, ann, method = aggregate.consensus(ans, ["x", "y"], np.array([[0.9, 0.1], [0.5, 0.5]]))
     assert method.startswith("majority_vote") and out["label"].tolist() == ["x", "y"]
     assert out["consensus_quality"].tolist() == [1.0, 1.0] and ann["labeled"].tolist() == [2]
@@ -251,18 +278,26 @@ def test_majority_vote_fallback_for_a_single_annotator():
 
 def test_answers_count_what_they_drop():
     res = config.choice_result
-    tasks = [{"id": 1, "data": {"sample_id": "a"}, "annotations": [
+    tasks = [
+        {
+            "id": 1,
+            "data": {"sample_id": "a"},
+            "annotations": [
                 {"id": 1, "completed_by": 5, "result": res("x")},
                 {"id": 2, "completed_by": 5, "result": res("y")},  # re-answered: latest wins
                 {"id": 3, "completed_by": {"id": 6}, "result": res(config.UNSURE)},
                 {"id": 4, "completed_by": 7, "result": [], "was_cancelled": True},
                 {"id": 5, "completed_by": 8, "result": res("zebra")},
-                {"id": 6, "completed_by": 9, "result": []}]},
-             {"id": 2, "data": {}, "annotations": []}]
+                {"id": 6, "completed_by": 9, "result": []},
+            ],
+        },
+        {"id": 2, "data": {}, "annotations": []},
+    ]
     ans, counts = aggregate.answers(tasks, ["x", "y"])
     assert ans[["sample_id", "annotator", "label"]].values.tolist() == [["a", "5", "y"]]
-    assert counts == dict(tasks=2, annotations=6, skipped=1, unsure=1, empty=1, not_a_class=1,
-                          tasks_without_sample_id=1, usable=1)
+    assert counts == dict(
+        tasks=2, annotations=6, skipped=1, unsure=1, empty=1, not_a_class=1, tasks_without_sample_id=1, usable=1
+    )
 
 
 def test_read_patches_validates_and_apply_patches_relabels(tmp_path):
@@ -280,8 +315,7 @@ def test_read_patches_validates_and_apply_patches_relabels(tmp_path):
     with pytest.raises(PipelineError, match="missing \\['label'\\]"):
         patches.read_patches(path)
     df = pd.DataFrame({"sample_id": ["a", "b", "c"], "label": ["x", "x", "y"], "label_id": [0, 0, 1]})
-    p = pd.DataFrame({"sample_id": ["a", "b", "zz"], "label": ["y", "x", "x"],
-                      "consensus_quality": [0.9, 0.9, 0.9]})
+    p = pd.DataFrame({"sample_id": ["a", "b", "zz"], "label": ["y", "x", "x"], "consensus_quality": [0.9, 0.9, 0.9]})
     out, counts = patches.apply_patches(df, p, ["x", "y"])
     assert out["label"].tolist() == ["y", "x", "y"] and out["label_id"].tolist() == [1, 0, 1]
     assert out["label_patched"].tolist() == [True, False, False]
@@ -289,8 +323,16 @@ def test_read_patches_validates_and_apply_patches_relabels(tmp_path):
 
 
 def test_patch_file_is_deterministic(tmp_path):
-    row = {"sample_id": "b", "old_label": "x", "label": "y", "consensus_quality": 1 / 3,
-           "annotators": 3, "agreement": 2 / 3, "revision": "r", "project": "p"}
+    row = {
+        "sample_id": "b",
+        "old_label": "x",
+        "label": "y",
+        "consensus_quality": 1 / 3,
+        "annotators": 3,
+        "agreement": 2 / 3,
+        "revision": "r",
+        "project": "p",
+    }
     patches.write_patches(tmp_path / "1.csv", pd.DataFrame([row, {**row, "sample_id": "a"}]))
     patches.write_patches(tmp_path / "2.csv", pd.DataFrame([{**row, "sample_id": "a"}, row]))
     text = (tmp_path / "1.csv").read_text()
@@ -306,15 +348,27 @@ def test_pull_prints_the_git_step_that_records_the_patch(work, capsys):
     step = summary["commit_with"]
     assert step in printed and step.startswith("git add labels/patches.csv metrics/labels.json && git commit -m ")
     assert not list(work.rglob("*.dvc"))  # not DVC's: git keeps the human labels
-    done = subprocess.run(step, shell=True, cwd=work, capture_output=True, text=True,
-                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+    done = subprocess.run(
+        step,
+        shell=True,
+        cwd=work,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
+    )
     assert done.returncode == 0, done.stderr
     log = subprocess.run(["git", "log", "--name-only", "--format=%s"], cwd=work, capture_output=True, text=True).stdout
     assert "labels: pull proj (6 samples" in log and "labels/patches.csv" in log
 
 
 # --- the HTTP client: retries, backoff, one-line errors, no secrets --------------------------
+
 
 class Response:
     def __init__(self, status, body=None):
@@ -341,8 +395,10 @@ class Session:
 
 
 def refused():
-    return requests.ConnectionError("HTTPConnectionPool(host='127.0.0.1', port=59999): Max retries "
-                                    "exceeded (Caused by NewConnectionError('Connection refused'))")
+    return requests.ConnectionError(
+        "HTTPConnectionPool(host='127.0.0.1', port=59999): Max retries "
+        "exceeded (Caused by NewConnectionError('Connection refused'))"
+    )
 
 
 def _client(session, attempts=4):
@@ -403,6 +459,7 @@ def test_missing_environment_names_the_variables(monkeypatch):
 
 # --- the command line ---------------------------------------------------------------------
 
+
 def test_cli_round_trip_keeps_secrets_out_of_files_and_logs(work, monkeypatch, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("LABEL_STUDIO_URL", URL)
@@ -410,14 +467,36 @@ def test_cli_round_trip_keeps_secrets_out_of_files_and_logs(work, monkeypatch, c
     fake = FakeClient(document_root=str(work))
     monkeypatch.setattr(cli, "_client", lambda args: fake)
     params = str(ROOT / "params.yaml")
-    assert entry.main(["label", "--params", params, "push", "--project", "proj", "--select", "issues",
-                       "--limit", "9", "--annotators", "3"]) == 0
+    assert (
+        entry.main(
+            [
+                "label",
+                "--params",
+                params,
+                "push",
+                "--project",
+                "proj",
+                "--select",
+                "issues",
+                "--limit",
+                "9",
+                "--annotators",
+                "3",
+            ]
+        )
+        == 0
+    )
     annotate(fake, 1, [1, 2, 3])
     assert entry.main(["label", "--params", params, "pull", "--project", "proj"]) == 0
     assert len(patches.read_patches("labels/patches.csv")) == 9
     out = capsys.readouterr()
-    blobs = [caplog.text, out.out, out.err, json.dumps(list(fake.tasks.values())),
-             json.dumps(list(fake.projects.values()))]
+    blobs = [
+        caplog.text,
+        out.out,
+        out.err,
+        json.dumps(list(fake.tasks.values())),
+        json.dumps(list(fake.projects.values())),
+    ]
     blobs += [p.read_bytes().decode("latin-1") for p in work.rglob("*") if p.is_file()]
     for text in blobs:
         assert TOKEN not in text and URL not in text
@@ -425,19 +504,26 @@ def test_cli_round_trip_keeps_secrets_out_of_files_and_logs(work, monkeypatch, c
 
 def test_label_help_lists_subcommands_and_split_does_not_import_it():
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    helptext = subprocess.run([sys.executable, "-m", "pipeline", "label", "--help"], cwd=ROOT,
-                              capture_output=True, text=True, env=env).stdout
+    helptext = subprocess.run(
+        [sys.executable, "-m", "pipeline", "label", "--help"], cwd=ROOT, capture_output=True, text=True, env=env
+    ).stdout
     assert all(s in helptext for s in ("push", "pull", "serve"))
-    code = ("import sys; from pipeline import __main__ as m; m.stage_parser('split'); print(sorted("
-            "k for k in sys.modules if k == 'requests' or k.startswith('pipeline.labelstudio')))")
+    code = (
+        "import sys; from pipeline import __main__ as m; m.stage_parser('split'); print(sorted("
+        "k for k in sys.modules if k == 'requests' or k.startswith('pipeline.labelstudio')))"
+    )
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
     assert loaded.stdout.strip() == "[]", loaded.stderr
 
 
 def test_personal_access_token_is_exchanged_and_refreshed_once():
     pat = "eyJhbGciOiJIUzI1NiJ9." + "a" * 40 + ".sig"
-    session = Session(Response(200, {"access": "acc1"}), Response(401, {}),
-                      Response(200, {"access": "acc2"}), Response(200, {"ok": True}))
+    session = Session(
+        Response(200, {"access": "acc1"}),
+        Response(401, {}),
+        Response(200, {"access": "acc2"}),
+        Response(200, {"ok": True}),
+    )
     c = Client(URL, pat, Retry(attempts=3, backoff=0.0), session=session, sleep=lambda s: None)
     assert c.request("GET", "/api/projects") == {"ok": True}
     headers = [h for _, _, h in session.calls]

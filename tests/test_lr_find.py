@@ -1,12 +1,12 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from fit_util import patterns, write_split
+
 from pipeline import __main__ as cli
 from pipeline import lr_find, params
-from pipeline.params import LrFind, Train
 from pipeline.errors import PipelineError
+from pipeline.params import LrFind, Train
 
 CFG = Train(batch_size=32, width=8, threads=1, optimizer="sgd")
 
@@ -36,10 +36,19 @@ def test_min_lr_must_be_below_max_lr():
 
 def test_stage_writes_the_curve_and_prints_the_suggestion(tmp_path, capsys):
     _, assemble, _ = write_split(tmp_path)
-    (tmp_path / "params.yaml").write_text(
-        "train: {batch_size: 32, width: 8, threads: 1}\nlr_find: {steps: 20}\n")
-    rc = cli.main(["lr-find", "--quiet", "--params", str(tmp_path / "params.yaml"),
-                   "--train", str(assemble), "--out", str(tmp_path / "lr.csv")])
+    (tmp_path / "params.yaml").write_text("train: {batch_size: 32, width: 8, threads: 1}\nlr_find: {steps: 20}\n")
+    rc = cli.main(
+        [
+            "lr-find",
+            "--quiet",
+            "--params",
+            str(tmp_path / "params.yaml"),
+            "--train",
+            str(assemble),
+            "--out",
+            str(tmp_path / "lr.csv"),
+        ]
+    )
     assert rc == 0
     assert "suggested train.lr" in capsys.readouterr().out
     curve = pd.read_csv(tmp_path / "lr.csv")

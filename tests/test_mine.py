@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-
 from fit_util import patterns
 from test_clean import NOISE, noisy  # noqa: F401  (the module fixture)
 from test_oof import TINY_TRAIN
+
 from pipeline import __main__ as cli
 from pipeline import assemble, clean, dataset, fit, mine, oof, params
 from pipeline.labelstudio import patches as label_patches
@@ -19,13 +19,19 @@ def test_scores_and_data_map_categories():
     s = mine.scores(probs, np.array([0, 0, 0]))
     assert list(s["hardness"].rank()) == [1.0, 2.0, 3.0]
     assert s["margin"][0] > 0 > s["margin"][2] and s["entropy"].between(0, 1).all()
-    dyn = pd.DataFrame({"sample_id": ["easy"] * 4 + ["amb"] * 4 + ["hard"] * 4, "fold": 0,
-                        "epoch": [1, 2, 3, 4] * 3,
-                        "p_given": [0.9, 0.95, 0.97, 0.99, 0.1, 0.9, 0.2, 0.8, 0.05, 0.1, 0.05, 0.1]})
+    dyn = pd.DataFrame(
+        {
+            "sample_id": ["easy"] * 4 + ["amb"] * 4 + ["hard"] * 4,
+            "fold": 0,
+            "epoch": [1, 2, 3, 4] * 3,
+            "p_given": [0.9, 0.95, 0.97, 0.99, 0.1, 0.9, 0.2, 0.8, 0.05, 0.1, 0.05, 0.1],
+        }
+    )
     dm = mine.data_map(dyn)
     assert dm.loc["easy", "confidence"] > 0.9 and dm.loc["amb", "variability"] > 0.3
-    clean_df = pd.DataFrame({"sample_id": ["easy", "amb", "hard"], "split": "train", "label": "a",
-                             "label_id": 0, "is_label_issue": False})
+    clean_df = pd.DataFrame(
+        {"sample_id": ["easy", "amb", "hard"], "split": "train", "label": "a", "label_id": 0, "is_label_issue": False}
+    )
     oof_df = pd.DataFrame({"sample_id": ["easy", "amb", "hard"], "probs": list(probs)})
     out, weights, metrics = mine.run(params.parse({}), clean_df, oof_df, dyn)
     assert list(out["category"]) == ["easy", "ambiguous", "hard-to-learn"]
@@ -57,21 +63,77 @@ def test_suspects_are_not_hard_and_get_their_weight(noisy):  # noqa: F811
 def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path):  # noqa: F811
     p = ["--quiet", "--params", str(tmp_path / "params.yaml")]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"clean": {"inject_noise": NOISE}}))
-    assert cli.main(["clean", *p, "--oof", str(noisy[0]), "--labels", str(tmp_path / "labels"),
-                     "--out", str(tmp_path / "clean"), "--metrics", str(tmp_path / "c.json"),
-                     "--plots", str(tmp_path / "plots")]) == 0
-    assert cli.main(["mine", *p, "--oof", str(noisy[0]), "--clean", str(tmp_path / "clean"),
-                     "--out", str(tmp_path / "mine"), "--metrics", str(tmp_path / "m.json"),
-                     "--plots", str(tmp_path / "plots")]) == 0
+    assert (
+        cli.main(
+            [
+                "clean",
+                *p,
+                "--oof",
+                str(noisy[0]),
+                "--labels",
+                str(tmp_path / "labels"),
+                "--out",
+                str(tmp_path / "clean"),
+                "--metrics",
+                str(tmp_path / "c.json"),
+                "--plots",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        cli.main(
+            [
+                "mine",
+                *p,
+                "--oof",
+                str(noisy[0]),
+                "--clean",
+                str(tmp_path / "clean"),
+                "--out",
+                str(tmp_path / "mine"),
+                "--metrics",
+                str(tmp_path / "m.json"),
+                "--plots",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
     hardness = pd.read_parquet(tmp_path / "mine" / mine.HARDNESS)
-    assert {"sample_id", "hardness", "loss", "margin", "entropy", "confidence", "variability",
-            "category", "suspect", "reason"} <= set(hardness)
+    assert {
+        "sample_id",
+        "hardness",
+        "loss",
+        "margin",
+        "entropy",
+        "confidence",
+        "variability",
+        "category",
+        "suspect",
+        "reason",
+    } <= set(hardness)
     assert (tmp_path / "plots" / "hardest.png").exists()
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert 0 < metrics["hard_fraction"] < 1
-    assert cli.main(["assemble", *p, "--split", str(tmp_path / "clean"), "--weights",
-                     str(tmp_path / "mine" / mine.WEIGHTS), "--out", str(tmp_path / "asm"),
-                     "--metrics", str(tmp_path / "a.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "assemble",
+                *p,
+                "--split",
+                str(tmp_path / "clean"),
+                "--weights",
+                str(tmp_path / "mine" / mine.WEIGHTS),
+                "--out",
+                str(tmp_path / "asm"),
+                "--metrics",
+                str(tmp_path / "a.json"),
+            ]
+        )
+        == 0
+    )
     asm, _ = dataset.read_manifest(tmp_path / "asm")
     w = pd.read_parquet(tmp_path / "mine" / mine.WEIGHTS).set_index("sample_id")["weight"]
     assert np.allclose(asm["weight"], w.loc[asm["sample_id"]].to_numpy())
@@ -93,8 +155,10 @@ def _same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("option", [{"sampler": "hardness"}, {"ohem_fraction": 0.5}, {"focal_gamma": 2.0},
-                                    {"focal_gamma": 2.0, "mixup_alpha": 0.4}])
+@pytest.mark.parametrize(
+    "option",
+    [{"sampler": "hardness"}, {"ohem_fraction": 0.5}, {"focal_gamma": 2.0}, {"focal_gamma": 2.0, "mixup_alpha": 0.4}],
+)
 def test_hard_example_options_change_training_deterministically(option):
     base = params.Train(**TINY_TRAIN)
     weight = np.linspace(0.1, 3, 160)
@@ -108,5 +172,6 @@ def test_off_options_are_byte_identical():
     base = params.Train(**TINY_TRAIN)
     plain = _state(base)
     assert _same(plain, _state(base.model_copy(update={"ohem_fraction": 1.0})))  # all of the batch
-    assert _same(plain, _state(base.model_copy(update={"sampler": "uniform", "ohem_fraction": 0.0,
-                                                       "focal_gamma": 0.0})))
+    assert _same(
+        plain, _state(base.model_copy(update={"sampler": "uniform", "ohem_fraction": 0.0, "focal_gamma": 0.0}))
+    )

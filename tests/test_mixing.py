@@ -1,5 +1,6 @@
 """Online mixing: None when off; mixup / CutMix soft targets sum to 1 and CutMix's lambda is
 the pasted area; random erasing leaves targets alone; the online policy is per sample and epoch."""
+
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import mixing, policy as pol
+from pipeline.augment import mixing
+from pipeline.augment import policy as pol
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,10 +101,13 @@ def test_bad_probability_fails_with_expected_got():
 def test_soft_cross_entropy_matches_torch_on_hard_and_smoothed_targets():
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 3, 1, 2, 0])
-    assert torch.allclose(mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4)),
-                          F.cross_entropy(logits, y, reduction="none"))
-    assert torch.allclose(mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4, 0.1)),
-                          F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1))
+    assert torch.allclose(
+        mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4)), F.cross_entropy(logits, y, reduction="none")
+    )
+    assert torch.allclose(
+        mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4, 0.1)),
+        F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1),
+    )
 
 
 def test_online_policy_is_per_sample_and_epoch():

@@ -1,12 +1,13 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
-
 from fit_util import patterns, write_split
+
 from pipeline import __main__ as cli
 from pipeline import dataset, fit, oof, params
 from pipeline.errors import PipelineError
@@ -30,15 +31,35 @@ def run_oof(tmp_path, n=240, noise=None, **oof_cfg):
         cfg["clean"] = {"inject_noise": noise}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "oof"
-    assert cli.main(["oof", "--quiet", "--params", str(tmp_path / "params.yaml"), "--split", str(split),
-                     "--out", str(out), "--metrics", str(tmp_path / "oof.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "oof",
+                "--quiet",
+                "--params",
+                str(tmp_path / "params.yaml"),
+                "--split",
+                str(split),
+                "--out",
+                str(out),
+                "--metrics",
+                str(tmp_path / "oof.json"),
+            ]
+        )
+        == 0
+    )
     return split, out, json.loads((tmp_path / "oof.json").read_text())
 
 
 def test_folds_are_stratified_and_keep_clusters_together():
-    df = pd.DataFrame({"sample_id": [f"s{i}" for i in range(120)], "label_id": np.arange(120) % 3,
-                       "split": ["test" if i >= 90 else "train" for i in range(120)],
-                       "cluster_id": [f"c{i // 2}" for i in range(120)]})
+    df = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(120)],
+            "label_id": np.arange(120) % 3,
+            "split": ["test" if i >= 90 else "train" for i in range(120)],
+            "cluster_id": [f"c{i // 2}" for i in range(120)],
+        }
+    )
     df["label_id"] = (np.arange(120) // 2) % 3  # clusters are pure in label
     f = oof.folds(df, 3, seed=0)
     assert (f[90:] == -1).all() and set(f[:90]) == {0, 1, 2}
@@ -100,7 +121,10 @@ def test_noise_injection_is_deterministic_train_only_and_keeps_truth(tmp_path):
     pairs = [(classes[0], classes[2])]
     swap = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": pairs}), classes)
     moved = swap["label_id"] != swap["true_label_id"]
-    assert set(swap.loc[moved, "true_label_id"]) == {0, 2} and (swap.loc[moved, "label_id"] == 2 - swap.loc[moved, "true_label_id"]).all()
+    assert (
+        set(swap.loc[moved, "true_label_id"]) == {0, 2}
+        and (swap.loc[moved, "label_id"] == 2 - swap.loc[moved, "true_label_id"]).all()
+    )
     with pytest.raises(PipelineError, match="unknown class 'nope'"):
         oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": [("nope", classes[0])]}), classes)
 
@@ -110,8 +134,9 @@ def test_on_epoch_end_does_not_change_training():
     cfg = params.Train(**TINY_TRAIN)
     seen = []
     a = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model.state_dict()
-    b = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0,
-                on_epoch_end=lambda m, e: seen.append(fit.predict_proba(m, x).shape)).model.state_dict()
+    b = fit.fit(
+        x, y, x[:0], y[:0], cfg, 4, seed=0, on_epoch_end=lambda m, e: seen.append(fit.predict_proba(m, x).shape)
+    ).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and len(seen) == 4
 
 
@@ -123,8 +148,9 @@ def test_tta_averages_shifted_views(tmp_path):
 
 
 def test_too_many_folds_for_the_clusters_fails():
-    df = pd.DataFrame({"sample_id": list("abcd"), "label_id": [0, 1, 0, 1], "split": "train",
-                       "cluster_id": ["x", "x", "y", "y"]})
+    df = pd.DataFrame(
+        {"sample_id": list("abcd"), "label_id": [0, 1, 0, 1], "split": "train", "cluster_id": ["x", "x", "y", "y"]}
+    )
     with pytest.raises(PipelineError, match="oof.folds: expected at most 2"):
         oof.folds(df, 3, seed=0)
 

@@ -1,6 +1,7 @@
 """What this repository commits: code, params, the pipeline and docs, never a run's outputs
 (README, Reproducibility: they differ across CPUs, so a fresh clone's first run would rewrite
 them and leave a dirty tree)."""
+
 import subprocess
 from pathlib import Path
 

@@ -4,9 +4,9 @@ import typing
 
 import numpy as np
 import pytest
+from badinput import pattern
 from PIL import Image
 
-from badinput import pattern
 from pipeline import sources
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
@@ -18,7 +18,6 @@ def test_registry_matches_the_params_choices():
 
 
 def test_auto_shape_from_the_images(tmp_path):
-
 
     auto = Ingest(source="imagefolder", path=str(tmp_path))
     grey = [sources.Item(path=f"g{i}", pixels=np.zeros((28, 28), np.uint8)) for i in range(3)]
@@ -47,6 +46,7 @@ def test_digits_are_scaled_to_0_255():
 
 # ---- IDX (mnist, fashion-mnist) --------------------------------------------------------
 
+
 def _idx(data: np.ndarray, magic: int) -> bytes:
     header = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in data.shape)
     return header + data.astype(np.uint8).tobytes()
@@ -56,8 +56,10 @@ def write_idx_dir(directory, labels=((0, 1, 2), (3, 4)), gz=True, side=28):
     directory.mkdir(parents=True, exist_ok=True)
     for prefix, ys in zip(("train", "t10k"), labels):
         images = np.stack([np.full((side, side), 10 * y, np.uint8) for y in ys])
-        for stem, blob in ((f"{prefix}-images-idx3-ubyte", _idx(images, 2051)),
-                           (f"{prefix}-labels-idx1-ubyte", _idx(np.array(ys), 2049))):
+        for stem, blob in (
+            (f"{prefix}-images-idx3-ubyte", _idx(images, 2051)),
+            (f"{prefix}-labels-idx1-ubyte", _idx(np.array(ys), 2049)),
+        ):
             if gz:
                 (directory / f"{stem}.gz").write_bytes(gzip.compress(blob, mtime=0))
             else:
@@ -70,8 +72,13 @@ def test_idx_source_reads_both_splits(tmp_path, gz):
     directory = write_idx_dir(tmp_path, gz=gz)
     items, classes = sources.SOURCES["mnist"](Ingest(source="mnist", path=str(directory)))
     assert classes == [str(c) for c in range(10)]
-    assert [it.path for it in items] == ["mnist/train/00000", "mnist/train/00001",
-                                         "mnist/train/00002", "mnist/t10k/00000", "mnist/t10k/00001"]
+    assert [it.path for it in items] == [
+        "mnist/train/00000",
+        "mnist/train/00001",
+        "mnist/train/00002",
+        "mnist/t10k/00000",
+        "mnist/t10k/00001",
+    ]
     assert [it.source_split for it in items] == ["train"] * 3 + ["test"] * 2
     assert [it.label for it in items] == ["0", "1", "2", "3", "4"]
     assert items[4].pixels.shape == (28, 28) and items[4].pixels[0, 0] == 40
@@ -123,6 +130,7 @@ def test_idx_corrupt_gzip_names_the_file(tmp_path):
 
 # ---- image folder -----------------------------------------------------------------------
 
+
 def _png(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pattern(0)).save(path)
@@ -135,8 +143,12 @@ def test_imagefolder_lists_in_a_stable_order_without_decoding(tmp_path):
     items, classes = sources.imagefolder(Ingest(source="imagefolder", path=str(tmp_path)))
     assert classes == ["a", "b"]
     assert [(it.path, it.label) for it in items] == [
-        ("a/0.png", "a"), ("a/text.png", "a"), ("a/z/3.png", "a"), ("b/1.png", "b"),
-        ("b/2.png", "b")]
+        ("a/0.png", "a"),
+        ("a/text.png", "a"),
+        ("a/z/3.png", "a"),
+        ("b/1.png", "b"),
+        ("b/2.png", "b"),
+    ]
     assert all(it.reason is None and os.path.isfile(it.file) for it in items)
 
 
@@ -157,9 +169,16 @@ def test_imagefolder_listing_reasons(tmp_path):
     items, classes = sources.imagefolder(Ingest(source="imagefolder", path=str(root)))
     assert classes == ["a"]
     assert {it.path: it.reason for it in items} == {
-        "alias": "linked_dir", "\\xe9t\\xe9": "non_utf8_name", "stray.png": "not_in_class_folder",
-        "a/broken.png": "missing_file", "a/fifo": "not_a_file", "a/in.png": None, "a/ok.png": None,
-        "a/out.png": "outside_root", "a/\\xff.png": "non_utf8_name"}
+        "alias": "linked_dir",
+        "\\xe9t\\xe9": "non_utf8_name",
+        "stray.png": "not_in_class_folder",
+        "a/broken.png": "missing_file",
+        "a/fifo": "not_a_file",
+        "a/in.png": None,
+        "a/ok.png": None,
+        "a/out.png": "outside_root",
+        "a/\\xff.png": "non_utf8_name",
+    }
     assert all(it.detail for it in items if it.reason)
 
 
@@ -175,18 +194,24 @@ def test_imagefolder_path_errors(tmp_path):
 
 # ---- CSV --------------------------------------------------------------------------------
 
+
 def test_csv_rows_labels_and_groups(tmp_path):
     _png(tmp_path / "img" / "a.png")
     _png(tmp_path / "img" / "b.png")
-    (tmp_path / "l.csv").write_text("path,label,group\nimg/a.png, y ,g1\nimg/b.png,x,\n"
-                                    "img/a.png,,g2\n,x,\n../l.csv,x,\nimg,x,\nimg/c.png,x,\n")
+    (tmp_path / "l.csv").write_text(
+        "path,label,group\nimg/a.png, y ,g1\nimg/b.png,x,\nimg/a.png,,g2\n,x,\n../l.csv,x,\nimg,x,\nimg/c.png,x,\n"
+    )
     items, classes = sources.csv(Ingest(source="csv", path=str(tmp_path / "l.csv")))
     assert classes == ["x", "y"]
     assert [(it.path, it.label, it.group, it.reason) for it in items] == [
-        ("img/a.png", "y", "g1", None), ("img/b.png", "x", None, None),
-        ("img/a.png", None, None, "missing_label"), ("<line 5>", None, None, "missing_path"),
-        ("../l.csv", None, None, "outside_root"), ("img", None, None, "not_a_file"),
-        ("img/c.png", None, None, "missing_file")]
+        ("img/a.png", "y", "g1", None),
+        ("img/b.png", "x", None, None),
+        ("img/a.png", None, None, "missing_label"),
+        ("<line 5>", None, None, "missing_path"),
+        ("../l.csv", None, None, "outside_root"),
+        ("img", None, None, "not_a_file"),
+        ("img/c.png", None, None, "missing_file"),
+    ]
 
 
 def test_csv_without_group_column(tmp_path):
@@ -196,10 +221,13 @@ def test_csv_without_group_column(tmp_path):
     assert items[0].group is None and items[0].label == "x"
 
 
-@pytest.mark.parametrize("text, match", [
-    ("file,label\na.png,x\n", "expected columns path,label"),
-    ("", "cannot read as CSV"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("file,label\na.png,x\n", "expected columns path,label"),
+        ("", "cannot read as CSV"),
+    ],
+)
 def test_csv_errors(tmp_path, text, match):
     (tmp_path / "l.csv").write_text(text)
     with pytest.raises(PipelineError, match=match) as e:

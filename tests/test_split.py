@@ -15,8 +15,11 @@ def _store(tmp_path, monkeypatch):
 
 
 def _df(n_per_class=100, classes=("a", "b", "c"), group=None, source_split=None):
-    rows = [{"sample_id": f"{c}{i}", "label": c, "group": None, "source_split": None}
-            for c in classes for i in range(n_per_class)]
+    rows = [
+        {"sample_id": f"{c}{i}", "label": c, "group": None, "source_split": None}
+        for c in classes
+        for i in range(n_per_class)
+    ]
     df = pd.DataFrame(rows)
     df["store"], df["row"] = _df.store, np.arange(len(df))
     if group is not None:
@@ -46,11 +49,26 @@ def test_deterministic_and_seed_dependent():
 def test_adding_a_sample_moves_few_others():
     cfg = Split()
     a, _ = split.run(_df(), cfg, seed=0)
-    extra = pd.concat([_df(), pd.DataFrame([{"sample_id": "new", "label": "a", "group": None,
-                                             "source_split": None, "store": _df.store,
-                                             "row": 300}])], ignore_index=True)
+    extra = pd.concat(
+        [
+            _df(),
+            pd.DataFrame(
+                [
+                    {
+                        "sample_id": "new",
+                        "label": "a",
+                        "group": None,
+                        "source_split": None,
+                        "store": _df.store,
+                        "row": 300,
+                    }
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     b, _ = split.run(extra, cfg, seed=0)
-    moved = (a["split"].to_numpy() != b["split"].to_numpy()[:len(a)]).sum()
+    moved = (a["split"].to_numpy() != b["split"].to_numpy()[: len(a)]).sum()
     assert moved <= 2  # at most one per boundary
 
 

@@ -6,20 +6,28 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from fit_util import write_split
+
 from pipeline import __main__ as cli
 from pipeline import assemble, dataset, params
 from pipeline.errors import PipelineError
 from pipeline.synthesize import gate, generators, stage
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
-TINY_SYNTH = {"per_class": 12, "vae": {"epochs": 40, "batch_size": 16, "width": 8, "kl_warmup_epochs": 5},
-              "gan": {"epochs": 40, "batch_size": 16, "width": 8}, "gate": {"tstr_epochs": 5}}
+TINY_SYNTH = {
+    "per_class": 12,
+    "vae": {"epochs": 40, "batch_size": 16, "width": 8, "kl_warmup_epochs": 5},
+    "gan": {"epochs": 40, "batch_size": 16, "width": 8},
+    "gate": {"tstr_epochs": 5},
+}
 
 
 def _raw(**synthesize) -> dict:
-    return {"train": TINY_TRAIN, "oof": {"folds": 2, "epochs": 6, "min_steps": 0}, "synthesize": {**TINY_SYNTH, **synthesize}}
+    return {
+        "train": TINY_TRAIN,
+        "oof": {"folds": 2, "epochs": 6, "min_steps": 0},
+        "synthesize": {**TINY_SYNTH, **synthesize},
+    }
 
 
 def _params(**synthesize) -> params.Params:
@@ -32,8 +40,23 @@ def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
     split, _, _ = write_split(root, n=320)
     (root / "params.yaml").write_text(yaml.safe_dump(_raw()))
-    assert cli.main(["oof", "--quiet", "--params", str(root / "params.yaml"), "--split", str(split),
-                     "--out", str(root / "oof"), "--metrics", str(root / "oof.json")]) == 0
+    assert (
+        cli.main(
+            [
+                "oof",
+                "--quiet",
+                "--params",
+                str(root / "params.yaml"),
+                "--split",
+                str(split),
+                "--out",
+                str(root / "oof"),
+                "--metrics",
+                str(root / "oof.json"),
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -41,9 +64,24 @@ def _stage(project, out, **synthesize):
     cfg = out / "params.yaml"
     out.mkdir(parents=True, exist_ok=True)
     cfg.write_text(yaml.safe_dump(_raw(**synthesize)))
-    rc = cli.main(["synthesize", "--quiet", "--params", str(cfg), "--clean", str(project / "split"),
-                   "--oof", str(project / "oof"), "--out", str(out / "syn"), "--metrics", str(out / "syn.json"),
-                   "--plots", str(out / "plots")])
+    rc = cli.main(
+        [
+            "synthesize",
+            "--quiet",
+            "--params",
+            str(cfg),
+            "--clean",
+            str(project / "split"),
+            "--oof",
+            str(project / "oof"),
+            "--out",
+            str(out / "syn"),
+            "--metrics",
+            str(out / "syn.json"),
+            "--plots",
+            str(out / "plots"),
+        ]
+    )
     assert rc == 0
     df, _ = dataset.read_manifest(out / "syn")
     return df, pd.read_csv(out / "syn" / stage.REJECTED_FILE), json.loads((out / "syn.json").read_text())
@@ -103,6 +141,7 @@ def test_untrained_generator_is_rejected(project, tmp_path, name):
 
 class CopyGenerator(generators.Generator):
     """Test-only plug-in that 'generates' its training images, with +-`noise` grey levels."""
+
     name = "copy"
 
     def __init__(self, noise: int, seed: int = 0):
@@ -130,8 +169,9 @@ class CopyGenerator(generators.Generator):
 @pytest.mark.parametrize("noise", [0, 2])
 def test_a_generator_that_copies_train_images_is_rejected(project, tmp_path, noise):
     split_df, classes = dataset.read_manifest(project / "split")
-    df, rejected, metrics = stage.run(_params(), split_df, classes, project / "oof", tmp_path, tmp_path,
-                                      gen=CopyGenerator(noise))
+    df, rejected, metrics = stage.run(
+        _params(), split_df, classes, project / "oof", tmp_path, tmp_path, gen=CopyGenerator(noise)
+    )
     assert metrics["verdict"] == "rejected" and len(df) == 0
     assert rejected["reason"].str.contains("copies_train").all()
     assert metrics["rejected_by_reason"]["copies_train"] == 48
@@ -291,8 +331,12 @@ def test_vae_mixture_prior_samples_where_the_posterior_means_are(tmp_path):
     generators.save(tmp_path / "g.pt", gen, list("abcd"), [])
     loaded, _ = generators.load(tmp_path / "g.pt")
     assert loaded.fingerprint() == gen.fingerprint() and np.array_equal(loaded.latents(seeds, labels), z)
-    assert not np.allclose(z, generators.build("vae", knobs.model_copy(update={"prior": "normal"}), x.shape[1:], 4,
-                                               seed=3).latents(seeds, labels))
+    assert not np.allclose(
+        z,
+        generators.build("vae", knobs.model_copy(update={"prior": "normal"}), x.shape[1:], 4, seed=3).latents(
+            seeds, labels
+        ),
+    )
 
 
 def test_vae_pixel_temperature_sharpens_without_moving_a_pixel_across_the_middle():

@@ -2,8 +2,8 @@ import json
 
 import pandas as pd
 import yaml
-
 from fit_util import write_split
+
 from pipeline import __main__ as cli
 from pipeline import fit, params, train
 
@@ -11,16 +11,42 @@ from pipeline import fit, params, train
 def test_train_stage_writes_model_metrics_and_curves(tmp_path):
     split, assemble, classes = write_split(tmp_path)
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({"train": {"epochs": 3, "batch_size": 32, "width": 8,
-                                                     "lr": 0.01, "threads": 1, "min_steps": 0}}))
+    params_file.write_text(
+        yaml.safe_dump({"train": {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}})
+    )
     out = tmp_path / "out"
-    rc = cli.main(["train", "--params", str(params_file), "--quiet", "--train", str(assemble),
-                   "--split", str(split), "--model", str(out / "model.pt"),
-                   "--metrics", str(out / "train.json"), "--plots", str(out / "plots")])
+    rc = cli.main(
+        [
+            "train",
+            "--params",
+            str(params_file),
+            "--quiet",
+            "--train",
+            str(assemble),
+            "--split",
+            str(split),
+            "--model",
+            str(out / "model.pt"),
+            "--metrics",
+            str(out / "train.json"),
+            "--plots",
+            str(out / "plots"),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "train.json").read_text())
-    assert set(m) == {"best_epoch", "epochs_run", "epochs_planned", "patience", "val_accuracy", "val_loss",
-                      "n_train", "n_val", "parameters", "threads"}
+    assert set(m) == {
+        "best_epoch",
+        "epochs_run",
+        "epochs_planned",
+        "patience",
+        "val_accuracy",
+        "val_loss",
+        "n_train",
+        "n_val",
+        "parameters",
+        "threads",
+    }
     assert m["n_train"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
     curves = pd.read_csv(out / "plots" / "curves.csv")
     assert list(curves.columns) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
@@ -33,8 +59,9 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
     split, _, _ = write_split(tmp_path / "a")
     _, other, _ = write_split(tmp_path / "b", k=3)
     (tmp_path / "params.yaml").write_text("{}\n")
-    rc = cli.main(["train", "--quiet", "--params", str(tmp_path / "params.yaml"), "--train", str(other),
-                   "--split", str(split)])
+    rc = cli.main(
+        ["train", "--quiet", "--params", str(tmp_path / "params.yaml"), "--train", str(other), "--split", str(split)]
+    )
     assert rc == 2 and "class list differs" in capsys.readouterr().err
 
 

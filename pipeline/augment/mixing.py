@@ -21,6 +21,7 @@ matching per-sample loss and `one_hot` makes (label-smoothed) soft targets from 
 instead of storing copies (`augment.mode: online`): image `i` of epoch `e` draws from
 `(seed, "augment-online:<sample_id>:<e>")`, so a run is reproducible whatever the batch order.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -56,8 +57,15 @@ def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[in
 class MixBatch:
     """Random erasing, then mixup or CutMix of a batch with itself rolled by one."""
 
-    def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, mix_prob: float = 1.0,
-                 switch_prob: float = 0.5, random_erasing: float = 0.0, seed: int = 0):
+    def __init__(
+        self,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
+        switch_prob: float = 0.5,
+        random_erasing: float = 0.0,
+        seed: int = 0,
+    ):
         for name, v in [("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)]:
             if v < 0:
                 raise ValueError(f"{name}: expected >= 0, got {v}")
@@ -69,8 +77,9 @@ class MixBatch:
         self.generator = torch.Generator().manual_seed(seed)
         self.last: dict = {}  # what the last call did: {"mode", "lam", "box"}, for logs and tests
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         g = generator if generator is not None else self.generator
         rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
         x = x.clone()
@@ -102,7 +111,7 @@ class MixBatch:
                 eh, ew = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
                 if 0 < eh < h and 0 < ew < w:
                     y0, x0 = int(rng.integers(h - eh + 1)), int(rng.integers(w - ew + 1))
-                    x[i, :, y0:y0 + eh, x0:x0 + ew] = torch.rand((c, eh, ew), generator=g)
+                    x[i, :, y0 : y0 + eh, x0 : x0 + ew] = torch.rand((c, eh, ew), generator=g)
                     break
 
 

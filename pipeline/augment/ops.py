@@ -21,6 +21,7 @@ Solarize's table). Geometric ops, Equalize and AutoContrast match PIL exactly; t
 round where PIL truncates, so they match it within a grey level or two
 (tests/test_augment_ops.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,6 +40,7 @@ from albumentations.augmentations.pixel import functional as fpix  # noqa: E402
 @dataclass(frozen=True)
 class Range:
     """How magnitude 0..10 maps to an op's parameter; signed ops flip around `around`."""
+
     param: str
     at_0: float
     at_10: float
@@ -109,14 +111,18 @@ def _keep_channels(out: np.ndarray, like: np.ndarray) -> np.ndarray:
 def _warp(img: np.ndarray, inverse: list[list[float]], fill: int) -> np.ndarray:
     """Affine warp given the output -> input map in pixel-index coordinates, nearest neighbour."""
     h, w = img.shape[:2]
-    out = cv2.warpAffine(img, np.asarray(inverse, np.float64), (w, h),
-                         flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
+    out = cv2.warpAffine(
+        img,
+        np.asarray(inverse, np.float64),
+        (w, h),
+        flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(fill,) * 4,
+    )
     return _keep_channels(out, img)
 
 
-def _warp_pil(img: np.ndarray, a: float, b: float, c: float, d: float, e: float, f: float,
-              fill: int) -> np.ndarray:
+def _warp_pil(img: np.ndarray, a: float, b: float, c: float, d: float, e: float, f: float, fill: int) -> np.ndarray:
     """PIL's `Image.transform(AFFINE, (a, b, c, d, e, f))`: its map runs between pixel centres
     (x + 0.5, y + 0.5) and it floors where OpenCV rounds, hence the half-pixel terms."""
     return _warp(img, [[a, b, c + (a + b - 1) / 2], [d, e, f + (d + e - 1) / 2]], fill)
@@ -255,10 +261,22 @@ def sample_pairing(img: np.ndarray, weight: float, partner: np.ndarray) -> np.nd
 
 
 KERNELS: dict[str, Callable[..., np.ndarray]] = {
-    "Identity": identity, "ShearX": shear_x, "ShearY": shear_y, "TranslateX": translate_x,
-    "TranslateY": translate_y, "Rotate": rotate, "AutoContrast": auto_contrast, "Invert": invert,
-    "Equalize": equalize, "Solarize": solarize, "Posterize": posterize, "Contrast": contrast,
-    "Color": color, "Brightness": brightness, "Sharpness": sharpness, "Cutout": cutout,
+    "Identity": identity,
+    "ShearX": shear_x,
+    "ShearY": shear_y,
+    "TranslateX": translate_x,
+    "TranslateY": translate_y,
+    "Rotate": rotate,
+    "AutoContrast": auto_contrast,
+    "Invert": invert,
+    "Equalize": equalize,
+    "Solarize": solarize,
+    "Posterize": posterize,
+    "Contrast": contrast,
+    "Color": color,
+    "Brightness": brightness,
+    "Sharpness": sharpness,
+    "Cutout": cutout,
     "SamplePairing": sample_pairing,
 }
 OPS = tuple(KERNELS)
@@ -276,8 +294,15 @@ def has_magnitude(name: str, space: str = "standard") -> bool:
     return SPACES[space][check_op(name)] is not None
 
 
-def draw(name: str, magnitude: float | None, rng: np.random.Generator, shape: tuple[int, ...],
-         space: str = "standard", fill: int = 0, pool_size: int = 0) -> dict:
+def draw(
+    name: str,
+    magnitude: float | None,
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    space: str = "standard",
+    fill: int = 0,
+    pool_size: int = 0,
+) -> dict:
     """The parameters of one application of op `name`: everything random is drawn here."""
     rng_ = SPACES[space][check_op(name)]
     params: dict = {}

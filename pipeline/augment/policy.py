@@ -29,6 +29,7 @@ application: `draw(policy, rng, shape)` returns the ops with their magnitudes an
 `apply(img, drawn)` applies them. What `apply` actually applied (for `pipeline`, as
 albumentations reports it) is what the augment stage logs.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,17 @@ from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import numpy as np
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter,
-                      ValidationError, field_validator, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.augment import ops
 from pipeline.errors import PipelineError
@@ -54,6 +64,7 @@ Magnitude = Annotated[Union[int, float], Field(ge=0, le=10)]
 
 class Drawn(NamedTuple):
     """One op as drawn for one image: its magnitude (0..10, None if it has none) and parameters."""
+
     op: str
     magnitude: float | None
     params: dict
@@ -72,8 +83,9 @@ class _OpPolicy(_Policy):
 
 class AutoAugment(_OpPolicy):
     kind: Literal["autoaugment"]
-    sub_policies: Annotated[list[Annotated[list[tuple[OpName, Probability, Magnitude | None]],
-                                           Field(min_length=1)]], Field(min_length=1)]
+    sub_policies: Annotated[
+        list[Annotated[list[tuple[OpName, Probability, Magnitude | None]], Field(min_length=1)]], Field(min_length=1)
+    ]
     search: dict[str, Any] | None = None  # a learned policy's search record (not used to draw)
 
     @model_validator(mode="after")
@@ -110,6 +122,7 @@ class Pipeline(_Policy):
         import warnings
 
         import albumentations as A
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a missing `p` etc.: the error below says enough
@@ -122,6 +135,7 @@ class Pipeline(_Policy):
         """The albumentations pipeline, built once; it reports the transforms it applied."""
         if self._compose is None:
             import albumentations as A
+
             built = A.from_dict(self.transform)
             if not isinstance(built, A.Compose):
                 built = A.Compose([built])
@@ -131,8 +145,12 @@ class Pipeline(_Policy):
 
 Policy = Annotated[Union[AutoAugment, RandAugment, TrivialAugment, Pipeline], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(Policy)
-MODELS = {"autoaugment": AutoAugment, "randaugment": RandAugment, "trivialaugment": TrivialAugment,
-          "pipeline": Pipeline}
+MODELS = {
+    "autoaugment": AutoAugment,
+    "randaugment": RandAugment,
+    "trivialaugment": TrivialAugment,
+    "pipeline": Pipeline,
+}
 
 
 def _describe(err: dict) -> str:
@@ -200,8 +218,10 @@ def override(policy, origin: str = "policy", **values):
     for key, v in values.items():
         if key not in type(policy).model_fields:
             having = [kind for kind, model in MODELS.items() if key in model.model_fields] or ["none"]
-            raise PipelineError(f"augment.{key}: expected null for {origin} (kind {policy.kind} has no {key}; "
-                                f"only {', '.join(having)} has), got {v!r}")
+            raise PipelineError(
+                f"augment.{key}: expected null for {origin} (kind {policy.kind} has no {key}; "
+                f"only {', '.join(having)} has), got {v!r}"
+            )
     if not values:
         return policy
     return parse({**policy.model_dump(mode="json"), **values}, origin)
@@ -220,8 +240,7 @@ class _Dumper(yaml.SafeDumper):
 
 
 _Dumper.add_representer(_Flow, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
-_Dumper.add_representer(_FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(),
-                                                                   flow_style=True))
+_Dumper.add_representer(_FlowMap, lambda d, v: d.represent_mapping("tag:yaml.org,2002:map", v.items(), flow_style=True))
 
 
 def _leaves_flow(v):
@@ -246,8 +265,9 @@ def dump(policy) -> str:
         search = data.pop("search")
         if search is not None:
             data["search"] = _leaves_flow(search)
-    return yaml.dump({**head, **data}, Dumper=_Dumper, sort_keys=False, allow_unicode=True,
-                     default_flow_style=False, width=100)
+    return yaml.dump(
+        {**head, **data}, Dumper=_Dumper, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
+    )
 
 
 def save(policy, path: str | Path) -> None:
@@ -275,14 +295,19 @@ def draw(policy, rng: np.random.Generator, shape: tuple[int, ...], pool_size: in
         applied = [(op, m) for op, p, m in sub if rng.random() < p]
         return [one(op, m) for op, m in applied]
     if isinstance(policy, RandAugment):
-        return [one(policy.ops[int(rng.integers(len(policy.ops)))], policy.magnitude)
-                for _ in range(policy.num_ops)]
+        return [one(policy.ops[int(rng.integers(len(policy.ops)))], policy.magnitude) for _ in range(policy.num_ops)]
     op = policy.ops[int(rng.integers(len(policy.ops)))]
     return [one(op, 10 * int(rng.integers(policy.magnitude_bins)) / (policy.magnitude_bins - 1))]
 
 
-def apply(img: np.ndarray, drawn: list[Drawn], *, pool: np.ndarray | None = None, policy=None,
-          trace: list[Drawn] | None = None) -> np.ndarray:
+def apply(
+    img: np.ndarray,
+    drawn: list[Drawn],
+    *,
+    pool: np.ndarray | None = None,
+    policy=None,
+    trace: list[Drawn] | None = None,
+) -> np.ndarray:
     """Apply drawn ops in order to one uint8 (H, W, C) image; nothing random happens here.
 
     `pool` holds SamplePairing's partner images; `policy` is needed for a `pipeline` draw.
@@ -319,5 +344,8 @@ def _jsonable(params: dict) -> dict:
 
 def record(trace: list[Drawn]) -> str:
     """The JSON the `ops` column holds: what was applied, in order."""
-    return json.dumps([{"op": d.op, "magnitude": d.magnitude, "params": d.params} for d in trace],
-                      separators=(",", ":"), sort_keys=True)
+    return json.dumps(
+        [{"op": d.op, "magnitude": d.magnitude, "params": d.params} for d in trace],
+        separators=(",", ":"),
+        sort_keys=True,
+    )

@@ -33,6 +33,7 @@ Randomness: the candidates of fold `k` and the draws while scoring them (signs, 
 centre) come from generators seeded by `(base.seed + seed, k)`, so the file is a function of
 the data, the fold models and the params.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline import dataset
-from pipeline.augment import ops, policy as pol
+from pipeline.augment import ops
+from pipeline.augment import policy as pol
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.params import Params, PolicySearch, SearchOp
@@ -56,14 +58,16 @@ assert set(get_args(SearchOp)) == set(ops.OPS) - {"SamplePairing"}, "params.Sear
 
 class Score(NamedTuple):
     """One scored candidate: its (op, magnitude) pairs and what the fold model made of it."""
+
     sub: tuple[tuple[str, int | None], ...]
     loss: float  # mean cross-entropy of the augmented held-out images
     accuracy: float
     change: float  # mean |augmented - original| / 255
 
 
-def draw_candidates(space: dict[str, list[int | None]], n: int,
-                    rng: np.random.Generator) -> list[tuple[tuple[str, int | None], ...]]:
+def draw_candidates(
+    space: dict[str, list[int | None]], n: int, rng: np.random.Generator
+) -> list[tuple[tuple[str, int | None], ...]]:
     """`n` sub-policies of two (op, magnitude) pairs: an op of `space` uniformly, then one of its
     magnitudes (None for an op without one) uniformly."""
     names = list(space)
@@ -112,49 +116,79 @@ def effective(x: np.ndarray, ops_: list[str], rng: np.random.Generator) -> dict[
     """op -> its magnitudes (None: it has none) that change some pixel of `x`; ops with none left out."""
     space = {}
     for op in ops_:
-        levels = [m for m in (MAGNITUDES if ops.has_magnitude(op) else [None])
-                  if not np.array_equal(augment(x, [(op, m)], rng), x)]
+        levels = [
+            m
+            for m in (MAGNITUDES if ops.has_magnitude(op) else [None])
+            if not np.array_equal(augment(x, [(op, m)], rng), x)
+        ]
         if levels:
             space[op] = levels
     return space
 
 
-def search_fold(model, x: np.ndarray, y: np.ndarray, cfg: PolicySearch, seed: int,
-                fold: int) -> tuple[list[Score], int, list[str]]:
+def search_fold(
+    model, x: np.ndarray, y: np.ndarray, cfg: PolicySearch, seed: int, fold: int
+) -> tuple[list[Score], int, list[str]]:
     """(the `top` feasible candidates of one fold, lowest loss first; the number feasible; the
     ops left out as having no effect on the fold's images)."""
     rng = np.random.default_rng([seed, fold])
     space = effective(x[:PROBE], cfg.ops, rng)
     if not space:
         raise PipelineError(f"policy_search.ops: none of {cfg.ops} changes the images of fold {fold}")
-    scores = [score(model, x, y, sub, rng) for sub in
-              progress(draw_candidates(space, cfg.candidates, rng), desc=f"policy search fold {fold}", unit="cand")]
+    scores = [
+        score(model, x, y, sub, rng)
+        for sub in progress(draw_candidates(space, cfg.candidates, rng), desc=f"policy search fold {fold}", unit="cand")
+    ]
     feasible = [s for s in scores if s.change >= cfg.min_change]
-    return sorted(feasible, key=lambda s: s.loss)[:cfg.top], len(feasible), [op for op in cfg.ops if op not in space]
+    return sorted(feasible, key=lambda s: s.loss)[: cfg.top], len(feasible), [op for op in cfg.ops if op not in space]
 
 
-def learned_policy(kept: list[tuple[int, int, Score]], clean: list[float], cfg: PolicySearch,
-                   info: dict) -> pol.AutoAugment:
+def learned_policy(
+    kept: list[tuple[int, int, Score]], clean: list[float], cfg: PolicySearch, info: dict
+) -> pol.AutoAugment:
     """The AutoAugment policy of the kept (fold, rank, Score)s, with the search record."""
     r = lambda v: round(float(v), 4)  # noqa: E731  (a record, not a result: 4 digits are plenty)
-    rows = [{"fold": fold, "rank": rank, "loss": r(s.loss), "delta_loss": r(s.loss - clean[fold]),
-             "accuracy": r(s.accuracy), "change": r(s.change)} for fold, rank, s in kept]
-    search = {"method": "density matching with the oof fold models (Fast AutoAugment), random search",
-              **info, "candidates": cfg.candidates, "top": cfg.top, "min_change": cfg.min_change,
-              "probability": cfg.probability, "ops": list(cfg.ops),
-              "clean_loss": [r(v) for v in clean], "scores": rows}
+    rows = [
+        {
+            "fold": fold,
+            "rank": rank,
+            "loss": r(s.loss),
+            "delta_loss": r(s.loss - clean[fold]),
+            "accuracy": r(s.accuracy),
+            "change": r(s.change),
+        }
+        for fold, rank, s in kept
+    ]
+    search = {
+        "method": "density matching with the oof fold models (Fast AutoAugment), random search",
+        **info,
+        "candidates": cfg.candidates,
+        "top": cfg.top,
+        "min_change": cfg.min_change,
+        "probability": cfg.probability,
+        "ops": list(cfg.ops),
+        "clean_loss": [r(v) for v in clean],
+        "scores": rows,
+    }
     return pol.AutoAugment(
-        kind="autoaugment", search=search,
-        description=(f"Learned by the policy-search stage (density matching, Fast AutoAugment, Lim et al. 2019): "
-                     f"the {cfg.top} sub-policies per fold whose augmented held-out images the fold's oof model "
-                     f"still recognises best, among candidates changing pixels by at least {cfg.min_change:g}. "
-                     f"Scores in `search`, one row per sub-policy."),
-        sub_policies=[[(op, cfg.probability, m) for op, m in s.sub] for _, _, s in kept])
+        kind="autoaugment",
+        search=search,
+        description=(
+            f"Learned by the policy-search stage (density matching, Fast AutoAugment, Lim et al. 2019): "
+            f"the {cfg.top} sub-policies per fold whose augmented held-out images the fold's oof model "
+            f"still recognises best, among candidates changing pixels by at least {cfg.min_change:g}. "
+            f"Scores in `search`, one row per sub-policy."
+        ),
+        sub_policies=[[(op, cfg.probability, m) for op, m in s.sub] for _, _, s in kept],
+    )
 
 
 IDENTITY = pol.AutoAugment(
-    kind="autoaugment", search={"enabled": False}, sub_policies=[[("Identity", 1.0, None)]],
-    description="policy_search.enabled is false: the identity, so that augment.policy learned.yaml stays valid.")
+    kind="autoaugment",
+    search={"enabled": False},
+    sub_policies=[[("Identity", 1.0, None)]],
+    description="policy_search.enabled is false: the identity, so that augment.policy learned.yaml stays valid.",
+)
 
 
 def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment, dict]:
@@ -164,8 +198,9 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
     cfg = params.policy_search
     folds = sorted(int(f) for f in np.unique(df["fold"]) if f >= 0)
     if folds != list(range(len(models))):
-        raise PipelineError(f"expected one fold model per fold of the oof manifest ({len(folds)}), "
-                            f"got {len(models)}; re-run oof")
+        raise PipelineError(
+            f"expected one fold model per fold of the oof manifest ({len(folds)}), got {len(models)}; re-run oof"
+        )
     fit.set_threads(params.train)
     seed = params.base.seed + cfg.seed
     labels = df["label_id"].to_numpy(np.int64)
@@ -180,25 +215,38 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
         held.append(len(rows))
         idle.append(none)
     if not kept:
-        raise PipelineError(f"policy_search: no candidate changed the held-out images by at least min_change "
-                            f"= {cfg.min_change:g} ({cfg.candidates} per fold); lower min_change or raise candidates")
-    info = {"folds": len(folds), "held_out": held, "image_shape": list(x.shape[1:]), "feasible": feasible,
-            "no_effect": idle}
+        raise PipelineError(
+            f"policy_search: no candidate changed the held-out images by at least min_change "
+            f"= {cfg.min_change:g} ({cfg.candidates} per fold); lower min_change or raise candidates"
+        )
+    info = {
+        "folds": len(folds),
+        "held_out": held,
+        "image_shape": list(x.shape[1:]),
+        "feasible": feasible,
+        "no_effect": idle,
+    }
     policy = learned_policy(kept, clean, cfg, info)
     deltas = [s.loss - clean[k] for k, _, s in kept]
-    metrics = {"enabled": True, "sub_policies": len(kept), "candidates": cfg.candidates * len(folds),
-               "feasible": sum(feasible), "clean_loss": round(float(np.mean(clean)), 6),
-               "delta_loss_kept": round(float(np.mean(deltas)), 6),
-               "accuracy_kept": round(float(np.mean([s.accuracy for _, _, s in kept])), 6),
-               "change_kept": round(float(np.mean([s.change for _, _, s in kept])), 6),
-               "op_counts": dict(sorted(Counter(op for _, _, s in kept for op, _ in s.sub).items()))}
+    metrics = {
+        "enabled": True,
+        "sub_policies": len(kept),
+        "candidates": cfg.candidates * len(folds),
+        "feasible": sum(feasible),
+        "clean_loss": round(float(np.mean(clean)), 6),
+        "delta_loss_kept": round(float(np.mean(deltas)), 6),
+        "accuracy_kept": round(float(np.mean([s.accuracy for _, _, s in kept])), 6),
+        "change_kept": round(float(np.mean([s.change for _, _, s in kept])), 6),
+        "op_counts": dict(sorted(Counter(op for _, _, s in kept for op, _ in s.sub).items())),
+    }
     return policy, metrics
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--oof", default="data/oof", help="oof output with its fold models (default: %(default)s)")
-    p.add_argument("--out", default="data/policy-search/learned.yaml",
-                   help="policy file to write (default: %(default)s)")
+    p.add_argument(
+        "--out", default="data/policy-search/learned.yaml", help="policy file to write (default: %(default)s)"
+    )
     p.add_argument("--metrics", default="metrics/policy_search.json", help="(default: %(default)s)")
 
 

@@ -15,6 +15,7 @@ When `augment.enabled` is false, or `augment.mode` is `online` (training then ap
 policy to each batch instead), the manifest is empty. `augment.num_ops` / `augment.magnitude`
 override a RandAugment policy's N and M; the metrics record the N and M used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,23 @@ from pipeline.augment import policy as pol
 from pipeline.console import log, progress
 from pipeline.params import Params
 
-COLUMNS = ["sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id",
-           "policy", "ops", "seed", "weight", "pixel_sha256", "store", "row"]
+COLUMNS = [
+    "sample_id",
+    "path",
+    "label",
+    "label_id",
+    "group",
+    "split",
+    "origin",
+    "parent_id",
+    "policy",
+    "ops",
+    "seed",
+    "weight",
+    "pixel_sha256",
+    "store",
+    "row",
+]
 CHUNK = 512  # parents per task: large enough to amortise inter-process transfer
 PREVIEW_COPIES = 7
 
@@ -151,15 +167,23 @@ def train_parents(split_df: pd.DataFrame) -> pd.DataFrame:
     return split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")]
 
 
-def run(params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: Path,
-        final_dir: Path) -> tuple[pd.DataFrame, dict]:
+def run(
+    params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: Path, final_dir: Path
+) -> tuple[pd.DataFrame, dict]:
     """Write the augmented copies' pixels under `out`; return their manifest rows and metrics."""
     cfg = params.augment
     parents = train_parents(split_df)
     active = cfg.enabled and cfg.mode == "offline"
-    metrics = {"enabled": cfg.enabled, "mode": cfg.mode, "policy": policy_name, "kind": policy.kind,
-               "num_ops": getattr(policy, "num_ops", None), "magnitude": getattr(policy, "magnitude", None),
-               "copies": cfg.copies, "parents": len(parents) if active else 0}
+    metrics = {
+        "enabled": cfg.enabled,
+        "mode": cfg.mode,
+        "policy": policy_name,
+        "kind": policy.kind,
+        "num_ops": getattr(policy, "num_ops", None),
+        "magnitude": getattr(policy, "magnitude", None),
+        "copies": cfg.copies,
+        "parents": len(parents) if active else 0,
+    }
     if not active or len(parents) == 0:
         metrics.update(augmented=0, unchanged=0, op_counts={})
         return pd.DataFrame(columns=COLUMNS), metrics
@@ -175,21 +199,40 @@ def run(params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: P
     writer.close()
     rep = parents.loc[parents.index.repeat(cfg.copies)]
     copy = np.tile(np.arange(cfg.copies), len(parents))
-    df = pd.DataFrame({
-        "sample_id": [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep["sample_id"], copy)],
-        "path": rep["path"].to_numpy(), "label": rep["label"].to_numpy(),
-        "label_id": rep["label_id"].to_numpy(),
-        "group": rep["group"].to_numpy() if "group" in rep else None,
-        "split": rep["split"].to_numpy(), "origin": "augmented", "parent_id": rep["sample_id"].to_numpy(),
-        "policy": policy_name, "ops": records, "seed": np.array(seeds, np.int64), "weight": cfg.weight,
-        "pixel_sha256": hashes, "store": [s for s, _ in locs], "row": [r for _, r in locs]}, columns=COLUMNS)
+    df = pd.DataFrame(
+        {
+            "sample_id": [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep["sample_id"], copy)],
+            "path": rep["path"].to_numpy(),
+            "label": rep["label"].to_numpy(),
+            "label_id": rep["label_id"].to_numpy(),
+            "group": rep["group"].to_numpy() if "group" in rep else None,
+            "split": rep["split"].to_numpy(),
+            "origin": "augmented",
+            "parent_id": rep["sample_id"].to_numpy(),
+            "policy": policy_name,
+            "ops": records,
+            "seed": np.array(seeds, np.int64),
+            "weight": cfg.weight,
+            "pixel_sha256": hashes,
+            "store": [s for s, _ in locs],
+            "row": [r for _, r in locs],
+        },
+        columns=COLUMNS,
+    )
     unchanged = int((df["pixel_sha256"].to_numpy() == rep["pixel_sha256"].to_numpy()).sum())
     metrics.update(augmented=len(df), unchanged=unchanged, op_counts=dict(sorted(counts.items())))
     return df, metrics
 
 
-def preview(policy_name: str, policy, split_df: pd.DataFrame, classes: list[str], seed: int,
-            n: int, copies: int = PREVIEW_COPIES):
+def preview(
+    policy_name: str,
+    policy,
+    split_df: pd.DataFrame,
+    classes: list[str],
+    seed: int,
+    n: int,
+    copies: int = PREVIEW_COPIES,
+):
     """A grid: each of the first `n` train samples, then `copies` of its augmentations (None: no samples)."""
     parents = train_parents(split_df)
     if n == 0 or len(parents) == 0:
@@ -204,14 +247,22 @@ def preview(policy_name: str, policy, split_df: pd.DataFrame, classes: list[str]
             images.append(px)
             names = [d.op[:10] for d in trace] or ["(none)"]
             captions.append("\n".join(names[:2]) + ("+" if len(names) > 2 else ""))
-    return gallery.grid(np.stack(images), captions, cols=copies + 1,
-                        title=f"{policy_name} ({policy.kind}): original, then {copies} augmentations")
+    return gallery.grid(
+        np.stack(images),
+        captions,
+        cols=copies + 1,
+        title=f"{policy_name} ({policy.kind}): original, then {copies} augmentations",
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--policies", nargs="+", default=["augment_policies", "data/policy-search"],
-                   help="policy folders: the shipped ones, and the learned one (default: %(default)s)")
+    p.add_argument(
+        "--policies",
+        nargs="+",
+        default=["augment_policies", "data/policy-search"],
+        help="policy folders: the shipped ones, and the learned one (default: %(default)s)",
+    )
     p.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/augment.json", help="(default: %(default)s)")
     p.add_argument("--plots", default="plots/augment", help="preview grids (default: %(default)s)")
@@ -232,5 +283,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
             if grid is not None:
                 gallery.save(grid, tmp / f"{path.stem}.png")
     dataset.write_json(args.metrics, metrics)
-    log.info("augment: %d copies of %d train samples with %s (%s)", metrics["augmented"],
-             metrics["parents"], name, metrics["mode"])
+    log.info(
+        "augment: %d copies of %d train samples with %s (%s)",
+        metrics["augmented"],
+        metrics["parents"],
+        name,
+        metrics["mode"],
+    )

@@ -7,6 +7,7 @@ are not classes. `consensus` aggregates them with cleanlab's multi-annotator CRO
 probabilities; without any, or with a single annotator, it falls back to a majority vote
 (quality = agreement) and says so in `method`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -25,8 +26,9 @@ def _annotator(completed_by) -> str:
 
 def answers(tasks: list[dict], classes: list[str]) -> tuple[pd.DataFrame, dict]:
     """One row per (sample_id, annotator): their latest usable answer; plus drop counts."""
-    counts = dict(tasks=len(tasks), annotations=0, skipped=0, unsure=0, empty=0, not_a_class=0,
-                  tasks_without_sample_id=0)
+    counts = dict(
+        tasks=len(tasks), annotations=0, skipped=0, unsure=0, empty=0, not_a_class=0, tasks_without_sample_id=0
+    )
     known = set(classes)
     rows = []
     for task in tasks:
@@ -39,8 +41,12 @@ def answers(tasks: list[dict], classes: list[str]) -> tuple[pd.DataFrame, dict]:
             if a.get("was_cancelled"):
                 counts["skipped"] += 1
                 continue
-            chosen = [c for r in a.get("result") or [] if r.get("from_name") == config.FROM_NAME
-                      for c in (r.get("value") or {}).get("choices", [])]
+            chosen = [
+                c
+                for r in a.get("result") or []
+                if r.get("from_name") == config.FROM_NAME
+                for c in (r.get("value") or {}).get("choices", [])
+            ]
             if not chosen:
                 counts["empty"] += 1
             elif chosen[0] == config.UNSURE:
@@ -50,14 +56,18 @@ def answers(tasks: list[dict], classes: list[str]) -> tuple[pd.DataFrame, dict]:
             else:
                 rows.append((str(sid), _annotator(a.get("completed_by")), chosen[0], a.get("id") or 0))
     df = pd.DataFrame(rows, columns=["sample_id", "annotator", "label", "annotation_id"])
-    df = (df.sort_values(["sample_id", "annotator", "annotation_id"], kind="stable")
-            .drop_duplicates(["sample_id", "annotator"], keep="last").reset_index(drop=True))
+    df = (
+        df.sort_values(["sample_id", "annotator", "annotation_id"], kind="stable")
+        .drop_duplicates(["sample_id", "annotator"], keep="last")
+        .reset_index(drop=True)
+    )
     counts["usable"] = int(len(df))
     return df, counts
 
 
-def consensus(ans: pd.DataFrame, classes: list[str], pred_probs: np.ndarray | None
-              ) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+def consensus(
+    ans: pd.DataFrame, classes: list[str], pred_probs: np.ndarray | None
+) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """(per sample: sample_id, label, consensus_quality, annotators, agreement;
     per annotator: annotator, quality, agreement, labeled; the method used).
 
@@ -66,9 +76,12 @@ def consensus(ans: pd.DataFrame, classes: list[str], pred_probs: np.ndarray | No
     samples = np.sort(ans["sample_id"].unique())
     annotators = np.sort(ans["annotator"].unique())
     index = {c: i for i, c in enumerate(classes)}
-    matrix = (ans.assign(y=ans["label"].map(index))
-                 .pivot(index="sample_id", columns="annotator", values="y")
-                 .reindex(index=samples, columns=annotators).astype(float))
+    matrix = (
+        ans.assign(y=ans["label"].map(index))
+        .pivot(index="sample_id", columns="annotator", values="y")
+        .reindex(index=samples, columns=annotators)
+        .astype(float)
+    )
     votes = np.zeros((len(samples), len(classes)))
     for j in range(matrix.shape[1]):
         col = matrix.iloc[:, j].to_numpy()
@@ -85,43 +98,62 @@ def consensus(ans: pd.DataFrame, classes: list[str], pred_probs: np.ndarray | No
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            out = get_label_quality_multiannotator(matrix, np.asarray(pred_probs, float), verbose=False,
-                                                   return_detailed_quality=False)
+            out = get_label_quality_multiannotator(
+                matrix, np.asarray(pred_probs, float), verbose=False, return_detailed_quality=False
+            )
         lq, stats = out["label_quality"], out["annotator_stats"]
         label = lq["consensus_label"].to_numpy().astype(int)
         quality = lq["consensus_quality_score"].to_numpy()
-        ann = pd.DataFrame({"annotator": stats.index.astype(str),
-                            "quality": stats["annotator_quality"].to_numpy(),
-                            "agreement": stats["agreement_with_consensus"].to_numpy(),
-                            "labeled": stats["num_examples_labeled"].to_numpy()})
+        ann = pd.DataFrame(
+            {
+                "annotator": stats.index.astype(str),
+                "quality": stats["annotator_quality"].to_numpy(),
+                "agreement": stats["agreement_with_consensus"].to_numpy(),
+                "labeled": stats["num_examples_labeled"].to_numpy(),
+            }
+        )
     else:
         tie_break = votes + (1e-6 * np.asarray(pred_probs) if pred_probs is not None else 0)
         label = tie_break.argmax(1)  # remaining ties: the first class in class-list order
         quality = votes[np.arange(len(samples)), label] / n
         agree = matrix.to_numpy() == label[:, None]
         labeled = ~np.isnan(matrix.to_numpy())
-        ann = pd.DataFrame({"annotator": annotators.astype(str),
-                            "quality": (agree & labeled).sum(0) / labeled.sum(0),
-                            "agreement": (agree & labeled).sum(0) / labeled.sum(0),
-                            "labeled": labeled.sum(0)})
-    per_sample = pd.DataFrame({
-        "sample_id": samples, "label": np.asarray(classes, dtype=object)[label],
-        "consensus_quality": quality.astype(float), "annotators": n.astype(int),
-        "agreement": votes[np.arange(len(samples)), label] / n})
+        ann = pd.DataFrame(
+            {
+                "annotator": annotators.astype(str),
+                "quality": (agree & labeled).sum(0) / labeled.sum(0),
+                "agreement": (agree & labeled).sum(0) / labeled.sum(0),
+                "labeled": labeled.sum(0),
+            }
+        )
+    per_sample = pd.DataFrame(
+        {
+            "sample_id": samples,
+            "label": np.asarray(classes, dtype=object)[label],
+            "consensus_quality": quality.astype(float),
+            "annotators": n.astype(int),
+            "agreement": votes[np.arange(len(samples)), label] / n,
+        }
+    )
     return per_sample, ann.sort_values("annotator").reset_index(drop=True), method
 
 
-def probs_from_predictions(predictions: list[dict], task_sample: dict[int, str],
-                           samples: np.ndarray, classes: list[str]) -> tuple[np.ndarray | None, int]:
-    """"One-hot-ish" probabilities from the pushed predictions (the latest per task): the
+def probs_from_predictions(
+    predictions: list[dict], task_sample: dict[int, str], samples: np.ndarray, classes: list[str]
+) -> tuple[np.ndarray | None, int]:
+    """ "One-hot-ish" probabilities from the pushed predictions (the latest per task): the
     score on the suggested class, the rest spread evenly; uniform for a sample that had none.
     None when no sample had one."""
     k = len(classes)
     found: dict[str, tuple[int, np.ndarray]] = {}
     for p in predictions:
         sid = task_sample.get(p.get("task"))
-        chosen = [c for r in p.get("result") or [] if r.get("from_name") == config.FROM_NAME
-                  for c in (r.get("value") or {}).get("choices", [])]
+        chosen = [
+            c
+            for r in p.get("result") or []
+            if r.get("from_name") == config.FROM_NAME
+            for c in (r.get("value") or {}).get("choices", [])
+        ]
         if sid is None or not chosen or chosen[0] not in classes or p.get("score") is None:
             continue
         score = float(np.clip(p["score"], 1.0 / k, 1.0 - 1e-3))

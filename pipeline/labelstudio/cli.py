@@ -3,6 +3,7 @@
 The server and token come from LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY only (never a flag,
 never params.yaml), so they cannot land in shell history, params or DVC files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,57 +20,69 @@ DEFAULT_HARDNESS = "data/mine/hardness.parquet"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
-                   help="no progress bars or info logs")
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars or info logs")
     p.add_argument("--retries", type=int, default=5, help="tries per request (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for an answer (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer (default: %(default)s)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="{push,pull,serve}", required=True)
     push = sub.add_parser("push", help="send selected samples (with the model's suggestion) to a project")
     push.add_argument("--project", required=True, help="project title (created if missing)")
-    push.add_argument("--select", required=True, choices=sorted(select.SELECTORS),
-                      help="issues: label issues, lowest label_score first; hard: hardest first; "
-                           "random: a seeded audit sample; ids: the ones given by --ids")
+    push.add_argument(
+        "--select",
+        required=True,
+        choices=sorted(select.SELECTORS),
+        help="issues: label issues, lowest label_score first; hard: hardest first; "
+        "random: a seeded audit sample; ids: the ones given by --ids",
+    )
     push.add_argument("--limit", type=int, default=200, help="at most this many (default: %(default)s)")
     push.add_argument("--manifest", default=DEFAULT_MANIFEST, help="default: %(default)s")
     push.add_argument("--hardness", default=DEFAULT_HARDNESS, help="for --select hard (default: %(default)s)")
-    push.add_argument("--ids", help="for --select ids: a file (one id a line, or CSV with sample_id) "
-                                    "or a comma list")
+    push.add_argument("--ids", help="for --select ids: a file (one id a line, or CSV with sample_id) or a comma list")
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
     push.add_argument("--max-score", type=float, help="--select issues: label_score at most this")
-    push.add_argument("--split", action="append", choices=["train", "val", "test"],
-                      help="only samples of this split (repeatable; default: all)")
+    push.add_argument(
+        "--split",
+        action="append",
+        choices=["train", "val", "test"],
+        help="only samples of this split (repeatable; default: all)",
+    )
     push.add_argument("--seed", type=int, help="--select random (default: base.seed)")
     push.add_argument("--annotators", type=int, help="answers wanted per task (the project's overlap)")
-    push.add_argument("--images", default="auto", choices=["auto", "local", "upload"],
-                      help="local: a local-files storage (the server shares this disk); upload: send "
-                           "the PNGs; auto: local when the server allows it (default)")
-    push.add_argument("--image-dir", default=".pipeline/label-images",
-                      help="where the PNGs go (default: %(default)s)")
+    push.add_argument(
+        "--images",
+        default="auto",
+        choices=["auto", "local", "upload"],
+        help="local: a local-files storage (the server shares this disk); upload: send "
+        "the PNGs; auto: local when the server allows it (default)",
+    )
+    push.add_argument("--image-dir", default=".pipeline/label-images", help="where the PNGs go (default: %(default)s)")
     push.add_argument("--document-root", help="the server's LOCAL_FILES_DOCUMENT_ROOT (default: ask it)")
     push.add_argument("--batch-size", type=int, default=1000, help="tasks per import request")
     _common(push)
 
     pull = sub.add_parser("pull", help="export annotations, aggregate them, write the label patch")
     pull.add_argument("--project", required=True, help="project title")
-    pull.add_argument("--manifest",
-                      help=f"for current labels and pred_probs (default: {DEFAULT_MANIFEST} if present)")
-    pull.add_argument("--out", default="labels/patches.csv",
-                      help="the patch, a file kept in git (default: %(default)s)")
+    pull.add_argument("--manifest", help=f"for current labels and pred_probs (default: {DEFAULT_MANIFEST} if present)")
+    pull.add_argument(
+        "--out", default="labels/patches.csv", help="the patch, a file kept in git (default: %(default)s)"
+    )
     pull.add_argument("--summary", default="metrics/labels.json", help="default: %(default)s")
-    pull.add_argument("--min-annotators", type=int, default=1,
-                      help="usable answers a sample needs to be patched (default: %(default)s)")
+    pull.add_argument(
+        "--min-annotators",
+        type=int,
+        default=1,
+        help="usable answers a sample needs to be patched (default: %(default)s)",
+    )
     _common(pull)
 
     serve = sub.add_parser("serve", help="start a local Label Studio (own venv, 127.0.0.1 only)")
     serve.add_argument("--port", type=int, default=8080, help="default: %(default)s")
-    serve.add_argument("--document-root", default=".",
-                       help="folder local files are served from (default: the project folder)")
-    serve.add_argument("--venv", default=".venv-ls",
-                       help="Label Studio's own environment (default: %(default)s)")
+    serve.add_argument(
+        "--document-root", default=".", help="folder local files are served from (default: the project folder)"
+    )
+    serve.add_argument("--venv", default=".venv-ls", help="Label Studio's own environment (default: %(default)s)")
     serve.add_argument("--no-install", action="store_true", help="fail instead of creating the venv")
     serve.add_argument("--detach", action="store_true", help="leave it running in the background")
     serve.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -92,9 +105,13 @@ def _push(params: Params, args) -> dict:
     manifest = manifest / dataset.MANIFEST if manifest.is_dir() else manifest
     if args.limit < 1:
         raise PipelineError(f"--limit must be >= 1, got {args.limit}")
-    s = select.Selection(limit=args.limit, seed=params.base.seed if args.seed is None else args.seed,
-                         min_score=args.min_score, max_score=args.max_score,
-                         ids=select.read_ids(args.ids) if args.ids else [])
+    s = select.Selection(
+        limit=args.limit,
+        seed=params.base.seed if args.seed is None else args.seed,
+        min_score=args.min_score,
+        max_score=args.max_score,
+        ids=select.read_ids(args.ids) if args.ids else [],
+    )
     if args.select == "hard":
         if not Path(args.hardness).exists():
             raise PipelineError(f"{args.hardness}: no hardness table (has the mine stage run?)")
@@ -102,9 +119,15 @@ def _push(params: Params, args) -> dict:
     chosen = select.select(df, args.select, s, args.split)
     if chosen.empty:
         raise PipelineError(f"--select {args.select} chose no samples from {manifest}; nothing to push")
-    opts = push.PushOptions(project=args.project, images=args.images, image_dir=Path(args.image_dir),
-                            document_root=args.document_root, annotators=args.annotators,
-                            batch_size=args.batch_size, model_version=revision.model_version(manifest))
+    opts = push.PushOptions(
+        project=args.project,
+        images=args.images,
+        image_dir=Path(args.image_dir),
+        document_root=args.document_root,
+        annotators=args.annotators,
+        batch_size=args.batch_size,
+        model_version=revision.model_version(manifest),
+    )
     return push.run(_client(args), chosen, classes, opts)
 
 
@@ -116,9 +139,12 @@ def _pull(args) -> dict:
     path = args.manifest or (DEFAULT_MANIFEST if Path(DEFAULT_MANIFEST).exists() else None)
     if path:
         manifest, classes = dataset.read_manifest(path)
-    opts = pull.PullOptions(project=args.project, patches=Path(args.out),
-                            summary=Path(args.summary) if args.summary else None,
-                            min_annotators=args.min_annotators)
+    opts = pull.PullOptions(
+        project=args.project,
+        patches=Path(args.out),
+        summary=Path(args.summary) if args.summary else None,
+        min_annotators=args.min_annotators,
+    )
     return pull.run(_client(args), opts, manifest, classes)[1]
 
 
@@ -130,7 +156,8 @@ def main(params: Params, args) -> None:
     else:
         from pipeline.labelstudio import serve
 
-        code = serve.serve(args.port, Path(args.document_root), Path(args.venv),
-                           install=not args.no_install, detach=args.detach)
+        code = serve.serve(
+            args.port, Path(args.document_root), Path(args.venv), install=not args.no_install, detach=args.detach
+        )
         if code:
             raise PipelineError(f"Label Studio exited with code {code}", exit_code=code)

@@ -11,6 +11,7 @@ when it surely never reached the server (connection refused, connect timeout, 50
 may have (read timeout, dropped connection, 500) an `AmbiguousError` is raised at once so
 the caller can look at the server's state before trying again (see `push.import_batches`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,15 +50,14 @@ class Retry:
     read_timeout: float = 120.0
 
     def wait(self, attempt: int) -> float:
-        return min(self.max_wait, self.backoff * 2 ** attempt)
+        return min(self.max_wait, self.backoff * 2**attempt)
 
 
 def _requests():
     try:
         import requests
     except ImportError:  # pragma: no cover - requests ships with dvc
-        raise PipelineError("the Label Studio client needs `requests`: "
-                            "pip install -e '.[labelstudio]'") from None
+        raise PipelineError("the Label Studio client needs `requests`: pip install -e '.[labelstudio]'") from None
     # urllib3 logs every request with its host and port at DEBUG: keep the server out of logs
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     return requests
@@ -87,8 +87,14 @@ def _is_jwt(token: str) -> bool:
 class Client:
     """The calls the push and pull stages make; `FakeClient` (fake.py) has the same ones."""
 
-    def __init__(self, url: str, token: str, retry: Retry = Retry(), session: Any = None,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        retry: Retry = Retry(),
+        session: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
         if not url.startswith(("http://", "https://")):
             raise PipelineError(f"{ENV_URL} must start with http:// or https://")
         self._url = url.rstrip("/")
@@ -103,8 +109,10 @@ class Client:
         url, token = os.environ.get(ENV_URL, ""), os.environ.get(ENV_KEY, "")
         missing = [k for k, v in ((ENV_URL, url), (ENV_KEY, token)) if not v]
         if missing:
-            raise PipelineError(f"set {' and '.join(missing)} in the environment "
-                                "(`python -m pipeline label serve` starts a local server)")
+            raise PipelineError(
+                f"set {' and '.join(missing)} in the environment "
+                "(`python -m pipeline label serve` starts a local server)"
+            )
         return cls(url, token, retry)
 
     def _scrub(self, text: str) -> str:
@@ -116,13 +124,24 @@ class Client:
     def _auth(self) -> dict[str, str]:
         if _is_jwt(self._token):
             if self._access is None:
-                self._access = self.request("POST", "/api/token/refresh/", json={"refresh": self._token},
-                                            what="the token refresh", auth=False)["access"]
+                self._access = self.request(
+                    "POST", "/api/token/refresh/", json={"refresh": self._token}, what="the token refresh", auth=False
+                )["access"]
             return {"Authorization": f"Bearer {self._access}"}
         return {"Authorization": f"Token {self._token}"}
 
-    def request(self, method: str, path: str, *, what: str = "the request", unsafe: bool = False,
-                raw: bool = False, auth: bool = True, accept: tuple[int, ...] = (), **kwargs) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str = "the request",
+        unsafe: bool = False,
+        raw: bool = False,
+        auth: bool = True,
+        accept: tuple[int, ...] = (),
+        **kwargs,
+    ) -> Any:
         """One API call; JSON back (the response itself when `raw`, or when its status is in
         `accept`). `path` starts with /api/."""
         timeout = (self.retry.connect_timeout, self.retry.read_timeout)
@@ -130,13 +149,11 @@ class Client:
         for attempt in range(self.retry.attempts):
             if attempt:
                 wait = self.retry.wait(attempt - 1)
-                log.info("Label Studio: %s; retry %d/%d in %.1f s", reason, attempt,
-                         self.retry.attempts - 1, wait)
+                log.info("Label Studio: %s; retry %d/%d in %.1f s", reason, attempt, self.retry.attempts - 1, wait)
                 self.sleep(wait)
             headers = self._auth() if auth else {}
             try:
-                r = self._session.request(method, self._url + path, headers=headers,
-                                          timeout=timeout, **kwargs)
+                r = self._session.request(method, self._url + path, headers=headers, timeout=timeout, **kwargs)
             except _requests().RequestException as e:
                 reason, maybe_sent = _reason(e)
                 if unsafe and maybe_sent:
@@ -149,7 +166,8 @@ class Client:
                     continue
                 raise PipelineError(
                     f"Label Studio refused the token in {ENV_KEY} (HTTP {code}) during {what}; "
-                    "check that it is your account's access token and that the server accepts it")
+                    "check that it is your account's access token and that the server accepts it"
+                )
             if code == 429 or code >= 500:
                 reason = f"HTTP {code}"
                 if unsafe and code not in (429, 503):
@@ -164,7 +182,8 @@ class Client:
             return r.json() if r.content else None
         raise UnavailableError(
             f"the Label Studio server ({ENV_URL}) is unavailable: {reason} after "
-            f"{self.retry.attempts} tries over {time.monotonic() - started:.0f} s; is it running?")
+            f"{self.retry.attempts} tries over {time.monotonic() - started:.0f} s; is it running?"
+        )
 
     def _detail(self, r: Any) -> str:
         try:
@@ -182,9 +201,9 @@ class Client:
     def find_project(self, title: str) -> dict | None:
         page = 1
         while True:
-            body = self.request("GET", "/api/projects", params={"title": title, "page": page,
-                                                                "page_size": 100},
-                                what="the project list")
+            body = self.request(
+                "GET", "/api/projects", params={"title": title, "page": page, "page_size": 100}, what="the project list"
+            )
             rows = body["results"] if isinstance(body, dict) else body
             for p in rows:
                 if p["title"] == title:
@@ -194,8 +213,7 @@ class Client:
             page += 1
 
     def create_project(self, **fields) -> dict:
-        return self.request("POST", "/api/projects", json=fields, what="the project creation",
-                            unsafe=True)
+        return self.request("POST", "/api/projects", json=fields, what="the project creation", unsafe=True)
 
     def update_project(self, pid: int, **fields) -> dict:
         return self.request("PATCH", f"/api/projects/{pid}", json=fields, what="the project update")
@@ -208,11 +226,22 @@ class Client:
         Through an export snapshot rather than `/export?exportType=JSON`: the snapshot
         prefetches annotations and drafts, which makes it about twice as fast on large projects.
         """
-        options = {"drafts": {"only_id": True}, "predictions": {"only_id": True},
-                   "annotations__completed_by": {"only_id": True}, "include_annotation_history": False}
-        snap = self.request("POST", f"/api/projects/{pid}/exports/", what="the export",
-                            json={"title": "pipeline label", "serialization_options": options,
-                                  "task_filter_options": {"only_with_annotations": False}})
+        options = {
+            "drafts": {"only_id": True},
+            "predictions": {"only_id": True},
+            "annotations__completed_by": {"only_id": True},
+            "include_annotation_history": False,
+        }
+        snap = self.request(
+            "POST",
+            f"/api/projects/{pid}/exports/",
+            what="the export",
+            json={
+                "title": "pipeline label",
+                "serialization_options": options,
+                "task_filter_options": {"only_with_annotations": False},
+            },
+        )
         base = f"/api/projects/{pid}/exports/{snap['id']}"
         deadline = time.monotonic() + self.retry.read_timeout
         while snap.get("status") not in ("completed", "failed") and time.monotonic() < deadline:
@@ -225,61 +254,97 @@ class Client:
         return tasks
 
     def import_tasks(self, pid: int, tasks: list[dict]) -> list[int]:
-        body = self.request("POST", f"/api/projects/{pid}/import", params={"return_task_ids": "true"},
-                            json=tasks, what="the task import", unsafe=True)
+        body = self.request(
+            "POST",
+            f"/api/projects/{pid}/import",
+            params={"return_task_ids": "true"},
+            json=tasks,
+            what="the task import",
+            unsafe=True,
+        )
         return list(body.get("task_ids", []))
 
     def predictions(self, pid: int) -> list[dict]:
-        return self.request("GET", "/api/predictions/", params={"project": pid},
-                            what="the prediction list")
+        return self.request("GET", "/api/predictions/", params={"project": pid}, what="the prediction list")
 
     def delete_predictions(self, pid: int, task_ids: list[int]) -> None:
-        self.request("POST", "/api/dm/actions", params={"id": "delete_tasks_predictions", "project": pid},
-                     json={"selectedItems": {"all": False, "included": list(task_ids)}},
-                     what="the prediction clean-up")
+        self.request(
+            "POST",
+            "/api/dm/actions",
+            params={"id": "delete_tasks_predictions", "project": pid},
+            json={"selectedItems": {"all": False, "included": list(task_ids)}},
+            what="the prediction clean-up",
+        )
 
     def import_predictions(self, pid: int, predictions: list[dict]) -> None:
-        self.request("POST", f"/api/projects/{pid}/import/predictions", json=predictions,
-                     what="the prediction import", unsafe=True)
+        self.request(
+            "POST",
+            f"/api/projects/{pid}/import/predictions",
+            json=predictions,
+            what="the prediction import",
+            unsafe=True,
+        )
 
     # --- images: local-files storage or uploads ---------------------------------------------
 
     def document_root(self, pid: int) -> str | None:
         """The server's LOCAL_FILES_DOCUMENT_ROOT, read from its answer to validating "/"."""
-        r = self.request("POST", "/api/storages/localfiles/validate", json={"project": pid, "path": "/"},
-                         what="the document-root probe", raw=True, accept=(400,))
+        r = self.request(
+            "POST",
+            "/api/storages/localfiles/validate",
+            json={"project": pid, "path": "/"},
+            what="the document-root probe",
+            raw=True,
+            accept=(400,),
+        )
         found = re.search(r'LOCAL_FILES_DOCUMENT_ROOT="([^"]*)"', r.text.replace('\\"', '"'))
         return found.group(1) if found else None
 
     def local_storages(self, pid: int) -> list[dict]:
-        return self.request("GET", "/api/storages/localfiles", params={"project": pid},
-                            what="the storage list")
+        return self.request("GET", "/api/storages/localfiles", params={"project": pid}, what="the storage list")
 
     def create_local_storage(self, pid: int, path: str) -> dict:
         # regex "^$" matches no file: a "Sync" in the UI must not create one task per PNG
-        return self.request("POST", "/api/storages/localfiles", what="the local-files storage",
-                            json={"project": pid, "path": path, "regex_filter": "^$",
-                                  "use_blob_urls": True, "title": "pipeline images"})
+        return self.request(
+            "POST",
+            "/api/storages/localfiles",
+            what="the local-files storage",
+            json={
+                "project": pid,
+                "path": path,
+                "regex_filter": "^$",
+                "use_blob_urls": True,
+                "title": "pipeline images",
+            },
+        )
 
     def uploads(self, pid: int) -> list[dict]:
-        return self.request("GET", f"/api/projects/{pid}/file-uploads", params={"all": "true"},
-                            what="the upload list")
+        return self.request("GET", f"/api/projects/{pid}/file-uploads", params={"all": "true"}, what="the upload list")
 
     def upload_files(self, pid: int, files: list[tuple[str, bytes]]) -> None:
-        self.request("POST", f"/api/projects/{pid}/import", params={"commit_to_project": "false"},
-                     files=[(name, (name, data, "image/png")) for name, data in files],
-                     what="the image upload")
+        self.request(
+            "POST",
+            f"/api/projects/{pid}/import",
+            params={"commit_to_project": "false"},
+            files=[(name, (name, data, "image/png")) for name, data in files],
+            what="the image upload",
+        )
 
     # --- annotations (the tests' simulated annotators use these) -----------------------------
 
     def create_user(self, email: str) -> dict:
-        return self.request("POST", "/api/users/", json={"email": email, "username": email.split("@")[0]},
-                            what="the user creation", unsafe=True)
+        return self.request(
+            "POST",
+            "/api/users/",
+            json={"email": email, "username": email.split("@")[0]},
+            what="the user creation",
+            unsafe=True,
+        )
 
-    def create_annotation(self, task_id: int, result: list[dict], completed_by: int | None = None,
-                          was_cancelled: bool = False) -> dict:
+    def create_annotation(
+        self, task_id: int, result: list[dict], completed_by: int | None = None, was_cancelled: bool = False
+    ) -> dict:
         body: dict[str, Any] = {"result": result, "was_cancelled": was_cancelled}
         if completed_by is not None:
             body["completed_by"] = completed_by
-        return self.request("POST", f"/api/tasks/{task_id}/annotations/", json=body,
-                            what="the annotation", unsafe=True)
+        return self.request("POST", f"/api/tasks/{task_id}/annotations/", json=body, what="the annotation", unsafe=True)

@@ -4,6 +4,7 @@ The choices are the classes in class-list order plus `UNSURE`, which pull drops 
 Task data carries `image` (what the interface shows) and `sample_id` (how pull maps answers
 back); `FROM_NAME`/`TO_NAME` name the control and the object in predictions and annotations.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -20,7 +21,7 @@ def labeling_config(classes: list[str]) -> str:
     if not classes:
         raise PipelineError("the class list is empty: nothing to label")
     if UNSURE in classes:
-        raise PipelineError(f"a class is named {UNSURE!r}, which is the reserved \"unsure\" answer")
+        raise PipelineError(f'a class is named {UNSURE!r}, which is the reserved "unsure" answer')
     if len(set(classes)) != len(classes):
         raise PipelineError("the class list has duplicates")
     choices = "\n".join(f"    <Choice value={quoteattr(str(c))}/>" for c in classes)
@@ -32,7 +33,8 @@ def labeling_config(classes: list[str]) -> str:
         f"{choices}\n"
         f'    <Choice value="{UNSURE}" hint="I cannot tell"/>\n'
         "  </Choices>\n"
-        "</View>\n")
+        "</View>\n"
+    )
 
 
 def classes_of(config: str) -> list[str]:
@@ -44,11 +46,12 @@ def classes_of(config: str) -> list[str]:
     for node in root.iter("Choices"):
         if node.get("name") == FROM_NAME:
             return [c.get("value") for c in node.iter("Choice") if c.get("value") != UNSURE]
-    raise PipelineError(f"the project's labeling config has no <Choices name=\"{FROM_NAME}\">: "
-                        "was it created by `python -m pipeline label push`?")
+    raise PipelineError(
+        f'the project\'s labeling config has no <Choices name="{FROM_NAME}">: '
+        "was it created by `python -m pipeline label push`?"
+    )
 
 
 def choice_result(label: str) -> list[dict]:
     """A prediction or annotation `result` choosing `label`."""
-    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices",
-             "value": {"choices": [label]}}]
+    return [{"from_name": FROM_NAME, "to_name": TO_NAME, "type": "choices", "value": {"choices": [label]}}]

@@ -4,6 +4,7 @@ It keeps projects, tasks (each import batch is all-or-nothing, as on the server)
 annotations, local storages and uploads. `fail` lets a test inject a failure before a named
 call: `fake.fail["import_tasks"] = [AmbiguousError("x")]` raises once, then works.
 """
+
 from __future__ import annotations
 
 import copy
@@ -52,26 +53,28 @@ class FakeClient:
     def update_project(self, pid, **fields):
         self._call("update_project")
         version = fields.get("model_version")
-        if version and not any(p["model_version"] == version for p in self.preds.values()
-                               if p["project"] == pid):
-            raise PipelineError("Label Studio rejected the project update (HTTP 400): Model version "
-                                "doesn't exist either as live model or as static predictions.")
+        if version and not any(p["model_version"] == version for p in self.preds.values() if p["project"] == pid):
+            raise PipelineError(
+                "Label Studio rejected the project update (HTTP 400): Model version "
+                "doesn't exist either as live model or as static predictions."
+            )
         self.projects[pid].update(fields)
         return copy.deepcopy(self.projects[pid])
 
     def export(self, pid):
         self._call("export")
-        return [{**copy.deepcopy(t),
-                 "predictions": [i for i, p in self.preds.items() if p["task"] == t["id"]]}
-                for t in self.tasks.values() if t["project"] == pid]
+        return [
+            {**copy.deepcopy(t), "predictions": [i for i, p in self.preds.items() if p["task"] == t["id"]]}
+            for t in self.tasks.values()
+            if t["project"] == pid
+        ]
 
     def import_tasks(self, pid, tasks):
         self._call("import_tasks")
         ids = []
         for t in tasks:
             tid = next(self._ids)
-            self.tasks[tid] = {"id": tid, "project": pid, "data": copy.deepcopy(t["data"]),
-                               "annotations": []}
+            self.tasks[tid] = {"id": tid, "project": pid, "data": copy.deepcopy(t["data"]), "annotations": []}
             for p in t.get("predictions", []):
                 self._add_prediction(pid, tid, p)
             ids.append(tid)
@@ -122,7 +125,6 @@ class FakeClient:
 
     def create_annotation(self, task_id, result, completed_by=None, was_cancelled=False):
         self._call("create_annotation")
-        a = {"id": next(self._ids), "result": result, "completed_by": completed_by,
-             "was_cancelled": was_cancelled}
+        a = {"id": next(self._ids), "result": result, "completed_by": completed_by, "was_cancelled": was_cancelled}
         self.tasks[task_id]["annotations"].append(a)
         return a

@@ -20,6 +20,7 @@ labels/patches.csv` is its audit trail. The project ships it with a header only.
 A later pull replaces the rows of the samples it covers and keeps the others. This module
 imports nothing beyond pandas, so the clean stage can use `read_patches`/`apply_patches`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,19 +31,23 @@ import pandas as pd
 from pipeline.errors import PipelineError
 
 PATCHES = "labels/patches.csv"
-COLUMNS = ["sample_id", "old_label", "label", "consensus_quality", "annotators", "agreement",
-           "revision", "project"]
+COLUMNS = ["sample_id", "old_label", "label", "consensus_quality", "annotators", "agreement", "revision", "project"]
 REQUIRED = ("sample_id", "label")
 _DTYPES = {"sample_id": str, "old_label": str, "label": str, "revision": str, "project": str}
 
 
 def empty() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=float if c in ("consensus_quality", "agreement")
-                                      else int if c == "annotators" else object) for c in COLUMNS})
+    return pd.DataFrame(
+        {
+            c: pd.Series(
+                dtype=float if c in ("consensus_quality", "agreement") else int if c == "annotators" else object
+            )
+            for c in COLUMNS
+        }
+    )
 
 
-def read_patches(path: str | Path = PATCHES, classes: list[str] | None = None,
-                 missing_ok: bool = True) -> pd.DataFrame:
+def read_patches(path: str | Path = PATCHES, classes: list[str] | None = None, missing_ok: bool = True) -> pd.DataFrame:
     """The patch table; an empty one when the file does not exist and `missing_ok`.
 
     Fails (PipelineError) on a missing column, a duplicate `sample_id`, an empty label, or a
@@ -55,8 +60,12 @@ def read_patches(path: str | Path = PATCHES, classes: list[str] | None = None,
         if missing_ok:
             return empty()
         raise PipelineError(f"{path}: no label patch (run `python -m pipeline label pull`)")
-    df = pd.read_csv(path, dtype=_DTYPES, keep_default_na=False, na_values={
-        "consensus_quality": [""], "agreement": [""], "annotators": [""]})
+    df = pd.read_csv(
+        path,
+        dtype=_DTYPES,
+        keep_default_na=False,
+        na_values={"consensus_quality": [""], "agreement": [""], "annotators": [""]},
+    )
     missing = [c for c in REQUIRED if c not in df]
     if missing:
         raise PipelineError(f"{path}: expected columns {list(REQUIRED)}, missing {missing}")
@@ -68,8 +77,7 @@ def read_patches(path: str | Path = PATCHES, classes: list[str] | None = None,
     if classes is not None:
         bad = sorted(set(df["label"]) - set(classes))
         if bad:
-            raise PipelineError(f"{path}: labels not in the class list: {bad[:5]}"
-                                f"{' ...' if len(bad) > 5 else ''}")
+            raise PipelineError(f"{path}: labels not in the class list: {bad[:5]}{' ...' if len(bad) > 5 else ''}")
     for c in COLUMNS:
         if c not in df:
             df[c] = empty()[c]
@@ -93,8 +101,9 @@ def write_patches(path: str | Path, new: pd.DataFrame, merge: bool = True) -> pd
     return out
 
 
-def apply_patches(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str],
-                  min_quality: float = 0.0) -> tuple[pd.DataFrame, dict]:
+def apply_patches(
+    df: pd.DataFrame, patches: pd.DataFrame, classes: list[str], min_quality: float = 0.0
+) -> tuple[pd.DataFrame, dict]:
     """`df` with patched labels: `label`/`label_id` replaced where a patch with
     `consensus_quality >= min_quality` exists; adds `human_label` (the patch's label or empty)
     and `label_patched` (True where the label changed). Patches for unknown ids are counted.
@@ -109,7 +118,11 @@ def apply_patches(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str],
     if "label_id" in df:
         index = {c: i for i, c in enumerate(classes)}
         df["label_id"] = df["label"].map(index).astype(np.int64)
-    counts = {"patches": int(len(patches)), "applied": int(human.notna().sum()),
-              "changed": int(changed.sum()), "below_quality": int(len(patches) - len(use)),
-              "unknown_ids": int((~use["sample_id"].isin(df["sample_id"])).sum())}
+    counts = {
+        "patches": int(len(patches)),
+        "applied": int(human.notna().sum()),
+        "changed": int(changed.sum()),
+        "below_quality": int(len(patches) - len(use)),
+        "unknown_ids": int((~use["sample_id"].isin(df["sample_id"])).sum()),
+    }
     return df, counts

@@ -5,6 +5,7 @@ pulls and sorted by sample_id, and a summary (`metrics/labels.json`): what was d
 the method, and each annotator's quality. Annotators appear by their Label Studio user id only.
 It ends by printing the `git add` / `git commit` that records the new labels.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,12 +40,14 @@ def manifest_probs(manifest: pd.DataFrame | None, samples: np.ndarray, k: int) -
     return np.stack([np.asarray(p, float) for p in probs])
 
 
-def run(client, opts: PullOptions, manifest: pd.DataFrame | None = None,
-        classes: list[str] | None = None) -> tuple[pd.DataFrame, dict]:
+def run(
+    client, opts: PullOptions, manifest: pd.DataFrame | None = None, classes: list[str] | None = None
+) -> tuple[pd.DataFrame, dict]:
     project = client.find_project(opts.project)
     if project is None:
-        raise PipelineError(f"no Label Studio project named {opts.project!r} "
-                            "(push to it first: `python -m pipeline label push`)")
+        raise PipelineError(
+            f"no Label Studio project named {opts.project!r} (push to it first: `python -m pipeline label push`)"
+        )
     classes = classes or config.classes_of(project["label_config"])
     tasks = client.export(project["id"])
     ans, counts = aggregate.answers(tasks, classes)
@@ -53,16 +56,19 @@ def run(client, opts: PullOptions, manifest: pd.DataFrame | None = None,
     ans = ans[~ans["sample_id"].isin(few)]
     counts["below_min_annotators"] = int(len(few))
     samples = np.sort(ans["sample_id"].unique())
-    task_label = {str(t["data"]["sample_id"]): t["data"].get("label")
-                  for t in tasks if (t.get("data") or {}).get("sample_id") is not None}
+    task_label = {
+        str(t["data"]["sample_id"]): t["data"].get("label")
+        for t in tasks
+        if (t.get("data") or {}).get("sample_id") is not None
+    }
     counts["unresolved"] = int(len(set(task_label) - set(samples)))
 
     probs, source = manifest_probs(manifest, samples, len(classes)), "manifest pred_probs"
     if probs is None and len(samples):
-        task_sample = {t["id"]: str(t["data"]["sample_id"]) for t in tasks
-                       if (t.get("data") or {}).get("sample_id") is not None}
-        probs, n = aggregate.probs_from_predictions(client.predictions(project["id"]), task_sample,
-                                                    samples, classes)
+        task_sample = {
+            t["id"]: str(t["data"]["sample_id"]) for t in tasks if (t.get("data") or {}).get("sample_id") is not None
+        }
+        probs, n = aggregate.probs_from_predictions(client.predictions(project["id"]), task_sample, samples, classes)
         source = f"pushed prediction scores ({n} of {len(samples)} samples)"
     revision = git_revision()
     if len(samples):
@@ -75,30 +81,53 @@ def run(client, opts: PullOptions, manifest: pd.DataFrame | None = None,
     written = patches.write_patches(opts.patches, out)
     changed = int((out["label"] != out["old_label"]).sum())
     summary = {
-        "project": opts.project, "revision": revision, "method": method,
+        "project": opts.project,
+        "revision": revision,
+        "method": method,
         "probabilities": source if method == "crowdlab" else None,
-        "counts": {**counts, "samples": int(len(out)), "changed": changed,
-                   "confirmed": int(len(out) - changed), "patch_rows": int(len(written))},
-        "annotators": {str(r.annotator): {"quality": round(float(r.quality), 6),
-                                          "agreement": round(float(r.agreement), 6),
-                                          "labeled": int(r.labeled)}
-                       for r in annotators.itertuples()},
+        "counts": {
+            **counts,
+            "samples": int(len(out)),
+            "changed": changed,
+            "confirmed": int(len(out) - changed),
+            "patch_rows": int(len(written)),
+        },
+        "annotators": {
+            str(r.annotator): {
+                "quality": round(float(r.quality), 6),
+                "agreement": round(float(r.agreement), 6),
+                "labeled": int(r.labeled),
+            }
+            for r in annotators.itertuples()
+        },
     }
     if opts.summary is not None:
         dataset.write_json(opts.summary, summary)
-    log.info("pulled %d answers on %d samples from %r (%s): %d relabeled, %d confirmed; dropped "
-             "%d skipped, %d unsure, %d empty; patch: %s (%d rows)", counts["usable"], len(out),
-             opts.project, method, changed, len(out) - changed, counts["skipped"], counts["unsure"],
-             counts["empty"], opts.patches, len(written))
+    log.info(
+        "pulled %d answers on %d samples from %r (%s): %d relabeled, %d confirmed; dropped "
+        "%d skipped, %d unsure, %d empty; patch: %s (%d rows)",
+        counts["usable"],
+        len(out),
+        opts.project,
+        method,
+        changed,
+        len(out) - changed,
+        counts["skipped"],
+        counts["unsure"],
+        counts["empty"],
+        opts.patches,
+        len(written),
+    )
     summary["commit_with"] = commit_command(opts, summary["counts"])
-    print(f"label pull: {len(written)} patched labels in {opts.patches}; record them with:\n"
-          f"  {summary['commit_with']}")
+    print(f"label pull: {len(written)} patched labels in {opts.patches}; record them with:\n  {summary['commit_with']}")
     return written, summary
 
 
 def commit_command(opts: PullOptions, counts: dict) -> str:
     """The git step that records the patch (and its summary) in the project's history."""
     files = " ".join(shlex.quote(str(p)) for p in (opts.patches, opts.summary) if p is not None)
-    message = (f"labels: pull {opts.project} ({counts['samples']} samples, {counts['changed']} relabeled, "
-               f"{counts['confirmed']} confirmed)")
+    message = (
+        f"labels: pull {opts.project} ({counts['samples']} samples, {counts['changed']} relabeled, "
+        f"{counts['confirmed']} confirmed)"
+    )
     return f"git add {files} && git commit -m {shlex.quote(message)}"

@@ -10,6 +10,7 @@ Images are written once as PNGs under the image folder and made reachable either
 local-files storage (the server shares this disk: the folder must be inside the server's
 LOCAL_FILES_DOCUMENT_ROOT) or by uploading them (`--images upload`, any server).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -86,15 +87,23 @@ def ensure_project(client, opts: PushOptions, classes: list[str]) -> dict:
     if project is None:
         log.info("creating Label Studio project %r", opts.project)
         return client.create_project(
-            title=opts.project, label_config=label_config, maximum_annotations=opts.annotators or 1,
-            overlap_cohort_percentage=100, show_skip_button=True,
-            description="Samples flagged by the pipeline; `python -m pipeline label pull` reads the answers.")
+            title=opts.project,
+            label_config=label_config,
+            maximum_annotations=opts.annotators or 1,
+            overlap_cohort_percentage=100,
+            show_skip_button=True,
+            description="Samples flagged by the pipeline; `python -m pipeline label pull` reads the answers.",
+        )
     changes: dict = {}
     if project.get("label_config") != label_config:
         have = config.classes_of(project["label_config"])
         if have != classes:
-            log.info("project %r: class list changed (%d -> %d classes); updating its config",
-                     opts.project, len(have), len(classes))
+            log.info(
+                "project %r: class list changed (%d -> %d classes); updating its config",
+                opts.project,
+                len(have),
+                len(classes),
+            )
         changes["label_config"] = label_config
     if opts.annotators and project.get("maximum_annotations") != opts.annotators:
         changes.update(maximum_annotations=opts.annotators, overlap_cohort_percentage=100)
@@ -132,28 +141,31 @@ def _local_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions) -> dict[s
     folder = opts.image_dir.resolve()
     root = opts.document_root or client.document_root(pid)
     if not root:
-        raise PipelineError("the server did not report its LOCAL_FILES_DOCUMENT_ROOT (local files "
-                            "serving off?); pass --document-root, or use --images upload")
+        raise PipelineError(
+            "the server did not report its LOCAL_FILES_DOCUMENT_ROOT (local files "
+            "serving off?); pass --document-root, or use --images upload"
+        )
     root_path = Path(root).resolve()
     if root_path not in folder.parents:
-        raise PipelineError(f"the image folder {folder} is not inside the server's document root "
-                            f"{root_path}; move --image-dir under it, or use --images upload")
+        raise PipelineError(
+            f"the image folder {folder} is not inside the server's document root "
+            f"{root_path}; move --image-dir under it, or use --images upload"
+        )
     if not any(Path(s["path"]).resolve() == folder for s in client.local_storages(pid)):
         client.create_local_storage(pid, str(folder))
     rel = folder.relative_to(root_path).as_posix()
     return {sid: f"/data/local-files/?d={quote(f'{rel}/{sid}.png')}" for sid in df["sample_id"]}
 
 
-def _upload_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions, per_request: int = 100
-                 ) -> dict[str, str]:
+def _upload_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions, per_request: int = 100) -> dict[str, str]:
     def listing() -> dict[str, str]:
         # the server names an upload "<8 hex>-<original name>"
-        return {Path(u["file"]).name.split("-", 1)[-1]: "/data/" + u["file"].lstrip("/")
-                for u in client.uploads(pid)}
+        return {Path(u["file"]).name.split("-", 1)[-1]: "/data/" + u["file"].lstrip("/") for u in client.uploads(pid)}
+
     have = listing()
     todo = [sid for sid in df["sample_id"] if f"{sid}.png" not in have]
     for start in progress(range(0, len(todo), per_request), desc="upload", unit="batch"):
-        names = [f"{sid}.png" for sid in todo[start:start + per_request]]
+        names = [f"{sid}.png" for sid in todo[start : start + per_request]]
         client.upload_files(pid, [(n, (opts.image_dir / n).read_bytes()) for n in names])
     if todo:
         have = listing()
@@ -162,8 +174,12 @@ def _upload_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions, per_requ
 
 def build_task(row: pd.Series, url: str, classes: list[str], model_version: str) -> dict:
     label, score = suggestion(row, classes)
-    data = {"image": url, "sample_id": str(row["sample_id"]), "label": str(row["label"]),
-            "reason": str(row.get("reason", ""))}
+    data = {
+        "image": url,
+        "sample_id": str(row["sample_id"]),
+        "label": str(row["label"]),
+        "reason": str(row.get("reason", "")),
+    }
     for column in ("split", "label_score", "hardness"):
         if column in row and not pd.isna(row[column]):
             data[column] = row[column].item() if hasattr(row[column], "item") else row[column]
@@ -186,15 +202,17 @@ def import_batches(client, pid: int, tasks: list[dict], batch_size: int) -> int:
     the samples it does not have are re-sent (bounded by the client's retry policy)."""
     created = 0
     for start in progress(range(0, len(tasks), batch_size), desc="import", unit="batch"):
-        batch = tasks[start:start + batch_size]
+        batch = tasks[start : start + batch_size]
         for attempt in range(client.retry.attempts):
             try:
                 created += len(client.import_tasks(pid, batch))
                 break
             except AmbiguousError as e:
                 if attempt == client.retry.attempts - 1:
-                    raise UnavailableError(f"{e}; gave up after {attempt + 1} tries: run the same "
-                                           "push again to finish it (it creates no duplicates)") from None
+                    raise UnavailableError(
+                        f"{e}; gave up after {attempt + 1} tries: run the same "
+                        "push again to finish it (it creates no duplicates)"
+                    ) from None
                 wait = client.retry.wait(attempt)
                 log.info("Label Studio: %s; checking what arrived, retry in %.1f s", e, wait)
                 client.sleep(wait)
@@ -215,7 +233,7 @@ def refresh_predictions(client, pid: int, wanted: dict[int, dict]) -> int:
             current.setdefault(p["task"], []).append(_key(p))
     stale = sorted(t for t, p in wanted.items() if current.get(t) != [_key(p)])
     for start in range(0, len(stale), 1000):
-        chunk = stale[start:start + 1000]
+        chunk = stale[start : start + 1000]
         client.delete_predictions(pid, chunk)
         client.import_predictions(pid, [{**wanted[t], "task": t} for t in chunk])
     return len(stale)
@@ -223,8 +241,11 @@ def refresh_predictions(client, pid: int, wanted: dict[int, dict]) -> int:
 
 def _key(p: dict) -> tuple:
     score = p.get("score")
-    return (p.get("model_version") or "", None if score is None else round(float(score), 6),
-            tuple(tuple(r.get("value", {}).get("choices", [])) for r in p.get("result") or []))
+    return (
+        p.get("model_version") or "",
+        None if score is None else round(float(score), 6),
+        tuple(tuple(r.get("value", {}).get("choices", [])) for r in p.get("result") or []),
+    )
 
 
 def run(client, df: pd.DataFrame, classes: list[str], opts: PushOptions) -> dict:
@@ -235,13 +256,15 @@ def run(client, df: pd.DataFrame, classes: list[str], opts: PushOptions) -> dict
     have = existing_tasks(client, pid)
     duplicated = sum(len(v) > 1 for v in have.values())
     if duplicated:
-        log.warning("project %r has %d samples in more than one task (not made by this push); "
-                    "pull merges their answers", opts.project, duplicated)
+        log.warning(
+            "project %r has %d samples in more than one task (not made by this push); pull merges their answers",
+            opts.project,
+            duplicated,
+        )
     new = df[~df["sample_id"].isin(have.keys())]
     written = write_images(new, opts.image_dir)
     urls, mode = image_urls(client, pid, new, opts) if len(new) else ({}, "none")
-    tasks = [build_task(row, urls[row["sample_id"]], classes, opts.model_version)
-             for _, row in new.iterrows()]
+    tasks = [build_task(row, urls[row["sample_id"]], classes, opts.model_version) for _, row in new.iterrows()]
     created = import_batches(client, pid, tasks, opts.batch_size)
     wanted = {}
     for _, row in df[df["sample_id"].isin(have.keys())].iterrows():
@@ -255,11 +278,25 @@ def run(client, df: pd.DataFrame, classes: list[str], opts: PushOptions) -> dict
         # the server accepts a model version only once predictions carry it; the project's
         # version picks the predictions its labeling interface pre-fills
         client.update_project(pid, model_version=opts.model_version)
-    counts = {"project_id": pid, "selected": int(len(df)), "created": created,
-              "already_there": int(len(df) - len(new)), "predictions_refreshed": refreshed,
-              "images_written": written, "image_mode": mode, "duplicates_on_server": duplicated,
-              "model_version": opts.model_version, "seconds": round(time.monotonic() - t0, 2)}
-    log.info("pushed to project %r (id %d): %d new tasks, %d already there, %d predictions "
-             "refreshed, images: %s", opts.project, pid, created, counts["already_there"],
-             refreshed, mode)
+    counts = {
+        "project_id": pid,
+        "selected": int(len(df)),
+        "created": created,
+        "already_there": int(len(df) - len(new)),
+        "predictions_refreshed": refreshed,
+        "images_written": written,
+        "image_mode": mode,
+        "duplicates_on_server": duplicated,
+        "model_version": opts.model_version,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+    log.info(
+        "pushed to project %r (id %d): %d new tasks, %d already there, %d predictions refreshed, images: %s",
+        opts.project,
+        pid,
+        created,
+        counts["already_there"],
+        refreshed,
+        mode,
+    )
     return counts

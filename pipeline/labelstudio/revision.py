@@ -2,6 +2,7 @@
 
 Never a URL, a host or a token: these strings land in Label Studio and in DVC-tracked files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +12,10 @@ from pathlib import Path
 
 def git_revision(cwd: str | Path = ".") -> str:
     """`git rev-parse --short HEAD`, plus `-dirty` when tracked files changed; `nogit` outside git."""
+
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
     try:
         head = git("rev-parse", "--short", "HEAD")
     except OSError:

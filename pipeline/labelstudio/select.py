@@ -6,6 +6,7 @@ wrong, from the clean stage); `hard` needs a `hardness` table (the mine stage); 
 seeded per sample from `(seed, sample_id)` so adding samples does not reshuffle the rest;
 `ids` takes an explicit list.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ class Selection:
 def _need(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
     missing = [c for c in columns if c not in df]
     if missing:
-        raise PipelineError(f"--select {what} needs manifest columns {list(columns)}, missing "
-                            f"{missing} (is --manifest the clean stage's output?)")
+        raise PipelineError(
+            f"--select {what} needs manifest columns {list(columns)}, missing "
+            f"{missing} (is --manifest the clean stage's output?)"
+        )
 
 
 def issues(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
@@ -51,7 +54,8 @@ def hard(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
         raise PipelineError("--select hard needs the hardness table (--hardness)")
     _need(s.hardness, ("sample_id", "hardness"), "hard")
     out = df.drop(columns=["hardness"], errors="ignore").merge(
-        s.hardness[["sample_id", "hardness"]], on="sample_id", how="inner")
+        s.hardness[["sample_id", "hardness"]], on="sample_id", how="inner"
+    )
     return out.sort_values(["hardness", "sample_id"], ascending=[False, True], kind="stable")
 
 
@@ -66,13 +70,16 @@ def ids(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     wanted = list(dict.fromkeys(s.ids))
     unknown = [i for i in wanted if i not in set(df["sample_id"])]
     if unknown:
-        raise PipelineError(f"{len(unknown)} of {len(wanted)} ids are not in the manifest, "
-                            f"e.g. {unknown[:3]}")
+        raise PipelineError(f"{len(unknown)} of {len(wanted)} ids are not in the manifest, e.g. {unknown[:3]}")
     return df.set_index("sample_id", drop=False).loc[wanted]
 
 
 SELECTORS: dict[str, Callable[[pd.DataFrame, Selection], pd.DataFrame]] = {
-    "issues": issues, "hard": hard, "random": random, "ids": ids}
+    "issues": issues,
+    "hard": hard,
+    "random": random,
+    "ids": ids,
+}
 
 
 def select(df: pd.DataFrame, how: str, s: Selection, splits: list[str] | None = None) -> pd.DataFrame:

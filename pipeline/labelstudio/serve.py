@@ -7,6 +7,7 @@ to the server through its environment (not its command line, which `ps` shows); 
 prints where the token is, never the token itself. Local-files serving is on, rooted at the
 project folder, so `label push` can serve `.pipeline/label-images/` without uploading it.
 """
+
 from __future__ import annotations
 
 import os
@@ -39,10 +40,11 @@ def ensure_venv(venv: Path = VENV, install: bool = True) -> Path:
         return exe
     if not install:
         raise PipelineError(f"{exe} is missing: run `make labelstudio` (or drop --no-install)")
-    print(f"installing Label Studio into {venv} (its own environment; a few minutes, once) ...",
-          flush=True)
-    for cmd in ([sys.executable, "-m", "venv", str(venv)],
-                [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", PACKAGE]):
+    print(f"installing Label Studio into {venv} (its own environment; a few minutes, once) ...", flush=True)
+    for cmd in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", PACKAGE],
+    ):
         if subprocess.run(cmd).returncode != 0:
             raise PipelineError(f"could not install Label Studio into {venv} ({' '.join(cmd[-2:])} failed)")
     return exe
@@ -58,19 +60,27 @@ def secret(path: Path, nbytes: int = 20) -> str:
     return path.read_text().strip()
 
 
-def server_env(data_dir: Path, document_root: Path, token: str, password: str,
-               username: str = USERNAME) -> dict[str, str]:
+def server_env(
+    data_dir: Path, document_root: Path, token: str, password: str, username: str = USERNAME
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LABEL_STUDIO_URL", "LABEL_STUDIO_API_KEY")}
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir.resolve()),
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root.resolve()),
-        "LABEL_STUDIO_USERNAME": username, "LABEL_STUDIO_PASSWORD": password,
-        "LABEL_STUDIO_USER_TOKEN": token, "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        # offline and quiet: no version check, no analytics, no error reports, warnings only
-        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false", "LOG_LEVEL": "WARNING",
-        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-    })
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir.resolve()),
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root.resolve()),
+            "LABEL_STUDIO_USERNAME": username,
+            "LABEL_STUDIO_PASSWORD": password,
+            "LABEL_STUDIO_USER_TOKEN": token,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            # offline and quiet: no version check, no analytics, no error reports, warnings only
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+            "LOG_LEVEL": "WARNING",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+        }
+    )
     return env
 
 
@@ -85,19 +95,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(port: int, data_dir: Path, document_root: Path, token: str, password: str,
-          venv: Path = VENV, log_path: Path | None = None) -> subprocess.Popen:
+def start(
+    port: int,
+    data_dir: Path,
+    document_root: Path,
+    token: str,
+    password: str,
+    venv: Path = VENV,
+    log_path: Path | None = None,
+) -> subprocess.Popen:
     """Start the server in the background (its output to `log_path`); see `wait_ready`."""
     if port_in_use(port):
         raise PipelineError(f"port {port} on {HOST} is in use; pick another with --port")
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "server.log"
     out = open(log_path, "ab")
-    cmd = [str(executable(venv)), "start", "--no-browser", "--port", str(port),
-           "--internal-host", HOST, "--enable-legacy-api-token"]
-    return subprocess.Popen(cmd, env=server_env(data_dir, document_root, token, password),
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    cmd = [
+        str(executable(venv)),
+        "start",
+        "--no-browser",
+        "--port",
+        str(port),
+        "--internal-host",
+        HOST,
+        "--enable-legacy-api-token",
+    ]
+    return subprocess.Popen(
+        cmd,
+        env=server_env(data_dir, document_root, token, password),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> str:
@@ -109,8 +139,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 600.0) -> str
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise PipelineError(f"Label Studio exited with code {proc.returncode} while starting "
-                                "(see its log)")
+            raise PipelineError(f"Label Studio exited with code {proc.returncode} while starting (see its log)")
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return url
@@ -130,8 +159,7 @@ def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
             proc.wait()
 
 
-def serve(port: int, document_root: Path, venv: Path = VENV, install: bool = True,
-          detach: bool = False) -> int:
+def serve(port: int, document_root: Path, venv: Path = VENV, install: bool = True, detach: bool = False) -> int:
     ensure_venv(venv, install)
     token, password = secret(TOKEN_FILE), secret(PASSWORD_FILE, 12)
     proc = start(port, DATA_DIR, document_root, token, password, venv)
@@ -141,7 +169,8 @@ def serve(port: int, document_root: Path, venv: Path = VENV, install: bool = Tru
     except BaseException:
         stop(proc)
         raise
-    print(f"""
+    print(
+        f"""
 Label Studio is running at {url}  (bound to {HOST} only)
   web UI login: {USERNAME}, password in {PASSWORD_FILE}
   API token: generated into {TOKEN_FILE} (mode 600) and given to the server at start-up;
@@ -149,11 +178,15 @@ Label Studio is running at {url}  (bound to {HOST} only)
     export LABEL_STUDIO_URL={url}
     export LABEL_STUDIO_API_KEY=$(cat {TOKEN_FILE})
   local files are served from {document_root.resolve()}
-""", flush=True)
+""",
+        flush=True,
+    )
     if detach:
         (STATE / "label-studio.pid").write_text(f"{proc.pid}\n")
-        print(f"running in the background (pid {proc.pid}, also in {STATE / 'label-studio.pid'}); "
-              f"stop it with: kill {proc.pid}")
+        print(
+            f"running in the background (pid {proc.pid}, also in {STATE / 'label-studio.pid'}); "
+            f"stop it with: kill {proc.pid}"
+        )
         return 0
     print("press Ctrl-C to stop it", flush=True)
     try:

@@ -20,6 +20,7 @@ The thresholds come from real data (`thresholds`): a low quantile of real train 
 distances to their nearest other train image, and a low quantile of real val images'
 realism scores. All kernels are deterministic and bounded in memory (chunked distances).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ def _dist_blocks(query: np.ndarray, ref: np.ndarray):
     r2 = (r * r).sum(1)
     rows = max(16, BLOCK // max(len(r), 1))
     for i in range(0, len(q), rows):
-        qb = q[i:i + rows]
+        qb = q[i : i + rows]
         d2 = (qb * qb).sum(1)[:, None] + r2[None, :] - 2.0 * qb @ r.T
         yield i, np.sqrt(np.maximum(d2, 0.0))
 
@@ -71,8 +72,8 @@ def knn_distance(query: np.ndarray, ref: np.ndarray, k: int = 1, self_index: np.
         return out
     for i, d in _dist_blocks(query, ref):
         if self_index is not None:
-            d[np.arange(len(d)), self_index[i:i + len(d)]] = np.inf
-        out[i:i + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
+            d[np.arange(len(d)), self_index[i : i + len(d)]] = np.inf
+        out[i : i + len(d)] = np.partition(d, k - 1, axis=1)[:, k - 1]
     return out
 
 
@@ -84,7 +85,7 @@ def radii(x: np.ndarray, k: int) -> np.ndarray:
 def _covered(query: np.ndarray, ref: np.ndarray, ref_radii: np.ndarray) -> np.ndarray:
     out = np.zeros(len(query), bool)
     for i, d in _dist_blocks(query, ref):
-        out[i:i + len(d)] = (d <= ref_radii[None, :]).any(axis=1)
+        out[i : i + len(d)] = (d <= ref_radii[None, :]).any(axis=1)
     return out
 
 
@@ -103,7 +104,7 @@ def realism(real: np.ndarray, real_radii: np.ndarray, fake: np.ndarray) -> np.nd
     r, rr = real[keep], real_radii[keep]
     out = np.zeros(len(fake))
     for i, d in _dist_blocks(fake, r):
-        out[i:i + len(d)] = (rr[None, :] / np.maximum(d, 1e-12)).max(axis=1)
+        out[i : i + len(d)] = (rr[None, :] / np.maximum(d, 1e-12)).max(axis=1)
     return out
 
 
@@ -136,8 +137,9 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 1000
     for _ in range(subsets):
         x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
         kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        values.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                      - 2 * kxy.mean())
+        values.append(
+            (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
+        )
     return float(np.mean(values))
 
 
@@ -151,6 +153,7 @@ def subsample(n: int, cap: int, seed: int) -> np.ndarray:
 @dataclass
 class Reference:
     """The real data the gate measures against (features from the same judges)."""
+
     train: np.ndarray  # real train features (what the generator learned from)
     train_labels: np.ndarray
     train_hashes: set[str]
@@ -170,8 +173,7 @@ class Thresholds:
 
     def as_dict(self) -> dict:
         r = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
-        return {"copy_train": r(self.copy_train), "copy_val_test": r(self.copy_val_test),
-                "realism": r(self.realism)}
+        return {"copy_train": r(self.copy_train), "copy_val_test": r(self.copy_val_test), "realism": r(self.realism)}
 
 
 def thresholds(ref: Reference, cfg, seed: int) -> Thresholds:
@@ -183,15 +185,28 @@ def thresholds(ref: Reference, cfg, seed: int) -> Thresholds:
     manifold = subsample(len(ref.train), cfg.max_features, seed + 1)
     mr = radii(ref.train[manifold], cfg.pr_k)
     real_realism = realism(ref.train[manifold], mr, ref.val) if len(ref.val) else np.zeros(0)
-    return Thresholds(copy_train=quant(cfg.copy_quantile) if cfg.copy_quantile > 0 else None,
-                      copy_val_test=quant(cfg.holdout_quantile),
-                      realism=(float(np.quantile(real_realism, cfg.realism_quantile))
-                               if cfg.realism_quantile > 0 and len(real_realism) else None),
-                      manifold=manifold, manifold_radii=mr)
+    return Thresholds(
+        copy_train=quant(cfg.copy_quantile) if cfg.copy_quantile > 0 else None,
+        copy_val_test=quant(cfg.holdout_quantile),
+        realism=(
+            float(np.quantile(real_realism, cfg.realism_quantile))
+            if cfg.realism_quantile > 0 and len(real_realism)
+            else None
+        ),
+        manifold=manifold,
+        manifold_radii=mr,
+    )
 
 
-def assess(ref: Reference, th: Thresholds, feats: np.ndarray, probs: np.ndarray, labels: np.ndarray,
-           hashes: list[str], tau: float) -> pd.DataFrame:
+def assess(
+    ref: Reference,
+    th: Thresholds,
+    feats: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    hashes: list[str],
+    tau: float,
+) -> pd.DataFrame:
     """Per-sample scores and `reason` (the failed checks, ';'-joined, in REASONS order; '' = admitted)."""
     labels = np.asarray(labels, np.int64)
     p_label = probs[np.arange(len(labels)), labels] if len(labels) else np.zeros(0)
@@ -206,9 +221,16 @@ def assess(ref: Reference, th: Thresholds, feats: np.ndarray, probs: np.ndarray,
         "off_manifold": (real_score < th.realism) if th.realism is not None else np.zeros(len(feats), bool),
     }
     reason = [";".join(r for r in REASONS if checks[r][i]) for i in range(len(feats))]
-    return pd.DataFrame({"p_label": p_label.astype(np.float64), "pred_label_id": probs.argmax(1) if len(probs) else [],
-                         "nn_train_dist": nn_train, "nn_val_test_dist": nn_holdout, "realism": real_score,
-                         "reason": reason})
+    return pd.DataFrame(
+        {
+            "p_label": p_label.astype(np.float64),
+            "pred_label_id": probs.argmax(1) if len(probs) else [],
+            "nn_train_dist": nn_train,
+            "nn_val_test_dist": nn_holdout,
+            "realism": real_score,
+            "reason": reason,
+        }
+    )
 
 
 def set_metrics(real: np.ndarray, fake: np.ndarray, cfg, seed: int) -> dict:
@@ -216,19 +238,24 @@ def set_metrics(real: np.ndarray, fake: np.ndarray, cfg, seed: int) -> dict:
     r6 = lambda v: None if v is None else round(v, 6)  # noqa: E731
     rs, fs = subsample(len(real), cfg.max_features, seed), subsample(len(fake), cfg.max_features, seed + 1)
     p, r = precision_recall(real[rs], fake[fs], cfg.pr_k)
-    return {"n": len(fake), "fid": r6(fid(real, fake)),
-            "kid": r6(kid(real, fake, cfg.kid_subsets, cfg.kid_subset_size, seed)),
-            "precision": r6(p), "recall": r6(r)}
+    return {
+        "n": len(fake),
+        "fid": r6(fid(real, fake)),
+        "kid": r6(kid(real, fake, cfg.kid_subsets, cfg.kid_subset_size, seed)),
+        "precision": r6(p),
+        "recall": r6(r),
+    }
 
 
-def report(ref: Reference, sets: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], cfg,
-           seed: int) -> dict:
+def report(ref: Reference, sets: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str], cfg, seed: int) -> dict:
     """Set metrics of each named (features, labels) set against real train, overall and per
     class, next to real val's (`real_baseline`: what a perfect generator would score)."""
     sets = {**sets, "real_baseline": (ref.val, ref.val_labels)}
     out = {name: set_metrics(ref.train, f, cfg, seed) for name, (f, _) in sets.items()}
     out["per_class"] = {
-        cname: {name: set_metrics(ref.train[ref.train_labels == c], f[y == c], cfg, seed)
-                for name, (f, y) in sets.items()}
-        for c, cname in enumerate(classes)}
+        cname: {
+            name: set_metrics(ref.train[ref.train_labels == c], f[y == c], cfg, seed) for name, (f, y) in sets.items()
+        }
+        for c, cname in enumerate(classes)
+    }
     return out

@@ -13,6 +13,7 @@ global RNG seeded from it, under `fit.deterministic()`, on `train.threads` threa
 Sampling draws nothing: the stage draws each sample's latent code from its own seed, so a
 sample does not depend on the others or on the batch it was decoded in.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,14 +40,16 @@ class Generator:
     A plug-in sets `name` (its `synthesize.<name>` knobs) and implements `build`, `fit` and
     `decode`; `networks` are the modules whose weights are checkpointed.
     """
+
     name: ClassVar[str]
     Knobs: ClassVar[type]  # its params model
 
     def __init__(self, knobs, image_shape: tuple[int, int, int], num_classes: int, seed: int):
         h, w, c = image_shape
         if h != w or h % 4 or h < 8:
-            raise PipelineError(f"synthesize.{self.name}: expected square images with a side divisible "
-                                f"by 4 (at least 8), got {h}x{w}")
+            raise PipelineError(
+                f"synthesize.{self.name}: expected square images with a side divisible by 4 (at least 8), got {h}x{w}"
+            )
         self.knobs, self.image_shape, self.num_classes, self.seed = knobs, tuple(image_shape), num_classes, seed
         self.latent_dim = knobs.latent_dim
         self.temperature = knobs.temperature
@@ -74,13 +77,18 @@ class Generator:
                 sums: dict[str, float] = {}
                 steps = len(x) // bs  # the remainder (a different one each epoch) is skipped
                 for i in range(steps):
-                    idx = order[i * bs:(i + 1) * bs]
+                    idx = order[i * bs : (i + 1) * bs]
                     for k, v in self.step(data[idx], labels[idx], epoch).items():
                         sums[k] = sums.get(k, 0.0) + v
                 row = {"epoch": epoch, **{k: float(f"{v / steps:.6g}") for k, v in sums.items()}}
                 history.append(row)
-                log.info("synthesize %s: epoch %d/%d %s", self.name, epoch, self.knobs.epochs,
-                         " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
+                log.info(
+                    "synthesize %s: epoch %d/%d %s",
+                    self.name,
+                    epoch,
+                    self.knobs.epochs,
+                    " ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"),
+                )
         for net in self.networks.values():
             net.eval()
         return history
@@ -95,8 +103,9 @@ class Generator:
 
     def latents(self, seeds: list[int], labels: np.ndarray) -> np.ndarray:
         """(N, latent_dim) float32 latent codes, one from each seed: the prior N(0, temperature^2)."""
-        return np.array([np.random.default_rng(s).standard_normal(self.latent_dim) * self.temperature
-                         for s in seeds], np.float32).reshape(len(seeds), self.latent_dim)
+        return np.array(
+            [np.random.default_rng(s).standard_normal(self.latent_dim) * self.temperature for s in seeds], np.float32
+        ).reshape(len(seeds), self.latent_dim)
 
     def decode(self, z: np.ndarray, labels: np.ndarray, batch_size: int = 512) -> np.ndarray:
         """uint8 NHWC images for latent codes (N, latent_dim) and label ids (N,)."""
@@ -105,14 +114,21 @@ class Generator:
             net.eval()
         with torch.no_grad():
             for i in range(0, len(z), batch_size):
-                img = self.generate(torch.from_numpy(np.asarray(z[i:i + batch_size], np.float32)),
-                                    torch.from_numpy(np.asarray(labels[i:i + batch_size], np.int64)))
+                img = self.generate(
+                    torch.from_numpy(np.asarray(z[i : i + batch_size], np.float32)),
+                    torch.from_numpy(np.asarray(labels[i : i + batch_size], np.int64)),
+                )
                 out.append(torch.round(img.clamp(0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
         return np.concatenate(out) if out else np.zeros((0, *self.image_shape), np.uint8)
 
     def config(self) -> dict:
-        return {"generator": self.name, "image_shape": list(self.image_shape), "num_classes": self.num_classes,
-                "seed": self.seed, "knobs": self.knobs.model_dump()}
+        return {
+            "generator": self.name,
+            "image_shape": list(self.image_shape),
+            "num_classes": self.num_classes,
+            "seed": self.seed,
+            "knobs": self.knobs.model_dump(),
+        }
 
     def fingerprint(self) -> str:
         """A short hash of the weights: sample ids name the generator that made them."""
@@ -167,8 +183,14 @@ class _Decoder(nn.Module):
         self.shape = (2 * w, s, s)
         norm = (lambda n: nn.BatchNorm2d(n)) if batchnorm else (lambda n: nn.Identity())
         self.fc = nn.Linear(latent + k, 2 * w * s * s)
-        self.up = nn.Sequential(norm(2 * w), nn.ReLU(), nn.ConvTranspose2d(2 * w, w, 4, 2, 1), norm(w), nn.ReLU(),
-                                nn.ConvTranspose2d(w, c, 4, 2, 1))
+        self.up = nn.Sequential(
+            norm(2 * w),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * w, w, 4, 2, 1),
+            norm(w),
+            nn.ReLU(),
+            nn.ConvTranspose2d(w, c, 4, 2, 1),
+        )
 
     def forward(self, z: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
         return self.up(self.fc(torch.cat([z, onehot], 1)).view(-1, *self.shape))
@@ -265,8 +287,8 @@ class VAE(Generator):
         enc, out = self.networks["encoder"].eval(), []
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                xt = torch.from_numpy(np.array(x[i:i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
-                onehot = F.one_hot(torch.from_numpy(np.array(y[i:i + batch_size], np.int64)), self.num_classes)
+                xt = torch.from_numpy(np.array(x[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+                onehot = F.one_hot(torch.from_numpy(np.array(y[i : i + batch_size], np.int64)), self.num_classes)
                 out.append(enc(xt, onehot.float())[0].numpy())
         return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)
 
@@ -276,8 +298,13 @@ class _Discriminator(nn.Module):
 
     def __init__(self, c: int, s: int, w: int, k: int):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(c, w, 4, 2, 1), nn.LeakyReLU(0.2),
-                                  nn.Conv2d(w, 2 * w, 4, 2, 1), nn.BatchNorm2d(2 * w), nn.LeakyReLU(0.2))
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, w, 4, 2, 1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(w, 2 * w, 4, 2, 1),
+            nn.BatchNorm2d(2 * w),
+            nn.LeakyReLU(0.2),
+        )
         self.adv = nn.Linear(2 * w * s * s, 1)
         self.aux = nn.Linear(2 * w * s * s, k)
 
@@ -322,20 +349,26 @@ class GAN(Generator):
         fake = torch.sigmoid(g(z, F.one_hot(y_fake, k).float()))
         adv_r, cls_r = d(x)
         adv_f, cls_f = d(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(adv_r, torch.full_like(adv_r, self.REAL_TARGET))
-                  + F.binary_cross_entropy_with_logits(adv_f, torch.zeros_like(adv_f))
-                  + aux * (F.cross_entropy(cls_r, y) + F.cross_entropy(cls_f, y_fake)))
+        loss_d = (
+            F.binary_cross_entropy_with_logits(adv_r, torch.full_like(adv_r, self.REAL_TARGET))
+            + F.binary_cross_entropy_with_logits(adv_f, torch.zeros_like(adv_f))
+            + aux * (F.cross_entropy(cls_r, y) + F.cross_entropy(cls_f, y_fake))
+        )
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
         adv_g, cls_g = d(fake)
-        loss_g = (F.binary_cross_entropy_with_logits(adv_g, torch.ones_like(adv_g))
-                  + aux * F.cross_entropy(cls_g, y_fake))
+        loss_g = F.binary_cross_entropy_with_logits(adv_g, torch.ones_like(adv_g)) + aux * F.cross_entropy(
+            cls_g, y_fake
+        )
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
-        return {"loss_d": loss_d.item(), "loss_g": loss_g.item(),
-                "d_real_acc": (cls_r.argmax(1) == y).float().mean().item()}
+        return {
+            "loss_d": loss_d.item(),
+            "loss_g": loss_g.item(),
+            "d_real_acc": (cls_r.argmax(1) == y).float().mean().item(),
+        }
 
     def generate(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.networks["generator"](z, F.one_hot(y, self.num_classes).float()))
@@ -344,11 +377,21 @@ class GAN(Generator):
 def save(path: str | Path, gen: Generator, classes: list[str], history: list[dict]) -> None:
     """Atomically write {state_dicts, config, classes, history}; the same weights give the same bytes."""
     path = Path(path)
-    state = {name: {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-             for name, net in gen.networks.items()}
+    state = {
+        name: {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        for name, net in gen.networks.items()
+    }
     buf = io.BytesIO()
-    torch.save({"format_version": FORMAT_VERSION, "state_dict": state, "config": gen.config(),
-                "classes": list(classes), "history": history}, buf)
+    torch.save(
+        {
+            "format_version": FORMAT_VERSION,
+            "state_dict": state,
+            "config": gen.config(),
+            "classes": list(classes),
+            "history": history,
+        },
+        buf,
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())

@@ -24,6 +24,7 @@ synthetic data. Test labels are never read (TSTR is measured on val). Sample `k`
 `c` decodes the latent code drawn from `(base.seed, "synthesize:<generator>:<c>:<k>")`.
 When `synthesize.enabled` is false the manifest is empty.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,38 @@ from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import Params, Train
 
-COLUMNS = ["sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id", "generator",
-           "model_id", "seed", "weight", "p_label", "nn_train_dist", "nn_val_test_dist", "realism",
-           "pixel_sha256", "store", "row"]
-REJECTED_COLUMNS = ["sample_id", "label", "generator", "reason", "p_label", "pred_label", "nn_train_dist",
-                    "nn_val_test_dist", "realism"]
+COLUMNS = [
+    "sample_id",
+    "path",
+    "label",
+    "label_id",
+    "group",
+    "split",
+    "origin",
+    "parent_id",
+    "generator",
+    "model_id",
+    "seed",
+    "weight",
+    "p_label",
+    "nn_train_dist",
+    "nn_val_test_dist",
+    "realism",
+    "pixel_sha256",
+    "store",
+    "row",
+]
+REJECTED_COLUMNS = [
+    "sample_id",
+    "label",
+    "generator",
+    "reason",
+    "p_label",
+    "pred_label",
+    "nn_train_dist",
+    "nn_val_test_dist",
+    "realism",
+]
 GENERATOR_FILE, REJECTED_FILE = "generator.pt", "rejected.csv"
 
 
@@ -65,8 +93,9 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
     row_of = pd.Series(np.arange(len(oof_df)), index=oof_df["sample_id"].to_numpy())
     missing = ~clean_df["sample_id"].isin(row_of.index)
     if missing.any():
-        raise PipelineError(f"{oof_dir}: no embedding for {int(missing.sum())} samples of the clean manifest; "
-                            f"re-run oof")
+        raise PipelineError(
+            f"{oof_dir}: no embedding for {int(missing.sum())} samples of the clean manifest; re-run oof"
+        )
     real = clean_df["origin"] == "real"
     train = clean_df[real & (clean_df["split"] == "train")]
     holdout = clean_df[real & clean_df["split"].isin(["val", "test"])]
@@ -74,12 +103,18 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
     feats = lambda df: emb[row_of.loc[df["sample_id"]].to_numpy()]  # noqa: E731
     probe = gate.features(judges, dataset.load_pixels(train.head(1)))
     if probe.shape[1] != emb.shape[1]:
-        raise PipelineError(f"{oof_dir}: embeddings of width {emb.shape[1]}, fold models give {probe.shape[1]}; "
-                            f"re-run oof")
-    ref = gate.Reference(train=feats(train), train_labels=train["label_id"].to_numpy(np.int64),
-                         train_hashes=set(train["pixel_sha256"]), holdout=feats(holdout),
-                         holdout_hashes=set(holdout["pixel_sha256"]), val=feats(val),
-                         val_labels=val["label_id"].to_numpy(np.int64))
+        raise PipelineError(
+            f"{oof_dir}: embeddings of width {emb.shape[1]}, fold models give {probe.shape[1]}; re-run oof"
+        )
+    ref = gate.Reference(
+        train=feats(train),
+        train_labels=train["label_id"].to_numpy(np.int64),
+        train_hashes=set(train["pixel_sha256"]),
+        holdout=feats(holdout),
+        holdout_hashes=set(holdout["pixel_sha256"]),
+        val=feats(val),
+        val_labels=val["label_id"].to_numpy(np.int64),
+    )
     return judges, ref, train
 
 
@@ -90,8 +125,9 @@ def tstr_config(params: Params) -> Train:
     return Train(**{k: getattr(params.train, k) for k in oof.TRAIN_KEYS}, epochs=params.synthesize.gate.tstr_epochs)
 
 
-def tstr(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Train, num_classes: int,
-         seed: int) -> float | None:
+def tstr(
+    x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Train, num_classes: int, seed: int
+) -> float | None:
     """Accuracy on real (x_test, y_test) of a classifier trained only on synthetic (x, y)."""
     from pipeline import fit
 
@@ -101,20 +137,31 @@ def tstr(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, c
     return round(float((fit.predict_proba(model, x_test).argmax(1) == y_test).mean()), 6)
 
 
-def draw(gen, model_id: str, labels: np.ndarray, index: np.ndarray, classes: list[str], weight: float,
-         seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+def draw(
+    gen, model_id: str, labels: np.ndarray, index: np.ndarray, classes: list[str], weight: float, seed: int
+) -> tuple[pd.DataFrame, np.ndarray]:
     """Decode sample `index[i]` of class `labels[i]`: its latent code comes from its own seed."""
     # 53 bits, as augment's seeds: the column stays exact beside other manifests' in assemble
-    seeds = [dataset.sample_seed(seed, f"synthesize:{gen.name}:{c}:{k}") & (2**53 - 1)
-             for c, k in zip(labels, index)]
+    seeds = [dataset.sample_seed(seed, f"synthesize:{gen.name}:{c}:{k}") & (2**53 - 1) for c, k in zip(labels, index)]
     pixels = gen.decode(gen.latents(seeds, labels), labels)
-    rows = pd.DataFrame({
-        "sample_id": [dataset.sample_id("synthetic", gen.name, model_id, c, k) for c, k in zip(labels, index)],
-        "path": [f"synthetic/{gen.name}/{classes[c]}/{k:05d}" for c, k in zip(labels, index)],
-        "label": [classes[c] for c in labels], "label_id": np.asarray(labels, np.int64), "group": None,
-        "split": "train", "origin": "synthetic", "parent_id": None, "generator": gen.name, "model_id": model_id,
-        "seed": np.array(seeds, np.int64), "weight": weight, "k": np.asarray(index, np.int64),
-        "pixel_sha256": [dataset.pixel_hash(p) for p in pixels]})
+    rows = pd.DataFrame(
+        {
+            "sample_id": [dataset.sample_id("synthetic", gen.name, model_id, c, k) for c, k in zip(labels, index)],
+            "path": [f"synthetic/{gen.name}/{classes[c]}/{k:05d}" for c, k in zip(labels, index)],
+            "label": [classes[c] for c in labels],
+            "label_id": np.asarray(labels, np.int64),
+            "group": None,
+            "split": "train",
+            "origin": "synthetic",
+            "parent_id": None,
+            "generator": gen.name,
+            "model_id": model_id,
+            "seed": np.array(seeds, np.int64),
+            "weight": weight,
+            "k": np.asarray(index, np.int64),
+            "pixel_sha256": [dataset.pixel_hash(p) for p in pixels],
+        }
+    )
     return rows, pixels
 
 
@@ -126,8 +173,9 @@ def _more(targets: np.ndarray, drawn: np.ndarray, passed: np.ndarray, max_draws:
     return np.where(short > 0, np.minimum(want, targets * max_draws - drawn), 0)
 
 
-def sample_and_admit(cfg, gen, judges, ref, classes: list[str], targets: np.ndarray,
-                     seed: int) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+def sample_and_admit(
+    cfg, gen, judges, ref, classes: list[str], targets: np.ndarray, seed: int
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
     """Draw `targets[c]` samples of each class and gate them (`cfg`: params.Synthesize); while the
     generator is admitted, draw more of a class (up to `max_draws` times its target) to replace
     its rejected samples. Returns (rows + scores, `reason` and `first_draw`, pixels, admitted
@@ -147,8 +195,9 @@ def sample_and_admit(cfg, gen, judges, ref, classes: list[str], targets: np.ndar
         index = np.concatenate([drawn[c] + np.arange(n[c]) for c in range(k)])
         rows, px = draw(gen, model_id, labels, index, classes, cfg.weight, seed)
         feats, probs = gate.features(judges, px), gate.judge_probs(judges, px)
-        rows = pd.concat([rows, gate.assess(ref, th, feats, probs, labels, list(rows["pixel_sha256"]), cfg.gate.tau)],
-                         axis=1).assign(first_draw=not parts)
+        rows = pd.concat(
+            [rows, gate.assess(ref, th, feats, probs, labels, list(rows["pixel_sha256"]), cfg.gate.tau)], axis=1
+        ).assign(first_draw=not parts)
         parts.append((rows, px, feats))
         drawn += n
         passed += np.bincount(labels[(rows["reason"] == "").to_numpy()], minlength=k)
@@ -168,22 +217,42 @@ def sample_and_admit(cfg, gen, judges, ref, classes: list[str], targets: np.ndar
     rows.loc[ok & ~admitted, "reason"] = "surplus" if verdict == "admitted" else "generator_rejected"
     labels = rows["label_id"].to_numpy()
     metrics = {
-        "generated": int(first.sum()), "passed_fraction": round(fraction, 6), "verdict": verdict,
-        "verdict_reason": ("" if verdict == "admitted" else
-                           f"{fraction:.3f} of the first {int(first.sum())} samples passed, below "
-                           f"gate.min_admitted = {cfg.gate.min_admitted}"),
-        "drawn": len(rows), "admitted": int(admitted.sum()),
+        "generated": int(first.sum()),
+        "passed_fraction": round(fraction, 6),
+        "verdict": verdict,
+        "verdict_reason": (
+            ""
+            if verdict == "admitted"
+            else f"{fraction:.3f} of the first {int(first.sum())} samples passed, below "
+            f"gate.min_admitted = {cfg.gate.min_admitted}"
+        ),
+        "drawn": len(rows),
+        "admitted": int(admitted.sum()),
         "admitted_per_class": {c: int((admitted & (labels == i)).sum()) for i, c in enumerate(classes)},
         "rejected_by_reason": {r: int(sum(r in x.split(";") for x in rows["reason"])) for r in gate.REASONS},
         "thresholds": {**th.as_dict(), "tau": cfg.gate.tau},
         "label_consistency": round(float(rows.loc[first, "p_label"].mean()), 6) if first.any() else None,
-        "quality": gate.report(ref, {"generated": (feats[first], labels[first]),
-                                     "admitted": (feats[admitted], labels[admitted])}, classes, cfg.gate, seed)}
+        "quality": gate.report(
+            ref,
+            {"generated": (feats[first], labels[first]), "admitted": (feats[admitted], labels[admitted])},
+            classes,
+            cfg.gate,
+            seed,
+        ),
+    }
     return rows.drop(columns="k"), pixels, admitted, metrics
 
 
-def run(params: Params, clean_df: pd.DataFrame, classes: list[str], oof_dir: Path, out: Path, final_dir: Path,
-        plots: Path | None = None, gen=None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def run(
+    params: Params,
+    clean_df: pd.DataFrame,
+    classes: list[str],
+    oof_dir: Path,
+    out: Path,
+    final_dir: Path,
+    plots: Path | None = None,
+    gen=None,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """(admitted manifest rows, rejected rows, metrics); writes images and the generator under `out`.
 
     `gen`: a generator object to use instead of `synthesize.generator` (tests plant bad ones).
@@ -198,20 +267,35 @@ def run(params: Params, clean_df: pd.DataFrame, classes: list[str], oof_dir: Pat
     fit.set_threads(params.train)
     judges, ref, train = judges_and_reference(clean_df, oof_dir)
     if gen is None:
-        gen = generators.build(cfg.generator, getattr(cfg, cfg.generator), dataset.load_pixels(train.head(1)).shape[1:],
-                               len(classes), params.base.seed)
+        gen = generators.build(
+            cfg.generator,
+            getattr(cfg, cfg.generator),
+            dataset.load_pixels(train.head(1)).shape[1:],
+            len(classes),
+            params.base.seed,
+        )
     x, y = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
     history = gen.fit(x, y)
     generators.save(out / GENERATOR_FILE, gen, classes, history)
     targets = counts(y, len(classes), cfg.per_class, cfg.balance)
     rows, pixels, admitted, gated = sample_and_admit(cfg, gen, judges, ref, classes, targets, params.base.seed)
-    metrics.update(generator=gen.name, model_id=gen.fingerprint(), epochs=len(history),
-                   final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"},
-                   **gated)
+    metrics.update(
+        generator=gen.name,
+        model_id=gen.fingerprint(),
+        epochs=len(history),
+        final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"},
+        **gated,
+    )
     val = clean_df[(clean_df["origin"] == "real") & (clean_df["split"] == "val")]
-    metrics["tstr_val_accuracy"] = tstr(pixels[admitted], rows["label_id"].to_numpy()[admitted],
-                                        dataset.load_pixels(val), val["label_id"].to_numpy(np.int64),
-                                        tstr_config(params), len(classes), params.base.seed)
+    metrics["tstr_val_accuracy"] = tstr(
+        pixels[admitted],
+        rows["label_id"].to_numpy()[admitted],
+        dataset.load_pixels(val),
+        val["label_id"].to_numpy(np.int64),
+        tstr_config(params),
+        len(classes),
+        params.base.seed,
+    )
     if metrics["verdict"] == "rejected":
         log.warning("synthesize: generator %s rejected (%s); nothing admitted", gen.name, metrics["verdict_reason"])
     rows = store(rows, pixels, admitted, out / "images", final_dir / "images")
@@ -222,8 +306,9 @@ def run(params: Params, clean_df: pd.DataFrame, classes: list[str], oof_dir: Pat
     return rows[admitted][COLUMNS].reset_index(drop=True), rejected[REJECTED_COLUMNS].reset_index(drop=True), metrics
 
 
-def store(rows: pd.DataFrame, pixels: np.ndarray, admitted: np.ndarray, directory: Path,
-          final_dir: Path) -> pd.DataFrame:
+def store(
+    rows: pd.DataFrame, pixels: np.ndarray, admitted: np.ndarray, directory: Path, final_dir: Path
+) -> pd.DataFrame:
     """Write the admitted images to a shard store; `rows` with their `store` and `row`."""
     writer = dataset.ShardWriter(directory, final_dir)
     where = [writer.add(pixels[i]) for i in np.flatnonzero(admitted)]
@@ -243,8 +328,11 @@ def sample_grid(rows: pd.DataFrame, pixels: np.ndarray, classes: list[str], n: i
             if j < len(idx):
                 r = rows.iloc[idx[j]]
                 images.append(pixels[idx[j]])
-                caps.append(f"{label}\n{r['p_label']:.2f}" if r["reason"] == "" else
-                            f"{label}\nx {r['reason'].split(';')[0].replace('_', ' ')}")
+                caps.append(
+                    f"{label}\n{r['p_label']:.2f}"
+                    if r["reason"] == ""
+                    else f"{label}\nx {r['reason'].split(';')[0].replace('_', ' ')}"
+                )
             else:
                 images.append(np.full(shape, 255, np.uint8))
                 caps.append("")
@@ -283,5 +371,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
         dataset.write_csv(tmp / REJECTED_FILE, rejected)
     dataset.write_json(args.metrics, metrics)
     if metrics["enabled"]:
-        log.info("synthesize: %s %s, %d samples admitted of %d drawn; TSTR val accuracy %s", metrics["generator"],
-                 metrics["verdict"], metrics["admitted"], metrics["drawn"], metrics["tstr_val_accuracy"])
+        log.info(
+            "synthesize: %s %s, %d samples admitted of %d drawn; TSTR val accuracy %s",
+            metrics["generator"],
+            metrics["verdict"],
+            metrics["admitted"],
+            metrics["drawn"],
+            metrics["tstr_val_accuracy"],
+        )
