@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery, issues, oof
+from pipeline import artifacts, dataset, gallery, issues
+from pipeline import patches as label_patches
 from pipeline.console import log
-from pipeline.labelstudio import patches as label_patches
 from pipeline.params import Params
 
 
@@ -160,7 +160,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    oof_df, classes, emb, _ = oof.read(args.oof)
+    oof_df, classes, emb, _ = artifacts.read_oof(args.oof)
     df, metrics = run(params, oof_df, emb, classes, load_patches(args.labels, classes))
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:

@@ -155,6 +155,19 @@ def evaluate_loss(model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_siz
     return loss / len(x8), correct / len(x8)
 
 
+def one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Soft targets: 1 - smoothing on the class, smoothing spread evenly over all classes."""
+    out = torch.full((len(y), num_classes), smoothing / num_classes)
+    out.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + smoothing / num_classes)
+    return out
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample -sum(target * log_softmax(logits)): `F.cross_entropy(reduction="none")` for
+    soft targets (weight and average it as the hard-label loss is)."""
+    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
+
+
 class BatchStep:
     """The forward pass of one training batch: (logits, per-sample loss), with the options.
 
@@ -173,16 +186,18 @@ class BatchStep:
         x_train: np.ndarray,
         sample_ids: list[str] | None = None,
         online=None,
+        mix=None,
     ):
         if online is not None and sample_ids is None:
             raise PipelineError("online augmentation needs the training samples' ids")
+        wants_mix = cfg.mixup_alpha > 0 and cfg.mix_prob > 0 or cfg.cutmix_alpha > 0 and cfg.mix_prob > 0
+        if mix is None and (wants_mix or cfg.random_erasing > 0):
+            raise PipelineError(
+                "train.mixup_alpha / cutmix_alpha / random_erasing are on but fit was given no batch "
+                "transform (the stage builds it: augment.mixing.make_batch_transform)"
+            )
         self.cfg, self.num_classes, self.x_train = cfg, num_classes, x_train
-        self.sample_ids, self.online = sample_ids, online
-        self.mix = None
-        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0 or cfg.random_erasing > 0:
-            from pipeline.augment import mixing
-
-            self.mixing, self.mix = mixing, mixing.make_batch_transform(cfg, seed)
+        self.sample_ids, self.online, self.mix = sample_ids, online, mix
         on = cfg.adversarial.attack != "none" and cfg.adversarial.ratio > 0
         self.adv = cfg.adversarial if on else None
 
@@ -203,10 +218,10 @@ class BatchStep:
                 p_t = torch.softmax(logits, 1).gather(1, yb[:, None])[:, 0]
                 loss = (1 - p_t).pow(self.cfg.focal_gamma) * loss
             return logits, loss
-        soft = self.mixing.one_hot(yb, self.num_classes, self.cfg.label_smoothing)
+        soft = one_hot(yb, self.num_classes, self.cfg.label_smoothing)
         xb, soft = self.mix(xb, soft, g)
         logits = model(xb.contiguous(memory_format=torch.channels_last))
-        loss = self.mixing.soft_cross_entropy(logits, soft)
+        loss = soft_cross_entropy(logits, soft)
         if self.cfg.focal_gamma > 0:  # p_t of a soft target: the probability mass it agrees with
             loss = (1 - (torch.softmax(logits, 1) * soft).sum(1)).pow(self.cfg.focal_gamma) * loss
         return logits, loss
@@ -273,10 +288,13 @@ def fit(
     online=None,
     sample_ids: list[str] | None = None,
     on_epoch_end=None,
+    mix=None,
 ) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
     `online` and `sample_ids`: an online augmentation policy and the samples' ids (BatchStep).
+    `mix`: the batch transform (mixup / CutMix / random erasing) that `cfg` asks for, built by
+    the stage (`augment.mixing.make_batch_transform`), so the training core imports no stage.
     `sample_weight`: loss weights, or with `cfg.sampler == "hardness"` the odds of drawing
     each sample (with replacement; every loss then weighs the same).
     `on_epoch_end(model, epoch)`: called after each epoch (and its validation), e.g. to
@@ -308,7 +326,7 @@ def fit(
     x8, y = to_tensor(x_train), torch.tensor(y_train)
     xv8, yv = (to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
     opt = make_optimizer(model, cfg)
-    step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online)
+    step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix)
     bs = min(cfg.batch_size, len(y))
     steps_per_epoch = len(y) // bs  # the remainder (a different one each epoch) is skipped
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
@@ -404,6 +422,13 @@ def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[s
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)
+
+
+def fold_models(oof_dir: str | Path) -> list[nn.Module]:
+    """The oof stage's fold models (eval mode), in fold order."""
+    from pipeline import artifacts
+
+    return [load_model(f)[0] for f in artifacts.fold_model_files(oof_dir)]
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict, list[str]]:

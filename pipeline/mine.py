@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery, oof
+from pipeline import artifacts, dataset, gallery
 from pipeline.console import log
 from pipeline.params import Params
 
@@ -130,7 +130,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    oof_df, _, _, dynamics = oof.read(args.oof)
+    oof_df, _, _, dynamics = artifacts.read_oof(args.oof)
     clean_df, classes = dataset.read_manifest(args.clean)
     hardness, weights, metrics = run(params, clean_df, oof_df, dynamics)
     top = top_hard(hardness, params.mine.top)

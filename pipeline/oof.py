@@ -25,28 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import artifacts, dataset
 from pipeline.console import log
 from pipeline.errors import PipelineError
-from pipeline.params import InjectNoise, Params, Train
+from pipeline.params import RECIPE_KEYS, InjectNoise, Params, Train
 
-EMBEDDINGS = "embeddings.npy"
-DYNAMICS = "dynamics.parquet"
-MODELS = "models"  # fold{k}.pt: the fold models, for later stages (policy search, synthesize gate)
 DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
-TRAIN_KEYS = (
-    "model",
-    "width",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "label_smoothing",
-    "class_weights",
-    "threads",
-)
 
 
 def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
@@ -100,7 +84,7 @@ def train_config(params: Params, n_fit: int | None = None) -> Train:
     of epochs: `oof.epochs`, or more to reach `oof.min_steps` optimizer steps."""
     from pipeline.fit import size_aware_epochs
 
-    recipe = {k: getattr(params.train, k) for k in TRAIN_KEYS}
+    recipe = {k: getattr(params.train, k) for k in RECIPE_KEYS}
     recipe["model"] = params.oof.model or recipe["model"]
     recipe["width"] = params.oof.width or recipe["width"]
     o = params.oof
@@ -217,30 +201,10 @@ def run(
     return df, np.concatenate(embeddings, axis=1).astype(np.float32), dyn, metrics
 
 
-def read(path: str | Path) -> tuple[pd.DataFrame, list[str], np.ndarray, pd.DataFrame]:
-    """(manifest, classes, embeddings, dynamics) of an oof output folder."""
-    path = Path(path)
-    df, classes = dataset.read_manifest(path)
-    emb = np.load(path / EMBEDDINGS)
-    if len(emb) != len(df):
-        raise PipelineError(f"{path}: {len(emb)} embeddings for {len(df)} samples; re-run oof")
-    return df, classes, emb, pd.read_parquet(path / DYNAMICS)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
     p.add_argument("--out", default="data/oof", help="output folder (default: %(default)s)")
     p.add_argument("--metrics", default="metrics/oof.json", help="(default: %(default)s)")
-
-
-def fold_models(path: str | Path) -> list:
-    """The fold models an oof output folder holds, in fold order (eval mode)."""
-    from pipeline import fit
-
-    files = sorted((Path(path) / MODELS).glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
-    if not files:
-        raise PipelineError(f"{path}: no fold models under {MODELS}/; re-run oof")
-    return [fit.load_model(f)[0] for f in files]
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
@@ -252,10 +216,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
-        np.save(tmp / EMBEDDINGS, emb)
-        dyn.to_parquet(tmp / DYNAMICS, index=False)
+        np.save(tmp / artifacts.OOF_EMBEDDINGS, emb)
+        dyn.to_parquet(tmp / artifacts.OOF_DYNAMICS, index=False)
         for f, result in enumerate(results):
-            fit.save_model(tmp / MODELS / f"fold{f}.pt", result.model, result.config, classes)
+            fit.save_model(tmp / artifacts.OOF_MODELS / f"fold{f}.pt", result.model, result.config, classes)
     dataset.write_json(args.metrics, metrics)
     log.info(
         "oof: %d folds, out-of-fold accuracy %.4f on %d samples",

@@ -161,6 +161,23 @@ class Train(Section):
     focal_gamma: float = Field(0.0, ge=0.0)  # focal loss (1 - p_t)^gamma; 0: off
 
 
+# the training recipe that stages training a model of their own (oof's fold models, the synthetic
+# gate's TSTR classifier) take from `train`, whole; dvc.yaml lists the same keys for them
+RECIPE_KEYS = (
+    "model",
+    "width",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "class_weights",
+    "threads",
+)
+
+
 class Robustness(Section):
     attacks: list[Literal["fgsm", "pgd", "pgd_l2"]] = ["fgsm", "pgd"]
     eps: list[float] = [0.05, 0.1]  # accuracy under attack at each; eps 0 (clean) is always added

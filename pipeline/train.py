@@ -25,6 +25,7 @@ from pipeline.params import Params, Train
 def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None):
     """(FitResult, metrics) for a training manifest and a val manifest."""
     from pipeline import fit, models
+    from pipeline.augment import mixing
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
     cfg = schedule(params.train, len(train_df))
@@ -40,6 +41,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         sample_weight=weight,
         online=online,
         sample_ids=train_df["sample_id"].tolist(),
+        mix=mixing.make_batch_transform(cfg, params.base.seed),
     )
     best = result.history[result.best_epoch - 1]
     metrics = {

@@ -2,12 +2,15 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 from fit_util import patterns, write_split
 
 from pipeline import __main__ as cli
 from pipeline import assemble, dataset, fit, params
+from pipeline.augment import mixing
+from pipeline.errors import PipelineError
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
 
@@ -119,11 +122,17 @@ def test_mixing_options_change_training_deterministically():
     x, y = patterns(160)
     base = params.Train(**TINY_TRAIN)
     mixed = base.model_copy(update={"mixup_alpha": 0.4, "cutmix_alpha": 1.0})
-    a = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0).model.state_dict()
-    b = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0).model.state_dict()
+
+    def mix():
+        return mixing.make_batch_transform(mixed, seed=0)  # the stage builds it; fit imports no stage
+
+    a = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0, mix=mix()).model.state_dict()
+    b = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0, mix=mix()).model.state_dict()
     plain = fit.fit(x, y, x[:0], y[:0], base, 4, seed=0).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], plain[k]) for k in a)
+    with pytest.raises(PipelineError, match="no batch transform"):  # never silently unmixed
+        fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0)
 
 
 def test_evaluate_reports_robustness(tmp_path):

@@ -11,7 +11,7 @@ import yaml
 from fit_util import write_split
 
 from pipeline import __main__ as cli
-from pipeline import dataset, oof, params
+from pipeline import artifacts, dataset, fit, params
 from pipeline.augment import ops, search
 from pipeline.augment import policy as pol
 from pipeline.errors import PipelineError
@@ -107,7 +107,7 @@ def test_same_inputs_give_the_same_file_and_the_seed_changes_it(tmp_path, oof_di
 def _fold0(oof_dir):
     df, _ = dataset.read_manifest(oof_dir)
     rows = np.flatnonzero(df["fold"].to_numpy() == 0)
-    return oof.fold_models(oof_dir)[0], dataset.load_pixels(df.iloc[rows]), df["label_id"].to_numpy()[rows]
+    return fit.fold_models(oof_dir)[0], dataset.load_pixels(df.iloc[rows]), df["label_id"].to_numpy()[rows]
 
 
 def test_scoring_prefers_a_small_translation_to_destructive_ops(oof_dir):
@@ -146,7 +146,7 @@ def test_a_floor_no_candidate_reaches_fails_naming_the_knob(tmp_path, oof_dir, c
 
 def test_missing_fold_models_fail_clearly(tmp_path, oof_dir, capsys):
     shutil.copytree(oof_dir, tmp_path / "oof")
-    shutil.rmtree(tmp_path / "oof" / oof.MODELS)
+    shutil.rmtree(tmp_path / "oof" / artifacts.OOF_MODELS)
     rc, path = _search(tmp_path, tmp_path / "oof")
     assert rc == 2 and not path.exists()
     assert "no fold models under models/; re-run oof" in capsys.readouterr().err

@@ -7,9 +7,9 @@ import yaml
 from test_oof import run_oof
 
 from pipeline import __main__ as cli
-from pipeline import clean, dataset, issues, oof, params
+from pipeline import artifacts, clean, dataset, issues, params
+from pipeline import patches as label_patches
 from pipeline.errors import PipelineError
-from pipeline.labelstudio import patches as label_patches
 
 NOISE = {"rate": 0.2, "kind": "symmetric", "seed": 3}
 
@@ -23,7 +23,7 @@ def noisy(tmp_path_factory):
 
 
 def _clean(noisy, patches=None, **clean_cfg):
-    df, classes, emb, _ = oof.read(noisy[0])
+    df, classes, emb, _ = artifacts.read_oof(noisy[0])
     p = params.parse({"clean": {"inject_noise": NOISE, **clean_cfg}})
     return clean.run(p, df, emb, classes, label_patches.empty() if patches is None else patches)
 
@@ -43,7 +43,7 @@ def test_injected_noise_is_detected(noisy):
 
 def test_flag_changes_nothing_and_val_test_are_only_flagged(noisy):
     df, metrics = _clean(noisy)
-    base, _, _, _ = oof.read(noisy[0])
+    base, _, _, _ = artifacts.read_oof(noisy[0])
     assert (df["label"] == base["label"]).all() and (df["split"] == base["split"]).all()
     assert metrics["removed"] == metrics["relabeled"] == 0
     assert (df["needs_review"] == df.filter(like="_issue").any(axis=1)).all()
@@ -51,7 +51,7 @@ def test_flag_changes_nothing_and_val_test_are_only_flagged(noisy):
 
 def test_remove_touches_train_only_and_keeps_rows(noisy):
     df, metrics = _clean(noisy, action="remove")
-    base, _, _, _ = oof.read(noisy[0])
+    base, _, _, _ = artifacts.read_oof(noisy[0])
     assert len(df) == len(base)
     gone = df["split"] == "removed"
     assert gone.sum() == metrics["removed"] > 0
@@ -132,7 +132,7 @@ def test_unknown_detector_lists_the_valid_ones():
 
 @pytest.mark.parametrize("name", sorted(issues.REGISTRY))
 def test_every_detector_writes_its_columns(noisy, name):
-    df, classes, emb, _ = oof.read(noisy[0])
+    df, classes, emb, _ = artifacts.read_oof(noisy[0])
     found = issues.get(name).find(df, issues.OofArrays(np.stack(df["probs"].to_numpy()), emb))
     assert found[f"is_{name}_issue"].dtype == bool and found[f"{name}_score"].between(0, 1).all()
     assert len(found) == len(df)

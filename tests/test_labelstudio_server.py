@@ -21,8 +21,8 @@ import pytest
 from labelstudio_util import annotate, make_manifest
 
 from pipeline import __main__ as entry
-from pipeline import dataset
-from pipeline.labelstudio import patches, serve
+from pipeline import dataset, patches
+from pipeline.labelstudio import serve
 from pipeline.labelstudio.client import Client, Retry
 
 ROOT = Path(__file__).resolve().parents[1]

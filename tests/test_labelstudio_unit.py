@@ -16,9 +16,9 @@ import requests
 from labelstudio_util import CLASSES, annotate, make_manifest
 
 from pipeline import __main__ as entry
-from pipeline import dataset
+from pipeline import dataset, patches
 from pipeline.errors import PipelineError
-from pipeline.labelstudio import aggregate, cli, config, patches, pull, push, select
+from pipeline.labelstudio import aggregate, cli, config, pull, push, select
 from pipeline.labelstudio.client import AmbiguousError, Client, Retry, UnavailableError
 from pipeline.labelstudio.fake import FakeClient
 

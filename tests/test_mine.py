@@ -10,8 +10,9 @@ from test_clean import NOISE, noisy  # noqa: F401  (the module fixture)
 from test_oof import TINY_TRAIN
 
 from pipeline import __main__ as cli
-from pipeline import assemble, clean, dataset, fit, mine, oof, params
-from pipeline.labelstudio import patches as label_patches
+from pipeline import artifacts, assemble, clean, dataset, fit, mine, params
+from pipeline import patches as label_patches
+from pipeline.augment import mixing
 
 
 def test_scores_and_data_map_categories():
@@ -43,7 +44,7 @@ def test_scores_and_data_map_categories():
 
 
 def test_suspects_are_not_hard_and_get_their_weight(noisy):  # noqa: F811
-    df, classes, emb, dyn = oof.read(noisy[0])
+    df, classes, emb, dyn = artifacts.read_oof(noisy[0])
     p = params.parse({"clean": {"inject_noise": NOISE}, "mine": {"suspect_weight": 0.0}})
     cleaned, _ = clean.run(p, df, emb, classes, label_patches.empty())
     out, weights, metrics = mine.run(p, cleaned, df, dyn)
@@ -140,7 +141,7 @@ def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path): 
 
 
 def test_assemble_without_weights_is_unchanged(noisy):  # noqa: F811
-    df, _, _, _ = oof.read(noisy[0])
+    df, _, _, _ = artifacts.read_oof(noisy[0])
     a, _ = assemble.run(df, {}, 1.0)
     b, _ = assemble.run(df, {}, 1.0, pd.DataFrame({"sample_id": ["nope"], "weight": [3.0]}))
     assert a.equals(b)
@@ -148,7 +149,8 @@ def test_assemble_without_weights_is_unchanged(noisy):  # noqa: F811
 
 def _state(cfg, weight=None):
     x, y = patterns(160)
-    return fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, sample_weight=weight).model.state_dict()
+    mix = mixing.make_batch_transform(cfg, seed=0)
+    return fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, sample_weight=weight, mix=mix).model.state_dict()
 
 
 def _same(a, b):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline import fit
 from pipeline.augment import mixing
 from pipeline.augment import policy as pol
 
@@ -23,7 +24,7 @@ def _cfg(**kw):
 def _batch(n=6, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, 3, 12, 10), generator=g)
-    y = mixing.one_hot(torch.arange(n) % classes, classes)
+    y = fit.one_hot(torch.arange(n) % classes, classes)
     return x, y
 
 
@@ -102,10 +103,10 @@ def test_soft_cross_entropy_matches_torch_on_hard_and_smoothed_targets():
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 3, 1, 2, 0])
     assert torch.allclose(
-        mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4)), F.cross_entropy(logits, y, reduction="none")
+        fit.soft_cross_entropy(logits, fit.one_hot(y, 4)), F.cross_entropy(logits, y, reduction="none")
     )
     assert torch.allclose(
-        mixing.soft_cross_entropy(logits, mixing.one_hot(y, 4, 0.1)),
+        fit.soft_cross_entropy(logits, fit.one_hot(y, 4, 0.1)),
         F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1),
     )
 

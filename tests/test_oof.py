@@ -9,7 +9,7 @@ import yaml
 from fit_util import patterns, write_split
 
 from pipeline import __main__ as cli
-from pipeline import dataset, fit, oof, params
+from pipeline import artifacts, dataset, fit, oof, params
 from pipeline.errors import PipelineError
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
@@ -70,7 +70,7 @@ def test_folds_are_stratified_and_keep_clusters_together():
 
 def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
     split, out, metrics = run_oof(tmp_path)
-    df, classes, emb, dyn = oof.read(out)
+    df, classes, emb, dyn = artifacts.read_oof(out)
     split_df, _ = dataset.read_manifest(split)
     assert list(df["sample_id"]) == list(split_df["sample_id"])
     probs = np.stack(df["probs"].to_numpy())
@@ -79,7 +79,7 @@ def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
     assert emb.shape[0] == 240 and emb.shape[1] % 3 == 0
     pool = df[df["fold"] >= 0]
     # the fold models are saved: fold 0's predictions on its held-out rows are the oof probs there
-    models = oof.fold_models(out)
+    models = fit.fold_models(out)
     held = np.flatnonzero(df["fold"].to_numpy() == 0)
     x = dataset.load_pixels(df.iloc[held])
     assert len(models) == 3 and np.allclose(fit.predict_proba(models[0], x), probs[held], atol=1e-5)
@@ -92,7 +92,7 @@ def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
 
 def test_test_probs_are_the_mean_of_the_fold_models(tmp_path):
     split, out, _ = run_oof(tmp_path)
-    df, classes, _, _ = oof.read(out)
+    df, classes, _, _ = artifacts.read_oof(out)
     p = params.parse({"train": TINY_TRAIN, "oof": TINY_OOF})
     split_df, _ = dataset.read_manifest(split)
     x, y = dataset.load_pixels(split_df), split_df["label_id"].to_numpy()
@@ -142,7 +142,7 @@ def test_on_epoch_end_does_not_change_training():
 
 def test_tta_averages_shifted_views(tmp_path):
     _, out, metrics = run_oof(tmp_path, folds=2, epochs=2, tta=True)
-    df, _, _, _ = oof.read(out)
+    df, _, _, _ = artifacts.read_oof(out)
     probs = np.stack(df["probs"].to_numpy())
     assert metrics["tta"] and np.allclose(probs.sum(1), 1, atol=1e-4)
 
@@ -177,6 +177,6 @@ def test_random_shift_moves_each_image_by_at_most_its_margin_reproducibly():
 
 def test_shifted_training_with_tta_and_subsampled_dynamics(tmp_path):
     _, out, metrics = run_oof(tmp_path, folds=2, epochs=40, shift=0.1, tta=True)
-    _, _, _, dyn = oof.read(out)
+    _, _, _, dyn = artifacts.read_oof(out)
     assert metrics["epochs"] == 40 and sorted(set(dyn["epoch"])) == [*range(3, 40, 3), 40]
     assert metrics["oof_accuracy"] > 0.6

@@ -14,8 +14,8 @@ and its soft targets (rows summing to 1):
   `switch_prob` (timm's convention).
 
 The knobs are read from `train_cfg` by name (`mixup_alpha`, `cutmix_alpha`, `mix_prob`,
-`switch_prob`, `random_erasing`); a missing one counts as off. `soft_cross_entropy` is the
-matching per-sample loss and `one_hot` makes (label-smoothed) soft targets from class ids.
+`switch_prob`, `random_erasing`); a missing one counts as off. `fit.soft_cross_entropy` is
+the matching per-sample loss and `fit.one_hot` makes (label-smoothed) soft targets from class ids.
 
 `make_online_policy(policy, seed)` applies an augmentation policy to each training batch
 instead of storing copies (`augment.mode: online`): image `i` of epoch `e` draws from
@@ -31,19 +31,6 @@ import torch
 
 from pipeline import dataset
 from pipeline.augment import policy as pol
-
-
-def one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """Soft targets: 1 - smoothing on the class, smoothing spread evenly over all classes."""
-    out = torch.full((len(y), num_classes), smoothing / num_classes)
-    out.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + smoothing / num_classes)
-    return out
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample -sum(target * log_softmax(logits)): `F.cross_entropy(reduction="none")` for
-    soft targets (weight and average it as the hard-label loss is)."""
-    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -251,13 +251,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline import oof
+    from pipeline import fit
 
     if not params.policy_search.enabled:
         policy, metrics = IDENTITY, {"enabled": False, "sub_policies": 1}
     else:
         df, _ = dataset.read_manifest(args.oof)
-        policy, metrics = run(params, df, oof.fold_models(args.oof))
+        policy, metrics = run(params, df, fit.fold_models(args.oof))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pol.save(policy, args.out)
     dataset.write_json(args.metrics, metrics)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import dataset, patches
 from pipeline.console import log
 from pipeline.errors import PipelineError
-from pipeline.labelstudio import aggregate, config, patches
+from pipeline.labelstudio import aggregate, config
 from pipeline.labelstudio.revision import git_revision
 
 

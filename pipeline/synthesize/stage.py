@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery
+from pipeline import artifacts, dataset, gallery
 from pipeline.console import log
 from pipeline.errors import PipelineError
-from pipeline.params import Params, Train
+from pipeline.params import RECIPE_KEYS, Params, Train
 
 COLUMNS = [
     "sample_id",
@@ -83,13 +83,13 @@ def counts(train_labels: np.ndarray, num_classes: int, per_class: int, balance: 
 
 def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
     """(fold models, gate.Reference, real train rows): real features come from oof's embeddings."""
-    from pipeline import oof
+    from pipeline import fit
     from pipeline.synthesize import gate
 
-    if not (oof_dir / oof.MODELS).is_dir():
-        raise PipelineError(f"{oof_dir / oof.MODELS}: no fold models (re-run the oof stage)")
-    judges = oof.fold_models(oof_dir)
-    oof_df, _, emb, _ = oof.read(oof_dir)
+    if not (oof_dir / artifacts.OOF_MODELS).is_dir():
+        raise PipelineError(f"{oof_dir / artifacts.OOF_MODELS}: no fold models (re-run the oof stage)")
+    judges = fit.fold_models(oof_dir)
+    oof_df, _, emb, _ = artifacts.read_oof(oof_dir)
     row_of = pd.Series(np.arange(len(oof_df)), index=oof_df["sample_id"].to_numpy())
     missing = ~clean_df["sample_id"].isin(row_of.index)
     if missing.any():
@@ -119,10 +119,8 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
 
 
 def tstr_config(params: Params) -> Train:
-    """The train recipe (the keys oof uses), for `gate.tstr_epochs`, without early stopping."""
-    from pipeline import oof
-
-    return Train(**{k: getattr(params.train, k) for k in oof.TRAIN_KEYS}, epochs=params.synthesize.gate.tstr_epochs)
+    """The train recipe (params.RECIPE_KEYS), for `gate.tstr_epochs`, without early stopping."""
+    return Train(**{k: getattr(params.train, k) for k in RECIPE_KEYS}, epochs=params.synthesize.gate.tstr_epochs)
 
 
 def tstr(

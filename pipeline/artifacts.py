@@ -1,0 +1,40 @@
+"""Readers of the artifacts one stage writes and others read: the data contract between stages.
+
+A stage never imports another stage to read its outputs: the writer and every reader use the
+names and readers here (the layout of the manifests and image stores themselves is dataset.py's).
+
+oof folder: `manifest.parquet` (the split manifest + `fold`, `probs`), `embeddings.npy` (N, folds * D)
+in manifest order, `dynamics.parquet` (`sample_id, fold, epoch, p_given`), `models/fold{k}.pt`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import dataset
+from pipeline.errors import PipelineError
+
+OOF_EMBEDDINGS = "embeddings.npy"
+OOF_DYNAMICS = "dynamics.parquet"
+OOF_MODELS = "models"  # fold{k}.pt: the fold models (policy search, the synthetic-data gate)
+
+
+def read_oof(path: str | Path) -> tuple[pd.DataFrame, list[str], np.ndarray, pd.DataFrame]:
+    """(manifest, classes, embeddings, dynamics) of an oof output folder."""
+    path = Path(path)
+    df, classes = dataset.read_manifest(path)
+    emb = np.load(path / OOF_EMBEDDINGS)
+    if len(emb) != len(df):
+        raise PipelineError(f"{path}: {len(emb)} embeddings for {len(df)} samples; re-run oof")
+    return df, classes, emb, pd.read_parquet(path / OOF_DYNAMICS)
+
+
+def fold_model_files(path: str | Path) -> list[Path]:
+    """The fold model files of an oof output folder, in fold order."""
+    files = sorted((Path(path) / OOF_MODELS).glob("fold*.pt"), key=lambda p: int(p.stem[4:]))
+    if not files:
+        raise PipelineError(f"{path}: no fold models under {OOF_MODELS}/; re-run oof")
+    return files
