@@ -17,6 +17,7 @@ import pandas as pd
 from pipeline import dataset
 from pipeline.errors import PipelineError
 
+PROBS = "probs"  # manifest column: out-of-fold class probabilities (a list of K floats), written by oof
 OOF_EMBEDDINGS = "embeddings.npy"
 OOF_DYNAMICS = "dynamics.parquet"
 OOF_MODELS = "models"  # fold{k}.pt: the fold models (policy search, the synthetic-data gate)
@@ -38,3 +39,13 @@ def fold_model_files(path: str | Path) -> list[Path]:
     if not files:
         raise PipelineError(f"{path}: no fold models under {OOF_MODELS}/; re-run oof")
     return files
+
+
+def with_oof_probs(manifest: pd.DataFrame, oof_dir: str | Path) -> pd.DataFrame:
+    """`manifest` with the oof stage's `PROBS` column joined by sample_id (as it is when oof
+    has not run), for readers of a later manifest (clean drops the column) such as `label pull`."""
+    path = Path(oof_dir) / dataset.MANIFEST
+    if PROBS in manifest or not path.exists():
+        return manifest
+    probs = pd.read_parquet(path, columns=["sample_id", PROBS]).set_index("sample_id")[PROBS]
+    return manifest.assign(**{PROBS: manifest["sample_id"].map(probs)})

@@ -42,7 +42,7 @@ def make_manifest(
         if pred_probs:
             p = np.full(len(classes), 0.1)
             p[classes.index(suggested)] = 0.8
-            rec["pred_probs"] = (p / p.sum()).tolist()
+            rec["probs"] = (p / p.sum()).tolist()  # artifacts.PROBS: out-of-fold probabilities
         rows.append(rec)
     writer.close()
     path = root / "manifest.parquet"

@@ -16,7 +16,7 @@ import requests
 from labelstudio_util import CLASSES, annotate, make_manifest
 
 from pipeline import __main__ as entry
-from pipeline import dataset, patches
+from pipeline import artifacts, dataset, patches
 from pipeline.errors import PipelineError
 from pipeline.labelstudio import aggregate, cli, config, pull, push, select
 from pipeline.labelstudio.client import AmbiguousError, Client, Retry, UnavailableError
@@ -263,7 +263,7 @@ def test_pull_uses_manifest_probabilities_and_merges_with_earlier_patches(work):
         ),
     )
     _, summary = pull.run(fake, pull.PullOptions(project="proj"), manifest, classes)
-    assert summary["probabilities"] == "manifest pred_probs"
+    assert summary["probabilities"] == "out-of-fold probabilities"
     got = patches.read_patches("labels/patches.csv")
     assert len(got) == 11 and got["sample_id"].iloc[-1] == "zzz"
     assert got.set_index("sample_id").loc["s00000", "label"] == expected["s00000"]
@@ -528,3 +528,14 @@ def test_personal_access_token_is_exchanged_and_refreshed_once():
     assert c.request("GET", "/api/projects") == {"ok": True}
     headers = [h for _, _, h in session.calls]
     assert headers == [{}, {"Authorization": "Bearer acc1"}, {}, {"Authorization": "Bearer acc2"}]
+
+
+def test_pull_weighs_the_oof_probabilities_that_clean_drops(work, capsys):
+    # clean's manifest has no probabilities; `label pull` joins oof's by sample_id (artifacts.PROBS)
+    make_manifest(work / "data" / "oof", n=60, pred_probs=True)
+    make_manifest(work / "data" / "clean", n=60)
+    clean_df, _ = dataset.read_manifest(work / "data" / "clean")
+    assert artifacts.PROBS not in clean_df
+    joined = artifacts.with_oof_probs(clean_df, work / "data" / "oof")
+    assert joined[artifacts.PROBS].notna().all() and len(joined[artifacts.PROBS].iloc[0]) == len(CLASSES)
+    assert artifacts.with_oof_probs(clean_df, work / "nothing") is clean_df

@@ -64,7 +64,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     pull = sub.add_parser("pull", help="export annotations, aggregate them, write the label patch")
     pull.add_argument("--project", required=True, help="project title")
-    pull.add_argument("--manifest", help=f"for current labels and pred_probs (default: {DEFAULT_MANIFEST} if present)")
+    pull.add_argument("--manifest", help=f"for current labels (default: {DEFAULT_MANIFEST} if present)")
+    pull.add_argument(
+        "--oof",
+        default="data/oof",
+        help="oof output whose out-of-fold probabilities CROWDLAB weighs (default: %(default)s, if present)",
+    )
     pull.add_argument(
         "--out", default="labels/patches.csv", help="the patch, a file kept in git (default: %(default)s)"
     )
@@ -132,13 +137,14 @@ def _push(params: Params, args) -> dict:
 
 
 def _pull(args) -> dict:
-    from pipeline import dataset
+    from pipeline import artifacts, dataset
     from pipeline.labelstudio import pull
 
     manifest, classes = None, None
     path = args.manifest or (DEFAULT_MANIFEST if Path(DEFAULT_MANIFEST).exists() else None)
     if path:
         manifest, classes = dataset.read_manifest(path)
+        manifest = artifacts.with_oof_probs(manifest, args.oof)  # clean keeps no probabilities
     opts = pull.PullOptions(
         project=args.project,
         patches=Path(args.out),

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, patches
+from pipeline import artifacts, dataset, patches
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.labelstudio import aggregate, config
@@ -31,10 +31,10 @@ class PullOptions:
 
 
 def manifest_probs(manifest: pd.DataFrame | None, samples: np.ndarray, k: int) -> np.ndarray | None:
-    """The manifest's `pred_probs` (out-of-fold probabilities) for `samples`, if it has them all."""
-    if manifest is None or "pred_probs" not in manifest:
+    """The manifest's out-of-fold probabilities (`artifacts.PROBS`) for `samples`, if it has them all."""
+    if manifest is None or artifacts.PROBS not in manifest:
         return None
-    probs = manifest.set_index("sample_id")["pred_probs"].reindex(samples)
+    probs = manifest.set_index("sample_id")[artifacts.PROBS].reindex(samples)
     if probs.isna().any() or any(len(p) != k for p in probs):
         return None
     return np.stack([np.asarray(p, float) for p in probs])
@@ -63,7 +63,7 @@ def run(
     }
     counts["unresolved"] = int(len(set(task_label) - set(samples)))
 
-    probs, source = manifest_probs(manifest, samples, len(classes)), "manifest pred_probs"
+    probs, source = manifest_probs(manifest, samples, len(classes)), "out-of-fold probabilities"
     if probs is None and len(samples):
         task_sample = {
             t["id"]: str(t["data"]["sample_id"]) for t in tasks if (t.get("data") or {}).get("sample_id") is not None

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import dataset
+from pipeline import artifacts, dataset
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.labelstudio import config
@@ -46,8 +46,8 @@ class PushOptions:
 
 def suggestion(row: pd.Series, classes: list[str]) -> tuple[str | None, float | None]:
     """The label to pre-fill and its score: `suggested_label` (with `suggested_score`, the
-    probability `pred_probs` give it, or 1 - `label_score`), else the argmax of `pred_probs`."""
-    probs = row.get("pred_probs")
+    probability the out-of-fold `probs` give it, or 1 - `label_score`), else the argmax of `probs`."""
+    probs = row.get(artifacts.PROBS)
     probs = np.asarray(probs, dtype=float) if probs is not None and len(probs) == len(classes) else None
     label = row.get("suggested_label")
     if not isinstance(label, str) or label not in classes:
