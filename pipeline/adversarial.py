@@ -24,7 +24,7 @@ import pandas as pd
 from pipeline import dataset, gallery
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
-from pipeline.params import Adversarial, Params
+from pipeline.params import RECIPE_KEYS, Adversarial, Params
 
 COLUMNS = [
     "sample_id",
@@ -57,21 +57,8 @@ def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
 
 
 # The train params the own source model uses (dvc.yaml lists them as this stage's params):
-# the recipe, not the length or the online options of the train stage.
-SOURCE_TRAIN_KEYS = (
-    "model",
-    "width",
-    "batch_size",
-    "optimizer",
-    "lr",
-    "momentum",
-    "weight_decay",
-    "warmup_epochs",
-    "label_smoothing",
-    "patience",
-    "class_weights",
-    "threads",
-)
+# the recipe and early stopping, not the length or the online options of the train stage.
+SOURCE_TRAIN_KEYS = (*RECIPE_KEYS, "patience")
 
 
 def source_train_config(params: Params):
