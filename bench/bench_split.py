@@ -252,14 +252,14 @@ def bench_methods(work: Path) -> dict:
     thumb, phash = neardup.Descriptor("thumb"), neardup.Descriptor("phash")
     variants = {
         "cascade (the split stage)": base,
-        "perceptual hash alone, hamming <= 8": neardup.Detector(
+        "perceptual hash alone, hamming <= 8": neardup.Cascade(
             phash, max_shift=0, radius=0.713, rms_threshold=255, peak_threshold=None
         ),
         "perceptual hash + shift search, rms <= 5 (the check)": leakcheck.NearDuplicateCheck().detector(),
-        "cascade without shift search": neardup.Detector(thumb, max_shift=0),
-        "cascade without blur matching": neardup.Detector(thumb, blurs=()),
-        "cascade, rms rule only (<= 6.5)": neardup.Detector(thumb, peak_threshold=None),
-        "cascade, peak rule only (<= 12)": neardup.Detector(thumb, rms_threshold=None),
+        "cascade without shift search": neardup.Cascade(thumb, max_shift=0),
+        "cascade without blur matching": neardup.Cascade(thumb, blurs=()),
+        "cascade, rms rule only (<= 6.5)": neardup.Cascade(thumb, peak_threshold=None),
+        "cascade, peak rule only (<= 12)": neardup.Cascade(thumb, rms_threshold=None),
     }
     res = {}
     for name, det in variants.items():

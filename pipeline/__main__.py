@@ -61,23 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def params_read(name: str, dvc_file: str = "dvc.yaml") -> list[str]:
-    """The params keys (sections or dotted keys) stage `name` reads, as dvc.yaml declares them."""
-    import yaml
-
-    try:
-        with open(dvc_file) as f:
-            stage = (yaml.safe_load(f) or {}).get("stages", {}).get(name, {})
-    except (OSError, yaml.YAMLError):
-        return []
-    return [k for entry in stage.get("params", []) for k in ([entry] if isinstance(entry, str) else entry)]
-
-
-def params_epilog(name: str, params_file: str) -> str:
-    """`--help`'s list of the params the stage reads, with their current values."""
+def params_epilog(keys: tuple[str, ...], params_file: str) -> str:
+    """`--help`'s list of the params a stage reads (its STAGE declaration's), with their current values."""
     from pipeline import params
 
-    keys = params_read(name)
     if not keys:
         return ""
     try:
@@ -116,7 +103,8 @@ def stage_parser(name: str, params_file: str = "params.yaml") -> tuple[argparse.
         prog=f"python -m pipeline {name}",
         description=help_,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=params_epilog(name, params_file),
+        allow_abbrev=False,  # dvc.yaml spells flags out; a prefix of one is a mistake, not a match
+        epilog=params_epilog(getattr(getattr(module, "STAGE", None), "params", ()), params_file),
     )
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
@@ -144,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     console.setup(args.quiet)
     try:
-        module.main(params.load(args.params), args)
+        loaded = params.load(args.params)
+        stage = getattr(module, "STAGE", None)  # a dvc.yaml stage reads only what it declares
+        module.main(stage.view(loaded) if stage else loaded, args)
     except PipelineError as e:
         print(f"pipeline {name}: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -21,37 +21,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery
+from pipeline import dataset, gallery, schema, wiring
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.params import RECIPE_KEYS, Adversarial, Params
 
-COLUMNS = [
-    "sample_id",
-    "path",
-    "label",
-    "label_id",
-    "group",
-    "split",
-    "origin",
-    "parent_id",
-    "attack",
-    "eps",
-    "norm",
-    "steps",
-    "source_model",
-    "flipped",
-    "pred_label",
-    "weight",
-    "pixel_sha256",
-    "store",
-    "row",
-]
+COLUMNS = schema.columns("attack", "eps", "norm", "steps", "source_model", "flipped", "pred_label")
 
 
 def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """Train samples chosen by a per-sample draw from (seed, sample_id): stable under additions."""
-    train = df[(df["split"] == "train") & (df["origin"] == "real")]
+    train = schema.real_train(df)
     u = np.array([dataset.sample_seed(seed, f"adversarial:{s}") / 2**64 for s in train["sample_id"]])
     return train[u < fraction]
 
@@ -106,9 +86,9 @@ def generate(
     """Adversarial uint8 pixels and the model's predictions on them."""
     import torch
 
-    from pipeline import attacks
+    from pipeline import attacks, fit
 
-    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    x = fit.to_float(pixels)
     y = torch.from_numpy(np.array(labels, dtype=np.int64))
     if cfg.targeted:  # a random other class per sample, drawn apart from the attack
         g = torch.Generator().manual_seed(seed)
@@ -150,44 +130,38 @@ def run(
     flipped = pred != labels
     keep = flipped if cfg.keep == "successful" else np.ones(len(adv), bool)
     writer = dataset.ShardWriter(out / "images", final_dir / "images")
-    rows = []
-    for (_, parent), px, p, f in zip(chosen[keep].iterrows(), adv[keep], pred[keep], flipped[keep]):
-        store, row = writer.add(px)
-        rows.append(
-            {
-                "sample_id": dataset.sample_id(
-                    parent["sample_id"], "adversarial", cfg.attack, cfg.eps, cfg.steps, model_id
-                ),
-                "path": parent["path"],
-                "label": parent["label"],
-                "label_id": int(parent["label_id"]),
-                "group": parent.get("group"),
-                "split": parent["split"],
-                "origin": "adversarial",
-                "parent_id": parent["sample_id"],
-                "attack": cfg.attack,
-                "eps": cfg.eps,
-                "norm": "l2" if cfg.attack == "pgd_l2" else "linf",
-                "steps": cfg.steps,
-                "source_model": model_id,
-                "flipped": bool(f),
-                "pred_label": classes[int(p)],
-                "weight": cfg.weight,
-                "pixel_sha256": dataset.pixel_hash(px),
-                "store": store,
-                "row": row,
-            }
-        )
+    parents = chosen[keep]
+    locs = [writer.add(px) for px in adv[keep]]
+    df = schema.derived_rows(
+        parents,
+        schema.ADVERSARIAL,
+        [dataset.sample_id(p, "adversarial", cfg.attack, cfg.eps, cfg.steps, model_id) for p in parents["sample_id"]],
+        own={
+            "attack": cfg.attack,
+            "eps": cfg.eps,
+            "norm": "l2" if cfg.attack == "pgd_l2" else "linf",
+            "steps": cfg.steps,
+            "source_model": model_id,
+            "flipped": flipped[keep],
+            "pred_label": [classes[int(p)] for p in pred[keep]],
+        },
+        weight=cfg.weight,
+        storage={
+            "pixel_sha256": [dataset.pixel_hash(px) for px in adv[keep]],
+            "store": [s for s, _ in locs],
+            "row": [r for _, r in locs],
+        },
+    )
     writer.close()
     metrics.update(
-        kept=len(rows),
+        kept=len(df),
         flip_rate=round(float(flipped.mean()), 6),
         source_model=model_id,
         mean_linf=round(float(np.abs(adv.astype(int) - clean).max(axis=(1, 2, 3)).mean() / 255), 6),
     )
     if plots is not None:
         gallery.save(_examples(clean, adv, labels, pred, classes), plots / "examples.png")
-    return pd.DataFrame(rows, columns=COLUMNS), metrics
+    return df, metrics
 
 
 def _examples(clean, adv, labels, pred, classes, n: int = 8):
@@ -201,15 +175,17 @@ def _examples(clean, adv, labels, pred, classes, n: int = 8):
     return gallery.grid(images, caps, cols=n, title="original / perturbation (amplified) / adversarial")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--out", default="data/adversarial", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/adversarial.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/adversarial", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "adversarial",
+    reads=(wiring.Flag("--clean", "clean output: the train samples"),),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "adversarial", *(f"train.{k}" for k in SOURCE_TRAIN_KEYS)),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    split_df, classes = dataset.read_manifest(args.split)
+    split_df, classes = schema.read(args.clean, "samples")
     out, plots = Path(args.out), Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     with dataset.staged_dir(out) as tmp:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import artifacts, dataset, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import Params
-
-DERIVED_ORIGINS = {"augmented", "adversarial", "synthetic"}
 
 
 def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
@@ -28,18 +26,18 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
         ids = ", ".join(rows["sample_id"].astype(str).head(3))
         raise PipelineError(f"{name}: {len(rows)} sample(s) {rule} (e.g. {ids})")
 
-    bad_origin = derived[~derived["origin"].isin(DERIVED_ORIGINS)]
+    bad_origin = derived[~derived["origin"].isin(schema.DERIVED_ORIGINS)]
     if len(bad_origin):
-        fail(f"have an origin outside {sorted(DERIVED_ORIGINS)}", bad_origin)
+        fail(f"have an origin outside {sorted(schema.DERIVED_ORIGINS)}", bad_origin)
     reused = derived[derived["sample_id"].isin(real["sample_id"]) | derived["sample_id"].duplicated()]
     if len(reused):
         fail("reuse an existing sample_id", reused)
     if (derived["split"] != "train").any():
         fail("are not in the train split", derived[derived["split"] != "train"])
     has_parent = derived["parent_id"].notna() & (derived["parent_id"].astype(str) != "")
-    if (has_parent & (derived["origin"] == "synthetic")).any():
-        fail("are synthetic but name a parent", derived[has_parent & (derived["origin"] == "synthetic")])
-    needs_parent = derived["origin"] != "synthetic"
+    if (has_parent & (derived["origin"] == schema.SYNTHETIC)).any():
+        fail("are synthetic but name a parent", derived[has_parent & (derived["origin"] == schema.SYNTHETIC)])
+    needs_parent = derived["origin"] != schema.SYNTHETIC
     if (needs_parent & ~has_parent).any():
         fail("are derived but name no parent_id", derived[needs_parent & ~has_parent])
     parent_split = derived.loc[has_parent, "parent_id"].map(real.set_index("sample_id")["split"])
@@ -53,11 +51,11 @@ def run(
     split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float, weights: pd.DataFrame | None = None
 ) -> tuple[pd.DataFrame, dict]:
     """`weights` (sample_id, weight), e.g. the mine stage's, multiply the real rows' weight (missing: 1)."""
-    real = split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")].copy()
+    real = schema.real_train(split_df).copy()
     real["weight"] = real_weight
     if weights is not None:
         real["weight"] *= real["sample_id"].map(weights.set_index("sample_id")["weight"]).fillna(1.0).to_numpy()
-    parts, counts = [real], {"real": len(real)}
+    parts, counts = [real], {schema.REAL: len(real)}
     for name, df in derived.items():
         check_lineage(split_df, df, name)
         df = df.copy()
@@ -74,29 +72,29 @@ def run(
     return out, metrics
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument(
-        "--derived",
-        nargs="*",
-        default=[],
-        metavar="DIR",
-        help="derived dataset folders to admit (each with a manifest.parquet)",
-    )
-    p.add_argument("--weights", default=None, help="per-sample weights parquet (sample_id, weight), optional")
-    p.add_argument("--out", default="data/assemble", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/assemble.json", help="counts (default: %(default)s)")
+STAGE = wiring.Stage(
+    "assemble",
+    reads=(
+        wiring.Flag("--clean", "clean output: the real samples"),
+        wiring.Flag("--derived", "derived dataset folders to admit (each with a manifest.parquet)", many=True),
+        wiring.Flag("--mine", "mine output: the per-sample weights"),
+    ),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("assemble",),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    split_df, classes = dataset.read_manifest(args.split)
+    split_df, classes = schema.read(args.clean, "samples")
     derived = {}
     for d in args.derived:
-        df, their_classes = dataset.read_manifest(d)
+        df, their_classes = schema.read(d, "derived")
         if their_classes != classes:
-            raise PipelineError(f"{d}: class list differs from {args.split}'s")
+            raise PipelineError(f"{d}: class list differs from {args.clean}'s")
         derived[d] = df
-    weights = pd.read_parquet(args.weights) if args.weights and Path(args.weights).exists() else None
+    weights = artifacts.read_mine_weights(args.mine)
     df, metrics = run(split_df, derived, params.assemble.real_weight, weights)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:

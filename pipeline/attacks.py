@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -99,12 +99,10 @@ class PGDL2(Attack):
         return x_adv
 
 
-ATTACKS: dict[str, Attack] = {a.name: a for a in (FGSM(), PGD(), PGDL2())}
+ATTACKS: Registry[Attack] = Registry("attack", ((a.name, a) for a in (FGSM(), PGD(), PGDL2())))
 
 
 def get(name: str) -> Attack:
-    if name not in ATTACKS:
-        raise PipelineError(f"unknown attack {name!r}; expected one of {sorted(ATTACKS)}")
     return ATTACKS[name]
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset, gallery, issues
+from pipeline import artifacts, dataset, gallery, issues, wiring
 from pipeline import patches as label_patches
 from pipeline.console import log
 from pipeline.params import Params
@@ -134,7 +134,7 @@ def run(
     metrics["flag_rates"] = {name: round(c["total"] / max(len(df), 1), 6) for name, c in found.items()}
     if "is_label_issue" in df:
         metrics["estimated_noise_rate"] = round(float(df["is_label_issue"].to_numpy()[pool].mean()), 6)
-        metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).options.filter_by
+        metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).knobs.filter_by
         if "true_label" in df and (df["true_label"] != df["given_label"]).any():
             metrics["detection"] = detection(df)
     return df, metrics
@@ -149,14 +149,13 @@ def label_issue_gallery(df: pd.DataFrame, n: int):
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--oof", default="data/oof", help="oof output (default: %(default)s)")
-    p.add_argument(
-        "--labels", default=label_patches.PATCHES, help="the human label patch, kept in git (default: %(default)s)"
-    )
-    p.add_argument("--out", default="data/clean", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/clean.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/clean", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "clean",
+    reads=(wiring.Flag("--oof", "oof output"), wiring.Flag("--labels", "the human label patch, kept in git")),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "clean"),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import dataset, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import Params
@@ -179,18 +179,23 @@ def robustness(params: Params, model, test: pd.DataFrame) -> tuple[dict, pd.Data
     return flat, curve
 
 
+STAGE = wiring.Stage(
+    "evaluate",
+    reads=(wiring.Flag("--model", "model file"), wiring.Flag("--split", "split output")),
+    writes=(),
+    params=("base.seed", "train.threads", "evaluate"),
+)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="models/model.pt", help="model file (default: %(default)s)")
-    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/evaluate.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/evaluate", help="(default: %(default)s)")
+    STAGE.add_arguments(p)
     p.add_argument("--ledger", default=LEDGER, help="test-set ledger, not a DVC output (default: %(default)s)")
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
 
-    split_df, classes = dataset.read_manifest(args.split)
+    split_df, classes = schema.read(args.split, "samples")
     test = split_df[split_df["split"] == "test"]
     if len(test) == 0:
         raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")

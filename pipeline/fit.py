@@ -51,6 +51,11 @@ def to_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
 
+def to_float(x: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW tensor in [0, 1] (a permuted view's strides, as the kernels always had)."""
+    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 def _float(x8: torch.Tensor) -> torch.Tensor:
     return x8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 

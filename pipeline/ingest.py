@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import dataset
+from pipeline import dataset, schema, wiring
 from pipeline.console import log, progress
 from pipeline.decode import DecodeError, decode_file, normalise
 from pipeline.errors import PipelineError
@@ -125,7 +125,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     else:
         classes, empty = list(cfg.classes), [c for c in cfg.classes if c not in present]
     df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).astype("int64"))
-    df.insert(5, "origin", "real")
+    df.insert(5, "origin", schema.REAL)
     df.insert(6, "parent_id", None)
     dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
@@ -147,9 +147,10 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     return metrics
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="data/ingest", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/ingest.json", help="counts (default: %(default)s)")
+STAGE = wiring.Stage(
+    "ingest", reads=(), writes=(wiring.Flag("--out", "output folder"),), params=("base", "ingest"), plots=False
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:

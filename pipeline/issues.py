@@ -3,8 +3,8 @@
 A detector has a `name` and `find(df, oof) -> DataFrame` returning at least the columns
 `is_<name>_issue` (bool) and `<name>_score` (0..1, lower = more severe), derived from the
 name so they cannot drift. `df` is the oof manifest (with `probs`, after human patches);
-`oof` holds the arrays (`probs` (N, K), `embeddings` (N, D)). Options come from
-`clean.issues: {<name>: {...}}` and are validated by each detector's `Options` model.
+`oof` holds the arrays (`probs` (N, K), `embeddings` (N, D)). Knobs come from
+`clean.issues: {<name>: {...}}` and are validated by each detector's `Knobs` model.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from pipeline.errors import PipelineError
+from pipeline.registry import Knobs, Registry, describe
 
 
 @dataclass
@@ -25,20 +26,15 @@ class OofArrays:
     embeddings: np.ndarray
 
 
-class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 class Detector:
     name: str = ""
-    Options = Options
+    Knobs = Knobs
 
-    def __init__(self, options: dict | None = None):
+    def __init__(self, knobs: dict | None = None):
         try:
-            self.options = self.Options(**(options or {}))
+            self.knobs = self.Knobs(**(knobs or {}))
         except ValidationError as e:
-            err = e.errors()[0]
-            raise PipelineError(f"clean.issues.{self.name}.{'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+            raise PipelineError(describe(e, f"clean.issues.{self.name}")) from None
 
     @property
     def flag(self) -> str:
@@ -52,21 +48,15 @@ class Detector:
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[Detector]] = {}
+REGISTRY: Registry[type[Detector]] = Registry("issue type (clean.issues)")
+register = REGISTRY.register
 
 
-def register(cls: type[Detector]) -> type[Detector]:
-    REGISTRY[cls.name] = cls
-    return cls
+def get(name: str, knobs: dict | None = None) -> Detector:
+    return REGISTRY[name](knobs)
 
 
-def get(name: str, options: dict | None = None) -> Detector:
-    if name not in REGISTRY:
-        raise PipelineError(f"clean.issues: unknown issue type {name!r}; must be one of {sorted(REGISTRY)}")
-    return REGISTRY[name](options)
-
-
-class LabelOptions(Options):
+class LabelKnobs(Knobs):
     # low_self_confidence: cleanlab's estimate of how many labels are wrong (count.num_label_issues),
     # taken in order of self-confidence; it won on Fashion-MNIST with 10% injected noise (F1 0.93
     # vs 0.84 for prune_by_noise_rate) but undercounts on data as small as digits, where
@@ -88,15 +78,15 @@ class LabelIssues(Detector):
     """cleanlab confident learning on out-of-fold probabilities; adds `suggested_label(_id)`."""
 
     name = "label"
-    Options = LabelOptions
+    Knobs = LabelKnobs
 
     def find(self, df, oof):
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
 
         y = df["label_id"].to_numpy(np.int64)
-        issue = find_label_issues(y, oof.probs, filter_by=self.options.filter_by, n_jobs=1)
-        score = get_label_quality_scores(y, oof.probs, method=self.options.score_method)
+        issue = find_label_issues(y, oof.probs, filter_by=self.knobs.filter_by, n_jobs=1)
+        score = get_label_quality_scores(y, oof.probs, method=self.knobs.score_method)
         suggested = oof.probs.argmax(1)
         return pd.DataFrame(
             {
@@ -108,7 +98,7 @@ class LabelIssues(Detector):
         )
 
 
-class OutlierOptions(Options):
+class OutlierKnobs(Knobs):
     k: int = Field(10, ge=1)  # neighbours in the embedding space
     fraction: float = Field(0.01, ge=0.0, le=1.0)  # the lowest-scoring fraction is flagged
 
@@ -118,18 +108,18 @@ class Outliers(Detector):
     """cleanlab `OutOfDistribution` (mean distance to the k nearest neighbours) on embeddings."""
 
     name = "outlier"
-    Options = OutlierOptions
+    Knobs = OutlierKnobs
 
     def find(self, df, oof):
         from cleanlab.outlier import OutOfDistribution
 
-        k = min(self.options.k, len(df) - 1)
+        k = min(self.knobs.k, len(df) - 1)
         score = OutOfDistribution(params={"k": k}).fit_score(features=oof.embeddings, verbose=False)
-        cut = np.quantile(score, self.options.fraction) if self.options.fraction > 0 else -np.inf
+        cut = np.quantile(score, self.knobs.fraction) if self.knobs.fraction > 0 else -np.inf
         return pd.DataFrame({self.flag: score < cut, self.score: score.round(6)})
 
 
-class NearDuplicateOptions(Options):
+class NearDuplicateKnobs(Knobs):
     # split: the duplicate sets the split stage verified (pixel residuals after a brightness/contrast
     # fit, in 0..255 units, so the rule carries across image sizes and colours). pixels / embeddings:
     # besides those, a nearest neighbour within cosine `threshold`. A raw-pixel cosine does not carry
@@ -180,13 +170,13 @@ class NearDuplicates(Detector):
     cosine distance to the nearest neighbour (1 with `features: split`), clipped to 1."""
 
     name = "near_duplicate"
-    Options = NearDuplicateOptions
+    Knobs = NearDuplicateKnobs
 
     def find(self, df, oof):
         ids = df["sample_id"].to_numpy().astype(object)
         dist, nearest = np.ones(len(df)), np.full(len(df), "", dtype=object)
-        if self.options.features != "split":
-            if self.options.features == "pixels":
+        if self.knobs.features != "split":
+            if self.knobs.features == "pixels":
                 from pipeline import dataset
 
                 feats = dataset.load_pixels(df).reshape(len(df), -1).astype(np.float32)
@@ -196,7 +186,7 @@ class NearDuplicates(Detector):
                 if len(idx) >= 2:
                     d, j = nearest_cosine(feats[idx])
                     dist[idx], nearest[idx] = d, ids[idx][j]
-        flag = dist <= self.options.threshold
+        flag = dist <= self.knobs.threshold
         if "dup_group" in df:
             key = df["split"].astype(str) + "\x1f" + df["dup_group"].astype(str)
             verified = (df["dup_group"].notna() & key.duplicated(keep=False)).to_numpy()
@@ -217,7 +207,7 @@ class NearDuplicates(Detector):
         )
 
 
-class ImbalanceOptions(Options):
+class ImbalanceKnobs(Knobs):
     threshold: float = Field(0.1, ge=0.0, le=1.0)  # flagged: class count < threshold * N / K
 
 
@@ -226,7 +216,7 @@ class ClassImbalance(Detector):
     """Samples of a class much rarer than the mean class in their split (Datalab's rule)."""
 
     name = "class_imbalance"
-    Options = ImbalanceOptions
+    Knobs = ImbalanceKnobs
 
     def find(self, df, oof):
         k = oof.probs.shape[1]
@@ -234,4 +224,4 @@ class ClassImbalance(Detector):
         for _, idx in df.groupby("split", sort=True).indices.items():
             counts = np.bincount(df["label_id"].to_numpy()[idx], minlength=k)
             ratio[idx] = counts[df["label_id"].to_numpy()[idx]] / (len(idx) / k)
-        return pd.DataFrame({self.flag: ratio < self.options.threshold, self.score: np.clip(ratio, 0, 1).round(6)})
+        return pd.DataFrame({self.flag: ratio < self.knobs.threshold, self.score: np.clip(ratio, 0, 1).round(6)})

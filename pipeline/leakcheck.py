@@ -17,15 +17,12 @@ from typing import Callable, ClassVar, Iterable
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from pipeline import neardup
+from pipeline.registry import Knobs, Registry
 
 PAIR_COLUMNS = ["a", "b"]  # positions into the checked frame, a < b, different splits
-
-
-class Knobs(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class LeakCheck:
@@ -53,17 +50,11 @@ class LeakCheck:
         return None
 
 
-CHECKS: dict[str, type[LeakCheck]] = {}
-
-
-def register(cls: type[LeakCheck]) -> type[LeakCheck]:
-    CHECKS[cls.name] = cls
-    return cls
+CHECKS: Registry[type[LeakCheck]] = Registry("leak check (split.checks)")
+register = CHECKS.register
 
 
 def get(name: str) -> type[LeakCheck]:
-    if name not in CHECKS:
-        raise ValueError(f"unknown leak check {name!r}; must be one of {', '.join(sorted(CHECKS))}")
     return CHECKS[name]
 
 
@@ -109,9 +100,9 @@ class NearDuplicateCheck(LeakCheck):
         neighbours: int = Field(4, ge=1, le=64)
         threshold: float = Field(5.0, ge=0.0, le=255.0)  # rms residual, 0..255 units
 
-    def detector(self) -> neardup.Detector:
+    def detector(self) -> neardup.Cascade:
         k = self.knobs
-        return neardup.Detector(
+        return neardup.Cascade(
             neardup.Descriptor("phash", margin=k.max_shift),
             max_shift=k.max_shift,
             radius=2 * float(np.sqrt(k.hamming / 63)) + 1e-4,

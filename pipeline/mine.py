@@ -25,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset, gallery
+from pipeline import artifacts, dataset, gallery, schema, wiring
 from pipeline.console import log
 from pipeline.params import Params
 
 HARDNESS = "hardness.parquet"
-WEIGHTS = "weights.parquet"
 TOP = "top_hard.csv"
 CATEGORIES = ("easy", "ambiguous", "hard-to-learn")
 
@@ -121,23 +120,24 @@ def top_hard(hardness: pd.DataFrame, n: int) -> pd.DataFrame:
     return hardness[hardness["hard"]].sort_values("hardness", ascending=False, kind="stable").head(n)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--oof", default="data/oof", help="oof output (default: %(default)s)")
-    p.add_argument("--clean", default="data/clean", help="clean output (default: %(default)s)")
-    p.add_argument("--out", default="data/mine", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/mine.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/mine", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "mine",
+    reads=(wiring.Flag("--oof", "oof output"), wiring.Flag("--clean", "clean output")),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("mine",),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     oof_df, _, _, dynamics = artifacts.read_oof(args.oof)
-    clean_df, classes = dataset.read_manifest(args.clean)
+    clean_df, classes = schema.read(args.clean, "samples")
     hardness, weights, metrics = run(params, clean_df, oof_df, dynamics)
     top = top_hard(hardness, params.mine.top)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         hardness.to_parquet(tmp / HARDNESS, index=False)
-        weights.to_parquet(tmp / WEIGHTS, index=False)
+        weights.to_parquet(tmp / artifacts.MINE_WEIGHTS, index=False)
         dataset.write_csv(tmp / TOP, top)
     dataset.write_json(args.metrics, metrics)
     rows = clean_df.set_index("sample_id").loc[top["sample_id"]].reset_index()

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
 MIN_SIZE = 8
 
@@ -105,10 +106,9 @@ def resnet(in_channels: int, width: int, blocks: Sequence[int] = (1, 1, 1)) -> t
     return nn.Sequential(*layers), c
 
 
-MODELS: dict[str, Callable[[int, int], tuple[nn.Module, int]]] = {
-    "small_cnn": small_cnn,
-    "resnet": resnet,
-}
+MODELS: Registry[Callable[[int, int], tuple[nn.Module, int]]] = Registry(
+    "model (train.model)", [("small_cnn", small_cnn), ("resnet", resnet)]
+)
 
 
 def init_weights(model: nn.Module, generator: torch.Generator | None = None) -> None:
@@ -143,8 +143,6 @@ def build_model(
     generator: torch.Generator | None = None,
 ) -> Classifier:
     """A registered model; `mean` / `std` are per-channel, in [0, 1] pixel units."""
-    if name not in MODELS:
-        raise PipelineError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
     if in_channels not in (1, 3):
         raise PipelineError(f"expected 1 or 3 input channels, got {in_channels}")
     mean = [0.0] * in_channels if mean is None else [float(m) for m in mean]

@@ -1,6 +1,6 @@
 """Near-duplicate detection: pure kernels over uint8 (N, H, W, C) batches.
 
-A `Detector` is a cascade, each step chosen by measurement on Fashion-MNIST
+A `Cascade` is the detector, each step chosen by measurement on Fashion-MNIST
 (bench/bench_split.py, README "Leak-safe split"):
 
 1. **Descriptors at enumerated offsets.** Each image (grey, or luma for RGB) is sampled on a
@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 Chunk = tuple[np.ndarray, np.ndarray]  # (positions, uint8 pixels (P, H, W, C))
-PRESCREEN = 5.0  # see Detector.verify
+PRESCREEN = 5.0  # see Cascade.verify
 
 # ---------------------------------------------------------------- small image kernels
 
@@ -329,7 +329,7 @@ def residual_scores(
 
 
 @dataclass(frozen=True)
-class Detector:
+class Cascade:
     """A configured cascade: descriptor -> index search -> verification at the found offset.
 
     A pair is accepted when its rms residual is <= `rms_threshold` (nearly identical, or a

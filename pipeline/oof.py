@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset
+from pipeline import artifacts, dataset, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import RECIPE_KEYS, InjectNoise, Params, Train
@@ -201,16 +201,20 @@ def run(
     return df, np.concatenate(embeddings, axis=1).astype(np.float32), dyn, metrics
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument("--out", default="data/oof", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/oof.json", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "oof",
+    reads=(wiring.Flag("--split", "split output"),),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
 
-    split_df, classes = dataset.read_manifest(args.split)
+    split_df, classes = schema.read(args.split, "samples")
     results = []
     df, emb, dyn, metrics = run(params, split_df, classes, results)
     out = Path(args.out)

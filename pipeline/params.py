@@ -13,8 +13,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import PipelineError
+from pipeline.registry import describe
 
 PARAMS_FILE = "params.yaml"
+POLICY_DIR = "augment_policies"  # the shipped policy files
+LEARNED_POLICY = "data/policy-search/learned.yaml"  # written by the policy-search stage
+
+# The names of the plug-in families params choose from. Written out so that loading params imports
+# no torch; tests/test_registry.py fails when one differs from its registry (sources.SOURCES,
+# models.MODELS, attacks.ATTACKS, synthesize.generators.GENERATORS).
+SOURCE = Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv"]
+MODEL = Literal["small_cnn", "resnet"]
+ATTACK = Literal["fgsm", "pgd", "pgd_l2"]
+GENERATOR = Literal["vae", "gan"]
 
 
 class Section(BaseModel):
@@ -26,7 +37,7 @@ class Base(Section):
 
 
 class Ingest(Section):
-    source: Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv"] = "digits"
+    source: SOURCE = "digits"
     path: str | None = None  # IDX directory, image-folder root or CSV file
     # auto: the median shorter side of the images (the native size of digits / IDX), at most
     # AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
@@ -101,15 +112,9 @@ class Split(Section):
             try:
                 model.model_validate(knobs or {})
             except ValidationError as e:
-                err = e.errors()[0]
-                key = f"{name}.{'.'.join(map(str, err['loc']))}"
-                if err["type"] == "extra_forbidden":
-                    raise ValueError(
-                        f"expected {key} to be one of the check's knobs "
-                        f"({', '.join(model.model_fields) or 'none'}), got {err['loc'][-1]!r}"
-                    ) from None
-                what = err["msg"].removeprefix("Input should be ")
-                raise ValueError(f"expected {key} {what}, got {err.get('input')!r}") from None
+                raise ValueError(
+                    f"{describe(e, name)} (its knobs: {', '.join(model.model_fields) or 'none'})"
+                ) from None
         return {name: dict(knobs or {}) for name, knobs in v.items()}
 
 
@@ -124,7 +129,7 @@ class TrainAdversarial(Section):
     FGSM-with-random-start training of Wong et al. 2020.
     """
 
-    attack: Literal["none", "fgsm", "pgd", "pgd_l2"] = "none"
+    attack: Literal["none"] | ATTACK = "none"
     eps: float = Field(0.1, gt=0.0, le=100.0)
     steps: int = Field(1, ge=1)
     step_size: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps
@@ -133,7 +138,7 @@ class TrainAdversarial(Section):
 
 
 class Train(Section):
-    model: Literal["small_cnn", "resnet"] = "small_cnn"
+    model: MODEL = "small_cnn"
     epochs: int = Field(30, ge=1)
     min_steps: int = Field(1000, ge=0)  # the train stage: more epochs on small data to reach this many steps ...
     max_epochs: int = Field(200, ge=1)  # ... up to this (patience stretched in proportion)
@@ -179,7 +184,7 @@ RECIPE_KEYS = (
 
 
 class Robustness(Section):
-    attacks: list[Literal["fgsm", "pgd", "pgd_l2"]] = ["fgsm", "pgd"]
+    attacks: list[ATTACK] = ["fgsm", "pgd"]
     eps: list[float] = [0.05, 0.1]  # accuracy under attack at each; eps 0 (clean) is always added
     steps: int = Field(10, ge=1)  # PGD steps
     max_samples: int = Field(1000, ge=0)  # test samples attacked (0: all); a seeded subset
@@ -210,7 +215,7 @@ class Adversarial(Section):
     enabled: bool = True
     source_model: str = "own"  # "own": train one here on train/val; or a model file path
     source_epochs: int = Field(10, ge=1)  # for the own source model
-    attack: Literal["fgsm", "pgd", "pgd_l2"] = "pgd"
+    attack: ATTACK = "pgd"
     eps: float = Field(0.1, gt=0.0, le=100.0)  # in [0, 1] pixel units (L2: of the whole image)
     steps: int = Field(10, ge=1)
     step_size: float | None = Field(None, gt=0.0)  # None: 2.5 * eps / steps
@@ -224,7 +229,7 @@ class Adversarial(Section):
 
 class Augment(Section):
     enabled: bool = True
-    policy: str = "randaugment.yaml"  # a file name in augment_policies/, or learned.yaml (policy-search)
+    policy: str = "augment_policies/randaugment.yaml"  # a policy file, or data/policy-search/learned.yaml
     copies: int = Field(1, ge=1, le=100)  # augmented copies of each train sample (offline)
     mode: Literal["offline", "online"] = "offline"  # online: train applies the policy per batch
     weight: float = Field(1.0, gt=0.0)  # sample weight of a copy in the assembled training set
@@ -238,8 +243,11 @@ class Augment(Section):
     @field_validator("policy")
     @classmethod
     def _policy_file(cls, v: str) -> str:
-        if "/" in v or "\\" in v or not v.endswith((".yaml", ".yml")):
-            raise ValueError(f"expected a file name in augment_policies/ such as randaugment.yaml, got {v!r}")
+        if not v.endswith((".yaml", ".yml")) or "/" not in v.replace("\\", "/"):
+            raise ValueError(
+                f"expected the path of a policy file such as {POLICY_DIR}/randaugment.yaml "
+                f"or {LEARNED_POLICY}, got {v!r}"
+            )
         return v
 
 
@@ -312,7 +320,7 @@ class Oof(Section):
     epochs: int = Field(8, ge=1)  # at least; more on small data (min_steps)
     min_steps: int = Field(1500, ge=0)  # optimizer steps per fold model at least, up to max_epochs
     max_epochs: int = Field(150, ge=1)
-    model: Literal["small_cnn", "resnet"] | None = None  # None: train.model
+    model: MODEL | None = None  # None: train.model
     width: int | None = Field(None, ge=4)  # None: train.width
     tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
     shift: float = Field(
@@ -411,7 +419,7 @@ class SynthGate(Section):
 
 class Synthesize(Section):
     enabled: bool = True  # false: an empty manifest
-    generator: Literal["vae", "gan"] = "vae"
+    generator: GENERATOR = "vae"
     per_class: int = Field(20, ge=0)  # samples drawn per class (before the gate)
     balance: bool = False  # true: instead, top every class up to the largest class's train count
     max_draws: int = Field(4, ge=1, le=100)  # per class, at most this times its target is drawn to replace rejects
@@ -439,45 +447,26 @@ class Params(Section):
     synthesize: Synthesize = Synthesize()
 
 
-def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key (check its spelling)"
-    msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith("expected"):
-        return f"{where}: {msg}"
-    msg = msg[0].lower() + msg[1:]
-    return f"{where}: expected {msg.removeprefix('input should be ')}, got {err.get('input')!r}"
-
-
 def parse(raw: dict | None, origin: str = PARAMS_FILE) -> Params:
     try:
         return Params.model_validate(raw or {})
     except ValidationError as e:
-        raise PipelineError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from None
-
-
-POLICY_DIR = "augment_policies"
-LEARNED_POLICY = "learned.yaml"  # written by the policy-search stage (data/policy-search/)
+        raise PipelineError(f"{origin}: {describe(e)}") from None
 
 
 def check_references(params: Params, root: str | Path, origin: str = PARAMS_FILE) -> None:
     """The files params name exist, so a bad value fails when params load, before any stage does
     work (not only when the stage that reads it runs, after hours of the ones before it)."""
-    root = Path(root)
-    policies = root / POLICY_DIR
-    if (
-        policies.is_dir()
-        and params.augment.policy != LEARNED_POLICY
-        and not (policies / params.augment.policy).is_file()
-    ):
-        known = ", ".join(sorted(p.name for p in policies.glob("*.y*ml")))
+    root = Path(root)  # the project: paths in params are relative to it (or to where the stage runs)
+    policy = params.augment.policy
+    if policy != LEARNED_POLICY and not ((root / policy).is_file() or Path(policy).is_file()):
+        known = ", ".join(sorted(f"{POLICY_DIR}/{p.name}" for p in (root / POLICY_DIR).glob("*.y*ml")))
         raise PipelineError(
-            f"{origin}: augment.policy: no policy file {POLICY_DIR}/{params.augment.policy} "
-            f"(expected one of: {known}, or {LEARNED_POLICY} from policy-search)"
+            f"{origin}: augment.policy: {policy}: no such policy file "
+            f"(the shipped ones: {known or 'none'}; or {LEARNED_POLICY}, which policy-search writes)"
         )
     source = params.adversarial.source_model
-    if params.adversarial.enabled and source != "own" and not (root / source).is_file():
+    if params.adversarial.enabled and source != "own" and not ((root / source).is_file() or Path(source).is_file()):
         raise PipelineError(
             f"{origin}: adversarial.source_model: {source}: no such model file (or 'own' to train one here)"
         )

@@ -7,6 +7,7 @@ import torch
 
 from pipeline import attacks
 from pipeline.console import progress
+from pipeline.fit import to_float
 
 
 def robust_accuracy(
@@ -20,7 +21,7 @@ def robust_accuracy(
     batch_size: int = 256,
 ) -> list[dict]:
     """Rows of (attack, eps, accuracy, n) for uint8 NHWC `pixels`; eps 0 is clean accuracy."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+    x = to_float(pixels)
     y = torch.from_numpy(np.array(labels, dtype=np.int64))
     model.eval()
     rows = []

@@ -17,6 +17,7 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest
+from pipeline.registry import Registry
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
@@ -278,10 +279,13 @@ def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
     return items, sorted({it.label for it in items if it.label})
 
 
-SOURCES = {
-    "digits": digits,
-    "fashion-mnist": _idx("fashion-mnist", FASHION_MNIST_DIR, FASHION_MNIST_CLASSES),
-    "mnist": _idx("mnist", None, [str(c) for c in range(10)]),
-    "imagefolder": imagefolder,
-    "csv": csv,
-}
+SOURCES = Registry(
+    "source (ingest.source)",
+    [
+        ("digits", digits),
+        ("fashion-mnist", _idx("fashion-mnist", FASHION_MNIST_DIR, FASHION_MNIST_CLASSES)),
+        ("mnist", _idx("mnist", None, [str(c) for c in range(10)])),
+        ("imagefolder", imagefolder),
+        ("csv", csv),
+    ],
+)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery, leakcheck, neardup
+from pipeline import dataset, gallery, leakcheck, neardup, schema, wiring
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
 from pipeline.params import NearDuplicates, Params, Split
@@ -123,8 +123,8 @@ def clusters(
     )
 
 
-def detector(cfg: NearDuplicates) -> neardup.Detector:
-    return neardup.Detector(
+def detector(cfg: NearDuplicates) -> neardup.Cascade:
+    return neardup.Cascade(
         neardup.Descriptor("thumb", grid=cfg.grid, margin=cfg.max_shift),
         max_shift=cfg.max_shift,
         radius=cfg.radius,
@@ -316,15 +316,17 @@ def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str)
     gallery.save(gallery.grid(images, caps, cols=8, cell=56, title=title), path)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--in", dest="inp", default="data/ingest", help="ingest output (default: %(default)s)")
-    p.add_argument("--out", default="data/split", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/split.json", help="counts (default: %(default)s)")
-    p.add_argument("--plots", default="plots/split", help="leakage report pictures (default: %(default)s)")
+STAGE = wiring.Stage(
+    "split",
+    reads=(wiring.Flag("--ingest", "ingest output"),),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "split"),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    df, classes = dataset.read_manifest(args.inp)
+    df, classes = schema.read(args.ingest, "ingest")
     found = clusters(df, params.split.near_duplicates, checks=params.split.checks)
     df, metrics = run(df, params.split, params.base.seed, found)
     out = Path(args.out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import dataset, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import Params, Train
@@ -71,41 +71,40 @@ def schedule(cfg: Train, n: int) -> Train:
     )
 
 
-def online_policy(params: Params, policies: str):
+def online_policy(params: Params, path: str):
     """The per-batch augmentation of `augment.mode: online`, or None."""
     if not (params.augment.enabled and params.augment.mode == "online"):
         return None
     from pipeline.augment import mixing, policy
 
     cfg = params.augment
-    _, p = policy.load_named(policies, cfg.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+    _, p = policy.load_path(path, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
     return mixing.make_online_policy(p, params.base.seed)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--train", default="data/assemble", help="training set (default: %(default)s)")
-    p.add_argument("--split", default="data/split", help="split output, for val (default: %(default)s)")
-    p.add_argument("--model", default="models/model.pt", help="model file to write (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/train.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/train", help="(default: %(default)s)")
-    p.add_argument(
-        "--policies",
-        nargs="+",
-        default=["augment_policies", "data/policy-search"],
-        help="policy folder, for augment.mode online (default: %(default)s)",
-    )
+STAGE = wiring.Stage(
+    "train",
+    reads=(
+        wiring.Flag("--assemble", "assemble output: the training set"),
+        wiring.Flag("--split", "split output, for val"),
+        wiring.Flag("--policy", "the policy file augment.policy names, for augment.mode online"),
+    ),
+    writes=(wiring.Flag("--model", "model file to write"),),
+    params=("base", "train", *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude"))),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
 
-    train_df, classes = dataset.read_manifest(args.train)
-    split_df, split_classes = dataset.read_manifest(args.split)
+    train_df, classes = schema.read(args.assemble, "training set")
+    split_df, split_classes = schema.read(args.split, "samples")
     if split_classes != classes:
-        raise PipelineError(f"{args.train}: class list differs from {args.split}'s")
+        raise PipelineError(f"{args.assemble}: class list differs from {args.split}'s")
     val_df = split_df[split_df["split"] == "val"]
     log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
-    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policies))
+    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy))
     fit.save_model(args.model, result.model, result.config, classes)
     dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
     dataset.write_json(args.metrics, metrics)

@@ -9,6 +9,8 @@ import pandas as pd
 
 from pipeline import dataset
 
+RANDAUGMENT = str(Path(__file__).resolve().parents[1] / "augment_policies" / "randaugment.yaml")  # train's --policy
+
 
 def patterns(n: int = 200, size: int = 8, channels: int = 1, k: int = 4, seed: int = 0):
     """uint8 NHWC images whose class is the quadrant holding a bright square, plus noise."""

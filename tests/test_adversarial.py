@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from fit_util import patterns, write_split
+from fit_util import RANDAUGMENT, patterns, write_split
 
 from pipeline import __main__ as cli
 from pipeline import assemble, dataset, fit, params
@@ -29,7 +29,7 @@ def _run_stage(tmp_path, **adversarial):
             "--quiet",
             "--params",
             str(tmp_path / "params.yaml"),
-            "--split",
+            "--clean",
             str(split),
             "--out",
             str(out / "adv"),
@@ -145,8 +145,10 @@ def test_evaluate_reports_robustness(tmp_path):
             [
                 "train",
                 *p,
-                "--train",
+                "--assemble",
                 str(assembled),
+                "--policy",
+                RANDAUGMENT,
                 "--split",
                 str(split),
                 "--model",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CONTRACT = {"errors", "console", "params", "dataset", "artifacts", "patches"}
+CONTRACT = {"errors", "console", "registry", "params", "wiring", "schema", "dataset", "artifacts", "patches"}
 KERNELS = {
     "decode", "sources", "neardup", "leakcheck", "issues", "gallery", "models", "fit", "attacks", "robustness",
     "augment.ops", "augment.policy", "augment.mixing", "synthesize.generators", "synthesize.gate",

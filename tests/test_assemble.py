@@ -52,3 +52,16 @@ def test_valid_derived_samples_are_admitted():
 def test_lineage_violations_are_refused_by_name(overrides, match):
     with pytest.raises(PipelineError, match=match):
         assemble.run(_split(), {"aug": _derived(**overrides)}, 1.0)
+
+
+def test_missing_or_malformed_mine_weights_fail_naming_the_file(tmp_path):
+    from pipeline import artifacts
+
+    with pytest.raises(PipelineError, match=r"weights.parquet: no mine weights \(has the mine stage run\?\)"):
+        artifacts.read_mine_weights(tmp_path)
+    pd.DataFrame({"sample_id": ["a"], "w": [1.0]}).to_parquet(tmp_path / artifacts.MINE_WEIGHTS)
+    with pytest.raises(PipelineError, match="missing column.s. weight; re-run mine"):
+        artifacts.read_mine_weights(tmp_path)
+    pd.DataFrame({"sample_id": ["a"], "weight": [float("nan")]}).to_parquet(tmp_path / artifacts.MINE_WEIGHTS)
+    with pytest.raises(PipelineError, match="finite and non-negative"):
+        artifacts.read_mine_weights(tmp_path)

@@ -149,11 +149,11 @@ def test_bad_policies_fail_naming_the_key(raw, match):
     assert "\n" not in str(e.value)
 
 
-def test_load_named_lists_the_valid_names(tmp_path):
+def test_load_path_names_the_missing_file_and_lists_its_neighbours(tmp_path):
     (tmp_path / "a.yaml").write_text(yaml.safe_dump(_raw()))
-    assert pol.load_named(tmp_path, "a.yaml")[0] == "a"
-    with pytest.raises(PipelineError, match="must be one of a.yaml"):
-        pol.load_named(tmp_path, "b.yaml")
+    assert pol.load_path(tmp_path / "a.yaml")[0] == "a"
+    with pytest.raises(PipelineError, match=r"b.yaml: no such policy file \(found: .*a.yaml\)"):
+        pol.load_path(tmp_path / "b.yaml")
 
 
 def test_every_op_can_be_used_in_a_policy():
@@ -166,12 +166,12 @@ def test_every_op_can_be_used_in_a_policy():
 
 
 def test_num_ops_and_magnitude_override_a_randaugment_policy():
-    name, p = pol.load_named(ROOT / "augment_policies", "randaugment.yaml", num_ops=3, magnitude=4)
+    name, p = pol.load_path(ROOT / "augment_policies/randaugment.yaml", num_ops=3, magnitude=4)
     assert (name, p.num_ops, p.magnitude) == ("randaugment", 3, 4)
     assert p.ops == pol.load(ROOT / "augment_policies/randaugment.yaml").ops
     drawn = pol.draw(p, np.random.default_rng(0), (8, 8, 1))
     assert len(drawn) == 3 and all(d.magnitude in (4, None) for d in drawn)
-    unchanged = pol.load_named(ROOT / "augment_policies", "randaugment.yaml", num_ops=None, magnitude=None)[1]
+    unchanged = pol.load_path(ROOT / "augment_policies/randaugment.yaml", num_ops=None, magnitude=None)[1]
     assert unchanged == pol.load(ROOT / "augment_policies/randaugment.yaml")
 
 
@@ -190,4 +190,4 @@ def test_overriding_a_field_the_kind_lacks_fails_naming_the_param(name, key):
         match=rf"augment\.{key}: expected null for {name} \(kind \w+ has no {key}; "
         rf"only randaugment has\), got 3",
     ):
-        pol.load_named(ROOT / "augment_policies", name, **{key: 3})
+        pol.load_path(ROOT / "augment_policies" / name, **{key: 3})

@@ -50,9 +50,9 @@ def _params(**augment) -> params.Params:
     return params.parse({"augment": {"workers": 1, **augment}})
 
 
-def _run(tmp_path, split_df, policy="randaugment.yaml", **augment):
+def _run(tmp_path, split_df, policy="augment_policies/randaugment.yaml", **augment):
     p = _params(policy=policy, **augment)
-    name, policy = pol.load_named(ROOT / "augment_policies", p.augment.policy)
+    name, policy = pol.load_path(ROOT / p.augment.policy)
     out = tmp_path / "augment"
     with dataset.staged_dir(out) as tmp:
         df, metrics = stage.run(p, split_df, name, policy, tmp, out)
@@ -90,8 +90,8 @@ def test_a_copy_depends_only_on_its_parent_and_seed(tmp_path):
 def test_same_bytes_on_one_or_two_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(stage, "CHUNK", 3)
     split_df = _split(tmp_path, n_train=11, channels=3)
-    one, _ = _run(tmp_path / "1", split_df, policy="autoaugment-svhn.yaml", copies=2, workers=1)
-    two, _ = _run(tmp_path / "2", split_df, policy="autoaugment-svhn.yaml", copies=2, workers=2)
+    one, _ = _run(tmp_path / "1", split_df, policy="augment_policies/autoaugment-svhn.yaml", copies=2, workers=1)
+    two, _ = _run(tmp_path / "2", split_df, policy="augment_policies/autoaugment-svhn.yaml", copies=2, workers=2)
     assert one.drop(columns="store").equals(two.drop(columns="store"))
     assert np.array_equal(dataset.load_pixels(one), dataset.load_pixels(two))
 
@@ -115,7 +115,7 @@ def test_off_or_online_writes_an_empty_valid_manifest(tmp_path, augment):
     assert m["total"] == 10
 
 
-def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
+def test_cli_writes_manifest_metrics_and_a_preview_of_its_policy(tmp_path):
     _split(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"copies": 2, "workers": 1, "preview": 3}}))
     rc = cli(
@@ -124,10 +124,10 @@ def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
             "--quiet",
             "--params",
             str(tmp_path / "params.yaml"),
-            "--split",
+            "--clean",
             str(tmp_path / "split"),
-            "--policies",
-            str(ROOT / "augment_policies"),
+            "--policy",
+            str(ROOT / "augment_policies" / "randaugment.yaml"),
             "--out",
             str(tmp_path / "augment"),
             "--metrics",
@@ -140,23 +140,29 @@ def test_cli_writes_manifest_metrics_and_a_preview_per_policy(tmp_path):
     metrics = json.loads((tmp_path / "augment.json").read_text())
     assert metrics["augmented"] == 20 and metrics["policy"] == "randaugment"
     assert sum(metrics["op_counts"].values()) == 40
-    shipped = {p.stem for p in (ROOT / "augment_policies").glob("*.yaml")}
-    assert {p.stem for p in (tmp_path / "plots").glob("*.png")} == shipped
+    assert [p.name for p in (tmp_path / "plots").glob("*.png")] == ["randaugment.png"]
 
 
-def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path):
+@pytest.mark.parametrize(
+    "policy, says",
+    [
+        ("augment_policies/nope.yaml", "augment.policy: augment_policies/nope.yaml: no such policy file (the shipped"),
+        ("randaugment.yaml", "augment.policy: expected the path of a policy file such as augment_policies/randaug"),
+    ],
+)
+def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path, capsys, policy, says):
     _split(tmp_path)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"policy": "nope.yaml"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"augment": {"policy": policy}}))
     rc = cli(
         [
             "augment",
             "--quiet",
             "--params",
             str(tmp_path / "params.yaml"),
-            "--split",
+            "--clean",
             str(tmp_path / "split"),
-            "--policies",
-            str(ROOT / "augment_policies"),
+            "--policy",
+            str(ROOT / "augment_policies" / "randaugment.yaml"),
             "--out",
             str(tmp_path / "augment"),
             "--metrics",
@@ -166,6 +172,8 @@ def test_unknown_policy_file_fails_listing_the_valid_ones(tmp_path):
         ]
     )
     assert rc == 2 and not (tmp_path / "augment").exists()
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
 
 
 def test_num_ops_and_magnitude_params_reach_the_copies_and_the_metrics(tmp_path):
@@ -179,10 +187,10 @@ def test_num_ops_and_magnitude_params_reach_the_copies_and_the_metrics(tmp_path)
             "--quiet",
             "--params",
             str(tmp_path / "params.yaml"),
-            "--split",
+            "--clean",
             str(tmp_path / "split"),
-            "--policies",
-            str(ROOT / "augment_policies"),
+            "--policy",
+            str(ROOT / "augment_policies" / "randaugment.yaml"),
             "--out",
             str(tmp_path / "augment"),
             "--metrics",
@@ -202,9 +210,9 @@ def test_train_online_policy_refuses_an_override_the_policy_cannot_take():
     from pipeline import train
     from pipeline.errors import PipelineError
 
-    p = params.parse({"augment": {"mode": "online", "policy": "trivialaugment.yaml", "magnitude": 5}})
+    p = params.parse({"augment": {"mode": "online", "policy": "augment_policies/trivialaugment.yaml", "magnitude": 5}})
     with pytest.raises(PipelineError, match=r"augment\.magnitude: expected null for trivialaugment\.yaml"):
-        train.online_policy(p, ROOT / "augment_policies")
+        train.online_policy(p, ROOT / p.augment.policy)
     ok = params.parse({"augment": {"mode": "online", "num_ops": 1, "magnitude": 0}})
     x = np.random.default_rng(0).integers(0, 256, (4, 10, 10, 1), dtype=np.uint8)
-    assert train.online_policy(ok, ROOT / "augment_policies")(x, list("abcd"), 1).shape == x.shape
+    assert train.online_policy(ok, ROOT / ok.augment.policy)(x, list("abcd"), 1).shape == x.shape

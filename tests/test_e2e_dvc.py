@@ -116,6 +116,9 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     model_bytes = (project / "models/model.pt").read_bytes()
 
     assert _ran(_run(["dvc", "repro"], project)) == []
+    with open(project / "augment_policies/strong.yaml", "a") as f:  # a policy no stage uses
+        f.write("# edited\n")
+    assert _ran(_run(["dvc", "repro"], project)) == []
 
     _set_params(project, train={"epochs": 3})
     assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fit_util import write_split
+from fit_util import RANDAUGMENT, write_split
 
 from pipeline import __main__ as cli
 from pipeline import evaluate, params
@@ -95,8 +95,10 @@ def trained(tmp_path_factory):
             "--params",
             str(params_file),
             "--quiet",
-            "--train",
+            "--assemble",
             str(assemble),
+            "--policy",
+            RANDAUGMENT,
             "--split",
             str(split),
             "--model",

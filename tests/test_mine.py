@@ -123,10 +123,11 @@ def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path): 
             [
                 "assemble",
                 *p,
-                "--split",
+                "--clean",
                 str(tmp_path / "clean"),
-                "--weights",
-                str(tmp_path / "mine" / mine.WEIGHTS),
+                "--mine",
+                str(tmp_path / "mine"),
+                "--derived",
                 "--out",
                 str(tmp_path / "asm"),
                 "--metrics",
@@ -136,7 +137,7 @@ def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path): 
         == 0
     )
     asm, _ = dataset.read_manifest(tmp_path / "asm")
-    w = pd.read_parquet(tmp_path / "mine" / mine.WEIGHTS).set_index("sample_id")["weight"]
+    w = pd.read_parquet(tmp_path / "mine" / artifacts.MINE_WEIGHTS).set_index("sample_id")["weight"]
     assert np.allclose(asm["weight"], w.loc[asm["sample_id"]].to_numpy())
 
 

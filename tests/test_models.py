@@ -22,7 +22,7 @@ def test_small_cnn_has_at_most_100k_parameters_at_the_default_width():
 
 
 def test_unknown_model_lists_the_valid_names():
-    with pytest.raises(PipelineError, match=r"expected one of \['resnet', 'small_cnn'\]"):
+    with pytest.raises(PipelineError, match=r"unknown model \(train.model\) 'vgg'; must be one of small_cnn, resnet$"):
         models.build_model("vgg", 1, 10, 16)
 
 

@@ -268,7 +268,10 @@ def test_unknown_check_and_bad_knobs_fail_naming_the_valid_ones():
         leakcheck.get("pixel_md5")
     with pytest.raises(PipelineError, match=r"split\.checks: expected a leak check \(one of exact"):
         params.parse({"split": {"checks": {"pixel_md5": {}}}})
-    with pytest.raises(PipelineError, match=r"near_duplicates\.hamming less than or equal to 32, got 99"):
+    with pytest.raises(
+        PipelineError,
+        match=r"checks: near_duplicates\.hamming: expected less than or equal to 32, got 99 \(its knobs: max_shift",
+    ):
         params.parse({"split": {"checks": {"near_duplicates": {"hamming": 99}}}})
     with pytest.raises(PipelineError, match=r"split\.near_duplicates\.max_shift"):
         params.parse({"split": {"near_duplicates": {"max_shift": -1}}})
@@ -278,10 +281,11 @@ def test_stage_writes_contract_outputs_and_fails_on_a_leak(tmp_path, capsys):
     orig = _fields(30, 28, 1, 7)
     pixels = np.concatenate([orig, plant(orig[0], "shift1", np.random.default_rng(0))[None]])
     df = manifest(tmp_path, pixels, source_split=["test"] + ["train"] * 30)
+    df = df.assign(path=df["sample_id"], label_id=df["label"].astype(int), origin="real", parent_id=None)
     dataset.write_manifest(df, tmp_path / "ingest" / dataset.MANIFEST, ["0", "1", "2"])
     args = [
         "split",
-        "--in",
+        "--ingest",
         str(tmp_path / "ingest"),
         "--out",
         str(tmp_path / "split"),

@@ -291,7 +291,9 @@ def test_every_generator_has_its_params_section_and_a_test():
         assert cls.Knobs is type(getattr(params.Synthesize(), name))
     with pytest.raises(PipelineError, match=r"synthesize\.generator: expected .*'vae'.*got 'flow'"):
         params.parse({"synthesize": {"generator": "flow"}})
-    with pytest.raises(PipelineError, match="unknown generator 'flow'; expected one of"):
+    with pytest.raises(
+        PipelineError, match=r"unknown generator \(synthesize.generator\) 'flow'; must be one of vae, gan"
+    ):
         generators.get("flow")
 
 

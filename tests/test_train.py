@@ -2,7 +2,7 @@ import json
 
 import pandas as pd
 import yaml
-from fit_util import write_split
+from fit_util import RANDAUGMENT, write_split
 
 from pipeline import __main__ as cli
 from pipeline import fit, params, train
@@ -21,8 +21,10 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
             "--params",
             str(params_file),
             "--quiet",
-            "--train",
+            "--assemble",
             str(assemble),
+            "--policy",
+            RANDAUGMENT,
             "--split",
             str(split),
             "--model",
@@ -59,9 +61,9 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
     split, _, _ = write_split(tmp_path / "a")
     _, other, _ = write_split(tmp_path / "b", k=3)
     (tmp_path / "params.yaml").write_text("{}\n")
-    rc = cli.main(
-        ["train", "--quiet", "--params", str(tmp_path / "params.yaml"), "--train", str(other), "--split", str(split)]
-    )
+    flags = {"--assemble": other, "--split": split, "--policy": RANDAUGMENT, "--model": tmp_path / "m.pt"}
+    flags |= {"--metrics": tmp_path / "m.json", "--plots": tmp_path / "plots"}
+    rc = cli.main(["train", "--quiet", "--params", str(tmp_path / "params.yaml"), *map(str, sum(flags.items(), ()))])
     assert rc == 2 and "class list differs" in capsys.readouterr().err
 
 

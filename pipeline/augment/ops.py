@@ -36,6 +36,8 @@ import numpy as np  # noqa: E402
 from albumentations.augmentations.dropout import functional as fdrop  # noqa: E402
 from albumentations.augmentations.pixel import functional as fpix  # noqa: E402
 
+from pipeline.registry import Registry
+
 
 @dataclass(frozen=True)
 class Range:
@@ -260,25 +262,28 @@ def sample_pairing(img: np.ndarray, weight: float, partner: np.ndarray) -> np.nd
     return _keep_channels(cv2.addWeighted(img, 1.0 - weight, partner, weight, 0.0), img)
 
 
-KERNELS: dict[str, Callable[..., np.ndarray]] = {
-    "Identity": identity,
-    "ShearX": shear_x,
-    "ShearY": shear_y,
-    "TranslateX": translate_x,
-    "TranslateY": translate_y,
-    "Rotate": rotate,
-    "AutoContrast": auto_contrast,
-    "Invert": invert,
-    "Equalize": equalize,
-    "Solarize": solarize,
-    "Posterize": posterize,
-    "Contrast": contrast,
-    "Color": color,
-    "Brightness": brightness,
-    "Sharpness": sharpness,
-    "Cutout": cutout,
-    "SamplePairing": sample_pairing,
-}
+KERNELS: Registry[Callable[..., np.ndarray]] = Registry(
+    "op",
+    [
+        ("Identity", identity),
+        ("ShearX", shear_x),
+        ("ShearY", shear_y),
+        ("TranslateX", translate_x),
+        ("TranslateY", translate_y),
+        ("Rotate", rotate),
+        ("AutoContrast", auto_contrast),
+        ("Invert", invert),
+        ("Equalize", equalize),
+        ("Solarize", solarize),
+        ("Posterize", posterize),
+        ("Contrast", contrast),
+        ("Color", color),
+        ("Brightness", brightness),
+        ("Sharpness", sharpness),
+        ("Cutout", cutout),
+        ("SamplePairing", sample_pairing),
+    ],
+)
 OPS = tuple(KERNELS)
 _FILLED = {"ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Cutout"}
 assert all(set(space) == set(KERNELS) for space in SPACES.values()), "every op needs a range in every space"

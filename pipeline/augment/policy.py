@@ -23,7 +23,7 @@ The first three also name the magnitude table (`space`: `standard` or `wide`, se
 
 `load` validates: a wrong key or value fails naming it, with expected versus got. `dump` writes
 the canonical text, and the shipped files are canonical, so they load and save back byte for
-byte. `load_named(..., num_ops=, magnitude=)` overrides a RandAugment policy's N and M (the
+byte. `load_path(..., num_ops=, magnitude=)` overrides a RandAugment policy's N and M (the
 `augment.num_ops` / `augment.magnitude` params). Randomness is drawn apart from its
 application: `draw(policy, rng, shape)` returns the ops with their magnitudes and parameters;
 `apply(img, drawn)` applies them. What `apply` actually applied (for `pipeline`, as
@@ -53,6 +53,7 @@ from pydantic import (
 
 from pipeline.augment import ops
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry, describe
 
 FORMAT_VERSION = 1
 KINDS = ("autoaugment", "randaugment", "trivialaugment", "pipeline")
@@ -145,25 +146,9 @@ class Pipeline(_Policy):
 
 Policy = Annotated[Union[AutoAugment, RandAugment, TrivialAugment, Pipeline], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(Policy)
-MODELS = {
-    "autoaugment": AutoAugment,
-    "randaugment": RandAugment,
-    "trivialaugment": TrivialAugment,
-    "pipeline": Pipeline,
-}
-
-
-def _describe(err: dict) -> str:
-    where = ".".join(str(p) for p in err["loc"] if p not in KINDS) or "policy"
-    if err["type"] == "extra_forbidden":
-        return f"{where}: unknown key (check its spelling)"
-    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
-        return f"kind: expected one of {', '.join(KINDS)}, got {err['input'].get('kind')!r}"
-    msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith(("expected", "sub_policies")):
-        return f"{where}: {msg}"
-    msg = msg[0].lower() + msg[1:]
-    return f"{where}: expected {msg.removeprefix('input should be ')}, got {err.get('input')!r}"
+KIND_MODELS: Registry[type[BaseModel]] = Registry(
+    "policy kind", zip(KINDS, (AutoAugment, RandAugment, TrivialAugment, Pipeline))
+)
 
 
 def parse(raw: object, origin: str = "policy") -> AutoAugment | RandAugment | TrivialAugment | Pipeline:
@@ -171,10 +156,12 @@ def parse(raw: object, origin: str = "policy") -> AutoAugment | RandAugment | Tr
         raise PipelineError(f"{origin}: expected a YAML mapping with version and kind, got {type(raw).__name__}")
     if raw.get("version") != FORMAT_VERSION:
         raise PipelineError(f"{origin}: version: expected {FORMAT_VERSION}, got {raw.get('version')!r}")
+    if raw.get("kind") not in KINDS:
+        raise PipelineError(f"{origin}: kind: expected one of {', '.join(KINDS)}, got {raw.get('kind')!r}")
     try:
         return _ADAPTER.validate_python(raw)
     except ValidationError as e:
-        raise PipelineError(f"{origin}: " + "; ".join(_describe(err) for err in e.errors())) from None
+        raise PipelineError(f"{origin}: {describe(e, hidden=lambda part: part in KINDS, whole='policy')}") from None
 
 
 def load(path: str | Path):
@@ -188,28 +175,17 @@ def load(path: str | Path):
     return parse(raw, str(path))
 
 
-def files(directories) -> list[Path]:
-    """The policy files of `directories` (a folder or a list of them: the shipped policies, and
-    data/policy-search for the learned one), by name; the first folder holding a name wins."""
-    found: dict[str, Path] = {}
-    for d in [directories] if isinstance(directories, (str, Path)) else directories:
-        for p in sorted(Path(d).glob("*.yaml")):
-            found.setdefault(p.name, p)
-    return [found[k] for k in sorted(found)]
-
-
-def load_named(directories, name: str, **overrides):
-    """(policy name, policy) for a file name in `directories`; a missing one lists the valid names.
+def load_path(path: str | Path, **overrides):
+    """(policy name, policy) of the policy file at `path` (the name is the file's stem).
 
     `overrides` (the `augment` params `num_ops`, `magnitude`; None: the file's value) replace
     the policy's fields of those names; a policy whose kind has no such field is refused.
     """
-    path = next((p for p in files(directories) if p.name == name), None)
-    if path is None:
-        known = ", ".join(p.name for p in files(directories)) or "none"
-        where = directories if isinstance(directories, (str, Path)) else " or ".join(map(str, directories))
-        raise PipelineError(f"augment.policy: {name!r} is not a file in {where}/; must be one of {known}")
-    return path.stem, override(load(path), name, **overrides)
+    path = Path(path)
+    if not path.is_file():
+        known = ", ".join(str(p) for p in sorted(path.parent.glob("*.yaml"))) or "none"
+        raise PipelineError(f"augment.policy: {path}: no such policy file (found: {known})")
+    return path.stem, override(load(path), path.name, **overrides)
 
 
 def override(policy, origin: str = "policy", **values):
@@ -217,7 +193,7 @@ def override(policy, origin: str = "policy", **values):
     values = {k: v for k, v in values.items() if v is not None}
     for key, v in values.items():
         if key not in type(policy).model_fields:
-            having = [kind for kind, model in MODELS.items() if key in model.model_fields] or ["none"]
+            having = [kind for kind, model in KIND_MODELS.items() if key in model.model_fields] or ["none"]
             raise PipelineError(
                 f"augment.{key}: expected null for {origin} (kind {policy.kind} has no {key}; "
                 f"only {', '.join(having)} has), got {v!r}"

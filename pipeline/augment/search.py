@@ -44,7 +44,7 @@ from typing import NamedTuple, get_args
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import dataset, wiring
 from pipeline.augment import ops
 from pipeline.augment import policy as pol
 from pipeline.console import log, progress
@@ -242,12 +242,14 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
     return policy, metrics
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--oof", default="data/oof", help="oof output with its fold models (default: %(default)s)")
-    p.add_argument(
-        "--out", default="data/policy-search/learned.yaml", help="policy file to write (default: %(default)s)"
-    )
-    p.add_argument("--metrics", default="metrics/policy_search.json", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "policy-search",
+    reads=(wiring.Flag("--oof", "oof output with its fold models"),),
+    writes=(wiring.Flag("--out", "policy file to write"),),
+    params=("base", "policy_search", "train.threads"),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:

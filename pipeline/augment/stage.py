@@ -29,28 +29,12 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset, gallery
+from pipeline import dataset, gallery, schema, wiring
 from pipeline.augment import policy as pol
 from pipeline.console import log, progress
 from pipeline.params import Params
 
-COLUMNS = [
-    "sample_id",
-    "path",
-    "label",
-    "label_id",
-    "group",
-    "split",
-    "origin",
-    "parent_id",
-    "policy",
-    "ops",
-    "seed",
-    "weight",
-    "pixel_sha256",
-    "store",
-    "row",
-]
+COLUMNS = schema.columns("policy", "ops", "seed")
 CHUNK = 512  # parents per task: large enough to amortise inter-process transfer
 PREVIEW_COPIES = 7
 
@@ -163,16 +147,12 @@ def augment(job: Job, workers: int, desc: str = "augment") -> Iterator[tuple]:
     bar.close()
 
 
-def train_parents(split_df: pd.DataFrame) -> pd.DataFrame:
-    return split_df[(split_df["split"] == "train") & (split_df["origin"] == "real")]
-
-
 def run(
     params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: Path, final_dir: Path
 ) -> tuple[pd.DataFrame, dict]:
     """Write the augmented copies' pixels under `out`; return their manifest rows and metrics."""
     cfg = params.augment
-    parents = train_parents(split_df)
+    parents = schema.real_train(split_df)
     active = cfg.enabled and cfg.mode == "offline"
     metrics = {
         "enabled": cfg.enabled,
@@ -199,25 +179,13 @@ def run(
     writer.close()
     rep = parents.loc[parents.index.repeat(cfg.copies)]
     copy = np.tile(np.arange(cfg.copies), len(parents))
-    df = pd.DataFrame(
-        {
-            "sample_id": [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep["sample_id"], copy)],
-            "path": rep["path"].to_numpy(),
-            "label": rep["label"].to_numpy(),
-            "label_id": rep["label_id"].to_numpy(),
-            "group": rep["group"].to_numpy() if "group" in rep else None,
-            "split": rep["split"].to_numpy(),
-            "origin": "augmented",
-            "parent_id": rep["sample_id"].to_numpy(),
-            "policy": policy_name,
-            "ops": records,
-            "seed": np.array(seeds, np.int64),
-            "weight": cfg.weight,
-            "pixel_sha256": hashes,
-            "store": [s for s, _ in locs],
-            "row": [r for _, r in locs],
-        },
-        columns=COLUMNS,
+    df = schema.derived_rows(
+        rep,
+        schema.AUGMENTED,
+        [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep["sample_id"], copy)],
+        own={"policy": policy_name, "ops": records, "seed": np.array(seeds, np.int64)},
+        weight=cfg.weight,
+        storage={"pixel_sha256": hashes, "store": [s for s, _ in locs], "row": [r for _, r in locs]},
     )
     unchanged = int((df["pixel_sha256"].to_numpy() == rep["pixel_sha256"].to_numpy()).sum())
     metrics.update(augmented=len(df), unchanged=unchanged, op_counts=dict(sorted(counts.items())))
@@ -234,7 +202,7 @@ def preview(
     copies: int = PREVIEW_COPIES,
 ):
     """A grid: each of the first `n` train samples, then `copies` of its augmentations (None: no samples)."""
-    parents = train_parents(split_df)
+    parents = schema.real_train(split_df)
     if n == 0 or len(parents) == 0:
         return None
     job = Job(Source(parents), tuple(parents["sample_id"]), policy, copies, seed)
@@ -255,33 +223,30 @@ def preview(
     )
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--split", default="data/split", help="split output (default: %(default)s)")
-    p.add_argument(
-        "--policies",
-        nargs="+",
-        default=["augment_policies", "data/policy-search"],
-        help="policy folders: the shipped ones, and the learned one (default: %(default)s)",
-    )
-    p.add_argument("--out", default="data/augment", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/augment.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/augment", help="preview grids (default: %(default)s)")
+STAGE = wiring.Stage(
+    "augment",
+    reads=(
+        wiring.Flag("--clean", "clean output: the train samples"),
+        wiring.Flag("--policy", "the policy file augment.policy names"),
+    ),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "augment"),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    split_df, classes = dataset.read_manifest(args.split)
+    split_df, classes = schema.read(args.clean, "samples")
     cfg = params.augment
-    name, policy = pol.load_named(args.policies, cfg.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+    name, policy = pol.load_path(args.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
     out, plots = Path(args.out), Path(args.plots)
     with dataset.staged_dir(out) as tmp:
         df, metrics = run(params, split_df, name, policy, tmp, out)
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     with dataset.staged_dir(plots) as tmp:
-        for path in pol.files(args.policies):
-            other = policy if path.stem == name else pol.load(path)
-            grid = preview(path.stem, other, split_df, classes, params.base.seed, params.augment.preview)
-            if grid is not None:
-                gallery.save(grid, tmp / f"{path.stem}.png")
+        grid = preview(name, policy, split_df, classes, params.base.seed, params.augment.preview)
+        if grid is not None:
+            gallery.save(grid, tmp / f"{name}.png")
     dataset.write_json(args.metrics, metrics)
     log.info(
         "augment: %d copies of %d train samples with %s (%s)",

@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipeline import dataset
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
 
 @dataclass
@@ -74,21 +75,17 @@ def ids(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     return df.set_index("sample_id", drop=False).loc[wanted]
 
 
-SELECTORS: dict[str, Callable[[pd.DataFrame, Selection], pd.DataFrame]] = {
-    "issues": issues,
-    "hard": hard,
-    "random": random,
-    "ids": ids,
-}
+SELECTORS: Registry[Callable[[pd.DataFrame, Selection], pd.DataFrame]] = Registry(
+    "selector (--select)", [("issues", issues), ("hard", hard), ("random", random), ("ids", ids)]
+)
 
 
 def select(df: pd.DataFrame, how: str, s: Selection, splits: list[str] | None = None) -> pd.DataFrame:
-    if how not in SELECTORS:
-        raise PipelineError(f"--select must be one of {sorted(SELECTORS)}, got {how!r}")
+    pick = SELECTORS[how]  # an unknown name fails here, listing the valid ones
     if splits:
         _need(df, ("split",), "with --split")
         df = df[df["split"].isin(splits)]
-    out = SELECTORS[how](df, s).head(s.limit).reset_index(drop=True)
+    out = pick(df, s).head(s.limit).reset_index(drop=True)
     return out.assign(reason=how)
 
 

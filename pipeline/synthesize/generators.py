@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pipeline import params
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
+from pipeline.registry import Registry
 
 FORMAT_VERSION = 1
 
@@ -64,9 +65,9 @@ class Generator:
         """Train on uint8 NHWC images and their label ids; one history row per epoch."""
         if len(x) < 2:
             raise PipelineError(f"synthesize.{self.name}: expected at least 2 training images, got {len(x)}")
-        from pipeline.fit import deterministic
+        from pipeline.fit import deterministic, to_float
 
-        data = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+        data = to_float(x)
         labels = torch.from_numpy(np.array(y, np.int64))
         bs = min(self.knobs.batch_size, len(x))
         history = []
@@ -139,17 +140,11 @@ class Generator:
         return h.hexdigest()[:16]
 
 
-GENERATORS: dict[str, type[Generator]] = {}
-
-
-def register(cls: type[Generator]) -> type[Generator]:
-    GENERATORS[cls.name] = cls
-    return cls
+GENERATORS: Registry[type[Generator]] = Registry("generator (synthesize.generator)")
+register = GENERATORS.register
 
 
 def get(name: str) -> type[Generator]:
-    if name not in GENERATORS:
-        raise PipelineError(f"unknown generator {name!r}; expected one of {sorted(GENERATORS)}")
     return GENERATORS[name]
 
 
@@ -284,10 +279,12 @@ class VAE(Generator):
 
     def encode(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Posterior means of uint8 NHWC images."""
+        from pipeline.fit import to_float
+
         enc, out = self.networks["encoder"].eval(), []
         with torch.no_grad():
             for i in range(0, len(x), batch_size):
-                xt = torch.from_numpy(np.array(x[i : i + batch_size])).permute(0, 3, 1, 2).float() / 255.0
+                xt = to_float(np.array(x[i : i + batch_size]))
                 onehot = F.one_hot(torch.from_numpy(np.array(y[i : i + batch_size], np.int64)), self.num_classes)
                 out.append(enc(xt, onehot.float())[0].numpy())
         return np.concatenate(out) if out else np.zeros((0, self.latent_dim), np.float32)

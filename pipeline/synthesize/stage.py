@@ -33,32 +33,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset, gallery
+from pipeline import artifacts, dataset, gallery, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
 from pipeline.params import RECIPE_KEYS, Params, Train
 
-COLUMNS = [
-    "sample_id",
-    "path",
-    "label",
-    "label_id",
-    "group",
-    "split",
-    "origin",
-    "parent_id",
-    "generator",
-    "model_id",
-    "seed",
-    "weight",
-    "p_label",
-    "nn_train_dist",
-    "nn_val_test_dist",
-    "realism",
-    "pixel_sha256",
-    "store",
-    "row",
-]
+COLUMNS = schema.columns(
+    "generator", "model_id", "seed", after_weight=("p_label", "nn_train_dist", "nn_val_test_dist", "realism")
+)
 REJECTED_COLUMNS = [
     "sample_id",
     "label",
@@ -96,7 +78,7 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
         raise PipelineError(
             f"{oof_dir}: no embedding for {int(missing.sum())} samples of the clean manifest; re-run oof"
         )
-    real = clean_df["origin"] == "real"
+    real = clean_df["origin"] == schema.REAL
     train = clean_df[real & (clean_df["split"] == "train")]
     holdout = clean_df[real & clean_df["split"].isin(["val", "test"])]
     val = clean_df[real & (clean_df["split"] == "val")]
@@ -142,23 +124,21 @@ def draw(
     # 53 bits, as augment's seeds: the column stays exact beside other manifests' in assemble
     seeds = [dataset.sample_seed(seed, f"synthesize:{gen.name}:{c}:{k}") & (2**53 - 1) for c, k in zip(labels, index)]
     pixels = gen.decode(gen.latents(seeds, labels), labels)
-    rows = pd.DataFrame(
-        {
-            "sample_id": [dataset.sample_id("synthetic", gen.name, model_id, c, k) for c, k in zip(labels, index)],
-            "path": [f"synthetic/{gen.name}/{classes[c]}/{k:05d}" for c, k in zip(labels, index)],
-            "label": [classes[c] for c in labels],
-            "label_id": np.asarray(labels, np.int64),
-            "group": None,
-            "split": "train",
-            "origin": "synthetic",
-            "parent_id": None,
+    rows = schema.derived_rows(
+        None,
+        schema.SYNTHETIC,
+        [dataset.sample_id("synthetic", gen.name, model_id, c, k) for c, k in zip(labels, index)],
+        own={
             "generator": gen.name,
             "model_id": model_id,
             "seed": np.array(seeds, np.int64),
-            "weight": weight,
             "k": np.asarray(index, np.int64),
-            "pixel_sha256": [dataset.pixel_hash(p) for p in pixels],
-        }
+        },
+        weight=weight,
+        storage={"pixel_sha256": [dataset.pixel_hash(p) for p in pixels]},
+        path=[f"synthetic/{gen.name}/{classes[c]}/{k:05d}" for c, k in zip(labels, index)],
+        label=[classes[c] for c in labels],
+        label_id=np.asarray(labels, np.int64),
     )
     return rows, pixels
 
@@ -284,7 +264,7 @@ def run(
         final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"},
         **gated,
     )
-    val = clean_df[(clean_df["origin"] == "real") & (clean_df["split"] == "val")]
+    val = clean_df[(clean_df["origin"] == schema.REAL) & (clean_df["split"] == "val")]
     metrics["tstr_val_accuracy"] = tstr(
         pixels[admitted],
         rows["label_id"].to_numpy()[admitted],
@@ -351,16 +331,17 @@ def interpolation_grid(gen, num_classes: int, classes: list[str], seed: int, ste
     return gallery.grid(images, caps, cols=steps, title=f"{gen.name}: latent interpolation, one row per class")
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clean", default="data/clean", help="clean output: the train samples (default: %(default)s)")
-    p.add_argument("--oof", default="data/oof", help="oof output: the judges (default: %(default)s)")
-    p.add_argument("--out", default="data/synthesize", help="output folder (default: %(default)s)")
-    p.add_argument("--metrics", default="metrics/synthesize.json", help="(default: %(default)s)")
-    p.add_argument("--plots", default="plots/synthesize", help="(default: %(default)s)")
+STAGE = wiring.Stage(
+    "synthesize",
+    reads=(wiring.Flag("--clean", "clean output: the train samples"), wiring.Flag("--oof", "oof output: the judges")),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "synthesize", *(f"train.{k}" for k in RECIPE_KEYS)),
+)
+add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    clean_df, classes = dataset.read_manifest(args.clean)
+    clean_df, classes = schema.read(args.clean, "samples")
     out, plots = Path(args.out), Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
     with dataset.staged_dir(out) as tmp:
