@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import fit, params
+from pipeline import console, fit, params
 
 
 def bare(x: np.ndarray, y: np.ndarray, cfg, num_classes: int) -> float:
@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    console.setup(True)  # no progress bars
     cores = len(os.sched_getaffinity(0))
     thread_counts = args.threads or sorted({1, cores})
     rng = np.random.default_rng(0)

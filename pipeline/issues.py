@@ -105,16 +105,15 @@ class OutlierKnobs(Knobs):
 
 @register
 class Outliers(Detector):
-    """cleanlab `OutOfDistribution` (mean distance to the k nearest neighbours) on embeddings."""
+    """cleanlab's `OutOfDistribution` score (mean cosine distance to the k nearest neighbours,
+    exp(-d / median d)) on embeddings, with the neighbours found in one exact pass (`knn_cosine`)."""
 
     name = "outlier"
     Knobs = OutlierKnobs
 
     def find(self, df, oof):
-        from cleanlab.outlier import OutOfDistribution
-
         k = min(self.knobs.k, len(df) - 1)
-        score = OutOfDistribution(params={"k": k}).fit_score(features=oof.embeddings, verbose=False)
+        score = ood_scores(knn_cosine(oof.embeddings, k))
         cut = np.quantile(score, self.knobs.fraction) if self.knobs.fraction > 0 else -np.inf
         return pd.DataFrame({self.flag: score < cut, self.score: score.round(6)})
 
@@ -128,6 +127,37 @@ class NearDuplicateKnobs(Knobs):
     # neighbour within 0.002, none a copy)
     features: Literal["split", "pixels", "embeddings"] = "split"
     threshold: float = Field(0.003, ge=0.0, le=2.0)  # cosine distance at or below: a near duplicate
+
+
+def knn_cosine(x: np.ndarray, k: int, chunk: int = 4096) -> np.ndarray:
+    """(N, k) cosine distances from each row to its k nearest other rows, ascending; exact.
+
+    What sklearn's brute-force `kneighbors` returns for cleanlab's default (cosine) search, by
+    chunked matrix products. cleanlab's `OutOfDistribution.fit_score` runs that search twice (it
+    calls `kneighbors` once to see whether the index is fitted); this is one pass, in float32
+    products as sklearn's, and a test holds its scores to cleanlab's.
+    """
+    import torch
+
+    z = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+    z = z / z.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    out = np.empty((len(z), k), np.float64)
+    for lo in range(0, len(z), chunk):
+        hi = min(lo + chunk, len(z))
+        sim = z[lo:hi] @ z.T
+        sim[torch.arange(hi - lo), torch.arange(lo, hi)] = -torch.inf  # not oneself
+        out[lo:hi] = (1.0 - sim.topk(k, dim=1).values.double()).clamp_min(0.0).numpy()
+    return out
+
+
+def ood_scores(distances: np.ndarray) -> np.ndarray:
+    """cleanlab's outlier score of kNN distances: exp(-mean distance / its median), where
+    distances within float error of 0 score exactly 1 (cleanlab.internal.outlier's two steps)."""
+    from cleanlab.internal.outlier import correct_precision_errors, transform_distances_to_scores
+
+    avg = distances.mean(axis=1)
+    scale = float(max(np.median(avg), 100 * np.finfo(np.float64).eps))
+    return correct_precision_errors(transform_distances_to_scores(avg, 1, scaling_factor=scale), avg, "cosine")
 
 
 def nearest_cosine(

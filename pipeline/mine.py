@@ -4,8 +4,8 @@ For every train/val sample of the clean manifest (label after patches and clean'
 `loss` (-log p(label)), `margin` (p(label) minus the largest other probability), `entropy`
 (normalised to 0..1), and the data-map coordinates of Swayamdipta et al. 2020 from the oof
 training dynamics: `confidence` (mean over epochs of p(given label)) and `variability`
-(its std), over the epochs after `mine.burn_in` of them: models trained from scratch
-start at chance, so the first epochs measure learning, not the sample. `hardness` is the
+(its std), over the epochs oof recorded them for (those after `oof.burn_in`: models trained
+from scratch start at chance, so the first epochs measure learning, not the sample). `hardness` is the
 mean percentile rank of loss, -margin and entropy. Category:
 `ambiguous` (variability >= mine.ambiguous_variability), else `easy` (confidence >=
 mine.easy_confidence), else `hard-to-learn`. A sample clean flags as a label issue is
@@ -66,7 +66,7 @@ def run(
     df = clean_df[clean_df["split"].isin(["train", "val"])].reset_index(drop=True)
     p = np.stack(probs.loc[df["sample_id"]].to_numpy()).astype(np.float64)
     out = pd.concat([df[["sample_id", "split", "label"]], scores(p, df["label_id"].to_numpy())], axis=1)
-    dm = data_map(dynamics, cfg.burn_in).reindex(df["sample_id"])
+    dm = data_map(dynamics).reindex(df["sample_id"])
     out["confidence"], out["variability"] = dm["confidence"].to_numpy(), dm["variability"].to_numpy()
     out["category"] = np.where(
         out["variability"] >= cfg.ambiguous_variability,

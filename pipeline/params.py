@@ -317,9 +317,12 @@ class InjectNoise(Section):
 
 class Oof(Section):
     folds: int = Field(3, ge=2)
-    epochs: int = Field(8, ge=1)  # at least; more on small data (min_steps)
+    epochs: int = Field(7, ge=1)  # at least; more on small data (min_steps)
     min_steps: int = Field(1500, ge=0)  # optimizer steps per fold model at least, up to max_epochs
     max_epochs: int = Field(150, ge=1)
+    # training dynamics (mine's data maps) are recorded over the epochs after this fraction of them:
+    # a model trained from scratch starts at chance, so the first epochs measure learning, not the sample
+    burn_in: float = Field(0.5, ge=0.0, lt=1.0)
     model: MODEL | None = None  # None: train.model
     width: int | None = Field(None, ge=4)  # None: train.width
     tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
@@ -360,7 +363,6 @@ class Clean(Section):
 
 class Mine(Section):
     enabled: bool = True  # false: weights 1 (hardness is still measured and reported)
-    burn_in: float = Field(0.5, ge=0.0, lt=1.0)  # fraction of the first oof epochs left out of the data map
     ambiguous_variability: float = Field(0.07, ge=0.0)  # data maps: std of p_given over epochs
     easy_confidence: float = Field(0.5, ge=0.0, le=1.0)  # mean p_given at or above: easy
     suspect_weight: float = Field(1.0, ge=0.0)  # weight of a likely mislabeled train sample

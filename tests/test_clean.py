@@ -227,3 +227,15 @@ def test_removals_by_the_split_stage_keep_their_reason():
     out, counts = clean.act(params, df, ["x", "y"])
     assert list(out["removed_reason"]) == ["", "near_duplicate_of_test", "label_issue"]
     assert list(out["split"]) == ["train", "removed", "removed"] and counts["removed"] == 1
+
+
+def test_outlier_scores_are_cleanlabs_from_one_knn_pass():
+    from cleanlab.outlier import OutOfDistribution
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (300, 24)) + 4 * rng.normal(0, 1, (1, 24)), rng.normal(0, 3, (12, 24))])
+    x = np.concatenate([x, x[:5]]).astype(np.float32)  # exact duplicates: distance 0, score 1
+    ours = issues.ood_scores(issues.knn_cosine(x, 10))
+    theirs = OutOfDistribution(params={"k": 10}).fit_score(features=x, verbose=False)
+    assert np.allclose(ours, theirs, atol=1e-5)
+    assert set(np.argsort(ours)[:12]) == set(np.argsort(theirs)[:12])

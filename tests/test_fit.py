@@ -160,3 +160,11 @@ def test_digits_with_the_default_recipe():
     cfg = params.Train().model_copy(update={"epochs": 8, "threads": 1})  # the default recipe, shortened
     r = fit.fit(x[tr], y[tr], x[va], y[va], cfg, 10, seed=0)
     assert _accuracy(r.model, x[te], y[te]) >= 0.93
+
+
+def test_inference_batches_adapt_to_the_image_size_and_do_not_change_predictions():
+    assert [fit.inference_batch(s) for s in [(8, 8), (28, 28), (64, 64), (224, 224)]] == [1024, 128, 32, 16]
+    x, y = patterns(300, 8, 1)
+    cfg = params.Train(epochs=1, batch_size=32, width=8, threads=1)
+    model = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model
+    assert np.allclose(fit.predict_proba(model, x), fit.predict_proba(model, x, batch_size=7), atol=1e-6)

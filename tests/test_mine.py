@@ -30,6 +30,9 @@ def test_scores_and_data_map_categories():
     )
     dm = mine.data_map(dyn)
     assert dm.loc["easy", "confidence"] > 0.9 and dm.loc["amb", "variability"] > 0.3
+    # oof records only the epochs after its burn-in: the same map as leaving them out here
+    late = dyn[dyn["epoch"] > 2]
+    pd.testing.assert_frame_equal(mine.data_map(dyn, burn_in=0.5), mine.data_map(late))
     clean_df = pd.DataFrame(
         {"sample_id": ["easy", "amb", "hard"], "split": "train", "label": "a", "label_id": 0, "is_label_issue": False}
     )
