@@ -1,10 +1,14 @@
 """ingest: turn a source into a canonical dataset, quarantining what cannot be used.
 
 Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, source_split,
-origin, parent_id, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
+origin, parent_id, hidden_label, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
 `<out>/quarantine.csv` (path, reason, detail). Every input item is either kept or
 quarantined with a reason; `metrics/ingest.json` holds the counts, which always add up.
 Exits with code 2 when the quarantined fraction passes `ingest.max_bad_fraction`.
+
+Unlabeled images (the pool: `ingest.unlabeled_path`, empty CSV labels, or labels hidden by
+`ingest.keep_labels`) have label None and label_id -1; `hidden_label` keeps a hidden label's truth,
+for measuring what the pool's pseudo-labels get right.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pipeline.console import log, progress
 from pipeline.decode import DecodeError, decode_file, normalise
 from pipeline.errors import PipelineError
 from pipeline.params import Ingest, Params
-from pipeline.sources import SOURCES, Item, auto_shape
+from pipeline.sources import SOURCES, Item, auto_shape, unlabeled
 
 QUARANTINE = "quarantine.csv"
 
@@ -84,6 +88,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     items, declared = source(cfg)
     if not items:
         raise PipelineError(f"no images found under {cfg.path}")
+    if cfg.unlabeled_path is not None:
+        items += unlabeled(cfg.unlabeled_path)
     size, channels, why = auto_shape(items, cfg)
     if why:
         log.info("ingest: auto %s; set ingest.image_size / ingest.channels to override", why)
@@ -92,7 +98,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     # closing(): the pool ends when the loop does, even when the loop raises
     with contextlib.closing(_pixels(items, cfg, size, channels)) as decoded:
         for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
-            if reason is None and cfg.classes is not None and item.label not in cfg.classes:
+            if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
                 reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
             sid = dataset.sample_id(item.path)
             if reason is None and sid in seen:
@@ -118,15 +124,20 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     df = pd.DataFrame(
         rows, columns=["sample_id", "path", "label", "group", "source_split", "pixel_sha256", "store", "row"]
     )
-    present = set(df["label"])
+    present = set(df["label"].dropna())
     if cfg.classes is None:
         classes = [c for c in declared if c in present]
         empty = [c for c in declared if c not in present]
     else:
         classes, empty = list(cfg.classes), [c for c in cfg.classes if c not in present]
-    df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).astype("int64"))
+    df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64"))
     df.insert(5, "origin", schema.REAL)
     df.insert(6, "parent_id", None)
+    df.insert(8, "hidden_label", None)
+    hidden = hide_labels(df, cfg.keep_labels, params.base.seed)
+    df.loc[hidden, "hidden_label"] = df.loc[hidden, "label"]
+    df.loc[hidden, "label"], df.loc[hidden, "label_id"] = None, -1
+    labeled = df["label"].notna()
     dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
     dataset.write_csv(out / QUARANTINE, quarantine)
@@ -137,6 +148,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
         "quarantined": len(quarantine),
         "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
         "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
+        "unlabeled": int((~labeled).sum()),
+        "hidden_labels": int(hidden.sum()),
         "classes": len(classes),
         "per_class": {c: int((df["label"] == c).sum()) for c in classes},
         "empty_classes": empty,
@@ -144,7 +157,21 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
         "channels": channels,
     }
     assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
+    assert metrics["kept"] == sum(metrics["per_class"].values()) + metrics["unlabeled"]
     return metrics
+
+
+def hide_labels(df: pd.DataFrame, keep: float, seed: int) -> np.ndarray:
+    """Rows whose label `ingest.keep_labels` hides: of each class's labeled samples outside a source
+    test set, all but the `keep` fraction (at least one) that comes first in (seed, sample_id) order."""
+    hide = np.zeros(len(df), bool)
+    if keep >= 1:
+        return hide
+    candidates = df[df["label"].notna() & (df["source_split"].fillna("") != "test")]
+    order = candidates.assign(key=[dataset.sample_seed(seed, f"keep-label:{s}") for s in candidates["sample_id"]])
+    for _, rows in order.sort_values("key", kind="stable").groupby("label", sort=False):
+        hide[rows.index[max(1, round(keep * len(rows))) :]] = True
+    return hide
 
 
 STAGE = wiring.Stage(
@@ -159,9 +186,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
         metrics = run(params, tmp, out)
     dataset.write_json(args.metrics, metrics)
     log.info(
-        "ingest: %d in, %d kept, %d quarantined %s",
+        "ingest: %d in, %d kept (%d unlabeled), %d quarantined %s",
         metrics["in"],
         metrics["kept"],
+        metrics["unlabeled"],
         metrics["quarantined"],
         metrics["by_reason"] or "",
     )
@@ -172,6 +200,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
         log.warning("classes with no usable image (%s): %s", fate, ", ".join(metrics["empty_classes"]))
     if metrics["kept"] == 0:
         raise PipelineError(f"no usable image in the source: all {metrics['in']} quarantined (see {out / QUARANTINE})")
+    if metrics["kept"] == metrics["unlabeled"]:
+        raise PipelineError(f"no labeled image among the {metrics['kept']} kept: the pool needs labeled ones beside it")
     if metrics["classes"] < 2:
         named = ", ".join(f"{c} ({n} images)" for c, n in metrics["per_class"].items())
         raise PipelineError(

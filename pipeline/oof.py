@@ -7,7 +7,10 @@ held-out fold would let it leak into its own predictions). Writes, under `<out>/
 
 - `manifest.parquet`: the split manifest, one row per sample in the same order, plus `fold`
   (-1 for test), `probs` (a list of K floats: out-of-fold for train/val, the mean of the
-  fold models for test, which is never trained on) and, when `clean.inject_noise.rate > 0`,
+  fold models for the rows no fold model trains on: test, the unlabeled pool, removed),
+  for those rows the ensemble's `agreement` (the share of fold models that vote for the
+  mean's class) and `disagreement` (mutual information between the prediction and the
+  model, in nats: BALD's score), NaN elsewhere, and, when `clean.inject_noise.rate > 0`,
   the corrupted `label`/`label_id` with the truth in `true_label`/`true_label_id`;
 - `embeddings.npy`: (N, folds * D) float32 in manifest row order, the L2-normalised
   penultimate features of every fold model side by side, so all samples share one space;
@@ -57,7 +60,8 @@ def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.D
             target = partner[y]
     flip = (df["split"].to_numpy() == "train") & (u < cfg.rate) & (target != y)
     y[flip] = target[flip]
-    df["label_id"], df["label"] = y, [classes[i] for i in y]
+    df["label_id"] = y
+    df.loc[flip, "label"] = [classes[i] for i in y[flip]]
     return df
 
 
@@ -133,6 +137,10 @@ def predict(model, x: np.ndarray, tta: bool, plain: np.ndarray | None = None) ->
     return np.mean([plain, *shifted], axis=0).astype(np.float32)
 
 
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
+
+
 def run(
     params: Params, df: pd.DataFrame, classes: list[str], models: list | None = None
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
@@ -148,7 +156,8 @@ def run(
     after = int(params.oof.burn_in * cfg.epochs)  # after the burn-in
     x, y = dataset.load_pixels(df), df["label_id"].to_numpy(np.int64)
     probs = np.zeros((len(df), k), np.float32)
-    test = np.flatnonzero(fold < 0)
+    test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
+    votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
     embeddings, dynamics = [], []
     for f in range(params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
@@ -192,9 +201,16 @@ def run(
         record(result.model, cfg.epochs, p=plain[fit_idx])
         probs[held] = predict(result.model, x[held], params.oof.tta, plain[held])
         if len(test):
-            probs[test] += predict(result.model, x[test], params.oof.tta, plain[test]) / params.oof.folds
+            p = predict(result.model, x[test], params.oof.tta, plain[test])
+            probs[test] += p / params.oof.folds
+            votes[np.arange(len(test)), p.argmax(1)] += 1
+            entropy += _entropy(p) / params.oof.folds
         embeddings.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
     df["fold"], df["probs"] = fold, list(probs)
+    df["agreement"], df["disagreement"] = np.nan, np.nan
+    if len(test):
+        df.loc[test, "agreement"] = votes[np.arange(len(test)), probs[test].argmax(1)] / params.oof.folds
+        df.loc[test, "disagreement"] = np.maximum(_entropy(probs[test]) - entropy, 0.0).round(6)
     dyn = pd.concat(dynamics, ignore_index=True)
     pool = fold >= 0
     metrics = {
@@ -205,7 +221,8 @@ def run(
         "threads": fit.threads(cfg),
         "tta": params.oof.tta,
         "n_oof": int(pool.sum()),
-        "n_test": len(test),
+        "n_test": int((df["split"] == "test").sum()),
+        "n_unlabeled": int((df["split"] == "unlabeled").sum()),
         "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
         "injected_noise": int((df["label_id"] != df["true_label_id"]).sum()),
     }

@@ -39,6 +39,10 @@ class Base(Section):
 class Ingest(Section):
     source: SOURCE = "digits"
     path: str | None = None  # IDX directory, image-folder root or CSV file
+    unlabeled_path: str | None = None  # a folder of unlabeled images (any depth): the pool
+    # the fraction of labeled samples (outside a source test set) that keep their label, per class; the
+    # rest join the pool with the truth kept in `hidden_label` (to measure semi-supervised learning)
+    keep_labels: float = Field(1.0, gt=0.0, le=1.0)
     # auto: the median shorter side of the images (the native size of digits / IDX), at most
     # AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
     image_size: int | str | None = "auto"

@@ -6,6 +6,7 @@ A source never decodes; it only says what there is and why an entry is unusable
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import stat
@@ -210,12 +211,14 @@ def _required_dir(cfg: Ingest, what: str) -> Path:
     return path
 
 
-def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
-    root = _required_dir(cfg, "an image-folder root (root/<class>/<file>)")
-    if not root.is_dir():
-        raise PipelineError(f"ingest.path: {root}: not a directory (source imagefolder)")
-    real_root = os.path.realpath(root)
-    items, classes = [], []
+SOURCE_SPLITS = ("train", "val", "test")  # an image folder laid out as root/<split>/<class>/ keeps them
+UNLABELED = "unlabeled/"  # path prefix of the items from ingest.unlabeled_path
+
+
+def _walk(root: Path) -> list[tuple[str, str | None, Item | None]]:
+    """Every file under `root` as (posix path relative to root, full path, None), plus an unusable
+    item (rel, None, item) for each linked or non-UTF-8 folder, whose files are not read."""
+    out = []
     for dirpath, dirnames, filenames in os.walk(root):  # does not follow directory links
         dirnames.sort()
         rel_dir = os.path.relpath(dirpath, root)
@@ -223,35 +226,75 @@ def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
             full, rel = os.path.join(dirpath, d), os.path.normpath(os.path.join(rel_dir, d))
             if os.path.islink(full):
                 dirnames.remove(d)
-                items.append(Item(path=rel, reason="linked_dir", detail="directory symlinks are not followed"))
+                detail = "directory symlinks are not followed"
+                out.append((rel, None, Item(path=rel, reason="linked_dir", detail=detail)))
             elif _utf8(rel) is None:
                 dirnames.remove(d)
-                items.append(
-                    Item(
-                        path=_escaped(rel),
-                        reason="non_utf8_name",
-                        detail="folder name is not valid UTF-8; its files are not read",
-                    )
-                )
-            elif rel_dir == ".":
-                classes.append(d)
+                detail = "folder name is not valid UTF-8; its files are not read"
+                out.append((rel, None, Item(path=_escaped(rel), reason="non_utf8_name", detail=detail)))
         for f in sorted(filenames):
-            rel = os.path.normpath(os.path.join(rel_dir, f))
-            if rel_dir == ".":
-                items.append(
-                    Item(
-                        path=rel if _utf8(rel) else _escaped(rel),
-                        reason="not_in_class_folder",
-                        detail="files must be in root/<class>/",
-                    )
-                )
-                continue
-            label = rel.split(os.sep, 1)[0]
-            items.append(_file_item(os.path.join(dirpath, f), rel.replace(os.sep, "/"), real_root, label=label))
+            rel = os.path.normpath(os.path.join(rel_dir, f)).replace(os.sep, "/")
+            out.append((rel, os.path.join(dirpath, f), None))
+    return out
+
+
+def _subdirs(root: Path) -> list[str]:
+    """The names of the folders in `root` that the walk enters (not links, UTF-8 names)."""
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.is_symlink() and _utf8(d.name))
+
+
+def _split_layout(root: Path) -> bool:
+    """True when the top-level folders of `root` are source splits (train and maybe val, test)."""
+    top = set(_subdirs(root))
+    return "train" in top and top <= set(SOURCE_SPLITS)
+
+
+def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
+    """root/<class>/<file>, or root/{train,val,test}/<class>/<file> with that source split."""
+    root = _required_dir(cfg, "an image-folder root (root/<class>/<file>)")
+    if not root.is_dir():
+        raise PipelineError(f"ingest.path: {root}: not a directory (source imagefolder)")
+    real_root = os.path.realpath(root)
+    depth = 2 if _split_layout(root) else 1  # path components before the file: [split/]class
+    tops = [root / d for d in _subdirs(root)] if depth == 2 else [root]
+    classes = sorted({c for top in tops for c in _subdirs(top)})  # empty class folders included
+    items = []
+    for rel, full, unusable in _walk(root):
+        if unusable is not None:
+            items.append(unusable)
+            continue
+        parts = rel.split("/")
+        if len(parts) <= depth:
+            where = "root/<split>/<class>/" if depth == 2 else "root/<class>/"
+            path = rel if _utf8(rel) else _escaped(rel)
+            items.append(Item(path=path, reason="not_in_class_folder", detail=f"files must be in {where}"))
+            continue
+        label, split = parts[depth - 1], parts[0] if depth == 2 else None
+        items.append(_file_item(full, rel, real_root, label=label, source_split=split))
     return items, classes
 
 
+def unlabeled(path: str) -> list[Item]:
+    """Every file under the folder `path` (any depth) as an unlabeled item (`ingest.unlabeled_path`)."""
+    root = Path(path)
+    if not root.is_dir():
+        what = "not a directory" if root.exists() else "no such directory"
+        raise PipelineError(f"ingest.unlabeled_path: {root}: {what}")
+    real_root = os.path.realpath(root)
+    items = []
+    for rel, full, unusable in _walk(root):
+        if unusable is not None:
+            items.append(Item(path=UNLABELED + unusable.path, reason=unusable.reason, detail=unusable.detail))
+        else:
+            item = _file_item(full, rel, real_root)
+            items.append(dataclasses.replace(item, path=UNLABELED + item.path))
+    if not items:
+        raise PipelineError(f"ingest.unlabeled_path: {root}: no files in it")
+    return items
+
+
 def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
+    """A table with path,label[,group]; an empty label cell means the image is unlabeled."""
     table = _required_dir(cfg, "a CSV file with columns path,label[,group]")
     try:
         df = pd.read_csv(table, dtype=str, keep_default_na=False)
@@ -268,14 +311,13 @@ def csv(cfg: Ingest) -> tuple[list[Item], list[str]]:
         group = getattr(row, "group", "") or None
         if not rel:
             items.append(Item(path=f"<line {n}>", reason="missing_path", detail=f"line {n}: empty path"))
-        elif not row.label.strip():
-            items.append(Item(path=rel, reason="missing_label", detail=f"line {n}: empty label"))
         elif os.path.isabs(rel) or _outside(os.path.realpath(root / rel), real_root):
             items.append(
                 Item(path=rel, reason="outside_root", detail=f"line {n}: path resolves outside the CSV's folder")
             )
         else:
-            items.append(_file_item(str(root / rel), rel, real_root, label=row.label.strip(), group=group))
+            label = row.label.strip() or None
+            items.append(_file_item(str(root / rel), rel, real_root, label=label, group=group))
     return items, sorted({it.label for it in items if it.label})
 
 

@@ -5,15 +5,18 @@ Writes `<out>/manifest.parquet`, the ingested manifest plus
                   (same `pixel_sha256`), its near duplicates (pipeline/neardup.py) and the
                   samples sharing its `group`; named by its smallest member key
   dup_group       smallest sample_id among the sample's exact/near duplicates (None: none)
-  split           train / val / test, or "removed"
+  split           train / val / test, "unlabeled" (the pool: no label), or "removed"
   removed_reason  the rule that removed the sample; dup_of: the sample it duplicates
 `<out>/duplicates.csv` (every verified duplicate pair, with its scores) and the leakage
 report's pictures in --plots. Samples are not copied.
 
-Removal rules (counted in metrics/split.json; in == kept + removed):
+Removal rules (counted in metrics/split.json; in == kept + unlabeled + removed):
   exact_duplicate_of_test, near_duplicate_of_test, group_shared_with_test: when the source
       fixes the test set (split.respect_source_split), a train/val sample clustered with a
-      test sample is removed, never moved into test;
+      test sample is removed, never moved into test; likewise *_of_val for a source val set
+      (an image folder laid out as root/{train,val,test}/<class>/);
+  pool_exact_duplicate_of_test, pool_near_duplicate_of_val, ...: an unlabeled sample clustered
+      with a val or test sample: it would feed train (pseudo-labels, labeling rounds);
   within_split_duplicate (split.drop_duplicates): all but one of a duplicate set in a split.
 Then independent checks (pipeline/leakcheck.py) search the kept samples for duplicate pairs
 across splits; a non-zero count fails the stage when split.fail_on_leak.
@@ -39,6 +42,8 @@ from pipeline.params import NearDuplicates, Params, Split
 
 ORDER = ("test", "val", "train")  # cut order along each stratum
 KEPT = ("train", "val", "test")
+HELD_OUT = ("test", "val")
+POOL = "unlabeled"  # the split of the samples with no label
 REMOVED = "removed"
 DUPLICATES = "duplicates.csv"
 
@@ -151,10 +156,13 @@ def assign(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Serie
     return df["cluster_id"].map(out)
 
 
-def _remove_test_duplicates(df: pd.DataFrame, is_test: np.ndarray) -> None:
-    """Rules *_of_test: train/val rows clustered with a fixed test row are removed."""
-    test = df[is_test]
-    hit = (~is_test) & df["cluster_id"].isin(test["cluster_id"]).to_numpy()
+def _remove_duplicates_of(
+    df: pd.DataFrame, held: np.ndarray, name: str, candidates: np.ndarray, rule: str = ""
+) -> None:
+    """Rules *_of_<name>: the `candidates` rows clustered with a `held` row (of the fixed split
+    `name`) are removed, never moved into it; `rule` prefixes the rule names (pool_ for the pool)."""
+    test = df[held]
+    hit = candidates & df["cluster_id"].isin(test["cluster_id"]).to_numpy()
     if not hit.any():
         return
     rows = df[hit]
@@ -164,13 +172,11 @@ def _remove_test_duplicates(df: pd.DataFrame, is_test: np.ndarray) -> None:
 
     exact = first("pixel_sha256") if "pixel_sha256" in df else pd.Series(None, index=rows.index)
     near = first("dup_group")
-    rule = np.where(
-        exact.notna(),
-        "exact_duplicate_of_test",
-        np.where(near.notna(), "near_duplicate_of_test", "group_shared_with_test"),
+    kind = np.where(
+        exact.notna(), "exact_duplicate_of_", np.where(near.notna(), "near_duplicate_of_", "group_shared_with_")
     )
     df.loc[hit, "split"] = REMOVED
-    df.loc[hit, "removed_reason"] = rule
+    df.loc[hit, "removed_reason"] = [f"{rule}{k}{name}" for k in kind]
     df.loc[hit, "dup_of"] = exact.fillna(near).fillna(first("cluster_id")).to_numpy()
 
 
@@ -190,18 +196,24 @@ def run(
         found = clusters(df, cfg.near_duplicates, images, cfg.checks)
     df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
     df["split"], df["removed_reason"], df["dup_of"] = "", None, None
-    fixed_test = cfg.respect_source_split and "source_split" in df and (df["source_split"] == "test").any()
-    if fixed_test:
-        is_test = (df["source_split"] == "test").to_numpy()
-        df.loc[is_test, "split"] = "test"
-        _remove_test_duplicates(df, is_test)
-        rest = cfg.fractions["train"] + cfg.fractions["val"]
-        fractions = {"train": cfg.fractions["train"] / rest, "val": cfg.fractions["val"] / rest, "test": 0.0}
-        log.info("split: keeping the source's test set (%d samples)", is_test.sum())
-        todo = df["split"] == ""
-        df.loc[todo, "split"] = assign(df[todo], fractions, seed)
-    else:
-        df["split"] = assign(df, cfg.fractions, seed)
+    pool = df["label"].isna().to_numpy()
+    source = df["source_split"].fillna("").to_numpy() if "source_split" in df else np.full(len(df), "")
+    fixed = [name for name in HELD_OUT if cfg.respect_source_split and (source[~pool] == name).any()]
+    for name in fixed:  # test first: a val sample clustered with a test one is removed
+        todo = ~pool & (df["split"] == "").to_numpy()
+        held = todo & (source == name)
+        df.loc[held, "split"] = name
+        _remove_duplicates_of(df, held, name, todo & ~held)
+        log.info("split: keeping the source's %s set (%d samples)", name, held.sum())
+    todo = ~pool & (df["split"] == "").to_numpy()
+    free = [name for name in ORDER if name not in fixed]
+    total = sum(cfg.fractions[name] for name in free)
+    fractions = {name: (cfg.fractions[name] / total if name in free else 0.0) for name in ORDER}
+    df.loc[todo, "split"] = assign(df[todo], fractions, seed)
+    df.loc[pool, "split"] = POOL
+    for name in HELD_OUT:  # the pool feeds train: never a duplicate of a val or test sample
+        _remove_duplicates_of(df, (df["split"] == name).to_numpy(), name, (df["split"] == POOL).to_numpy(), "pool_")
+    fixed_test = "test" in fixed
     within = _within_split(df)
     if cfg.drop_duplicates:
         drop = within[~((within["split"] == "test") & fixed_test)]
@@ -226,9 +238,11 @@ def run(
 
 
 def check(df: pd.DataFrame, cfg: Split, images: neardup.Images | None = None) -> dict[str, pd.DataFrame]:
-    """Post-hoc checks over the kept rows: {check name: pairs (a, b) as positions in df}."""
-    kept = np.flatnonzero(df["split"].isin(KEPT).to_numpy())
+    """Post-hoc checks over the kept rows: {check name: pairs (a, b) as positions in df}. The pool
+    counts as train (it feeds train): a pool sample may duplicate a train one, not a val or test one."""
+    kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
     sub = df.iloc[kept].reset_index(drop=True)
+    sub["split"] = sub["split"].replace(POOL, "train")
     images = images.subset(kept) if images is not None else store_images(sub, cfg.near_duplicates.chunk)
     out = {}
     for name, knobs in cfg.checks.items():
@@ -247,6 +261,7 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
     m = {
         "in": len(df),
         "kept": int(df["split"].isin(KEPT).sum()),
+        "unlabeled": int(counts.get(POOL, 0)),
         "removed": int(counts.get(REMOVED, 0)),
         "removed_by_rule": {str(k): int(v) for k, v in removed.items()},
         "source_test_kept": bool(fixed_test),
@@ -270,7 +285,9 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
     }
     labels = sorted(df.loc[df["split"].isin(KEPT), "label"].astype(str).unique())
     m["classes_missing_from"] = {s: [c for c in labels if c not in m["per_class"][s]] for s in ("val", "test")}
-    assert m["in"] == m["kept"] + m["removed"] == sum(m[s] for s in ORDER) + m["removed"]
+    assert (
+        m["in"] == m["kept"] + m["unlabeled"] + m["removed"] == sum(m[s] for s in ORDER) + m["unlabeled"] + m["removed"]
+    )
     return m
 
 
@@ -336,10 +353,11 @@ def main(params: Params, args: argparse.Namespace) -> None:
     report(df, Path(args.plots), params.split.report_examples)
     dataset.write_json(args.metrics, metrics)
     log.info(
-        "split: train %d, val %d, test %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
+        "split: train %d, val %d, test %d, unlabeled %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
         metrics["train"],
         metrics["val"],
         metrics["test"],
+        metrics["unlabeled"],
         metrics["removed"],
         metrics["duplicates"]["sets"],
         metrics.get("cross_split_exact", 0),

@@ -412,9 +412,10 @@ def _csv_link_out(root: Path):
     return ["img/link.png,b,g3"], [("img/link.png", "outside_root")]
 
 
-@kind(CSV_KINDS, "an empty label")
+@kind(CSV_KINDS, "an empty label: not bad input, an unlabeled image (kept, label None)")
 def _csv_no_label(root: Path):
-    return ["img/b1.png, ,g4"], [("img/b1.png", "missing_label")]
+    _save(root / "img" / "u0.png", Image.fromarray(pattern(65)))
+    return ["img/u0.png, ,g4"], [("img/u0.png", None)]
 
 
 @kind(CSV_KINDS, "an empty path")

@@ -146,6 +146,7 @@ def test_manifest_columns_and_pixel_shapes(corpus):
         "origin",
         "parent_id",
         "source_split",
+        "hidden_label",
         "pixel_sha256",
         "store",
         "row",
@@ -270,8 +271,11 @@ def test_csv_corpus(tmp_path):
         "img/b0.png": "g2",
         "img/b1.png": None,
         "img/b2.png": "g2",
+        "img/u0.png": "g4",
     }
-    assert dict(zip(df["path"], df["label"]))["img/b2.png"] == "b"
+    labels = dict(zip(df["path"], df["label"]))
+    assert labels["img/b2.png"] == "b" and pd.isna(labels["img/u0.png"])
+    assert metrics["unlabeled"] == 1 and metrics["per_class"] == {"a": 2, "b": 3}
 
 
 # ---- bundled and IDX sources ------------------------------------------------------------

@@ -206,7 +206,7 @@ def test_csv_rows_labels_and_groups(tmp_path):
     assert [(it.path, it.label, it.group, it.reason) for it in items] == [
         ("img/a.png", "y", "g1", None),
         ("img/b.png", "x", None, None),
-        ("img/a.png", None, None, "missing_label"),
+        ("img/a.png", None, "g2", None),  # an empty label: unlabeled
         ("<line 5>", None, None, "missing_path"),
         ("../l.csv", None, None, "outside_root"),
         ("img", None, None, "not_a_file"),
