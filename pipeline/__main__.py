@@ -22,6 +22,10 @@ STAGES = {
         "pipeline.clean",
         "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train",
     ),
+    "pseudo": (
+        "pipeline.pseudo",
+        "pseudo-labels for the unlabeled pool from the oof ensemble, then self-training rounds (Noisy Student)",
+    ),
     "mine": ("pipeline.mine", "hardness, data-map categories and sampling weights; suspects are not hard"),
     "policy-search": (
         "pipeline.augment.search",

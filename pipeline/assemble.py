@@ -3,7 +3,8 @@
 Writes `<out>/manifest.parquet` with a `weight` column. Derived manifests (augmented,
 adversarial, synthetic) are admitted only if their lineage holds (see `check_lineage`):
 a derived sample's parent is a real train sample and the child inherits its split;
-nothing derives from val or test, and no id is reused.
+nothing derives from val or test, and no id is reused. A pseudo-labeled sample's parent is an
+unlabeled (pool) sample; the child is in train with the label the models gave it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import artifacts, dataset, schema, wiring
@@ -43,8 +45,13 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
     parent_split = derived.loc[has_parent, "parent_id"].map(real.set_index("sample_id")["split"])
     if parent_split.isna().any():
         fail("name a parent_id that is not a real sample", derived.loc[parent_split[parent_split.isna()].index])
-    if (parent_split != "train").any():
-        fail("derive from a val or test sample", derived.loc[parent_split[parent_split != "train"].index])
+    pseudo = derived.loc[has_parent, "origin"] == schema.PSEUDO
+    if (pseudo & (parent_split != schema.POOL)).any():
+        bad = parent_split[pseudo & (parent_split != schema.POOL)]
+        fail("are pseudo-labels of a sample outside the unlabeled pool", derived.loc[bad.index])
+    if (~pseudo & (parent_split != "train")).any():
+        bad = parent_split[~pseudo & (parent_split != "train")]
+        fail("derive from a sample outside train (val, test or the pool)", derived.loc[bad.index])
 
 
 def run(
@@ -64,12 +71,23 @@ def run(
         parts.append(df)
         counts[name] = len(df)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else real.reset_index(drop=True)
+    if weights is not None and "hardness" in weights:
+        out["hardness"] = hardness(out, weights)
     metrics = {
         "total": len(out),
         "by_source": counts,
         "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()},
     }
     return out, metrics
+
+
+def hardness(out: pd.DataFrame, weights: pd.DataFrame) -> np.ndarray:
+    """Per training sample, mine's hardness (what `train.curriculum` orders by): a real sample's
+    own, a derived copy its parent's; where there is none (synthetic, pseudo-labeled), the median."""
+    by_id = weights.set_index("sample_id")["hardness"]
+    h = out["sample_id"].map(by_id).fillna(out["parent_id"].map(by_id)).to_numpy(np.float64)
+    fill = float(np.nanmedian(h)) if np.isfinite(h).any() else 0.5
+    return np.where(np.isfinite(h), h, fill).round(6)
 
 
 STAGE = wiring.Stage(

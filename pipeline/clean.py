@@ -7,7 +7,9 @@ severe), plus `suggested_label`, `given_label` (the label before any automatic a
 `human_label`/`label_patched` (the human patch), `needs_review` and `removed_reason`.
 
 Order of decisions: human label patches (`labels/patches.csv`, kept in git) override labels first,
-and a sample a human reviewed is never flagged again. Automatic actions touch train only:
+and a sample a human reviewed is never flagged again; an unlabeled (pool) sample a human labeled
+joins train. The detectors see only labeled samples: the pool passes through unflagged, with the
+ensemble's class as `suggested_label`. Automatic actions touch train only:
 `remove` keeps the row with `split: removed` (so counts add up and stages that select train
 skip it), `relabel` takes the suggested label where its probability is at least
 `clean.relabel_threshold`. Val/test issues are only flagged (`needs_review`).
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset, gallery, issues, wiring
+from pipeline import artifacts, dataset, gallery, issues, schema, wiring
 from pipeline import patches as label_patches
 from pipeline.console import log
 from pipeline.params import Params
@@ -34,14 +36,26 @@ def load_patches(path: str | Path, classes: list[str]) -> pd.DataFrame:
 
 
 def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
+    """The detectors' columns, found on the labeled rows; the unlabeled pool is never flagged (its
+    score columns are NaN) and gets the ensemble's class as `suggested_label`."""
     detectors = [issues.get(name, opts) for name, opts in params.clean.issues.items()]
-    reviewed = df["human_label"] != ""
+    reviewed = (df["human_label"] != "").to_numpy()
+    labeled = np.flatnonzero(df["label_id"].to_numpy() >= 0)
+    sub = issues.OofArrays(arrays.probs[labeled], arrays.embeddings[labeled])
     for d in detectors:
-        found = d.find(df, arrays)
-        found[d.flag] = found[d.flag].astype(bool) & ~reviewed.to_numpy()
+        found = d.find(df.iloc[labeled].reset_index(drop=True), sub) if len(labeled) else pd.DataFrame({d.flag: []})
+        found[d.flag] = found[d.flag].astype(bool) & ~reviewed[labeled]
         for c in found:
-            df[c] = found[c].to_numpy()
+            v = found[c].to_numpy()
+            blank = False if v.dtype == bool else np.nan if v.dtype.kind in "iuf" else ""
+            column = np.full(len(df), blank, dtype=bool if v.dtype == bool else float if blank != "" else object)
+            column[labeled] = v
+            df[c] = column
     if "suggested_label_id" in df:
+        pool = df["label_id"].to_numpy() < 0
+        df.loc[pool, "suggested_label_id"] = arrays.probs[pool].argmax(1)
+        df.loc[pool, "suggested_prob"] = arrays.probs[pool].max(1).round(6)
+        df["suggested_label_id"] = df["suggested_label_id"].astype(np.int64)
         df["suggested_label"] = [classes[i] for i in df["suggested_label_id"]]
     return df
 
@@ -109,6 +123,10 @@ def run(
     params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str], patches: pd.DataFrame
 ) -> tuple[pd.DataFrame, dict]:
     df, patch_counts = label_patches.apply_patches(oof_df.reset_index(drop=True), patches, classes)
+    # a pool sample a person labeled joins train (val and test stay fixed, so rounds stay comparable)
+    joined = ((df["split"] == schema.POOL) & (df["human_label"] != "")).to_numpy()
+    df.loc[joined, "split"] = "train"
+    patch_counts["pool_to_train"] = int(joined.sum())
     probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
     df = detect(params, df.drop(columns=["probs"]), issues.OofArrays(probs, emb), classes)
     found = {}
@@ -119,6 +137,7 @@ def run(
     df, action_counts = act(params, df, classes)
     metrics = {
         "action": params.clean.action,
+        "unlabeled": int((df["split"] == schema.POOL).sum()),
         "patches": patch_counts,
         **action_counts,
         "needs_review": int(df["needs_review"].sum()),

@@ -14,7 +14,8 @@ mine.easy_confidence), else `hard-to-learn`. A sample clean flags as a label iss
 Writes `<out>/hardness.parquet` (one row per train/val sample, with `reason`),
 `<out>/weights.parquet` (`sample_id`, `weight` for train samples: proportional to hardness,
 clipped to [min_weight, max_weight], mean 1 over non-suspects; suspects get
-`mine.suspect_weight`), `<out>/top_hard.csv`, `metrics/mine.json` and `plots/mine/hardest.png`.
+`mine.suspect_weight`; and `hardness`, which orders a curriculum), `<out>/top_hard.csv`,
+`metrics/mine.json` and `plots/mine/hardest.png`.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def run(
         else out.loc[out["split"] == "train", ["sample_id"]].assign(weight=1.0)
     )
     train = out[out["split"] == "train"]
+    weights["hardness"] = train["hardness"].to_numpy()  # for train.curriculum, through assemble
     metrics = {
         "enabled": cfg.enabled,
         "n": len(out),

@@ -100,31 +100,6 @@ def train_config(params: Params, n_fit: int | None = None) -> Train:
     return Train(**recipe, epochs=epochs)
 
 
-def random_shift(fraction: float, seed: int):
-    """An online transform for the fold models: each image moved by up to `fraction` of its side
-    (at least 1 px) each way, zero-filled, drawn per (seed, sample, epoch); None when off.
-
-    A Generator per sample and epoch costs 0.65 s an epoch on 37k images. A vectorised hash of
-    (sample, epoch) was 4 s a fold faster on Fashion-MNIST, but its other draws moved documented
-    F1s (0.931 -> 0.929; 0.847 -> 0.845 on a 6,000-image folder: seed noise), so it was not kept."""
-    if fraction <= 0:
-        return None
-
-    def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:
-        n, h, w = x.shape[:3]
-        m = max(1, round(fraction * min(h, w)))
-        draws = [
-            np.random.default_rng(dataset.sample_seed(seed, f"oof-shift:{sid}:{epoch}")).integers(0, 2 * m + 1, 2)
-            for sid in sample_ids
-        ]
-        dy, dx = np.array(draws, np.int64).reshape(n, 2).T
-        pad = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))
-        rows, cols = dy[:, None] + np.arange(h), dx[:, None] + np.arange(w)
-        return pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-    return transform
-
-
 def predict(model, x: np.ndarray, tta: bool, plain: np.ndarray | None = None) -> np.ndarray:
     """Class probabilities of `x`; with `tta` the mean over the image and its four 1-pixel
     shifts. `plain`: the probabilities of `x` itself, when already computed."""
@@ -189,7 +164,7 @@ def run(
             params.base.seed + f,
             desc=f"oof fold {f + 1}/{params.oof.folds}",
             on_epoch_end=record,
-            online=random_shift(params.oof.shift, params.base.seed + f),
+            online=fit.random_shift(params.oof.shift, params.base.seed + f),
             sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
         )
         if models is not None:

@@ -22,7 +22,7 @@ LEARNED_POLICY = "data/policy-search/learned.yaml"  # written by the policy-sear
 # The names of the plug-in families params choose from. Written out so that loading params imports
 # no torch; tests/test_registry.py fails when one differs from its registry (sources.SOURCES,
 # models.MODELS, attacks.ATTACKS, synthesize.generators.GENERATORS).
-SOURCE = Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv"]
+SOURCE = Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv", "labelstudio"]
 MODEL = Literal["small_cnn", "resnet"]
 ATTACK = Literal["fgsm", "pgd", "pgd_l2"]
 GENERATOR = Literal["vae", "gan"]
@@ -40,6 +40,7 @@ class Ingest(Section):
     source: SOURCE = "digits"
     path: str | None = None  # IDX directory, image-folder root or CSV file
     unlabeled_path: str | None = None  # a folder of unlabeled images (any depth): the pool
+    document_root: str | None = None  # labelstudio: where the export's image paths resolve (None: its folder)
     # the fraction of labeled samples (outside a source test set) that keep their label, per class; the
     # rest join the pool with the truth kept in `hidden_label` (to measure semi-supervised learning)
     keep_labels: float = Field(1.0, gt=0.0, le=1.0)
@@ -168,6 +169,12 @@ class Train(Section):
     sampler: Literal["uniform", "hardness"] = "uniform"  # hardness: `weight` are sampling odds, not loss weights
     ohem_fraction: float = Field(0.0, ge=0.0, le=1.0)  # keep the top fraction of losses per batch; 0: off
     focal_gamma: float = Field(0.0, ge=0.0)  # focal loss (1 - p_t)^gamma; 0: off
+    # curriculum (fit.curriculum_order): each epoch draws from the easiest share of the training set by
+    # mine's hardness (hard_to_easy: the hardest), growing linearly from curriculum_start to all of it
+    # by curriculum_full x epochs; the steps per epoch stay, so it compares with uniform at equal steps
+    curriculum: Literal["none", "easy_to_hard", "hard_to_easy"] = "none"
+    curriculum_start: float = Field(0.25, gt=0.0, le=1.0)
+    curriculum_full: float = Field(0.5, ge=0.0, le=1.0)
 
 
 # the training recipe that stages training a model of their own (oof's fold models, the synthetic
@@ -335,6 +342,24 @@ class Oof(Section):
     )  # train the fold models on images moved by up to this fraction of a side
 
 
+class Pseudo(Section):
+    """pseudo-labels for the unlabeled pool (pipeline/pseudo.py); nothing to do without a pool."""
+
+    enabled: bool = True
+    # teachers: 1 = the oof ensemble only; each more trains a student on labeled + pseudo (Noisy Student)
+    rounds: int = Field(1, ge=1, le=10)
+    portion: float = Field(0.5, gt=0.0, le=1.0)  # per predicted class, the most confident share kept ...
+    portion_step: float = Field(0.2, ge=0.0, le=1.0)  # ... raised by this each round (curriculum labeling)
+    precision: float = Field(0.95, gt=0.0, le=1.0)  # confidence floor: labeled predictions above it this right
+    min_confidence: float = Field(0.0, ge=0.0, le=1.0)  # a kept label's probability at least (beside the floor)
+    min_agreement: float = Field(1.0, ge=0.0, le=1.0)  # share of the fold models voting for it (round 1)
+    neighbours: int = Field(10, ge=0)  # its k nearest labeled train samples (oof embeddings) agree; 0: off
+    balance: float = Field(2.0, ge=1.0)  # a class's pseudo-labels at most this x its labeled share
+    weight: float = Field(1.0, ge=0.0)  # a pseudo-labeled sample's loss weight in training
+    student_epochs: int = Field(10, ge=1)  # at least (size-aware, as train.epochs), early-stopped on val
+    shift: float = Field(0.08, ge=0.0, le=0.25)  # the students' augmentation: random shifts of this fraction
+
+
 class Clean(Section):
     action: Literal["flag", "remove", "relabel"] = "flag"  # automatic actions touch train only
     relabel_threshold: float = Field(0.9, ge=0.0, le=1.0)  # suggested label's probability
@@ -449,6 +474,7 @@ class Params(Section):
     policy_search: PolicySearch = PolicySearch()
     oof: Oof = Oof()
     clean: Clean = Clean()
+    pseudo: Pseudo = Pseudo()
     mine: Mine = Mine()
     synthesize: Synthesize = Synthesize()
 

@@ -117,7 +117,7 @@ def apply_patches(
     df.loc[changed, "label"] = human[changed]
     if "label_id" in df:
         index = {c: i for i, c in enumerate(classes)}
-        df["label_id"] = df["label"].map(index).astype(np.int64)
+        df["label_id"] = df["label"].map(index).fillna(-1).astype(np.int64)  # -1: still unlabeled (the pool)
     counts = {
         "patches": int(len(patches)),
         "applied": int(human.notna().sum()),

@@ -20,7 +20,10 @@ REAL = "real"  # ingested from the source
 AUGMENTED = "augmented"  # a parent's pixels under an augmentation policy (augment)
 ADVERSARIAL = "adversarial"  # a parent's pixels under an attack (adversarial)
 SYNTHETIC = "synthetic"  # drawn from a generator: no parent (synthesize)
-DERIVED_ORIGINS = (AUGMENTED, ADVERSARIAL, SYNTHETIC)
+PSEUDO = "pseudo"  # an unlabeled sample's pixels with a label from the models (pseudo)
+DERIVED_ORIGINS = (AUGMENTED, ADVERSARIAL, SYNTHETIC, PSEUDO)
+
+POOL = "unlabeled"  # the split of the samples with no label (yet): never val or test
 
 LINEAGE = ("sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id")
 STORAGE = ("pixel_sha256", "store", "row")

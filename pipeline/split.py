@@ -43,7 +43,7 @@ from pipeline.params import NearDuplicates, Params, Split
 ORDER = ("test", "val", "train")  # cut order along each stratum
 KEPT = ("train", "val", "test")
 HELD_OUT = ("test", "val")
-POOL = "unlabeled"  # the split of the samples with no label
+POOL = schema.POOL
 REMOVED = "removed"
 DUPLICATES = "duplicates.csv"
 

@@ -19,7 +19,7 @@ import pandas as pd
 from pipeline import dataset, schema, wiring
 from pipeline.console import log
 from pipeline.errors import PipelineError
-from pipeline.params import Params, Train
+from pipeline.params import Params
 
 
 def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None):
@@ -28,7 +28,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
     from pipeline.augment import mixing
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
-    cfg = schedule(params.train, len(train_df))
+    cfg = fit.schedule(params.train, len(train_df))
     start = time.perf_counter()
     result = fit.fit(
         dataset.load_pixels(train_df),
@@ -42,6 +42,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         online=online,
         sample_ids=train_df["sample_id"].tolist(),
         mix=mixing.make_batch_transform(cfg, params.base.seed),
+        difficulty=_difficulty(train_df, cfg),
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
@@ -60,15 +61,14 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
     return result, metrics
 
 
-def schedule(cfg: Train, n: int) -> Train:
-    """Size-aware: `train.epochs` at least, more to reach `train.min_steps` optimizer steps on
-    small data, with the early-stopping patience stretched in proportion."""
-    from pipeline import fit
-
-    epochs = fit.size_aware_epochs(n, cfg.batch_size, cfg.epochs, cfg.min_steps, cfg.max_epochs)
-    return cfg.model_copy(
-        update={"epochs": epochs, "patience": max(cfg.patience, round(cfg.patience * epochs / cfg.epochs))}
-    )
+def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
+    if cfg.curriculum == "none":
+        return None
+    if "hardness" not in train_df:
+        raise PipelineError(
+            f"train.curriculum {cfg.curriculum}: the training set has no hardness column (re-run mine and assemble)"
+        )
+    return train_df["hardness"].to_numpy(np.float64)
 
 
 def online_policy(params: Params, path: str):

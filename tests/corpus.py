@@ -110,3 +110,32 @@ def make_csv(root: Path, classes: int = 3, groups: int = 10, missing: int = 4) -
     rows += [f"images/gone{i}.png,{class_name(0, True)},lost" for i in range(missing)]
     (out / "labels.csv").write_text("path,label,group\n" + "\n".join(rows) + "\n")
     return out / "labels.csv"
+
+
+def make_digits_pool(
+    root: Path, labeled: int = 900, unlabeled: int = 600, copies: int = 30
+) -> tuple[Path, Path, dict[str, str], dict[str, str]]:
+    """scikit-learn's digits as a user's folders: the first `labeled` as `root/digits/<class>/`,
+    the next `unlabeled` as an unlabeled folder two levels deep, plus `copies` byte copies of
+    labeled files in it. Returns (labeled folder, unlabeled folder, {unlabeled path: true class},
+    {copy's path: the original's path under the labeled folder})."""
+    import shutil
+
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    pixels = (d.images * (255 / 16)).round().astype(np.uint8)
+    lab, pool = Path(root) / "digits", Path(root) / "digits_pool"
+    truth, copied = {}, {}
+    for i in range(labeled + unlabeled):
+        rel = f"{d.target[i]}/{i:04d}.png" if i < labeled else f"batch{i % 3}/day{i % 2}/{i:04d}.png"
+        (lab if i < labeled else pool).joinpath(rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels[i]).save((lab if i < labeled else pool) / rel)
+        if i >= labeled:
+            truth[rel] = str(d.target[i])
+    for j, i in enumerate(range(0, labeled, labeled // copies)[:copies]):
+        orig, rel = f"{d.target[i]}/{i:04d}.png", f"copies/{j:03d}.png"
+        (pool / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lab / orig, pool / rel)
+        truth[rel], copied[rel] = str(d.target[i]), orig
+    return lab, pool, truth, copied

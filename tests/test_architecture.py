@@ -14,7 +14,7 @@ KERNELS = {
     "augment.ops", "augment.policy", "augment.mixing", "synthesize.generators", "synthesize.gate",
 }  # fmt: skip
 STAGES = {
-    "ingest", "split", "oof", "clean", "mine", "assemble", "train", "evaluate", "lr_find", "adversarial",
+    "ingest", "split", "oof", "clean", "pseudo", "mine", "assemble", "train", "evaluate", "lr_find", "adversarial",
     "augment.stage", "augment.search", "synthesize.stage", "summary",
 }  # fmt: skip
 INTEGRATIONS = {"labelstudio"}  # the package and everything in it

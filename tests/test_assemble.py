@@ -8,9 +8,9 @@ from pipeline.errors import PipelineError
 def _split():
     return pd.DataFrame(
         {
-            "sample_id": ["t1", "t2", "v1", "x1"],
-            "label": ["a", "b", "a", "b"],
-            "split": ["train", "train", "val", "test"],
+            "sample_id": ["t1", "t2", "v1", "x1", "u1"],
+            "label": ["a", "b", "a", "b", None],
+            "split": ["train", "train", "val", "test", "unlabeled"],
             "origin": "real",
             "parent_id": None,
         }
@@ -39,8 +39,8 @@ def test_valid_derived_samples_are_admitted():
 @pytest.mark.parametrize(
     "overrides, match",
     [
-        ({"parent_id": "v1"}, "derive from a val or test sample"),
-        ({"parent_id": "x1"}, "derive from a val or test sample"),
+        ({"parent_id": "v1"}, "derive from a sample outside train"),
+        ({"parent_id": "x1"}, "derive from a sample outside train"),
         ({"split": "val"}, "not in the train split"),
         ({"parent_id": "zzz"}, "not a real sample"),
         ({"sample_id": "t2"}, "reuse an existing sample_id"),
@@ -52,6 +52,17 @@ def test_valid_derived_samples_are_admitted():
 def test_lineage_violations_are_refused_by_name(overrides, match):
     with pytest.raises(PipelineError, match=match):
         assemble.run(_split(), {"aug": _derived(**overrides)}, 1.0)
+
+
+def test_pseudo_labels_must_come_from_the_pool_and_the_pool_itself_never_trains():
+    pseudo = _derived(sample_id="p1", origin="pseudo", parent_id="u1")
+    out, m = assemble.run(_split(), {"pseudo": pseudo}, 1.0)
+    assert list(out["sample_id"]) == ["t1", "t2", "p1"] and m["by_origin"] == {"pseudo": 1, "real": 2}
+    for parent in ("t1", "v1", "x1"):
+        with pytest.raises(PipelineError, match="pseudo-labels of a sample outside the unlabeled pool"):
+            assemble.run(_split(), {"pseudo": _derived(origin="pseudo", parent_id=parent)}, 1.0)
+    with pytest.raises(PipelineError, match="derive from a sample outside train"):
+        assemble.run(_split(), {"aug": _derived(parent_id="u1")}, 1.0)  # an augmented copy of an unlabeled image
 
 
 def test_missing_or_malformed_mine_weights_fail_naming_the_file(tmp_path):

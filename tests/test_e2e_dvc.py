@@ -20,6 +20,7 @@ STAGES = [
     "split",
     "oof",
     "clean",
+    "pseudo",
     "mine",
     "policy-search",
     "augment",
@@ -128,6 +129,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
         "split",
         "oof",
         "clean",
+        "pseudo",
         "mine",
         "policy-search",
         "augment",
@@ -141,6 +143,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     _set_params(project, clean={"action": "remove"})  # oof is reused; clean and what reads it re-run
     assert _ran(_run(["dvc", "repro"], project)) == [
         "clean",
+        "pseudo",
         "mine",
         "augment",
         "adversarial",

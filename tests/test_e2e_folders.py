@@ -81,3 +81,44 @@ def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("pipeline ingest: error:")]
     assert len(errors) == 1 and "1 class with usable images (red_circle (30 images))" in errors[0]
     assert "Traceback" not in proc.stderr and not (project / "data/split").exists()
+
+
+@pytest.mark.slow
+def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(tmp_path):
+    from pipeline import schema, sources
+
+    labeled, pool, truth, copied = corpus.make_digits_pool(tmp_path / "images")
+    project = make_project(
+        tmp_path / "project",
+        ingest={"source": "imagefolder", "path": str(labeled), "unlabeled_path": str(pool)},
+        oof={"epochs": 2, "min_steps": 300},
+        pseudo={"rounds": 2, "student_epochs": 2},
+    )
+    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    metrics = {p.stem: json.loads(p.read_text()) for p in (project / "metrics").glob("*.json")}
+    assert (metrics["ingest"]["kept"], metrics["ingest"]["unlabeled"]) == (900 + 630, 630)
+    split = pd.read_parquet(project / "data/split/manifest.parquet").set_index("path")
+    pool_rows = split[split.index.str.startswith(sources.UNLABELED)]
+    assert (
+        set(pool_rows["split"]) <= {schema.POOL, "removed"}
+        and not split.loc[~split.index.isin(pool_rows.index), "split"].eq(schema.POOL).any()
+    )
+    # a copy of a val / test image is removed under its rule; a copy of a train image stays in the pool
+    held = {c for c, orig in copied.items() if split.loc[orig, "split"] in ("val", "test")}
+    assert 0 < len(held) < len(copied)
+    removed = pool_rows[pool_rows["split"] == "removed"]
+    assert held <= {p.removeprefix(sources.UNLABELED) for p in removed.index}  # (and any natural near copy)
+    rules = {f"pool_{kind}_duplicate_of_{s}" for kind in ("exact", "near") for s in ("val", "test")}
+    assert set(removed["removed_reason"]) <= rules and set(
+        removed.loc[[sources.UNLABELED + c for c in held], "removed_reason"]
+    ) <= {"pool_exact_duplicate_of_val", "pool_exact_duplicate_of_test"}
+    assert metrics["split"]["unlabeled"] == 630 - len(removed)
+    # pseudo-labels: only pool samples, none a copy of a held-out image, mostly right
+    pseudo = pd.read_parquet(project / "data/pseudo/manifest.parquet")
+    assert metrics["pseudo"]["pool"] == metrics["split"]["unlabeled"] and len(pseudo) == metrics["pseudo"]["kept"] > 0
+    parents = split.reset_index().set_index("sample_id").loc[pseudo["parent_id"]]
+    assert (parents["split"] == schema.POOL).all() and (pseudo["origin"] == schema.PSEUDO).all()
+    right = [truth[p.removeprefix(sources.UNLABELED)] == label for p, label in zip(pseudo["path"], pseudo["label"])]
+    assert sum(right) / len(right) >= 0.8
+    assert metrics["assemble"]["by_origin"]["pseudo"] == len(pseudo)
+    assert metrics["evaluate"]["accuracy"] > 0.5

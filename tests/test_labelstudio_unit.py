@@ -539,3 +539,99 @@ def test_pull_weighs_the_oof_probabilities_that_clean_drops(work, capsys):
     joined = artifacts.with_oof_probs(clean_df, work / "data" / "oof")
     assert joined[artifacts.PROBS].notna().all() and len(joined[artifacts.PROBS].iloc[0]) == len(CLASSES)
     assert artifacts.with_oof_probs(clean_df, work / "nothing") is clean_df
+
+
+# --- active learning over the unlabeled pool ---------------------------------------------------
+
+
+def _pooled_manifest(work, n=60):
+    """The manifest with every third sample unlabeled (the pool), ensemble probabilities whose
+    certainty falls with the index within the pool, and embeddings in two tight clusters: rows
+    from 30 on in one (but row 48), the rest in the other."""
+    df, classes = dataset.read_manifest(make_manifest(work / "data" / "clean", n=n, pred_probs=True))
+    pool = np.arange(n) % 3 == 0
+    df.loc[pool, ["label", "split", "is_label_issue"]] = [None, "unlabeled", False]
+    df.loc[pool, "label_id"] = -1
+    certainty = np.linspace(0.95, 0.4, pool.sum())
+    df.loc[pool, "probs"] = pd.Series(
+        [[c, (1 - c) / 2, (1 - c) / 2] for c in certainty], index=df.index[pool], dtype=object
+    )
+    df.loc[pool, "suggested_label"] = classes[0]
+    df["disagreement"] = np.where(pool, np.arange(n) / n, np.nan)
+    far = (np.arange(n) >= 30) & (np.arange(n) != 48)
+    emb = np.stack([far, ~far], axis=1).astype(float)
+    emb += np.random.default_rng(0).normal(0, 0.01, emb.shape)
+    return df, classes, (df["sample_id"].to_numpy(), emb)
+
+
+def test_active_picks_only_the_pool_least_certain_first_and_diverse(work):
+    df, classes, emb = _pooled_manifest(work)
+    plain = select.select(df, "active", select.Selection(limit=4))
+    assert (plain["split"] == "unlabeled").all() and plain["active_score"].is_monotonic_increasing
+    least = df[df["split"] == "unlabeled"].iloc[::-1]["sample_id"].head(4).tolist()  # certainty falls with index
+    assert plain["sample_id"].tolist() == least
+    # the least certain (rows 57, 54, 51, 48, ...) share a cluster but row 48: k-center takes it second
+    diverse = select.select(df, "active", select.Selection(limit=2, embeddings=emb, shortlist=3))
+    assert diverse["sample_id"].tolist() == ["s00057", "s00048"] and least[:2] == ["s00057", "s00054"]
+    by_bald = select.select(df, "active", select.Selection(limit=3, score="disagreement"))
+    assert by_bald["disagreement"].is_monotonic_decreasing and (by_bald["split"] == "unlabeled").all()
+    with pytest.raises(PipelineError, match="no unlabeled samples"):
+        select.select(df[df["split"] != "unlabeled"], "active", select.Selection(limit=3))
+
+
+def test_active_push_pre_annotates_and_a_pull_patches_answered_pool_samples_only(work):
+    df, classes, emb = _pooled_manifest(work)
+    chosen = select.select(df, "active", select.Selection(limit=6, embeddings=emb))
+    fake = FakeClient(document_root=str(work))
+    pid = push.run(fake, chosen, classes, _opts(work))["project_id"]
+    tasks = sorted(fake.export(pid), key=lambda t: t["data"]["sample_id"])
+    assert {t["data"]["sample_id"] for t in tasks} == set(chosen["sample_id"]) and len(tasks) == 6
+    assert all(t["data"]["label"] == "" and t["data"]["split"] == "unlabeled" for t in tasks)
+    assert all(p["result"][0]["value"]["choices"] == [classes[0]] for p in fake.preds.values())  # pre-annotated
+    answers = {t["data"]["sample_id"]: classes[1] for t in tasks[:5]}
+    for t in tasks[:5]:
+        fake.create_annotation(t["id"], config.choice_result(classes[1]), completed_by=7)
+    fake.create_annotation(tasks[5]["id"], config.choice_result(config.UNSURE), completed_by=7)
+    pull.run(fake, pull.PullOptions(project="proj"), df, classes)
+    got = patches.read_patches("labels/patches.csv", classes)
+    assert dict(zip(got["sample_id"], got["label"])) == answers  # the "unsure" one stays in the pool
+    assert (got["old_label"] == "").all()
+    labeled, _ = patches.apply_patches(df, got, classes)
+    assert (labeled.set_index("sample_id").loc[list(answers), "label_id"] == 1).all()
+    assert labeled.set_index("sample_id").loc[tasks[5]["data"]["sample_id"], "label_id"] == -1
+
+
+def test_a_label_studio_export_is_a_source_that_round_trips(work):
+    """Push, answer (a majority, a tie, an "unsure", a skip, a class outside the list), export,
+    ingest the export: answered tasks keep the majority label, the rest join the pool."""
+    import yaml
+
+    fake = FakeClient(document_root=str(work))
+    chosen, classes = _chosen(how="random", limit=8)
+    pid = push.run(fake, chosen, classes, _opts(work))["project_id"]
+    tasks = sorted(fake.export(pid), key=lambda t: t["data"]["sample_id"])
+    answers = {0: ["dog", "dog", "cat"], 1: ["bird", "cat"], 2: [config.UNSURE], 3: ["fish"], 4: ["cat"]}
+    for k, chosen_labels in answers.items():
+        for user, label in enumerate(chosen_labels):
+            fake.create_annotation(tasks[k]["id"], config.choice_result(label), completed_by=user)
+    fake.create_annotation(tasks[5]["id"], [], completed_by=1, was_cancelled=True)
+    (work / "export.json").write_text(json.dumps(fake.export(pid)))
+    policy = str(ROOT / "augment_policies" / "randaugment.yaml")
+    ingest_cfg = {"source": "labelstudio", "path": "export.json", "classes": classes, "image_size": 8}
+    ingest_cfg["max_bad_fraction"] = 0.5  # 1 of 8
+    (work / "params.yaml").write_text(yaml.safe_dump({"ingest": ingest_cfg, "augment": {"policy": policy}}))
+    assert entry.main(["ingest", "--quiet", "--out", "data/ingest", "--metrics", "ingest.json"]) == 0
+    df, got_classes = dataset.read_manifest("data/ingest")
+    metrics = json.loads((work / "ingest.json").read_text())
+    assert got_classes == classes and metrics["in"] == 8 and metrics["by_reason"] == {"unknown_label": 1}
+    by_path = df.set_index("path")["label"]
+    path = {k: f".pipeline/label-images/{tasks[k]['data']['sample_id']}.png" for k in range(8)}
+    assert by_path[path[0]] == "dog" and by_path[path[1]] == "bird" and by_path[path[4]] == "cat"
+    assert by_path[[path[k] for k in (2, 5, 6, 7)]].isna().all() and metrics["unlabeled"] == 4
+    assert path[3] not in by_path.index  # "fish" is not a class: quarantined with its reason
+    quarantine = pd.read_csv(work / "data/ingest/quarantine.csv")
+    assert "'fish' is not in ingest.classes" in quarantine.set_index("path").loc[path[3], "detail"]
+    (work / "bad.json").write_text('{"tasks": []}')
+    ingest_cfg["path"] = "bad.json"
+    (work / "params.yaml").write_text(yaml.safe_dump({"ingest": ingest_cfg, "augment": {"policy": policy}}))
+    assert entry.main(["ingest", "--quiet", "--out", "data/ingest", "--metrics", "ingest.json"]) != 0

@@ -164,10 +164,10 @@ def test_small_data_gets_a_size_aware_schedule():
 
 
 def test_random_shift_moves_each_image_by_at_most_its_margin_reproducibly():
-    assert oof.random_shift(0.0, 0) is None
+    assert fit.random_shift(0.0, 0) is None
     x = np.zeros((6, 28, 28, 1), np.uint8)
     x[:, 10:18, 10:18] = 255
-    shift = oof.random_shift(0.08, seed=3)  # 2 px at 28
+    shift = fit.random_shift(0.08, seed=3)  # 2 px at 28
     a, b = shift(x, list("abcdef"), 1), shift(x, list("abcdef"), 1)
     assert np.array_equal(a, b) and not np.array_equal(a, shift(x, list("abcdef"), 2))
     for img in a:

@@ -91,3 +91,40 @@ def test_source_split_ignored_when_asked():
     df = _df(source_split=lambda d: np.where(np.arange(len(d)) % 4 == 0, "test", "train"))
     out, m = split.run(df, Split(respect_source_split=False), seed=0)
     assert not m["source_test_kept"] and m["test"] == 60
+
+
+def _with_pool(df: pd.DataFrame, every: int = 3) -> pd.DataFrame:
+    """Every `every`-th sample unlabeled (the pool), with pixel hashes for the exact-duplicate rule."""
+    from pipeline import dataset
+
+    px = np.load(_df.store)
+    df["pixel_sha256"] = [dataset.pixel_hash(px[r]) for r in df["row"]]
+    df.loc[np.arange(len(df)) % every == 0, "label"] = None
+    return df
+
+
+def test_the_pool_never_enters_val_or_test_and_labeled_fractions_hold():
+    out, m = split.run(_with_pool(_df()), Split(fractions={"train": 0.7, "val": 0.1, "test": 0.2}), seed=0)
+    pool = out["label"].isna()
+    assert (out.loc[pool, "split"] == "unlabeled").all() and (out.loc[~pool, "split"] != "unlabeled").all()
+    assert m["unlabeled"] == pool.sum() == 100 and m["in"] == m["kept"] + m["unlabeled"] + m["removed"]
+    sizes = out.loc[~pool].groupby("split").size()  # 200 labeled: exact per class up to one at each cut
+    assert sizes.sum() == 200 and abs(sizes["train"] - 140) <= 3 and abs(sizes["test"] - 40) <= 3
+
+
+@pytest.mark.parametrize("held", ["test", "val"])
+def test_a_pool_copy_of_a_held_out_image_is_removed_under_its_rule(held):
+    cfg = Split(fractions={"train": 0.7, "val": 0.1, "test": 0.2})
+    base = _with_pool(_df())
+    first, _ = split.run(base, cfg, seed=0)
+    original = first[first["split"] == held].iloc[0]
+    copy = base[base["sample_id"] == original["sample_id"]].assign(sample_id="zz-copy", label=None)
+    out, m = split.run(pd.concat([base, copy], ignore_index=True), cfg, seed=0)
+    row = out.set_index("sample_id").loc["zz-copy"]
+    assert out.set_index("sample_id").loc[original["sample_id"], "split"] == held
+    assert (row["split"], row["removed_reason"], row["dup_of"]) == (
+        "removed",
+        f"pool_exact_duplicate_of_{held}",
+        original["sample_id"],
+    )
+    assert m["removed_by_rule"] == {f"pool_exact_duplicate_of_{held}": 1}

@@ -5,7 +5,7 @@ import yaml
 from fit_util import RANDAUGMENT, write_split
 
 from pipeline import __main__ as cli
-from pipeline import fit, params, train
+from pipeline import fit, params
 
 
 def test_train_stage_writes_model_metrics_and_curves(tmp_path):
@@ -69,8 +69,8 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
 
 def test_small_data_trains_for_more_epochs_to_reach_min_steps():
     cfg = params.Train(epochs=30, patience=5, batch_size=128, min_steps=1000, max_epochs=200)
-    assert train.schedule(cfg, 60_000).epochs == 30  # 468 steps an epoch: plenty
-    small = train.schedule(cfg, 3_200)  # 25 steps an epoch
+    assert fit.schedule(cfg, 60_000).epochs == 30  # 468 steps an epoch: plenty
+    small = fit.schedule(cfg, 3_200)  # 25 steps an epoch
     assert small.epochs == 40 and small.patience == 7
-    assert train.schedule(cfg, 100).epochs == 200  # one step an epoch: capped
-    assert train.schedule(cfg.model_copy(update={"min_steps": 0}), 100).epochs == 30
+    assert fit.schedule(cfg, 100).epochs == 200  # one step an epoch: capped
+    assert fit.schedule(cfg.model_copy(update={"min_steps": 0}), 100).epochs == 30

@@ -34,18 +34,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         required=True,
         choices=sorted(select.SELECTORS),
         help="issues: label issues, lowest label_score first; hard: hardest first; "
-        "random: a seeded audit sample; ids: the ones given by --ids",
+        "random: a seeded audit sample; ids: the ones given by --ids; active: unlabeled (pool) "
+        "samples most worth labeling, least certain and diverse",
     )
     push.add_argument("--limit", type=int, default=200, help="at most this many (default: %(default)s)")
     push.add_argument("--manifest", default=DEFAULT_MANIFEST, help="default: %(default)s")
     push.add_argument("--hardness", default=DEFAULT_HARDNESS, help="for --select hard (default: %(default)s)")
     push.add_argument("--ids", help="for --select ids: a file (one id a line, or CSV with sample_id) or a comma list")
+    push.add_argument(
+        "--score",
+        default="activelab",
+        choices=select.ACTIVE_SCORES,
+        help="--select active: cleanlab's ActiveLab score, or the fold models' disagreement (BALD) "
+        "(default: %(default)s)",
+    )
+    push.add_argument("--oof", default="data/oof", help="--select active: oof output, for probabilities and embeddings")
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
     push.add_argument("--max-score", type=float, help="--select issues: label_score at most this")
     push.add_argument(
         "--split",
         action="append",
-        choices=["train", "val", "test"],
+        choices=["train", "val", "test", "unlabeled"],
         help="only samples of this split (repeatable; default: all)",
     )
     push.add_argument("--seed", type=int, help="--select random (default: base.seed)")
@@ -117,6 +126,14 @@ def _push(params: Params, args) -> dict:
         max_score=args.max_score,
         ids=select.read_ids(args.ids) if args.ids else [],
     )
+    if args.select == "active":
+        from pipeline import artifacts
+
+        if not (Path(args.oof) / dataset.MANIFEST).exists():
+            raise PipelineError(f"{args.oof}: no oof output (--select active needs its probabilities; run dvc repro)")
+        oof_df, _, emb, _ = artifacts.read_oof(args.oof)
+        df = artifacts.with_oof_probs(df, args.oof)
+        s.score, s.embeddings = args.score, (oof_df["sample_id"].to_numpy(), emb)
     if args.select == "hard":
         if not Path(args.hardness).exists():
             raise PipelineError(f"{args.hardness}: no hardness table (has the mine stage run?)")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
+from pipeline import sources
 from pipeline.errors import PipelineError
 
 FROM_NAME = "label"
 TO_NAME = "image"
-UNSURE = "unsure"
+UNSURE = sources.UNSURE  # "unsure": the answer that is no label (the labelstudio source skips it too)
 
 
 def labeling_config(classes: list[str]) -> str:

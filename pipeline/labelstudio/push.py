@@ -177,10 +177,10 @@ def build_task(row: pd.Series, url: str, classes: list[str], model_version: str)
     data = {
         "image": url,
         "sample_id": str(row["sample_id"]),
-        "label": str(row["label"]),
+        "label": "" if pd.isna(row["label"]) else str(row["label"]),  # "": an unlabeled (pool) sample
         "reason": str(row.get("reason", "")),
     }
-    for column in ("split", "label_score", "hardness"):
+    for column in ("split", "label_score", "hardness", "active_score"):
         if column in row and not pd.isna(row[column]):
             data[column] = row[column].item() if hasattr(row[column], "item") else row[column]
     task: dict = {"data": data}

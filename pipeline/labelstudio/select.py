@@ -4,7 +4,9 @@ Each selector returns the chosen rows, best first, at most `limit` of them, and 
 `reason` column. `issues` needs `is_label_issue` and `label_score` (lower = more likely
 wrong, from the clean stage); `hard` needs a `hardness` table (the mine stage); `random` is
 seeded per sample from `(seed, sample_id)` so adding samples does not reshuffle the rest;
-`ids` takes an explicit list.
+`ids` takes an explicit list; `active` picks unlabeled (pool) samples worth a person's time: the
+least certain by cleanlab's ActiveLab score (or the ensemble's disagreement), made diverse by
+greedy k-center over the oof embeddings of a shortlist, so a batch is not near-identical images.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline import artifacts, dataset, schema
 from pipeline.errors import PipelineError
 from pipeline.registry import Registry
 
@@ -29,6 +31,9 @@ class Selection:
     max_score: float | None = None  # issues: keep label_score <= max_score
     hardness: pd.DataFrame | None = None  # hard: sample_id, hardness
     ids: list[str] = field(default_factory=list)  # ids: in this order
+    score: str = "activelab"  # active: activelab | disagreement
+    embeddings: tuple[np.ndarray, np.ndarray] | None = None  # active: (sample_ids, vectors), e.g. oof's
+    shortlist: int = 10  # active: k-center runs over the `shortlist` x limit least certain
 
 
 def _need(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -75,8 +80,53 @@ def ids(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     return df.set_index("sample_id", drop=False).loc[wanted]
 
 
+ACTIVE_SCORES = ("activelab", "disagreement")
+
+
+def active(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
+    _need(df, ("split", artifacts.PROBS), "active")
+    pool = df[df["split"] == schema.POOL]
+    if pool.empty:
+        raise PipelineError(
+            "--select active: no unlabeled samples in the manifest "
+            "(set ingest.unlabeled_path, or leave labels empty in a CSV source)"
+        )
+    if s.score == "activelab":
+        from cleanlab.multiannotator import get_active_learning_scores
+
+        _, score = get_active_learning_scores(pred_probs_unlabeled=np.stack(pool[artifacts.PROBS].to_numpy()))
+    elif s.score == "disagreement":
+        _need(pool, ("disagreement",), "active --score disagreement")
+        score = -pool["disagreement"].to_numpy(float)
+    else:
+        raise PipelineError(f"--score: expected one of {', '.join(ACTIVE_SCORES)}, got {s.score!r}")
+    order = np.lexsort((pool["sample_id"].to_numpy(), score))  # least certain first, ties by id
+    short = order[: max(s.limit, s.shortlist * s.limit)]
+    if s.embeddings is not None and len(short) > s.limit:
+        ids, vectors = s.embeddings
+        rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy()[short])
+        if (rows < 0).any():
+            raise PipelineError("--select active: the embeddings lack some pool samples; re-run oof")
+        picked = short[k_center(vectors[rows], s.limit)]
+        order = np.concatenate([picked, order[~np.isin(order, picked)]])
+    return pool.iloc[order].assign(active_score=np.round(score[order], 6))
+
+
+def k_center(x: np.ndarray, k: int) -> np.ndarray:
+    """Greedy k-center (Sener & Savarese 2018): row 0 first, then each time the row farthest
+    from every row chosen so far; positions into `x`, in the order chosen."""
+    x = np.asarray(x, np.float64)
+    chosen = [0]
+    dist = np.linalg.norm(x - x[0], axis=1)
+    for _ in range(1, min(k, len(x))):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
+    return np.array(chosen, np.int64)
+
+
 SELECTORS: Registry[Callable[[pd.DataFrame, Selection], pd.DataFrame]] = Registry(
-    "selector (--select)", [("issues", issues), ("hard", hard), ("random", random), ("ids", ids)]
+    "selector (--select)", [("issues", issues), ("hard", hard), ("random", random), ("ids", ids), ("active", active)]
 )
 
 
