@@ -30,7 +30,8 @@ FLAGS = {
     "ingest": ["--out", "data/ingest", "--metrics", "metrics/ingest.json"],
     "split": ["--ingest", "data/ingest", "--out", "data/split", "--metrics", "metrics/split.json"]
     + ["--plots", "plots/split"],
-    "oof": ["--split", "data/split", "--out", "data/oof", "--metrics", "metrics/oof.json"],
+    "oof": ["--split", "data/split", "--labels", "labels/patches.csv", "--out", "data/oof"]
+    + ["--metrics", "metrics/oof.json"],
     "clean": ["--oof", "data/oof", "--labels", "labels/patches.csv", "--out", "data/clean"]
     + ["--metrics", "metrics/clean.json", "--plots", "plots/clean"],
 }

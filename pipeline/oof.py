@@ -1,7 +1,8 @@
 """oof: out-of-fold class probabilities, embeddings and training dynamics for every sample.
 
 Stratified, group-aware K-fold cross-validation (sklearn `StratifiedGroupKFold`, grouped
-by `cluster_id` so a duplicate cluster stays inside one fold) over train + val. Each fold
+by `cluster_id` so a duplicate cluster stays inside one fold) over train + val, on the labels
+after the human label patch (`labels/patches.csv`: pool samples a person labeled count as train). Each fold
 model is trained for `oof.epochs` epochs without early stopping (choosing the epoch on the
 held-out fold would let it leak into its own predictions). Writes, under `<out>/`:
 
@@ -116,20 +117,37 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
 
 
+def with_human_labels(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """`df` as the fold models train on it: the human label patch applied, and a pool sample a
+    person labeled in train (clean does the same to the manifest it writes)."""
+    from pipeline import patches as label_patches
+
+    out, _ = label_patches.apply_patches(df, patches, classes)
+    out.loc[((out["split"] == schema.POOL) & (out["human_label"] != "")).to_numpy(), "split"] = "train"
+    return out
+
+
 def run(
-    params: Params, df: pd.DataFrame, classes: list[str], models: list | None = None
+    params: Params,
+    df: pd.DataFrame,
+    classes: list[str],
+    models: list | None = None,
+    patches: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
     """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
-    each fold's FitResult is appended to `models` when given."""
+    each fold's FitResult is appended to `models` when given. The fold models train on the
+    labels after the human `patches` (so an active-learning round's answers teach the next
+    round's models); the manifest written keeps the split's labels, which clean patches."""
     from pipeline import fit
 
     df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
-    fold = folds(df, params.oof.folds, params.base.seed)
+    human = with_human_labels(df, patches, classes) if patches is not None and len(patches) else df
+    fold = folds(human, params.oof.folds, params.base.seed)
     n_fit = int(min(((fold >= 0) & (fold != f)).sum() for f in range(params.oof.folds)))
     cfg, k = train_config(params, n_fit), len(classes)
     every = -(-cfg.epochs // DYNAMICS_EPOCHS)  # record training dynamics every this many epochs, and the last,
     after = int(params.oof.burn_in * cfg.epochs)  # after the burn-in
-    x, y = dataset.load_pixels(df), df["label_id"].to_numpy(np.int64)
+    x, y = dataset.load_pixels(df), human["label_id"].to_numpy(np.int64)
     probs = np.zeros((len(df), k), np.float32)
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
@@ -197,7 +215,8 @@ def run(
         "tta": params.oof.tta,
         "n_oof": int(pool.sum()),
         "n_test": int((df["split"] == "test").sum()),
-        "n_unlabeled": int((df["split"] == "unlabeled").sum()),
+        "n_unlabeled": int((human["split"] == schema.POOL).sum()),
+        "human_labels": int((human["human_label"] != "").sum()) if "human_label" in human else 0,
         "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
         "injected_noise": int((df["label_id"] != df["true_label_id"]).sum()),
     }
@@ -209,7 +228,7 @@ def run(
 
 STAGE = wiring.Stage(
     "oof",
-    reads=(wiring.Flag("--split", "split output"),),
+    reads=(wiring.Flag("--split", "split output"), wiring.Flag("--labels", "the human label patch, kept in git")),
     writes=(wiring.Flag("--out", "output folder"),),
     params=("base", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
     plots=False,
@@ -219,10 +238,11 @@ add_arguments = STAGE.add_arguments
 
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
+    from pipeline import patches as label_patches
 
     split_df, classes = schema.read(args.split, "samples")
     results = []
-    df, emb, dyn, metrics = run(params, split_df, classes, results)
+    df, emb, dyn, metrics = run(params, split_df, classes, results, label_patches.read_patches(args.labels, classes))
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

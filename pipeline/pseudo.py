@@ -160,12 +160,16 @@ def estimated_precision(probs: np.ndarray, y: np.ndarray, cut: list) -> dict:
     }
 
 
-def student_config(params: Params):
+STUDENT_KEYS = (*RECIPE_KEYS, "patience", "min_steps", "max_epochs")  # the train keys a student's recipe takes
+
+
+def student_config(params: Params, n: int):
+    """The students' recipe: train's, at `pseudo.student_epochs` (size-aware for `n` samples)."""
     from pipeline import fit
     from pipeline.params import Train
 
-    recipe = {k: getattr(params.train, k) for k in (*RECIPE_KEYS, "patience", "min_steps", "max_epochs")}
-    return lambda n: fit.schedule(Train(**recipe, epochs=params.pseudo.student_epochs), n)
+    recipe = {k: getattr(params.train, k) for k in STUDENT_KEYS}
+    return fit.schedule(Train(**recipe, epochs=params.pseudo.student_epochs), n)
 
 
 def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str]):
@@ -206,12 +210,11 @@ def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.nd
             probs_pool, probs_val, report["student"] = _student(params, x, y, ids, rows, pool, pred[kept], r, k)
             floor = confidence_floor(probs_val, y[val], cfg.precision)
         portion = min(1.0, cfg.portion + (r - 1) * cfg.portion_step)
-        keep, sel = select(probs_pool, cfg, portion, floor, share, agreement if r == 1 else None, neighbours, duplicate)
+        kept, sel = select(probs_pool, cfg, portion, floor, share, agreement if r == 1 else None, neighbours, duplicate)
         pred, conf = probs_pool.argmax(1), probs_pool.max(1)
-        kept = keep
         report |= {"portion": round(portion, 6), **sel, **estimated_precision(probs_val, y[val], sel["thresholds"])}
         if known.any():
-            hit = keep & known
+            hit = kept & known
             report["precision"] = round(float((pred[hit] == truth_id[hit]).mean()), 6) if hit.any() else None
             report["teacher_accuracy"] = round(float((pred[known] == truth_id[known]).mean()), 6)
         metrics["rounds"].append(report)
@@ -253,7 +256,7 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, r: int, k: int):
     idx = np.concatenate([labeled, pseudo])
     targets = np.concatenate([y[labeled], pseudo_y])
     weight = np.concatenate([np.ones(len(labeled)), np.full(len(pseudo), cfg.weight)])
-    train_cfg = student_config(params)(len(idx))
+    train_cfg = student_config(params, len(idx))
     seed = params.base.seed + 1000 * r
     result = fit.fit(
         x[idx],
@@ -292,7 +295,7 @@ STAGE = wiring.Stage(
         wiring.Flag("--oof", "oof output: the ensemble's pool probabilities and the embeddings"),
     ),
     writes=(wiring.Flag("--out", "output folder"),),
-    params=("base", "pseudo", *(f"train.{k}" for k in (*RECIPE_KEYS, "patience", "min_steps", "max_epochs"))),
+    params=("base", "pseudo", *(f"train.{k}" for k in STUDENT_KEYS)),
     plots=False,
 )
 add_arguments = STAGE.add_arguments

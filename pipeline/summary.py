@@ -30,7 +30,8 @@ def _read(folder: Path, name: str) -> dict:
 
 
 def lines(metrics: Path, plots: Path) -> list[str]:
-    m = {n: _read(metrics, n) for n in ("ingest", "split", "oof", "clean", "assemble", "train", "evaluate")}
+    names = ("ingest", "split", "oof", "clean", "pseudo", "assemble", "train", "evaluate")
+    m = {n: _read(metrics, n) for n in names}
     if not m["ingest"]:
         raise PipelineError(f"{metrics}/ingest.json: no metrics yet; run `dvc repro` first")
     out = []
@@ -42,7 +43,9 @@ def lines(metrics: Path, plots: Path) -> list[str]:
     )
     if s := m["split"]:
         out.append(
-            f"split     train {s['train']}, val {s['val']}, test {s['test']}; {s['removed']} removed "
+            f"split     train {s['train']}, val {s['val']}, test {s['test']}"
+            + (f", unlabeled {s['unlabeled']}" if s.get("unlabeled") else "")
+            + f"; {s['removed']} removed "
             f"{s['removed_by_rule'] or ''}; duplicate sets {s['duplicates']['sets']}; "
             f"leaks across splits {sum(v for k, v in s.items() if k.startswith('cross_split_'))}"
         )
@@ -53,6 +56,12 @@ def lines(metrics: Path, plots: Path) -> list[str]:
             f"clean     oof accuracy {c.get('oof_accuracy', m['oof'].get('oof_accuracy', 0)):.3f}{trust}; "
             f"flagged {flagged}; action {c['action']}: {c['removed']} removed, {c['relabeled']} relabeled, "
             f"{c['patches']['applied']} human labels"
+        )
+    if (p := m["pseudo"]) and p.get("pool"):
+        precision = f", precision {p['precision']}" if p.get("precision") is not None else ""
+        out.append(
+            f"pseudo    {p['kept']} of {p['pool']} unlabeled pseudo-labeled ({p['coverage']:.1%}) in "
+            f"{len(p['rounds'])} round(s); estimated precision {p['estimated_precision']}{precision}"
         )
     if a := m["assemble"]:
         out.append(f"train set {a['total']} samples {a['by_origin']}")

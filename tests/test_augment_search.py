@@ -37,6 +37,8 @@ def oof_dir(tmp_path_factory):
                 str(root / "params.yaml"),
                 "--split",
                 str(split),
+                "--labels",
+                str(root / "patches.csv"),  # none: an empty patch
                 "--out",
                 str(root / "oof"),
                 "--metrics",

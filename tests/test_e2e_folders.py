@@ -122,3 +122,8 @@ def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(t
     assert sum(right) / len(right) >= 0.8
     assert metrics["assemble"]["by_origin"]["pseudo"] == len(pseudo)
     assert metrics["evaluate"]["accuracy"] > 0.5
+    from pipeline import summary
+
+    lines = summary.lines(project / "metrics", project / "plots")
+    assert any(ln.startswith(f"pseudo    {len(pseudo)} of {metrics['pseudo']['pool']} unlabeled") for ln in lines)
+    assert any(ln.startswith("split ") and f"unlabeled {metrics['split']['unlabeled']}" in ln for ln in lines)

@@ -83,6 +83,7 @@ def pooled(tmp_path_factory):
     cfg = {"train": {**TINY_TRAIN, "epochs": 3, "min_steps": 0}, "oof": {**TINY_OOF, "epochs": 8}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(cfg))
     args = ["oof", "--quiet", "--params", str(tmp / "params.yaml"), "--split", str(split), "--out", str(tmp / "oof")]
+    args += ["--labels", str(tmp / "patches.csv")]
     assert cli.main([*args, "--metrics", str(tmp / "oof.json")]) == 0
     oof_df, classes, emb, _ = artifacts.read_oof(tmp / "oof")
     clean_df, clean_metrics = clean.run(params.parse(cfg), oof_df, emb, classes, label_patches.empty())
@@ -174,3 +175,21 @@ def test_a_human_label_moves_a_pool_sample_into_train(pooled):
     assert (
         metrics["patches"]["pool_to_train"] == 1 and metrics["unlabeled"] == (oof_df["split"] == schema.POOL).sum() - 1
     )
+
+
+def test_the_fold_models_train_on_human_labels_of_pool_samples(pooled):
+    from pipeline import oof
+
+    tmp, cfg, oof_df, _, _, _, classes = pooled
+    split_df, _ = dataset.read_manifest(tmp / "data" / "split")
+    pool_ids = split_df.loc[split_df["split"] == schema.POOL, "sample_id"].head(30).tolist()
+    truth = split_df.set_index("sample_id").loc[pool_ids, "hidden_label"].tolist()
+    patch = pd.DataFrame({"sample_id": pool_ids, "old_label": "", "label": truth, "consensus_quality": 1.0})
+    df, _, dyn, metrics = oof.run(
+        params.parse(cfg), split_df, classes, patches=patch.reindex(columns=label_patches.COLUMNS)
+    )
+    rows = df.set_index("sample_id").loc[pool_ids]
+    assert metrics["human_labels"] == 30 and metrics["n_unlabeled"] == (split_df["split"] == schema.POOL).sum() - 30
+    assert (rows["fold"] >= 0).all() and (rows["split"] == schema.POOL).all() and rows["label"].isna().all()
+    assert set(pool_ids) <= set(dyn["sample_id"])  # trained on, with their human labels
+    assert metrics["n_oof"] == (oof_df["fold"] >= 0).sum() + 30

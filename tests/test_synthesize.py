@@ -49,6 +49,8 @@ def project(tmp_path_factory):
                 str(root / "params.yaml"),
                 "--split",
                 str(split),
+                "--labels",
+                str(root / "patches.csv"),  # none: an empty patch
                 "--out",
                 str(root / "oof"),
                 "--metrics",

@@ -185,5 +185,5 @@ def test_path_flags_are_required_with_no_default(capsys):
     parser = stage_parser("oof")[0]
     with pytest.raises(SystemExit):
         parser.parse_args([])
-    assert "the following arguments are required: --split, --out, --metrics" in capsys.readouterr().err
+    assert "the following arguments are required: --split, --labels, --out, --metrics" in capsys.readouterr().err
     assert all(Path(a.default or "x") == Path("x") for a in parser._actions if a.dest in {"split", "out", "metrics"})

@@ -1,0 +1,176 @@
+"""Active learning vs random through a real Label Studio server, on Fashion-MNIST.
+
+The labeled set starts at `--initial` labels (`ingest.keep_labels`: the same share of each
+class; the rest of the 60k train images is the unlabeled pool, its truth hidden; the official
+10k test set is the test split). Each round, for each strategy:
+
+    python -m pipeline label push --select active|random --split unlabeled --limit N --project P
+    (the annotator, simulated through Label Studio's API, answers each task with the true class)
+    python -m pipeline label pull --project P      # -> labels/patches.csv, merged over rounds
+    oof -> clean -> mine -> assemble -> train -> evaluate  (oof's fold models train on the answers)
+
+so every round is scored by models that saw the earlier answers. Stages and the label commands run
+as `python -m pipeline ...` in one scratch project per (strategy, seed), inside the server's
+document root. Prints test accuracy per round and how many labels random needs to reach active's
+final accuracy (linear interpolation of its curve; "more than it had" when it never does).
+
+    python bench/bench_active.py --json bench/active_results.json
+    python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
+
+Run on a quiet machine: each round trains the fold models and the model anew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from bench_oof_clean import with_sets
+from bench_pseudo import flags
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline import dataset  # noqa: E402
+from pipeline.labelstudio import config, serve  # noqa: E402
+from pipeline.labelstudio.client import Client  # noqa: E402
+
+TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
+ROUND = ("oof", "clean", "mine", "assemble", "train", "evaluate")
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> str:
+    proc = subprocess.run([sys.executable, "-m", "pipeline", *cmd], cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd[:2])} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def stage(name: str, cwd: Path, env: dict) -> None:
+    run([name, "--quiet", "--params", "params.yaml", *flags(name, [])], cwd, env)
+
+
+def annotate(client: Client, project: str, truth: pd.Series, user: int) -> int:
+    """Answer every unanswered task of `project` with the sample's true class."""
+    pid = client.find_project(project)["id"]
+    n = 0
+    for task in client.export(pid):
+        if not task.get("annotations"):
+            label = truth[task["data"]["sample_id"]]
+            client.create_annotation(task["id"], config.choice_result(label), completed_by=user)
+            n += 1
+    return n
+
+
+def labels_to_match(curve: list[tuple[int, float]], target: float) -> float | None:
+    """The labels at which `curve` (labels, accuracy) first reaches `target`, interpolated."""
+    for (n0, a0), (n1, a1) in zip(curve, curve[1:]):
+        if a0 >= target:
+            return float(n0)
+        if a1 >= target:
+            return n0 + (n1 - n0) * (target - a0) / (a1 - a0)
+    return float(curve[0][0]) if curve and curve[0][1] >= target else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", default="fashion-mnist", choices=sorted(TRAIN_IMAGES), help="digits: a smoke run")
+    ap.add_argument("--initial", type=int, default=500)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
+    ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=["active", "random"])
+    ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
+    common = [
+        f"ingest.source={args.source}",
+        f"ingest.keep_labels={args.initial / TRAIN_IMAGES[args.source]}",
+        "augment.enabled=false",
+        "pseudo.enabled=false",
+        "oof.tta=false",  # the pool is 59k images: its predictions dominate a round with TTA
+        "evaluate.robustness.max_samples=100",
+        *args.set,
+    ]
+    results = {"initial": args.initial, "batch": args.batch, "set": common, "runs": []}
+    if not serve.executable(ROOT / ".venv-ls").exists():
+        sys.exit("bench: .venv-ls/bin/label-studio is missing: run `make labelstudio`")
+    with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:
+        base = Path(tmp)
+        docroot = base / "docroot"
+        docroot.mkdir()
+        token, port = secrets.token_hex(20), serve.free_port()
+        proc = serve.start(port, base / "ls", docroot, token, secrets.token_hex(8), venv=ROOT / ".venv-ls")
+        try:
+            serve.wait_ready(port, proc)
+            url = f"http://{serve.HOST}:{port}"
+            env = {**os.environ, "PIPELINE_QUIET": "1", "LABEL_STUDIO_URL": url, "LABEL_STUDIO_API_KEY": token}
+            client = Client(url, token)
+            user = client.create_user("annotator@example.com")["id"]
+            shared = docroot / "shared"
+            for seed in args.seeds:
+                for strategy in args.strategies:
+                    work = docroot / f"{strategy}-{seed}"
+                    for name in ("pipeline", "augment_policies", "labels"):
+                        shutil.copytree(ROOT / name, work / name, ignore=shutil.ignore_patterns("__pycache__"))
+                    params = with_sets(shipped, [*common, f"base.seed={seed}"])
+                    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+                    if not (shared / f"seed{seed}").exists():  # ingest + split, once per seed
+                        for name in ("ingest", "split"):
+                            stage(name, work, env)
+                        shutil.copytree(work / "data", shared / f"seed{seed}")
+                    else:
+                        shutil.copytree(shared / f"seed{seed}", work / "data")
+                    curve, t0 = [], time.perf_counter()
+                    for r in range(args.rounds + 1):
+                        if r:
+                            project = f"{strategy}-{seed}-round{r}"
+                            push = ["label", "push", "--quiet", "--project", project, "--select", strategy]
+                            push += ["--split", "unlabeled", "--limit", str(args.batch), "--seed", str(seed + r)]
+                            run(push, work, env)
+                            clean, _ = dataset.read_manifest(work / "data/clean")
+                            annotate(client, project, clean.set_index("sample_id")["hidden_label"], user)
+                            run(["label", "pull", "--quiet", "--project", project], work, env)
+                        for name in ROUND:
+                            stage(name, work, env)
+                        evaluate = json.loads((work / "metrics/evaluate.json").read_text())
+                        clean_m = json.loads((work / "metrics/clean.json").read_text())
+                        labeled = args.initial + clean_m["patches"]["pool_to_train"]
+                        curve.append((labeled, evaluate["accuracy"]))
+                        print(
+                            f"seed {seed} {strategy}: round {r}, {labeled} labels, test accuracy "
+                            f"{evaluate['accuracy']} ({time.perf_counter() - t0:.0f} s so far)",
+                            flush=True,
+                        )
+                    results["runs"].append({"seed": seed, "strategy": strategy, "curve": curve})
+                    if args.json:
+                        args.json.write_text(json.dumps(results, indent=1) + "\n")
+        finally:
+            serve.stop(proc)
+    for seed in args.seeds:
+        by = {r["strategy"]: r["curve"] for r in results["runs"] if r["seed"] == seed}
+        if {"active", "random"} <= set(by):
+            final = by["active"][-1][1]
+            need = labels_to_match(by["random"], final)
+            used = by["active"][-1][0]
+            share = f"active uses {used / need:.0%} of that" if need else "random never got there"
+            needs = f"{need:.0f}" if need is not None else f"more than {by['random'][-1][0]}"
+            results.setdefault("summary", {})[str(seed)] = {"active_final": final, "random_labels_to_match": need}
+            print(f"seed {seed}: active reaches {final} with {used} labels; random needs {needs} ({share})")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
