@@ -46,11 +46,7 @@ def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: 
         found = d.find(df.iloc[labeled].reset_index(drop=True), sub) if len(labeled) else pd.DataFrame({d.flag: []})
         found[d.flag] = found[d.flag].astype(bool) & ~reviewed[labeled]
         for c in found:
-            v = found[c].to_numpy()
-            blank = False if v.dtype == bool else np.nan if v.dtype.kind in "iuf" else ""
-            column = np.full(len(df), blank, dtype=bool if v.dtype == bool else float if blank != "" else object)
-            column[labeled] = v
-            df[c] = column
+            df[c] = _spread(found[c].to_numpy(), labeled, len(df))
     if "suggested_label_id" in df:
         pool = df["label_id"].to_numpy() < 0
         df.loc[pool, "suggested_label_id"] = arrays.probs[pool].argmax(1)
@@ -58,6 +54,18 @@ def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: 
         df["suggested_label_id"] = df["suggested_label_id"].astype(np.int64)
         df["suggested_label"] = [classes[i] for i in df["suggested_label_id"]]
     return df
+
+
+def _spread(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+    """`values` (of the rows `rows`) as a column of `n` rows: False, NaN or "" elsewhere."""
+    if values.dtype == bool:
+        out = np.zeros(n, bool)
+    elif values.dtype.kind in "iuf":
+        out = np.full(n, np.nan)
+    else:
+        out = np.full(n, "", dtype=object)
+    out[rows] = values
+    return out
 
 
 def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict]:
