@@ -45,6 +45,15 @@ STAGES = {
     "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),
     "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
     "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),
+    "report": (
+        "pipeline.report",
+        "one offline HTML page of the run, stage by stage (report/index.html), and metrics/data_health.json",
+    ),
+    "ablate": (
+        "pipeline.ablate",
+        "queue a DVC experiment per recipe row and train seed (all, none, all but one stage); --collect the table",
+    ),
+    "plots-offline": ("pipeline.dvcplots", "write a `dvc plots show --html-template` page with Vega inlined (offline)"),
     "lr-find": ("pipeline.lr_find", "LR range test: sweep the learning rate and suggest a maximum"),
     "params": ("pipeline.params", "print the effective params (every knob, as params.yaml holds them) as YAML"),
     "summary": (

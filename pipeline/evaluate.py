@@ -1,9 +1,11 @@
 """evaluate: score the model on the test split.
 
 Writes `metrics/evaluate.json` (accuracy, top-5 accuracy, macro F1, per-class precision /
-recall / F1 / support, expected calibration error, NLL, n_test), and under the plots folder
-`confusion.csv` (`actual,predicted` class names, one row per test sample, for DVC's
-confusion template) and `calibration.csv` (the reliability diagram's bins).
+recall / F1 / support, expected calibration error, NLL, n_test; the same ECE and NLL after
+temperature scaling fitted on val), and under the plots folder `confusion.csv`
+(`actual,predicted` class names, one row per test sample, for DVC's confusion template),
+`calibration.csv` and `calibration_temperature.csv` (the reliability diagram's bins, raw and
+temperature-scaled, with the diagonal as `ideal`).
 
 Every run is also recorded in a test-set ledger (`.pipeline/test_ledger.jsonl`, outside DVC):
 once more distinct configurations than `evaluate.max_test_evaluations` have been scored, a
@@ -52,6 +54,37 @@ def calibration_bins(proba: np.ndarray, y: np.ndarray, bins: int) -> pd.DataFram
             "accuracy": acc,
         }
     )
+
+
+def reliability(proba: np.ndarray, y: np.ndarray, bins: int) -> pd.DataFrame:
+    """`calibration_bins` of the non-empty bins, with the diagonal (`ideal`: accuracy = confidence) to plot beside."""
+    t = calibration_bins(proba, y, bins)
+    t = t[t["count"] > 0].assign(ideal=lambda d: d["confidence"])
+    return t.round(6).reset_index(drop=True)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float | None:
+    """The temperature T in [0.05, 20] minimising the NLL of softmax(logits / T) on held-out data
+    (temperature scaling, Guo et al. 2017): one parameter, so accuracy is unchanged and val suffices.
+    None where val has no error: its NLL then falls without bound as T -> 0, so nothing is learned."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import logsumexp
+
+    if len(y) == 0 or (logits.argmax(axis=1) == y).all():
+        return None
+    z, rows = logits.astype(np.float64), np.arange(len(y))
+
+    def nll(log_t: float) -> float:
+        s = z / np.exp(log_t)
+        return float((logsumexp(s, axis=1) - s[rows, y]).mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded").x))
 
 
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
@@ -204,21 +237,37 @@ def main(params: Params, args: argparse.Namespace) -> None:
     if model_classes != classes:
         raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")
     y = test["label_id"].to_numpy(np.int64)
-    proba = fit.predict_proba(model, dataset.load_pixels(test), params.evaluate.batch_size)
-    metrics = score(proba, y, classes, params.evaluate.ece_bins)
+    batch, bins = params.evaluate.batch_size, params.evaluate.ece_bins
+    logits = fit.predict_logits(model, dataset.load_pixels(test), batch)
+    proba = softmax(logits).astype(np.float32)
+    metrics = score(proba, y, classes, bins)
+    val = split_df[split_df["split"] == "val"]
+    t = fit_temperature(fit.predict_logits(model, dataset.load_pixels(val), batch), val["label_id"].to_numpy(np.int64))
+    scaled = softmax(logits, t or 1.0)
+    nll = -np.log(np.clip(scaled[np.arange(len(y)), y], 1e-12, None))
+    metrics["temperature"] = {
+        "t": round(t or 1.0, 6),
+        "fitted": t is not None,  # false: val has no error to fit on (T stays 1)
+        "fitted_on": int(len(val)),
+        "ece": round(expected_calibration_error(scaled, y, bins), 6),
+        "nll": round(float(nll.mean()), 6),
+    }
     plots = Path(args.plots)
     dataset.write_csv(plots / "confusion.csv", confusion_rows(y, proba.argmax(axis=1), classes))
-    dataset.write_csv(plots / "calibration.csv", calibration_bins(proba, y, params.evaluate.ece_bins).round(6))
+    dataset.write_csv(plots / "calibration.csv", reliability(proba, y, bins))
+    dataset.write_csv(plots / "calibration_temperature.csv", reliability(scaled, y, bins))
     metrics["robustness"], curve = robustness(params, model, test)
     if len(curve):
         dataset.write_csv(plots / "robustness.csv", curve)
     dataset.write_json(args.metrics, metrics)
     record_test_evaluation(args.ledger, params, args.model)
     log.info(
-        "evaluate: accuracy %.4f, macro F1 %.4f, ECE %.4f on %d test samples",
+        "evaluate: accuracy %.4f, macro F1 %.4f, ECE %.4f (%.4f at temperature %.2f) on %d test samples",
         metrics["accuracy"],
         metrics["macro_f1"],
         metrics["ece"],
+        metrics["temperature"]["ece"],
+        t or 1.0,
         metrics["n_test"],
     )
     lo, hi = metrics["accuracy_ci95"]

@@ -486,6 +486,12 @@ def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int | None = None
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.num_classes), np.float32)
 
 
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    """Logits (N, K) float32 for uint8 NHWC pixels (for temperature scaling)."""
+    out = _batches(model, x, batch_size, model)
+    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.num_classes), np.float32)
+
+
 def predict_embed(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(`predict_proba`, `embed`) of uint8 NHWC pixels from one forward pass."""
 

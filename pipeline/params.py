@@ -175,6 +175,9 @@ class Train(Section):
     curriculum: Literal["none", "easy_to_hard", "hard_to_easy"] = "none"
     curriculum_start: float = Field(0.25, gt=0.0, le=1.0)
     curriculum_full: float = Field(0.5, ge=0.0, le=1.0)
+    # added to base.seed for this stage only: another training run on the same data (the split, oof
+    # and every data stage stay), for seed noise and the ablation's repeats
+    seed: int = Field(0, ge=0)
 
 
 # the training recipe that stages training a model of their own (oof's fold models, the synthetic
@@ -207,6 +210,30 @@ class Evaluate(Section):
     ece_bins: int = Field(15, ge=2)
     max_test_evaluations: int = Field(10, ge=1)
     max_interval: float = Field(0.05, gt=0.0, le=1.0)  # half-width of accuracy's 95% interval above: a warning
+
+
+class Report(Section):
+    examples: int = Field(16, ge=1, le=128)  # images per gallery the report draws (outliers, pseudo-labels)
+
+
+# `python -m pipeline ablate`: the recipe's rows switch data stages on and off (pipeline/ablate.py)
+DEFAULT_RECIPE = {
+    "clean": {"with": {"clean.action": "remove"}, "without": {"clean.action": "flag"}},
+    "mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}},
+    "augment": {"with": {"augment.enabled": True}, "without": {"augment.enabled": False}},
+    "mixing": {"with": {"train.cutmix_alpha": 1.0, "train.mix_prob": 0.5}, "without": {"train.cutmix_alpha": 0.0}},
+    "adversarial": {"with": {"adversarial.enabled": True}, "without": {"adversarial.enabled": False}},
+    "synthesize": {"with": {"synthesize.enabled": True}, "without": {"synthesize.enabled": False}},
+    "pseudo": {"with": {"pseudo.enabled": True}, "without": {"pseudo.enabled": False}},
+}
+
+
+class Ablate(Section):
+    seeds: int = Field(2, ge=1)  # train seeds (train.seed 0..seeds-1) per row
+    # {stage: {with: {key: value}, without: {key: value}}}: rows "all" (every with), "none" (every without) and
+    # "no-<stage>" (all but that one)
+    recipe: dict[str, dict[Literal["with", "without"], dict[str, bool | int | float | str]]] = DEFAULT_RECIPE
+    set: dict[str, bool | int | float | str] = {}  # applied to every row (a budget, a dataset)
 
 
 class LrFind(Section):
@@ -469,6 +496,8 @@ class Params(Section):
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     lr_find: LrFind = LrFind()
+    report: Report = Report()
+    ablate: Ablate = Ablate()
     adversarial: Adversarial = Adversarial()
     augment: Augment = Augment()
     policy_search: PolicySearch = PolicySearch()
@@ -519,7 +548,13 @@ def load(path: str | Path = PARAMS_FILE) -> Params:
 
 # `python -m pipeline params`: the effective params, as YAML in params.yaml's shape. params.yaml
 # holds every knob (tests/test_params.py fails on a code-only default), so this equals it.
-OPAQUE = ("split.fractions", "split.checks", "clean.issues")  # plug-in dicts: taken as written
+OPAQUE = (
+    "split.fractions",
+    "split.checks",
+    "clean.issues",
+    "ablate.recipe",
+    "ablate.set",
+)  # plug-in dicts: taken as written
 
 
 def missing_keys(raw: dict | None, params: Params) -> list[str]:

@@ -19,7 +19,7 @@ from pipeline.params import Params
 # name from its start; a metric whose name is in two files is named by its file.
 KEEP = (
     "^(Experiment|Created|accuracy|macro_f1|ece|val_accuracy|metrics/oof.json:oof_accuracy|"
-    "estimated_noise_rate|quarantined|train\\.epochs|train\\.mixup_alpha|augment\\.policy|clean\\.action)$"
+    "metrics/data_health.json:(estimated_noise_rate|quarantined)|train\\.epochs|train\\.mixup_alpha|augment\\.policy|clean\\.action)$"
 )
 EXP_SHOW = f"dvc exp show --drop '.*' --keep '{KEEP}'"
 

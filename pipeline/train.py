@@ -22,6 +22,11 @@ from pipeline.errors import PipelineError
 from pipeline.params import Params
 
 
+def seed(params: Params) -> int:
+    """The training run's seed: `base.seed` moved by `train.seed`, which no data stage reads."""
+    return params.base.seed + params.train.seed
+
+
 def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None):
     """(FitResult, metrics) for a training manifest and a val manifest."""
     from pipeline import fit, models
@@ -37,11 +42,11 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         val_df["label_id"].to_numpy(np.int64),
         cfg,
         len(classes),
-        params.base.seed,
+        seed(params),
         sample_weight=weight,
         online=online,
         sample_ids=train_df["sample_id"].tolist(),
-        mix=mixing.make_batch_transform(cfg, params.base.seed),
+        mix=mixing.make_batch_transform(cfg, seed(params)),
         difficulty=_difficulty(train_df, cfg),
     )
     best = result.history[result.best_epoch - 1]
@@ -56,6 +61,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         "n_val": len(val_df),
         "parameters": models.count_parameters(result.model),
         "threads": fit.threads(cfg),
+        "seed": seed(params),
     }
     log.info("train: %.1f s", time.perf_counter() - start)
     return result, metrics
@@ -79,7 +85,7 @@ def online_policy(params: Params, path: str):
 
     cfg = params.augment
     _, p = policy.load_path(path, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
-    return mixing.make_online_policy(p, params.base.seed)
+    return mixing.make_online_policy(p, seed(params))
 
 
 STAGE = wiring.Stage(

@@ -15,7 +15,7 @@ KERNELS = {
 }  # fmt: skip
 STAGES = {
     "ingest", "split", "oof", "clean", "pseudo", "mine", "assemble", "train", "evaluate", "lr_find", "adversarial",
-    "augment.stage", "augment.search", "synthesize.stage", "summary",
+    "augment.stage", "augment.search", "synthesize.stage", "summary", "report", "ablate", "dvcplots",
 }  # fmt: skip
 INTEGRATIONS = {"labelstudio"}  # the package and everything in it
 ENTRY = {"__main__", "", "augment", "synthesize"}  # the dispatcher and package markers

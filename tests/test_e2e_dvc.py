@@ -29,6 +29,7 @@ STAGES = [
     "assemble",
     "train",
     "evaluate",
+    "report",
 ]
 
 
@@ -64,6 +65,7 @@ def make_project(dest: Path, tiny: bool = True, **params: dict) -> Path:
         "pipeline",
         "augment_policies",
         "labels",
+        "metrics/ablation.json",
         "dvc.yaml",
         "params.yaml",
         ".dvc/config",
@@ -122,7 +124,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert _ran(_run(["dvc", "repro"], project)) == []
 
     _set_params(project, train={"epochs": 3})
-    assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate"]
+    assert _ran(_run(["dvc", "repro"], project)) == ["train", "evaluate", "report"]
 
     _set_params(project, split={"fractions": {"train": 0.6, "val": 0.2, "test": 0.2}})
     assert _ran(_run(["dvc", "repro"], project)) == [
@@ -138,6 +140,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
         "assemble",
         "train",
         "evaluate",
+        "report",
     ]
 
     _set_params(project, clean={"action": "remove"})  # oof is reused; clean and what reads it re-run
@@ -151,6 +154,7 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
         "assemble",
         "train",
         "evaluate",
+        "report",
     ]
     _set_params(project, clean={"action": "flag"})
 
@@ -180,14 +184,40 @@ def test_summary_and_the_exp_show_recipe_are_short(project: Path):
         "ece",
         "val_accuracy",
         "metrics/oof.json:oof_accuracy",
-        "estimated_noise_rate",
-        "quarantined",
+        "metrics/data_health.json:estimated_noise_rate",
+        "metrics/data_health.json:quarantined",
         "train.epochs",
         "train.mixup_alpha",
         "augment.policy",
         "clean.action",
     }
     assert len(_run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")) > 100  # without it
+
+
+@pytest.mark.slow
+def test_report_is_complete_offline_and_renders_in_chromium(project: Path):
+    from report_util import check_report, render_in_chromium
+
+    _run(["dvc", "repro"], project)
+    html = (project / "report/index.html").read_text()
+    check_report(html, STAGES)
+    page = render_in_chromium(project / "report/index.html", project / "shot.png", "#stage-evaluate")
+    assert page["errors"] == [] and page["height"] > 3000
+    health = json.loads((project / "metrics/data_health.json").read_text())
+    ingest = json.loads((project / "metrics/ingest.json").read_text())
+    by_origin = json.loads((project / "metrics/assemble.json").read_text())["by_origin"]
+    assert health["quarantined"] == ingest["quarantined"] and health["samples_in"] == 1797
+    assert health["samples_by_origin"] == by_origin and health["training_set"] == sum(by_origin.values())
+    assert health["cross_split_leaks"] == 0 and 0 <= health["label_issue_rate"] <= 1
+    diff = _run(["dvc", "metrics", "diff", "--all", "--json"], project)
+    assert "metrics/data_health.json" in json.JSONDecoder().raw_decode(diff)[0]  # stderr may follow
+
+    # dvc plots show, offline: Vega inlined by the template, every chart drawn, the galleries beside
+    _run([sys.executable, "-m", "pipeline", "plots-offline"], project)
+    _run(["dvc", "plots", "show", "--html-template", ".dvc/plots/offline.html", "-o", "dvc_plots"], project)
+    shown = render_in_chromium(project / "dvc_plots/index.html", project / "plots.png", count="svg.marks")
+    assert shown["errors"] == [] and shown["drawn"] == 4  # curves, confusion, calibration, robustness
+    assert len(list((project / "dvc_plots/static").glob("*.png"))) >= 8
 
 
 @pytest.mark.slow

@@ -85,3 +85,44 @@ def test_randaugment_grid_through_the_experiment_queue(tmp_path: Path):
         project,
     )
     assert all(e["name"] in table for e in exps) and "augment.num_ops" in table
+
+
+@pytest.mark.slow
+def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(tmp_path: Path):
+    recipe = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
+    project = make_project(
+        tmp_path / "project",
+        train={"epochs": 1},
+        oof={"epochs": 1},
+        adversarial={"enabled": False},
+        synthesize={"enabled": False},
+        evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
+        policy_search={"candidates": 8, "max_samples": 64},
+        ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
+    )
+    _run(["dvc", "repro"], project)
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    dry = _stdout([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project).splitlines()
+    assert len(dry) == 4 and all(line.startswith("dvc exp run --queue -n abl-") for line in dry)
+
+    _stdout([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
+    exps = {e["name"]: e for e in _experiments(project)}
+    assert sorted(exps) == ["abl-all-s0", "abl-all-s1", "abl-none-s0", "abl-none-s1"]
+    for name, e in exps.items():  # each ran under its row's params and its seed
+        assert e["params"]["mine"]["enabled"] == name.startswith("abl-all")
+        assert e["params"]["train"]["epochs"] == 2 and e["params"]["train"]["seed"] == int(name[-1])
+        assert e["metrics"]["metrics/train.json"]["seed"] == int(name[-1])
+        assert e["metrics"]["metrics/mine.json"]["enabled"] == name.startswith("abl-all")
+    table = json.loads((project / "metrics/ablation.json").read_text())
+    rows = {r["row"]: r for r in table["rows"]}
+    assert list(rows) == ["all", "none"] and table["failed"] == []
+    for row in rows.values():
+        accs = [exps[f"abl-{row['row']}-s{s}"]["metrics"]["metrics/evaluate.json"]["accuracy"] for s in (0, 1)]
+        assert row["n"] == 2 and row["accuracy"]["mean"] == pytest.approx(sum(accs) / 2, abs=1e-6)
+    assert rows["none"]["delta_accuracy"] == pytest.approx(
+        rows["none"]["accuracy"]["mean"] - rows["all"]["accuracy"]["mean"], abs=1e-6
+    )
+    _run(["dvc", "repro"], project)  # the collected table changed: the report is drawn again
+    html = (project / "report/index.html").read_text()
+    assert "what each stage bought" in html and "<td>none</td>" in html

@@ -149,7 +149,11 @@ def test_evaluate_stage_writes_metrics_and_confusion_reproducibly(trained, caplo
         "n_test",
         "nll",
         "robustness",
+        "temperature",
     }
+    assert set(m["temperature"]) == {"t", "fitted", "fitted_on", "ece", "nll"} and m["temperature"]["t"] > 0
+    if m["temperature"]["fitted"]:  # fitted on val, so test NLL need not fall, but it does here unless T = 1
+        assert m["temperature"]["nll"] <= m["nll"] + 0.05
     assert set(m["per_class"]) == set(classes) and m["n_test"] == 48
     assert m["accuracy"] >= 0.8
     assert (root / "first.json").read_bytes() == (root / "second.json").read_bytes()

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pandas as pd
 import yaml
@@ -8,33 +9,19 @@ from pipeline import __main__ as cli
 from pipeline import fit, params
 
 
+def _train(tmp_path, out, split, assemble, **train) -> int:
+    params_file = tmp_path / "params.yaml"
+    recipe = {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}
+    params_file.write_text(yaml.safe_dump({"train": recipe | train}))
+    flags = {"--assemble": assemble, "--policy": RANDAUGMENT, "--split": split, "--model": out / "model.pt"}
+    flags |= {"--metrics": out / "train.json", "--plots": out / "plots"}
+    return cli.main(["train", "--params", str(params_file), "--quiet", *map(str, sum(flags.items(), ()))])
+
+
 def test_train_stage_writes_model_metrics_and_curves(tmp_path):
     split, assemble, classes = write_split(tmp_path)
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(
-        yaml.safe_dump({"train": {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}})
-    )
     out = tmp_path / "out"
-    rc = cli.main(
-        [
-            "train",
-            "--params",
-            str(params_file),
-            "--quiet",
-            "--assemble",
-            str(assemble),
-            "--policy",
-            RANDAUGMENT,
-            "--split",
-            str(split),
-            "--model",
-            str(out / "model.pt"),
-            "--metrics",
-            str(out / "train.json"),
-            "--plots",
-            str(out / "plots"),
-        ]
-    )
+    rc = _train(tmp_path, out, split, assemble)
     assert rc == 0
     m = json.loads((out / "train.json").read_text())
     assert set(m) == {
@@ -48,6 +35,7 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
         "n_val",
         "parameters",
         "threads",
+        "seed",
     }
     assert m["n_train"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
     curves = pd.read_csv(out / "plots" / "curves.csv")
@@ -55,6 +43,17 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
     assert list(curves["epoch"]) == [1, 2, 3]
     model, config, model_classes = fit.load_model(out / "model.pt")
     assert model_classes == classes and config["train"]["epochs"] == 3
+
+
+def test_train_seed_moves_training_only(tmp_path):
+    split, assemble, _ = write_split(tmp_path)
+    assert _train(tmp_path, tmp_path / "s0", split, assemble, epochs=1) == 0
+    assert _train(tmp_path, tmp_path / "s1", split, assemble, epochs=1, seed=1) == 0
+    assert json.loads((tmp_path / "s1" / "train.json").read_text())["seed"] == 1  # base.seed 0 + train.seed 1
+    assert (tmp_path / "s0" / "model.pt").read_bytes() != (tmp_path / "s1" / "model.pt").read_bytes()
+    dvc = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())
+    readers = [n for n, st in dvc["stages"].items() if any(p in ("train", "train.seed") for p in st.get("params", []))]
+    assert readers == ["train"]  # no data stage re-runs for another train seed
 
 
 def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):

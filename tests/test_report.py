@@ -1,0 +1,114 @@
+"""Temperature scaling, the ablation's rows and table, the offline dvc plots template (the report page
+itself is checked on a real run in tests/test_e2e_dvc.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import ablate, dvcplots, evaluate, params
+
+
+def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4000, 5)).astype(np.float32)
+    p = evaluate.softmax(logits, 2.5)
+    y = np.array([rng.choice(5, p=row) for row in p])
+    t = evaluate.fit_temperature(logits, y)
+    assert abs(t - 2.5) < 0.2
+    before = evaluate.expected_calibration_error(evaluate.softmax(logits), y)
+    after = evaluate.expected_calibration_error(evaluate.softmax(logits, t), y)
+    assert after < before / 3
+
+
+def test_no_temperature_without_an_error_to_fit_on():
+    logits = np.eye(4, dtype=np.float32) * 3
+    assert evaluate.fit_temperature(logits, np.arange(4)) is None
+    assert evaluate.fit_temperature(logits[:0], np.arange(0)) is None
+
+
+def test_reliability_bins_carry_the_diagonal():
+    proba = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+    t = evaluate.reliability(proba, np.array([0, 1, 1]), 5)
+    assert (t["count"] > 0).all() and (t["ideal"] == t["confidence"]).all()
+
+
+def _params(**ablate_section) -> params.Params:
+    return params.parse({"ablate": ablate_section})
+
+
+def test_rows_are_all_none_and_all_but_one_without_repeats():
+    p = _params(recipe={"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}, seeds=1)
+    assert ablate.rows(p) == {"all": {"mine.enabled": True}, "none": {"mine.enabled": False}}  # no-mine = none
+    full = ablate.rows(params.parse({}))
+    assert list(full) == [
+        "all",
+        "none",
+        "no-clean",
+        "no-mine",
+        "no-augment",
+        "no-mixing",
+        "no-adversarial",
+        "no-synthesize",
+    ]  # fmt: skip  (no pool in the default project, so no pseudo row)
+    assert full["no-clean"]["clean.action"] == "flag" and full["no-clean"]["mine.enabled"] is True
+    pooled = ablate.rows(_params(set={"ingest.keep_labels": 0.05}))
+    assert "no-pseudo" in pooled and pooled["all"]["ingest.keep_labels"] == 0.05
+
+
+def test_queue_commands_name_each_row_and_seed_and_set_train_seed():
+    p = _params(recipe={"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}, seeds=2)
+    cmds = ablate.queue_commands(p)
+    assert [c[4] for c in cmds] == ["abl-all-s0", "abl-all-s1", "abl-none-s0", "abl-none-s1"]
+    assert cmds[1][:4] == ["exp", "run", "--queue", "-n"]
+    assert cmds[1][5:] == ["-S", "mine.enabled=true", "-S", "train.seed=1"]
+
+
+def _runs(acc: dict[str, float]) -> dict[str, dict]:
+    return {
+        name: {"metrics/evaluate.json": {"accuracy": a, "ece": 0.02, "robustness": {"pgd_eps0.1": a / 2, "n": 9}}}
+        for name, a in acc.items()
+    }
+
+
+def test_the_table_gives_mean_std_delta_and_whether_it_exceeds_the_seed_noise():
+    runs = _runs({"abl-all-s0": 0.90, "abl-all-s1": 0.92, "abl-none-s0": 0.80, "abl-none-s1": 0.81})
+    runs |= _runs({"abl-no-mine-s0": 0.905, "abl-no-mine-s1": 0.915})
+    runs["abl-no-augment-s0"] = {}  # queued, failed before evaluate
+    t = ablate.table(runs)
+    rows = {r["row"]: r for r in t["rows"]}
+    assert [r["row"] for r in t["rows"]] == ["all", "none", "no-mine"]
+    assert rows["all"]["accuracy"] == {"mean": 0.91, "std": pytest.approx(0.014142, abs=1e-6)}
+    assert rows["none"]["delta_accuracy"] == pytest.approx(-0.105) and rows["none"]["beyond_noise"] is True
+    assert rows["no-mine"]["delta_accuracy"] == pytest.approx(0.0) and rows["no-mine"]["beyond_noise"] is False
+    assert rows["all"]["robust_accuracy"]["mean"] == pytest.approx(0.455)
+    assert t["failed"] == ["abl-no-augment-s0"]
+    json.dumps(t)  # a metrics file
+
+
+def test_experiments_are_read_from_exp_show_json():
+    shown = [
+        {
+            "rev": "workspace",
+            "experiments": None,
+        },
+        {
+            "rev": "abc",
+            "experiments": [
+                {
+                    "name": "abl-all-s0",
+                    "revs": [{"data": {"metrics": {"metrics/evaluate.json": {"data": {"accuracy": 1}}}}}],
+                },
+                {"name": "other", "revs": [{"data": {"metrics": {}}}]},
+            ],
+        },
+    ]
+    assert ablate.experiments(shown) == {"abl-all-s0": {"metrics/evaluate.json": {"accuracy": 1}}}
+
+
+def test_the_offline_plots_template_inlines_vega_and_keeps_dvcs_placeholder():
+    page = dvcplots.template()
+    assert "{plot_divs}" in page and "{scripts}" not in page
+    assert "window.vegaEmbed" in page and "<script src" not in page
