@@ -157,9 +157,17 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
 
 
 def threads(cfg: Train) -> int:
-    """The torch threads `cfg.threads` means: 0 is every core this process may use."""
+    """The torch threads `cfg.threads` means: 0 is every core this process may use, shared with the
+    other training processes on this node under DDP (`LOCAL_WORLD_SIZE`, set by torch's launcher)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cfg.threads or cores or 1
+    return cfg.threads or max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (DDP)."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
 
 def set_threads(cfg: Train) -> None:
@@ -304,6 +312,7 @@ class BatchStep:
         from pipeline import attacks
 
         a = self.adv
+        model = getattr(model, "module", model)  # under DDP, the attack's gradients are its own business
         k = round(a.ratio * len(xb))  # the batch is already in random order: take the first k
         cfg = attacks.AttackConfig(eps=a.eps, steps=a.steps, step_size=a.step_size, random_start=a.random_start)
         adv = attacks.get(a.attack).perturb(model, xb[:k], yb[:k], cfg, g)
@@ -328,14 +337,17 @@ def train_epoch(
 
     `ohem_fraction` > 0: online hard example mining, only the largest per-sample losses of
     each batch (that fraction of it, at least one) contribute to the gradient.
+    Under DDP every process draws the same `order` and takes its share of each batch (rank r:
+    every world-th sample from r), so the global batch is the same as with one process.
     Returns the mean (unweighted, smoothed) training loss and the training accuracy.
     """
+    rank, size = world()
     model.train()
     loss_sum, correct = 0.0, 0
     for i, lr in enumerate(lrs):
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = order[i * batch_size : (i + 1) * batch_size]
+        idx = order[i * batch_size : (i + 1) * batch_size][rank::size]
         logits, per_sample = step(model, x8, y, idx, epoch, g)
         opt.zero_grad(set_to_none=True)
         weighted = per_sample * weight[idx]
@@ -346,6 +358,12 @@ def train_epoch(
         opt.step()
         loss_sum += float(per_sample.detach().sum())
         correct += int((logits.detach().argmax(1) == y[idx]).sum())
+    if size > 1:  # the epoch's figures over every process's share
+        import torch.distributed as dist
+
+        totals = torch.tensor([loss_sum, correct], dtype=torch.float64)
+        dist.all_reduce(totals)
+        loss_sum, correct = float(totals[0]), int(totals[1])
     return loss_sum / len(order), correct / len(order)
 
 
@@ -407,6 +425,10 @@ def fit(
     opt = make_optimizer(model, cfg)
     step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix)
     bs = min(cfg.batch_size, len(y))
+    _, size = world()
+    if size > 1 and bs % size:  # unequal shares would draw different random numbers per process
+        raise PipelineError(f"train.batch_size {bs} must be a multiple of train.nproc {size} (each takes a share)")
+    net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     steps_per_epoch = len(y) // bs  # the remainder (a different one each epoch) is skipped
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
 
@@ -425,7 +447,9 @@ def fit(
                 order = torch.randperm(len(y), generator=g)[: steps_per_epoch * bs]
             else:
                 order = torch.multinomial(odds, steps_per_epoch * bs, replacement=True, generator=g)
-            loss, acc = train_epoch(model, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction)
+            loss, acc = train_epoch(net, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction)
+            if size > 1:  # batch-norm statistics from process 0, so every process validates one model
+                _broadcast_buffers(model)
             row = {
                 "epoch": epoch,
                 "lr": lrs[-1],
@@ -455,6 +479,13 @@ def fit(
         model.load_state_dict(best[2])
     model.eval()
     return FitResult(model, history, best[1] if best[2] is not None else len(history), config)
+
+
+def _broadcast_buffers(model: nn.Module) -> None:
+    import torch.distributed as dist
+
+    for b in model.buffers():
+        dist.broadcast(b, 0)
 
 
 def _log_epoch(desc: str, row: dict, epochs: int, seconds: float) -> None:

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
-import multiprocessing as mp
-import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -31,54 +28,57 @@ from pipeline import dataset, schema, wiring
 from pipeline.console import log, progress
 from pipeline.decode import DecodeError, decode_file, normalise
 from pipeline.errors import PipelineError
+from pipeline.executor import ordered_map
 from pipeline.params import Ingest, Params
 from pipeline.sources import SOURCES, Item, auto_shape, unlabeled
 
 QUARANTINE = "quarantine.csv"
 
 
-def _decode(
-    file: str, size: int, channels: int, max_pixels: int, min_side: int
-) -> tuple[bytes | None, str | None, str | None]:
-    """Worker: a file's normalised pixels (as bytes: cheaper to send back than an array),
+CHUNK = 256  # files per task: per-item work in this process limits the speed
+
+
+def _decode_chunk(shape: tuple[int, int, int, int, int], files: list[str]) -> list:
+    """Worker: each file's normalised pixels (as bytes: cheaper to send back than an array),
     or the reason it is quarantined."""
-    try:
-        return decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None
-    except DecodeError as e:
-        return None, e.reason, str(e)
+    size, channels, max_pixels, min_side = shape
+    out = []
+    with warnings.catch_warnings():
+        # images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for file in files:
+            try:
+                out.append((decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None))
+            except DecodeError as e:
+                out.append((None, e.reason, str(e)))
+    return out
 
 
 def _pixels(
-    items: list[Item], cfg: Ingest, size: int, channels: int
+    items: list[Item], cfg: Ingest, size: int, channels: int, executor: str
 ) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
     """Each item with its normalised pixels, or the reason it is quarantined, in input order.
 
-    Decoding files is CPU-bound; a process pool keeps input order (imap), so the output
-    does not depend on the worker count. Paths go out and bytes come back, in large chunks:
-    per-item work in this process limits the speed. In-memory pixels are normalised here,
-    which is cheaper than pickling them.
+    Decoding files is CPU-bound: chunks of paths go out to `executor`'s workers and bytes come
+    back, in input order, so the output depends on neither the executor nor the worker count.
+    In-memory pixels are normalised here, which is cheaper than pickling them.
     """
     shape = (size, size, channels)
     files = [it.file for it in items if it.reason is None and it.pixels is None]
-    decode = functools.partial(_decode, size=size, channels=channels, max_pixels=cfg.max_pixels, min_side=cfg.min_side)
-    workers = min(cfg.workers or os.cpu_count() or 1, max(len(files), 1))
-    chunksize = max(1, min(256, len(files) // (4 * workers)))
-    with warnings.catch_warnings():
-        # Images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow);
-        # the filter is set before the workers fork, so they inherit it.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        pool = mp.get_context("fork").Pool(workers) if workers > 1 else None
-        with pool or contextlib.nullcontext():  # Pool's exit terminates the workers
-            decoded = pool.imap(decode, files, chunksize) if pool else map(decode, files)
-            for item in items:
-                if item.reason is not None:
-                    yield item, None, item.reason, item.detail
-                elif item.pixels is not None:
-                    yield item, normalise(item.pixels, size, channels), None, None
-                else:
-                    raw, reason, detail = next(decoded)
-                    pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
-                    yield item, pixels, reason, detail
+    chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+    args = (size, channels, cfg.max_pixels, cfg.min_side)
+    # closing(): the workers end when this generator does, even when its consumer stops early
+    with contextlib.closing(ordered_map(_decode_chunk, chunks, args, cfg.workers, executor)) as results:
+        decoded = (r for chunk in results for r in chunk)
+        for item in items:
+            if item.reason is not None:
+                yield item, None, item.reason, item.detail
+            elif item.pixels is not None:
+                yield item, normalise(item.pixels, size, channels), None, None
+            else:
+                raw, reason, detail = next(decoded)
+                pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
+                yield item, pixels, reason, detail
 
 
 def run(params: Params, out: Path, final_dir: Path) -> dict:
@@ -96,7 +96,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
-    with contextlib.closing(_pixels(items, cfg, size, channels)) as decoded:
+    with contextlib.closing(_pixels(items, cfg, size, channels, params.base.executor)) as decoded:
         for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
             if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
                 reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
@@ -143,6 +143,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     dataset.write_csv(out / QUARANTINE, quarantine)
     metrics = {
         "source": cfg.source,
+        "executor": params.base.executor,
         "in": len(items),
         "kept": len(df),
         "quarantined": len(quarantine),

@@ -34,6 +34,9 @@ class Section(BaseModel):
 
 class Base(Section):
     seed: int = Field(0, ge=0)
+    # where the per-sample stages' work runs (pipeline/executor.py): local processes, or Ray Data
+    # (RAY_ADDRESS: that cluster; unset: a local Ray); the outputs are the same bytes either way
+    executor: Literal["local", "ray"] = "local"
 
 
 class Ingest(Section):
@@ -178,6 +181,9 @@ class Train(Section):
     # added to base.seed for this stage only: another training run on the same data (the split, oof
     # and every data stage stay), for seed noise and the ablation's repeats
     seed: int = Field(0, ge=0)
+    # training processes (torch DDP through torch.distributed.run, gloo: the training core runs on CPU); each takes
+    # a share of every batch, so the global batch and the schedule stay those of one process
+    nproc: int = Field(1, ge=1)
 
 
 # the training recipe that stages training a model of their own (oof's fold models, the synthetic

@@ -10,6 +10,7 @@ Sample weights come from the training set's `weight` column.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         "parameters": models.count_parameters(result.model),
         "threads": fit.threads(cfg),
         "seed": seed(params),
+        "world_size": fit.world()[1],
     }
     log.info("train: %.1f s", time.perf_counter() - start)
     return result, metrics
@@ -101,7 +103,39 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
+def launch(params: Params, args: argparse.Namespace) -> None:
+    """`train.nproc` > 1: run this stage in that many processes under torch's own launcher
+    (`torch.distributed.run --standalone`); each is a DDP worker, and process 0 writes the outputs.
+    For several nodes, start the launcher yourself with its rendezvous flags (docs/scale.md)."""
+    import subprocess
+    import sys
+
+    n = params.train.nproc
+    if params.train.batch_size % n:
+        raise PipelineError(f"train.batch_size {params.train.batch_size} must be a multiple of train.nproc {n}")
+    flags = [a for f in STAGE.flags() for a in (f.name, str(getattr(args, f.dest)))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+    cmd += ["-m", "pipeline", "train", "--params", args.params, *(["--quiet"] * args.quiet), *flags]
+    log.info("train: %d DDP processes", n)
+    if subprocess.run(cmd).returncode:
+        raise PipelineError(f"a DDP process failed (train.nproc {n}); its error is above")
+
+
 def main(params: Params, args: argparse.Namespace) -> None:
+    if params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(params, args)
+    if "LOCAL_RANK" in os.environ:  # a worker of torch.distributed.run; the training core runs on CPU: gloo
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    try:
+        _main(params, args)
+    finally:
+        if "LOCAL_RANK" in os.environ:
+            dist.destroy_process_group()
+
+
+def _main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
 
     train_df, classes = schema.read(args.assemble, "training set")
@@ -111,6 +145,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     val_df = split_df[split_df["split"] == "val"]
     log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
     result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy))
+    if fit.world()[0] != 0:
+        return  # every DDP process holds the same model: process 0 writes it
     fit.save_model(args.model, result.model, result.config, classes)
     dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
     dataset.write_json(args.metrics, metrics)

@@ -247,3 +247,33 @@ def test_stage_failure_is_one_line_and_nonzero(project: Path):
     assert proc.stderr.strip().splitlines() == [
         "pipeline ingest: error: ingest.path: /nonexistent/folder: no such file or directory"
     ]
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_pulls_every_output_and_the_experiments_from_the_remotes(project: Path, tmp_path: Path):
+    """push -> fresh clone -> pull -> nothing to reproduce, with a local directory as the DVC remote
+    and a bare git repository as the git remote (what S3 / GCS / SSH remotes do, minus the network)."""
+    commit = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm"]
+    _run(["dvc", "repro"], project)
+    _run(["dvc", "remote", "add", "--default", "--force", "storage", str(tmp_path / "dvc-remote")], project)
+    _run(["git", "add", "-A"], project)
+    _run([*commit, "a run, its outputs in the DVC remote"], project)
+    _run(["dvc", "push"], project)
+    _run(["git", "init", "--bare", "-q", str(tmp_path / "origin.git")], tmp_path)
+    _run(["git", "remote", "add", "origin", str(tmp_path / "origin.git")], project)
+    _run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], project)
+    _run(["dvc", "exp", "run", "--temp", "-n", "shared-exp", "-S", "train.seed=1"], project)
+    _run(["dvc", "exp", "push", "origin", "shared-exp"], project)  # its git ref and its data
+
+    clone = tmp_path / "clone"
+    _run(["git", "clone", "-q", "-b", "main", str(tmp_path / "origin.git"), str(clone)], tmp_path)
+    _run(["dvc", "pull"], clone)
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], clone)
+    assert _ran(_run(["dvc", "repro", "--dry"], clone)) == []
+    for out in ("models/model.pt", "report/index.html", "data/split/manifest.parquet"):
+        assert (clone / out).read_bytes() == (project / out).read_bytes(), out
+    _run(["dvc", "exp", "pull", "origin", "shared-exp"], clone)
+    assert "shared-exp" in _run(["dvc", "exp", "list", "--name-only"], clone)
+    _run(["dvc", "exp", "apply", "shared-exp"], clone)  # its outputs come from the DVC remote
+    assert json.loads((clone / "metrics/train.json").read_text())["seed"] == 1
+    assert "Data and pipelines are up to date" in _run(["dvc", "status"], clone)

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pandas as pd
 import yaml
-from fit_util import RANDAUGMENT, write_split
+from fit_util import RANDAUGMENT, digits_split, write_split
 
 from pipeline import __main__ as cli
 from pipeline import fit, params
@@ -36,6 +36,7 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
         "parameters",
         "threads",
         "seed",
+        "world_size",
     }
     assert m["n_train"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
     curves = pd.read_csv(out / "plots" / "curves.csv")
@@ -54,6 +55,26 @@ def test_train_seed_moves_training_only(tmp_path):
     dvc = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())
     readers = [n for n, st in dvc["stages"].items() if any(p in ("train", "train.seed") for p in st.get("params", []))]
     assert readers == ["train"]  # no data stage re-runs for another train seed
+
+
+def test_ddp_two_processes_train_digits_reproducibly(tmp_path):
+    split, assemble, _ = digits_split(tmp_path)
+    recipe = {"epochs": 3, "batch_size": 64, "threads": 1}
+    assert _train(tmp_path, tmp_path / "one", split, assemble, **recipe) == 0
+    for run in ("a", "b"):
+        assert _train(tmp_path, tmp_path / run, split, assemble, **recipe, nproc=2) == 0
+    one, ddp = (json.loads((tmp_path / r / "train.json").read_text()) for r in ("one", "a"))
+    assert one["world_size"] == 1 and ddp["world_size"] == 2
+    assert ddp["val_accuracy"] > 0.85 and abs(ddp["val_accuracy"] - one["val_accuracy"]) < 0.05  # the same batches
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
+    curves = pd.read_csv(tmp_path / "a" / "plots" / "curves.csv")
+    assert len(curves) == 3 and curves["train_loss"].is_monotonic_decreasing
+
+
+def test_ddp_refuses_a_batch_it_cannot_share_evenly(tmp_path, capsys):
+    split, assemble, _ = write_split(tmp_path)
+    assert _train(tmp_path, tmp_path / "o", split, assemble, batch_size=33, nproc=2) == 2
+    assert "multiple of train.nproc 2" in capsys.readouterr().err
 
 
 def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):

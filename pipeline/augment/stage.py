@@ -19,8 +19,6 @@ override a RandAugment policy's N and M; the metrics record the N and M used.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ import pandas as pd
 from pipeline import dataset, gallery, schema, wiring
 from pipeline.augment import policy as pol
 from pipeline.console import log, progress
+from pipeline.executor import cores, ordered_map
 from pipeline.params import Params
 
 COLUMNS = schema.columns("policy", "ops", "seed")
@@ -105,45 +104,35 @@ def augment_range(job: Job, start: int, stop: int) -> tuple[np.ndarray, list[str
     return np.stack(pixels), records, seeds, hashes, counts
 
 
-_JOB: Job | None = None
+def _span(job: Job, span: tuple[int, int]):
+    return augment_range(job, *span)
 
 
-def _init(job: Job) -> None:
-    global _JOB
-    _JOB = job
+def _one_cv2_thread() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # a worker per core: OpenCV's own threads would oversubscribe it
 
 
-def _work(span: tuple[int, int]):
-    return augment_range(_JOB, *span)
+def augment(job: Job, workers: int, executor: str = "local", desc: str = "augment") -> Iterator[tuple]:
+    """`augment_range` over chunks of parents, in order, on `workers` processes (0: all cores) of
+    `executor` (pipeline/executor.py)."""
+    import cv2
 
-
-def augment(job: Job, workers: int, desc: str = "augment") -> Iterator[tuple]:
-    """`augment_range` over chunks of parents, in order, on `workers` processes (0: all cores)."""
     n = len(job.parents)
     spans = [(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    workers = min(workers or cores, len(spans))
     bar = progress(total=n * job.copies, desc=desc, unit="img")
-    if workers <= 1:
-        for span in spans:
-            res = augment_range(job, *span)
+    # OpenCV's thread pool does not survive a fork (a child that touches it can hang), so it is
+    # wound down before the local pool forks; the parallelism is over images anyway
+    threads = cv2.getNumThreads()
+    if min(workers or cores(), len(spans)) > 1:
+        cv2.setNumThreads(1)
+    try:
+        for res in ordered_map(_span, spans, job, workers, executor, initializer=_one_cv2_thread):
             bar.update(len(res[1]))
             yield res
-    else:  # fork: the workers share the imported modules and need no re-import
-        import cv2
-
-        # OpenCV's own thread pool does not survive a fork (a child that touches it can hang),
-        # so it is wound down first; the parallelism is over images anyway.
-        threads = cv2.getNumThreads()
-        cv2.setNumThreads(1)
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else None)
-        try:
-            with ctx.Pool(workers, initializer=_init, initargs=(job,)) as pool:
-                for res in pool.imap(_work, spans):
-                    bar.update(len(res[1]))
-                    yield res
-        finally:
-            cv2.setNumThreads(threads)
+    finally:
+        cv2.setNumThreads(threads)
     bar.close()
 
 
@@ -158,6 +147,7 @@ def run(
         "enabled": cfg.enabled,
         "mode": cfg.mode,
         "policy": policy_name,
+        "executor": params.base.executor,
         "kind": policy.kind,
         "num_ops": getattr(policy, "num_ops", None),
         "magnitude": getattr(policy, "magnitude", None),
@@ -170,7 +160,7 @@ def run(
     job = Job(Source(parents), tuple(parents["sample_id"]), policy, cfg.copies, params.base.seed)
     writer = dataset.ShardWriter(out / "images", final_dir / "images")
     records, seeds, hashes, locs, counts = [], [], [], [], Counter()
-    for px, rec, sd, hs, cnt in augment(job, cfg.workers, desc=f"augment {policy_name}"):
+    for px, rec, sd, hs, cnt in augment(job, cfg.workers, params.base.executor, desc=f"augment {policy_name}"):
         locs.extend(writer.add(p) for p in px)
         records += rec
         seeds += sd

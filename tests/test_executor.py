@@ -1,0 +1,92 @@
+"""Where the per-sample work runs: the local pool and Ray Data give the same results in the same
+order; ingest + augment on a local Ray (2 CPUs) write the same bytes as on the local executor; with
+`executor: local` nothing imports ray."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from corpus import make
+
+from pipeline import dataset
+from pipeline.__main__ import main as cli
+from pipeline.executor import ordered_map
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _square_plus(shared: int, x: int) -> int:
+    return x * x + shared
+
+
+def test_the_local_pool_keeps_input_order_and_passes_the_shared_value():
+    items = list(range(50))
+    want = [x * x + 7 for x in items]
+    assert list(ordered_map(_square_plus, items, 7, workers=1)) == want
+    assert list(ordered_map(_square_plus, items, 7, workers=2)) == want
+    assert list(ordered_map(_square_plus, [], 7, workers=2)) == []
+
+
+def _stage(name: str, params_file: Path, **flags) -> None:
+    argv = [name, "--quiet", "--params", str(params_file), *(str(v) for kv in flags.items() for v in kv)]
+    assert cli(argv) == 0
+
+
+def _ingest_and_augment(tmp_path: Path, images: Path, executor: str) -> Path:
+    out = tmp_path / executor
+    params = {
+        "base": {"executor": executor},
+        "ingest": {"source": "imagefolder", "path": str(images), "workers": 2, "shard_size": 64},
+        "augment": {"workers": 2, "preview": 0, "copies": 2},
+    }
+    (out / "params.yaml").parent.mkdir(parents=True)
+    (out / "params.yaml").write_text(yaml.safe_dump(params))
+    _stage("ingest", out / "params.yaml", **{"--out": out / "ingest", "--metrics": out / "ingest.json"})
+    df, classes = dataset.read_manifest(out / "ingest")
+    split = df.assign(split=["train" if i % 5 else "val" for i in range(len(df))])  # augment copies train
+    dataset.write_manifest(split, out / "split" / dataset.MANIFEST, classes)
+    flags = {"--clean": out / "split", "--policy": ROOT / "augment_policies/randaugment.yaml"}
+    flags |= {"--out": out / "augment", "--metrics": out / "augment.json", "--plots": out / "plots"}
+    _stage("augment", out / "params.yaml", **flags)
+    return out
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_ingest_and_augment_on_a_local_ray_write_the_same_bytes_as_local(tmp_path):
+    images = make("imbalanced_5", tmp_path / "images")  # 160 files, PNG and JPEG, mixed sizes and modes
+    started = time.perf_counter()
+    local = _ingest_and_augment(tmp_path, images, "local")
+    mid = time.perf_counter()
+    ray = _ingest_and_augment(tmp_path, images, "ray")
+    print(f"ingest + augment: local {mid - started:.1f} s, ray {time.perf_counter() - mid:.1f} s (start-up included)")
+    for out in ("ingest", "augment"):
+        a, b = _files(local / out), _files(ray / out)
+        assert a.keys() == b.keys() and len(a) >= 2  # a manifest and its image store(s)
+        assert a == b, [k for k in a if a[k] != b[k]]
+        ma, mb = (json.loads((d / f"{out}.json").read_text()) for d in (local, ray))
+        assert (ma.pop("executor"), mb.pop("executor")) == ("local", "ray") and ma == mb
+    assert len(pd.read_parquet(ray / "augment" / dataset.MANIFEST)) == 2 * 128
+
+
+def test_with_the_local_executor_nothing_imports_ray(tmp_path):
+    images = make("tiny_2x12", tmp_path / "images")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"ingest": {"source": "imagefolder", "path": str(images)}}))
+    code = (
+        "import sys; from pipeline.__main__ import main; "
+        f"rc = main(['ingest', '--quiet', '--params', {str(tmp_path / 'params.yaml')!r}, "
+        f"'--out', {str(tmp_path / 'out')!r}, '--metrics', {str(tmp_path / 'm.json')!r}]); "
+        "print(rc, 'ray' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.split() == ["0", "False"]
