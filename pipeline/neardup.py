@@ -289,6 +289,36 @@ class CoarseIndex:
         return qr[keep], self.order[b[keep]], np.sqrt(np.maximum(d2[keep], 0))
 
 
+class FaissIndex:
+    """The same queries on faiss's inverted file (`IndexIVFFlat`, exact distances in the probed
+    cells), for `split.near_duplicates.index: faiss`: the kept ANN library in place of the
+    hand-written cells (bench/bench_neardup_index.py compares them)."""
+
+    def __init__(self, base: np.ndarray, cells: int | None = None, seed: int = 0):
+        import faiss
+
+        n, d = base.shape
+        cells = cells or max(1, min(n, int(round(2 * math.sqrt(n)))))
+        self.index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, cells)
+        self.index.cp.seed = seed  # its k-means draws its starting points from this
+        self.index.cp.min_points_per_centroid = 1  # small sets: no warning, same cells
+        self.index.train(np.ascontiguousarray(base))
+        self.index.add(np.ascontiguousarray(base))
+        self.cells, self.compared = cells, 0
+
+    def query(
+        self, q: np.ndarray, radius: float, neighbours: int, probes: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query row, base index, distance) for up to `neighbours` base rows within radius."""
+        self.index.nprobe = min(probes, self.cells)
+        d2, idx = self.index.search(np.ascontiguousarray(q, dtype=np.float32), neighbours)
+        qr, k = np.nonzero((idx >= 0) & (d2 <= radius * radius))
+        return qr.astype(np.int64), idx[qr, k].astype(np.int64), np.sqrt(np.maximum(d2[qr, k], 0))
+
+
+INDEXES = {"own": CoarseIndex, "faiss": FaissIndex}
+
+
 # ---------------------------------------------------------------- verification
 
 
@@ -342,6 +372,7 @@ class Cascade:
     radius: float = 0.12  # candidate radius in descriptor space
     neighbours: int = 4  # candidates kept per query
     probes: int = 2  # index cells probed per query
+    index: str = "own"  # own (CoarseIndex) | faiss (FaissIndex)
     both_ways: bool = True  # query a at s and b at -s: twice the queries, fewer misses
     rms_threshold: float | None = 6.5
     peak_threshold: float | None = 12.0
@@ -370,7 +401,7 @@ class Cascade:
             return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("i", "j", "dy", "dx")}).assign(
                 dist=np.zeros(0, np.float32)
             )
-        index = CoarseIndex(base)
+        index = INDEXES[self.index](base)
         found = [pd.DataFrame({"i": [], "j": [], "dy": [], "dx": [], "dist": []})]
         for pos, pix in progress(chunks()):
             feats = self.descriptor.compute(gray(pix), offsets)

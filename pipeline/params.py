@@ -83,6 +83,7 @@ class NearDuplicates(Section):
     grid: int = Field(10, ge=4, le=32)  # descriptor lattice (grid x grid samples)
     radius: float = Field(0.12, gt=0.0, le=2.0)  # candidate radius between unit-norm descriptors
     neighbours: int = Field(4, ge=1, le=64)  # candidates kept per query (and offset)
+    index: Literal["own", "faiss"] = "own"  # the candidate search: the hand-written cells, or faiss's IVF
     rms_threshold: float = Field(6.5, ge=0.0, le=255.0)  # near duplicate if rms residual <= this ...
     peak_threshold: float = Field(12.0, ge=0.0, le=255.0)  # ... or smoothed peak residual <= this
     chunk: int = Field(8192, ge=16)  # images per feature batch (bounds memory)

@@ -134,6 +134,7 @@ def detector(cfg: NearDuplicates) -> neardup.Cascade:
         max_shift=cfg.max_shift,
         radius=cfg.radius,
         neighbours=cfg.neighbours,
+        index=cfg.index,
         rms_threshold=cfg.rms_threshold,
         peak_threshold=cfg.peak_threshold,
     )

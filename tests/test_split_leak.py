@@ -147,6 +147,13 @@ def test_each_planted_kind_lands_in_its_originals_cluster(clustered, fmt, kind):
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
+def test_the_faiss_index_forms_the_same_clusters(clustered, fmt):
+    df = clustered[fmt]
+    with_faiss = split.clusters(df.drop(columns="cluster_id"), NearDuplicates(index="faiss")).cluster_id
+    assert (with_faiss.to_numpy() == df["cluster_id"].to_numpy()).all()
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
 def test_distinct_images_are_not_merged(clustered, fmt):
     originals = clustered[fmt][clustered[fmt]["kind"] == "original"]
     merged = originals["cluster_id"].duplicated(keep=False)
@@ -328,15 +335,19 @@ def test_descriptor_at_an_offset_is_the_descriptor_of_the_moved_image():
     assert np.linalg.norm(at_offset - plain) < 0.05 < 0.5 < np.linalg.norm(at_zero - plain)
 
 
-def test_index_finds_what_brute_force_finds_without_comparing_all_pairs():
+@pytest.mark.parametrize("kind", ["own", "faiss"])
+def test_index_finds_what_brute_force_finds_without_comparing_all_pairs(kind):
     rng = np.random.default_rng(0)
     base = rng.normal(size=(4000, 16)).astype(np.float32)
     base /= np.linalg.norm(base, axis=1, keepdims=True)
     queries = base[:200] + rng.normal(scale=0.01, size=(200, 16)).astype(np.float32)
-    index = neardup.CoarseIndex(base)
-    q, b, _ = index.query(queries, radius=0.1, neighbours=1, probes=2)
-    assert (b[np.argsort(q)] == np.arange(200)).all()
-    assert index.compared < 200 * 4000 / 10  # far from all pairs
+    index = neardup.INDEXES[kind](base)
+    q, b, d = index.query(queries, radius=0.1, neighbours=1, probes=2)
+    assert (b[np.argsort(q)] == np.arange(200)).all() and (d <= 0.1).all()
+    far, _, _ = index.query(-queries, radius=0.1, neighbours=1, probes=2)
+    assert len(far) == 0  # nothing within the radius: nothing returned
+    if kind == "own":
+        assert index.compared < 200 * 4000 / 10  # far from all pairs
 
 
 def test_components_joins_chains_and_names_them_by_their_smallest_member():
