@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline import dataset, gallery, schema, wiring
 from pipeline.console import log, progress
 from pipeline.errors import PipelineError
+from pipeline.executor import ordered_map
 from pipeline.params import RECIPE_KEYS, Adversarial, Params
 
 COLUMNS = schema.columns("attack", "eps", "norm", "steps", "source_model", "flipped", "pred_label")
@@ -80,10 +81,37 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     return result.model, hashlib.sha256(state).hexdigest()[:16]
 
 
+def _attack(job: tuple, start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Worker: the adversarial uint8 pixels of one batch and the model's predictions on them."""
+    import torch
+
+    from pipeline import attacks
+
+    model, x, y, attack, acfg, seed, batch = job
+    adv = attacks.attack_batches(
+        model, x[start : start + batch], y[start : start + batch], attack, acfg, seed=seed + start
+    )
+    adv8 = torch.round(adv * 255).to(torch.uint8)
+    with torch.no_grad():
+        pred = model(adv8.float() / 255).argmax(1).numpy()
+    return adv8.permute(0, 2, 3, 1).numpy(), pred
+
+
 def generate(
-    model, pixels: np.ndarray, labels: np.ndarray, cfg: Adversarial, seed: int, num_classes: int
+    model,
+    pixels: np.ndarray,
+    labels: np.ndarray,
+    cfg: Adversarial,
+    seed: int,
+    num_classes: int,
+    executor: str = "local",
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Adversarial uint8 pixels and the model's predictions on them."""
+    """Adversarial uint8 pixels and the model's predictions on them. Each batch draws from its own
+    seed, so batches run anywhere: here (local), or one a task on Ray's workers, each with this
+    process's `threads` torch threads (the float kernels' bits depend on the count: the same bytes)."""
+    import functools
+
     import torch
 
     from pipeline import attacks, fit
@@ -96,16 +124,15 @@ def generate(
     acfg = attacks.AttackConfig(
         eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, random_start=cfg.random_start, targeted=cfg.targeted
     )
-    out, preds = [], []
     model.eval()
-    for i in progress(range(0, len(x), cfg.batch_size), desc=f"adversarial {cfg.attack}", unit="batch"):
-        adv = attacks.attack_batches(
-            model, x[i : i + cfg.batch_size], y[i : i + cfg.batch_size], cfg.attack, acfg, seed=seed + i
-        )
-        adv8 = torch.round(adv * 255).to(torch.uint8)
-        with torch.no_grad():
-            preds.append(model(adv8.float() / 255).argmax(1).numpy())
-        out.append(adv8.permute(0, 2, 3, 1).numpy())
+    starts = range(0, len(x), cfg.batch_size)
+    job = (model, x, y, cfg.attack, acfg, seed, cfg.batch_size)
+    init = functools.partial(torch.set_num_threads, threads)
+    results = ordered_map(_attack, starts, job, 1 if executor == "local" else 0, executor, initializer=init)
+    out, preds = [], []
+    for adv8, pred in progress(results, desc=f"adversarial {cfg.attack}", unit="batch", total=len(starts)):
+        out.append(adv8)
+        preds.append(pred)
     if not out:
         return np.zeros((0, *pixels.shape[1:]), np.uint8), np.zeros(0, np.int64)
     return np.concatenate(out), np.concatenate(preds)
@@ -116,7 +143,8 @@ def run(
 ) -> tuple[pd.DataFrame, dict]:
     cfg = params.adversarial
     chosen = select(split_df, cfg.fraction, params.base.seed) if cfg.enabled else split_df.iloc[:0]
-    metrics = {"enabled": cfg.enabled, "attack": cfg.attack, "eps": cfg.eps, "attacked": len(chosen)}
+    metrics = {"enabled": cfg.enabled, "executor": params.base.executor, "attack": cfg.attack, "eps": cfg.eps}
+    metrics["attacked"] = len(chosen)
     if len(chosen) == 0:
         metrics.update(kept=0, flip_rate=0.0)
         return pd.DataFrame(columns=COLUMNS), metrics
@@ -126,7 +154,8 @@ def run(
     model, model_id = source_model(params, split_df, classes)
     clean = dataset.load_pixels(chosen)
     labels = chosen["label_id"].to_numpy()
-    adv, pred = generate(model, clean, labels, cfg, params.base.seed, len(classes))
+    executor = params.base.executor
+    adv, pred = generate(model, clean, labels, cfg, params.base.seed, len(classes), executor, fit.threads(params.train))
     flipped = pred != labels
     keep = flipped if cfg.keep == "successful" else np.ones(len(adv), bool)
     writer = dataset.ShardWriter(out / "images", final_dir / "images")

@@ -62,14 +62,33 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _attack(executor: str, pixels, labels):
+    import torch
+
+    from pipeline import adversarial, fit, params
+
+    cfg = params.Adversarial(batch_size=16, steps=3)
+    model = fit.new_model(pixels, params.Train(width=8), 5, torch.Generator().manual_seed(0))
+    return adversarial.generate(model, pixels, labels, cfg, 0, 5, executor, threads=1)
+
+
 @pytest.mark.slow
-def test_ingest_and_augment_on_a_local_ray_write_the_same_bytes_as_local(tmp_path):
+def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_local(tmp_path):
+    from pipeline.executor import ray_session
+
     images = make("imbalanced_5", tmp_path / "images")  # 160 files, PNG and JPEG, mixed sizes and modes
     started = time.perf_counter()
     local = _ingest_and_augment(tmp_path, images, "local")
     mid = time.perf_counter()
-    ray = _ingest_and_augment(tmp_path, images, "ray")
+    with ray_session(2):  # one local Ray (2 CPUs) for the three stages, as a cluster would be
+        ray = _ingest_and_augment(tmp_path, images, "ray")
+        df, _ = dataset.read_manifest(ray / "ingest")
+        pixels, labels = dataset.load_pixels(df.iloc[:60]), df["label_id"].to_numpy()[:60]
+        adv_ray = _attack("ray", pixels, labels)
     print(f"ingest + augment: local {mid - started:.1f} s, ray {time.perf_counter() - mid:.1f} s (start-up included)")
+    adv_local = _attack("local", pixels, labels)
+    assert adv_local[0].shape == pixels.shape and (adv_local[0] != pixels).any()
+    assert all((a == b).all() for a, b in zip(adv_local, adv_ray))  # pixels and predictions
     for out in ("ingest", "augment"):
         a, b = _files(local / out), _files(ray / out)
         assert a.keys() == b.keys() and len(a) >= 2  # a manifest and its image store(s)
