@@ -118,7 +118,7 @@ def project(times: dict[int, dict], sizes: list[int]) -> dict:
                     div = nodes
                 else:
                     div = 1
-                row[f"{target // 1_000_000}M_{nodes}nodes_h"] = round(single / div / 3600, 2)
+                row[f"{target // 1_000_000}M_{nodes}nodes_min"] = round(single / div / 60, 1)
         out[stage] = row
     return out
 
