@@ -535,6 +535,25 @@ def _card(run: Run) -> str:
     )
 
 
+def _ablation_bars(rows: list[dict]):
+    """Test accuracy per row, mean +- std over seeds, with "all" as a line to compare against."""
+
+    def draw(ax):
+        names = [r["row"] for r in rows]
+        mean = [r["accuracy"]["mean"] for r in rows]
+        std = [r["accuracy"]["std"] for r in rows]
+        ax.bar(names, mean, yerr=std, capsize=3, color=["tab:green" if n == "all" else "tab:blue" for n in names])
+        ref = next((r["accuracy"]["mean"] for r in rows if r["row"] == "all"), None)
+        if ref is not None:
+            ax.axhline(ref, color="grey", ls="--", lw=0.8)
+        lo = min(m - s for m, s in zip(mean, std))
+        ax.set_ylim(max(0.0, lo - 0.01), min(1.0, max(m + s for m, s in zip(mean, std)) + 0.005))
+        ax.set_ylabel("test accuracy (mean +- std over seeds)")
+        ax.tick_params(axis="x", rotation=30)
+
+    return draw
+
+
 def _ablation(run: Run) -> str:
     path = Path(run.args.ablation)
     data = json.loads(path.read_text()) if path.is_file() else {}
@@ -555,7 +574,8 @@ def _ablation(run: Run) -> str:
             )
             for r in rows
         ]
-        body = _table(table, header) + f"<p>{html.escape(data.get('note', ''))}</p>"
+        chart = _figure(_ablation_bars(rows), 6.5, 3.2)
+        body = _table(table, header) + chart + f"<p>{html.escape(data.get('note', ''))}</p>"
     return f'<section id="ablation"><h2>Ablation: what each stage bought</h2>{body}</section>'
 
 

@@ -78,7 +78,7 @@ def lines(metrics: Path, plots: Path) -> list[str]:
             + (f"; under attack down to {worst[1]:.3f} ({worst[0]})" if worst else "")
         )
     galleries = sorted(str(p) for p in plots.glob("*/*.png") if "augment" not in p.parts)
-    out.append("model     models/model.pt")
+    out.append("report    report/index.html: every stage on one page, offline; the model: models/model.pt")
     out.append(f"plots     {plots}/ (curves: dvc plots show); galleries: {', '.join(galleries) or 'none yet'}")
     out.append(f"compare   {EXP_SHOW}")
     return out
