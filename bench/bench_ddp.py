@@ -54,7 +54,8 @@ def train(work: Path, split: Path, assemble: Path, nproc: int) -> dict:
     recipe = {"epochs": EPOCHS, "min_steps": 0, "patience": 100, "threads": 0, "nproc": nproc}
     (out / "params.yaml").write_text(yaml.safe_dump({"train": recipe, "augment": {"enabled": False}}))
     cmd = [sys.executable, "-m", "pipeline", "train", "--quiet", "--params", str(out / "params.yaml")]
-    cmd += ["--assemble", str(assemble), "--split", str(split), "--policy", "augment_policies/randaugment.yaml"]
+    cmd += ["--assemble", str(assemble), "--split", str(split), "--oof", str(work / "no-oof")]
+    cmd += ["--policy", "augment_policies/randaugment.yaml"]
     cmd += ["--model", str(out / "model.pt"), "--metrics", str(out / "train.json"), "--plots", str(out / "plots")]
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)

@@ -50,7 +50,16 @@ def flags(name: str, derived: list[str]) -> list[str]:
         "pseudo": ["--clean", "data/clean", "--oof", "data/oof", "--out", "data/pseudo", *m],
         "assemble": ["--clean", "data/clean", "--derived", *derived, "--mine", "data/mine"]
         + ["--out", "data/assemble", *m],
-        "train": ["--assemble", "data/assemble", "--split", "data/split", "--policy", "augment_policies/none.yaml"]
+        "train": [
+            "--assemble",
+            "data/assemble",
+            "--split",
+            "data/split",
+            "--oof",
+            "data/oof",
+            "--policy",
+            "augment_policies/none.yaml",
+        ]
         + ["--model", "models/model.pt", *m, "--plots", "plots/train"],
         "evaluate": ["--model", "models/model.pt", "--split", "data/split", *m, "--plots", "plots/evaluate"],
     }[name]

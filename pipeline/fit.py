@@ -255,7 +255,8 @@ class BatchStep:
 
     In order: `online(x_uint8_NHWC, sample_ids, epoch)` applies an augmentation policy;
     adversarial examples made against the current model replace `cfg.adversarial.ratio` of
-    the batch; mixup / CutMix / random erasing mix the batch with soft targets. With every
+    the batch; mixup / CutMix / random erasing mix the batch with soft targets. `soft`: the
+    training samples' own soft targets (N, K) in place of the smoothed one-hot labels. With every
     option off this is the plain cross-entropy step and draws no random numbers, so a run
     is byte-identical to one that never had the options.
     """
@@ -269,6 +270,7 @@ class BatchStep:
         sample_ids: list[str] | None = None,
         online=None,
         mix=None,
+        soft: np.ndarray | None = None,
     ):
         if online is not None and sample_ids is None:
             raise PipelineError("online augmentation needs the training samples' ids")
@@ -280,6 +282,7 @@ class BatchStep:
             )
         self.cfg, self.num_classes, self.x_train = cfg, num_classes, x_train
         self.sample_ids, self.online, self.mix = sample_ids, online, mix
+        self.soft = None if soft is None else torch.from_numpy(np.asarray(soft, np.float32))
         on = cfg.adversarial.attack != "none" and cfg.adversarial.ratio > 0
         self.adv = cfg.adversarial if on else None
 
@@ -293,15 +296,16 @@ class BatchStep:
         xb, yb = _float(xb8), y[idx]
         if self.adv is not None:
             xb = self._adversarial(model, xb, yb, g)
-        if self.mix is None:
+        if self.mix is None and self.soft is None:
             logits = model(xb)
             loss = F.cross_entropy(logits, yb, reduction="none", label_smoothing=self.cfg.label_smoothing)
             if self.cfg.focal_gamma > 0:
                 p_t = torch.softmax(logits, 1).gather(1, yb[:, None])[:, 0]
                 loss = (1 - p_t).pow(self.cfg.focal_gamma) * loss
             return logits, loss
-        soft = one_hot(yb, self.num_classes, self.cfg.label_smoothing)
-        xb, soft = self.mix(xb, soft, g)
+        soft = one_hot(yb, self.num_classes, self.cfg.label_smoothing) if self.soft is None else self.soft[idx]
+        if self.mix is not None:
+            xb, soft = self.mix(xb, soft, g)
         logits = model(xb.contiguous(memory_format=torch.channels_last))
         loss = soft_cross_entropy(logits, soft)
         if self.cfg.focal_gamma > 0:  # p_t of a soft target: the probability mass it agrees with
@@ -382,6 +386,7 @@ def fit(
     on_epoch_end=None,
     mix=None,
     difficulty: np.ndarray | None = None,
+    soft_targets: np.ndarray | None = None,
 ) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
@@ -394,6 +399,7 @@ def fit(
     record training dynamics; it must not train the model.
     `difficulty`: per sample, higher = harder (the mine stage's hardness), which orders the
     samples under `cfg.curriculum` (`curriculum_order`); needed unless it is "none".
+    `soft_targets`: (N, K) targets that replace the smoothed one-hot labels (train.soft_labels).
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
@@ -423,7 +429,11 @@ def fit(
     x8, y = to_tensor(x_train), torch.tensor(y_train)
     xv8, yv = (to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
     opt = make_optimizer(model, cfg)
-    step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix)
+    if soft_targets is not None and np.shape(soft_targets) != (len(y_train), num_classes):
+        raise PipelineError(
+            f"expected soft targets of shape ({len(y_train)}, {num_classes}), got {np.shape(soft_targets)}"
+        )
+    step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix, soft_targets)
     bs = min(cfg.batch_size, len(y))
     _, size = world()
     if size > 1 and bs % size:  # unequal shares would draw different random numbers per process

@@ -182,6 +182,9 @@ class Train(Section):
     # added to base.seed for this stage only: another training run on the same data (the split, oof
     # and every data stage stay), for seed noise and the ablation's repeats
     seed: int = Field(0, ge=0)
+    # knowledge from the oof folds: each target becomes (1 - s) x its smoothed one-hot label + s x the
+    # fold ensemble's out-of-fold probabilities of the sample (of its parent, for derived copies); 0: off
+    soft_labels: float = Field(0.0, ge=0.0, le=1.0)
     # training processes (torch DDP through torch.distributed.run, gloo: the training core runs on CPU); each takes
     # a share of every batch, so the global batch and the schedule stay those of one process
     nproc: int = Field(1, ge=1)

@@ -28,8 +28,25 @@ def seed(params: Params) -> int:
     return params.base.seed + params.train.seed
 
 
-def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None):
-    """(FitResult, metrics) for a training manifest and a val manifest."""
+def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float, smoothing: float) -> np.ndarray:
+    """(1 - share) x the smoothed one-hot label + share x the oof ensemble's probabilities of each
+    sample, looked up by its own id (real samples: out-of-fold, so not memorised) or its parent's
+    (augmented, adversarial and pseudo-labeled copies); the one-hot label alone where there is none
+    (synthetic samples)."""
+    hard = np.full((len(train_df), k), smoothing / k)
+    hard[np.arange(len(train_df)), train_df["label_id"].to_numpy()] += 1.0 - smoothing
+    own = train_df["sample_id"].map(probs)
+    key = own.where(own.notna(), train_df["parent_id"].map(probs)) if "parent_id" in train_df else own
+    found = key.notna().to_numpy()
+    ens = hard.copy()
+    if found.any():
+        ens[found] = np.stack(key[found].to_numpy())
+    return ((1.0 - share) * hard + share * ens).astype(np.float32)
+
+
+def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None, oof_probs=None):
+    """(FitResult, metrics) for a training manifest and a val manifest; `oof_probs`: the oof
+    ensemble's probabilities by sample id (for `train.soft_labels`)."""
     from pipeline import fit, models
     from pipeline.augment import mixing
 
@@ -49,6 +66,9 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         sample_ids=train_df["sample_id"].tolist(),
         mix=mixing.make_batch_transform(cfg, seed(params)),
         difficulty=_difficulty(train_df, cfg),
+        soft_targets=soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
+        if cfg.soft_labels > 0
+        else None,
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
@@ -95,6 +115,7 @@ STAGE = wiring.Stage(
     reads=(
         wiring.Flag("--assemble", "assemble output: the training set"),
         wiring.Flag("--split", "split output, for val"),
+        wiring.Flag("--oof", "oof output: the fold ensemble's probabilities, for train.soft_labels"),
         wiring.Flag("--policy", "the policy file augment.policy names, for augment.mode online"),
     ),
     writes=(wiring.Flag("--model", "model file to write"),),
@@ -144,7 +165,13 @@ def _main(params: Params, args: argparse.Namespace) -> None:
         raise PipelineError(f"{args.assemble}: class list differs from {args.split}'s")
     val_df = split_df[split_df["split"] == "val"]
     log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
-    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy))
+    probs = None
+    if params.train.soft_labels > 0:
+        from pipeline import artifacts
+
+        oof_df = artifacts.read_oof(args.oof)[0]
+        probs = oof_df.set_index("sample_id")[artifacts.PROBS].dropna()
+    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs)
     if fit.world()[0] != 0:
         return  # every DDP process holds the same model: process 0 writes it
     fit.save_model(args.model, result.model, result.config, classes)

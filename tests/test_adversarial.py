@@ -147,6 +147,8 @@ def test_evaluate_reports_robustness(tmp_path):
                 *p,
                 "--assemble",
                 str(assembled),
+                "--oof",
+                str(tmp_path / "no-oof"),  # read only for train.soft_labels
                 "--policy",
                 RANDAUGMENT,
                 "--split",

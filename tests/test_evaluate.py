@@ -97,6 +97,8 @@ def trained(tmp_path_factory):
             "--quiet",
             "--assemble",
             str(assemble),
+            "--oof",
+            str(root / "no-oof"),  # read only for train.soft_labels
             "--policy",
             RANDAUGMENT,
             "--split",

@@ -1,12 +1,16 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pytest
+import torch
 import yaml
-from fit_util import RANDAUGMENT, digits_split, write_split
+from fit_util import RANDAUGMENT, digits_split, patterns, write_split
 
 from pipeline import __main__ as cli
 from pipeline import fit, params
+from pipeline.errors import PipelineError
 
 
 def _train(tmp_path, out, split, assemble, **train) -> int:
@@ -14,6 +18,7 @@ def _train(tmp_path, out, split, assemble, **train) -> int:
     recipe = {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}
     params_file.write_text(yaml.safe_dump({"train": recipe | train}))
     flags = {"--assemble": assemble, "--policy": RANDAUGMENT, "--split": split, "--model": out / "model.pt"}
+    flags |= {"--oof": tmp_path / "no-oof"}  # read only for train.soft_labels
     flags |= {"--metrics": out / "train.json", "--plots": out / "plots"}
     return cli.main(["train", "--params", str(params_file), "--quiet", *map(str, sum(flags.items(), ()))])
 
@@ -82,6 +87,7 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
     _, other, _ = write_split(tmp_path / "b", k=3)
     (tmp_path / "params.yaml").write_text("{}\n")
     flags = {"--assemble": other, "--split": split, "--policy": RANDAUGMENT, "--model": tmp_path / "m.pt"}
+    flags |= {"--oof": tmp_path / "no-oof"}
     flags |= {"--metrics": tmp_path / "m.json", "--plots": tmp_path / "plots"}
     rc = cli.main(["train", "--quiet", "--params", str(tmp_path / "params.yaml"), *map(str, sum(flags.items(), ()))])
     assert rc == 2 and "class list differs" in capsys.readouterr().err
@@ -94,3 +100,32 @@ def test_small_data_trains_for_more_epochs_to_reach_min_steps():
     assert small.epochs == 40 and small.patience == 7
     assert fit.schedule(cfg, 100).epochs == 200  # one step an epoch: capped
     assert fit.schedule(cfg.model_copy(update={"min_steps": 0}), 100).epochs == 30
+
+
+def test_soft_targets_mix_the_ensemble_in_by_own_or_parent_id():
+    from pipeline import train
+
+    df = pd.DataFrame(
+        {
+            "sample_id": ["a", "b", "copy-of-a", "synthetic"],
+            "parent_id": [None, None, "a", None],
+            "label_id": [0, 1, 0, 2],
+        }
+    )
+    probs = pd.Series({"a": [0.6, 0.4, 0.0], "b": [0.1, 0.8, 0.1]})
+    t = train.soft_targets(df, probs, 3, share=0.5, smoothing=0.0)
+    assert np.allclose(t.sum(1), 1.0)
+    assert np.allclose(t[0], [0.8, 0.2, 0.0]) and np.allclose(t[2], t[0])  # the copy takes its parent's
+    assert np.allclose(t[1], [0.05, 0.9, 0.05]) and np.allclose(t[3], [0, 0, 1])  # no probabilities: one-hot
+
+
+def test_soft_targets_reach_training_and_are_checked():
+    x, y = patterns(120, 8, 1, 4, 0)
+    cfg = params.Train(epochs=1, batch_size=32, width=8, threads=1, min_steps=0)
+    plain = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0)
+    soft = np.full((len(y), 4), 0.25, np.float32)
+    mixed = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, soft_targets=soft)
+    a, b = plain.model.state_dict(), mixed.model.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(PipelineError, match="soft targets of shape"):
+        fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, soft_targets=soft[:10])
