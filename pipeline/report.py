@@ -80,7 +80,7 @@ class Run:
 def health(run: Run) -> dict:
     """metrics/data_health.json: flat figures of the data's state, None where a stage did not measure it."""
     m = run.m
-    train_counts = [v for v in (m("split", "per_class.train") or {}).values()]
+    train_counts = list((m("split", "per_class.train") or {}).values())
     rates = m("clean", "flag_rates") or {}
     patch = patches.read_patches(run.args.labels)
     multi = patch[patch["annotators"].fillna(0) >= 2] if len(patch) else patch
