@@ -48,6 +48,9 @@ def rows(params: Params) -> dict[str, dict]:
         log.info("ablate: no unlabeled pool, so no pseudo row")
     if not recipe:
         raise PipelineError("ablate.recipe: no stage to switch (expected {stage: {with: {...}, without: {...}}})")
+    for stage, sides in recipe.items():
+        if missing := sorted({"with", "without"} - set(sides)):
+            raise PipelineError(f"ablate.recipe.{stage}: expected both with and without, got no {missing[0]}")
 
     def row(off: set[str]) -> dict:
         out = dict(settings)

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 from test_e2e_dvc import _run, make_project
 
-GRID = [(1, 3), (3, 6)]  # (augment.num_ops, augment.magnitude); the policy file's own is (2, 9)
+GRID = [(1, 3), (3, 6)]
+# a queue's worth of experiments on digits in minutes: one-epoch models, the slow generators off
+QUICK = {
+    "train": {"epochs": 1},
+    "oof": {"epochs": 1},
+    "adversarial": {"enabled": False},
+    "synthesize": {"enabled": False},
+    "policy_search": {"candidates": 8, "max_samples": 64},
+}  # (augment.num_ops, augment.magnitude); the policy file's own is (2, 9)
 
 
 def _stdout(cmd: list[str], cwd: Path) -> str:
@@ -43,15 +51,7 @@ def _experiments(project: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_randaugment_grid_through_the_experiment_queue(tmp_path: Path):
-    project = make_project(
-        tmp_path / "project",
-        train={"epochs": 1},
-        oof={"epochs": 1},
-        adversarial={"enabled": False},
-        synthesize={"enabled": False},
-        evaluate={"robustness": {"attacks": []}},
-        policy_search={"candidates": 8, "max_samples": 64},
-    )
+    project = make_project(tmp_path / "project", **QUICK, evaluate={"robustness": {"attacks": []}})
     _run(["dvc", "repro"], project)  # the baseline: queued runs reuse its cached stages
     _run(["git", "add", "-A"], project)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
@@ -92,12 +92,8 @@ def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(tmp_path: 
     recipe = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
     project = make_project(
         tmp_path / "project",
-        train={"epochs": 1},
-        oof={"epochs": 1},
-        adversarial={"enabled": False},
-        synthesize={"enabled": False},
+        **QUICK,
         evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
-        policy_search={"candidates": 8, "max_samples": 64},
         ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
     )
     _run(["dvc", "repro"], project)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline import ablate, dvcplots, evaluate, params
+from pipeline.errors import PipelineError
 
 
 def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at():
@@ -56,6 +57,11 @@ def test_rows_are_all_none_and_all_but_one_without_repeats():
     assert full["no-clean"]["clean.action"] == "flag" and full["no-clean"]["mine.enabled"] is True
     pooled = ablate.rows(_params(set={"ingest.keep_labels": 0.05}))
     assert "no-pseudo" in pooled and pooled["all"]["ingest.keep_labels"] == 0.05
+
+
+def test_a_recipe_entry_needs_both_sides():
+    with pytest.raises(PipelineError, match="ablate.recipe.mine: expected both with and without, got no without"):
+        ablate.rows(_params(recipe={"mine": {"with": {"mine.enabled": True}}}))
 
 
 def test_queue_commands_name_each_row_and_seed_and_set_train_seed():
