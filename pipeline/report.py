@@ -416,6 +416,7 @@ KEY_FIGURES = {
     ],
     "oof": [("out-of-fold accuracy", "oof_accuracy"), ("folds", "folds"), ("samples", "n_oof")],
     "clean": [
+        ("flags trusted (oof accuracy >= clean.min_oof_accuracy)", "oof_trusted"),
         ("label issue rate", "flag_rates.label"),
         ("outlier rate", "flag_rates.outlier"),
         ("needs review", "needs_review"),
