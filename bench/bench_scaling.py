@@ -4,6 +4,7 @@ growth exponent per stage, and the projected wall time at 1M and 10M images on 1
 Usage (from the project root, on a quiet machine; Fashion-MNIST IDX files installed):
     .venv/bin/python bench/bench_scaling.py                          # 5k, 10k, 20k, 70k: ~1.5 h on 2 cores
     .venv/bin/python bench/bench_scaling.py --sizes 5000 10000 --set train.epochs=2
+    .venv/bin/python bench/bench_scaling.py --sizes 70000 --merge    # add a size to the JSON's others
 
 For each size N, the first N images (train and test files cut in proportion) are written as IDX
 files, a fresh copy of the project runs `dvc repro` one stage at a time (`--single-item`) under
@@ -133,9 +134,15 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[5_000, 10_000, 20_000, 70_000])
     ap.add_argument("--set", nargs="*", default=[], help="params for every size, key=value")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "scaling_results.json")
+    ap.add_argument("--merge", action="store_true", help="keep --out's times of the sizes not run now")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         times = {n: run_size(n, Path(tmp), args.set) for n in args.sizes}
+    if args.merge and args.out.exists():
+        kept = json.loads(args.out.read_text())["times"]
+        times = {**{int(n): t for n, t in kept.items() if int(n) not in times}, **times}
+        args.sizes = sorted(times)
+        times = {n: times[n] for n in args.sizes}
     results = {
         "cpu_count": os.cpu_count(),
         "set": args.set,

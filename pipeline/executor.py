@@ -34,6 +34,9 @@ def ordered_map(
 ) -> Iterator:
     """`fn(shared, item)` for every item, in order, on `workers` processes (0: every core) of `executor`.
     `initializer()` runs in each worker first (e.g. to set a library's thread count)."""
+    if executor == "local" and workers == 1:  # here, one item at a time: nothing held ahead
+        yield from (fn(shared, it) for it in items)
+        return
     items = list(items)
     workers = max(1, min(workers or cores(), len(items) or 1))
     if executor == "ray":
@@ -91,6 +94,12 @@ def ray_session(workers: int):
     finally:
         if started:
             ray.shutdown()
+
+
+def session(executor: str, workers: int = 0) -> contextlib.AbstractContextManager:
+    """One Ray for a stage's several `ordered_map` calls (with `ray`; nothing with `local`), so
+    a local Ray starts once, not once a call."""
+    return ray_session(workers or cores()) if executor == "ray" else contextlib.nullcontext()
 
 
 def _ray_map(fn: Callable, items: list, shared, workers: int, initializer) -> Iterator:

@@ -381,31 +381,35 @@ class Cascade:
 
     def candidates(
         self,
-        n: int,
-        chunks: Callable[[], Iterable[Chunk]],
+        images: "Images",
         allowed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         progress: Callable[[Iterable], Iterable] = lambda it: it,
     ) -> pd.DataFrame:
         """Candidates (i < j, dy, dx, dist): image i may be image j moved by (dy, dx).
 
-        A pair can come with several offsets; all are kept for verification.
+        A pair can come with several offsets; all are kept for verification. The two passes over
+        the chunks (descriptors at offset 0, then the queries at every offset) run on
+        `images.executor`.
         """
+        from pipeline.executor import ordered_map
+
         offsets = window_offsets(self.max_shift, half=not self.both_ways)
+        workers = 1 if images.executor == "local" else 0
         base = None
-        for pos, pix in chunks():
-            f = self.descriptor.compute(gray(pix), [(0, 0)])[0]
+        job = (self.descriptor, images.take)
+        for pos, f in zip(images.spans, ordered_map(_describe, images.spans, job, workers, images.executor, _blas1)):
             if base is None:
-                base = np.zeros((n, f.shape[1]), np.float32)
+                base = np.zeros((images.n, f.shape[1]), np.float32)
             base[pos] = f
-        if base is None or n < 2:
+        if base is None or images.n < 2:
             return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("i", "j", "dy", "dx")}).assign(
                 dist=np.zeros(0, np.float32)
             )
         index = INDEXES[self.index](base)
+        job = (self.descriptor, images.take, offsets, index, self.radius, self.neighbours, self.probes)
+        queries = ordered_map(_query, images.spans, job, workers, images.executor, _blas1)
         found = [pd.DataFrame({"i": [], "j": [], "dy": [], "dx": [], "dist": []})]
-        for pos, pix in progress(chunks()):
-            feats = self.descriptor.compute(gray(pix), offsets)
-            qr, b, d = index.query(feats.reshape(-1, feats.shape[-1]), self.radius, self.neighbours, self.probes)
+        for pos, (qr, b, d) in progress(zip(images.spans, queries)):
             k, i = np.divmod(qr, len(pos))
             i = pos[i]
             keep = i != b
@@ -486,8 +490,29 @@ class Cascade:
         """Verified pairs (i < j, dy, dx, rms, peak) among `images`, optionally only those
         `allowed(i, j)` (the post-hoc checks look across splits only)."""
         with one_blas_thread():
-            cand = self.candidates(images.n, images.chunks, allowed, progress)
+            cand = self.candidates(images, allowed, progress)
             return self.verify(cand, images.take)
+
+
+def _describe(job: tuple, pos: np.ndarray) -> np.ndarray:
+    """A chunk's offset-0 descriptors (an executor task: reads its own pixels)."""
+    descriptor, take = job
+    return descriptor.compute(gray(take(pos)), [(0, 0)])[0]
+
+
+def _query(job: tuple, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A chunk's candidates at every offset: (query row, base index, distance) from the index."""
+    descriptor, take, offsets, index, radius, neighbours, probes = job
+    feats = descriptor.compute(gray(take(pos)), offsets)
+    return index.query(feats.reshape(-1, feats.shape[-1]), radius, neighbours, probes)
+
+
+_LIMITS = []
+
+
+def _blas1() -> None:
+    """An executor worker's initializer: BLAS on one thread for the worker's life (as `find`)."""
+    _LIMITS.append(one_blas_thread())
 
 
 # ---------------------------------------------------------------- union-find
@@ -512,30 +537,32 @@ def components(n: int, links: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.nda
 
 
 class Images:
-    """Pixels addressed by position 0..n-1: `chunks()` walks them in bounded batches (the
-    feature passes), `take(positions)` reads a few at random (verification)."""
+    """Pixels addressed by position 0..n-1, read in bounded chunks: `spans` are the positions of
+    each chunk (the feature passes walk them in order), `take(positions)` reads pixels (a chunk,
+    or a few at random for verification). `executor` (`base.executor`) is where the feature
+    passes run: here, or on Ray's workers, which read their chunks through `take` themselves
+    (paths every node sees) and get the same chunks, so the same bytes."""
 
-    def __init__(self, n: int, chunks: Callable[[], Iterator[Chunk]], take: Callable[[np.ndarray], np.ndarray]):
-        self.n, self.chunks, self.take = n, chunks, take
+    def __init__(
+        self, n: int, spans: list[np.ndarray], take: Callable[[np.ndarray], np.ndarray], executor: str = "local"
+    ):
+        self.n, self.spans, self.take, self.executor = n, spans, take, executor
+
+    def chunks(self) -> Iterator[Chunk]:
+        for pos in self.spans:
+            yield pos, self.take(pos)
 
     @classmethod
-    def from_array(cls, pixels: np.ndarray, chunk: int = 8192) -> "Images":
-        def gen() -> Iterator[Chunk]:
-            for a in range(0, len(pixels), chunk):
-                yield np.arange(a, min(a + chunk, len(pixels))), pixels[a : a + chunk]
-
-        return cls(len(pixels), gen, lambda pos: pixels[np.asarray(pos)])
+    def from_array(cls, pixels: np.ndarray, chunk: int = 8192, executor: str = "local") -> "Images":
+        spans = [np.arange(a, min(a + chunk, len(pixels))) for a in range(0, len(pixels), chunk)]
+        return cls(len(pixels), spans, lambda pos: pixels[np.asarray(pos)], executor)
 
     def subset(self, keep: np.ndarray) -> "Images":
         """The images at positions `keep`, renumbered 0..len(keep)-1."""
         keep = np.asarray(keep)
         where = np.full(self.n, -1)
         where[keep] = np.arange(len(keep))
-
-        def gen() -> Iterator[Chunk]:
-            for pos, pix in self.chunks():
-                m = where[pos] >= 0
-                if m.any():
-                    yield where[pos][m], pix[m]
-
-        return Images(len(keep), gen, lambda pos: self.take(keep[np.asarray(pos)]))
+        spans = [where[pos][where[pos] >= 0] for pos in self.spans]
+        return Images(
+            len(keep), [s for s in spans if len(s)], lambda pos: self.take(keep[np.asarray(pos)]), self.executor
+        )

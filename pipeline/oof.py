@@ -101,16 +101,58 @@ def train_config(params: Params, n_fit: int | None = None) -> Train:
     return Train(**recipe, epochs=epochs)
 
 
-def predict(model, x: np.ndarray, tta: bool, plain: np.ndarray | None = None) -> np.ndarray:
-    """Class probabilities of `x`; with `tta` the mean over the image and its four 1-pixel
-    shifts. `plain`: the probabilities of `x` itself, when already computed."""
+SHIFTS = [(a, s) for a in (1, 2) for s in (-1, 1)]  # test-time augmentation: the four 1-pixel shifts
+INFER_ROWS = 8192  # rows per inference job, rounded to whole inference batches
+
+
+def _infer(shared: tuple, job: tuple) -> tuple:
+    """One inference job of a fold model: (probabilities, embeddings) of `rows`, or with a
+    `shift` (axis, pixels) the probabilities of those rows moved by it."""
     from pipeline import fit
 
-    plain = fit.predict_proba(model, x) if plain is None else plain
+    model, x = shared
+    rows, shift = job
+    if shift is None:
+        return fit.predict_embed(model, x[rows])
+    return fit.predict_proba(model, np.roll(x[rows], shift[1], axis=shift[0])), None
+
+
+def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: str, threads: int) -> tuple:
+    """(plain probabilities of every row, their embeddings, and for each group of rows its
+    probabilities averaged over the image and its four 1-pixel shifts, or its plain ones
+    without `tta`).
+
+    The work is cut into jobs of whole inference batches, each group apart, run here or on
+    Ray's workers (`base.executor`) with `threads` torch threads each: every batch is the one a
+    single call over the array (or the group) would run, so the bytes do not depend on where
+    the jobs ran."""
+    import functools
+
+    import torch
+
+    from pipeline import fit
+    from pipeline.executor import ordered_map
+
+    batch = fit.inference_batch(x.shape[1:3])
+    step = max(1, INFER_ROWS // batch) * batch
+
+    def cut(rows: np.ndarray, shift) -> list[tuple]:
+        return [(rows[a : a + step], shift) for a in range(0, max(len(rows), 1), step)]
+
+    jobs = cut(np.arange(len(x)), None)
+    if tta:
+        jobs += [job for rows in groups for shift in SHIFTS for job in cut(np.asarray(rows), shift)]
+    init = functools.partial(torch.set_num_threads, threads)
+    done = iter(ordered_map(_infer, jobs, (model, x), 1 if executor == "local" else 0, executor, initializer=init))
+    plain = [next(done) for _ in cut(np.arange(len(x)), None)]
+    probs, emb = np.concatenate([p for p, _ in plain]), np.concatenate([e for _, e in plain])
     if not tta:
-        return plain
-    shifted = [fit.predict_proba(model, np.roll(x, s, axis=a)) for a in (1, 2) for s in (-1, 1)]
-    return np.mean([plain, *shifted], axis=0).astype(np.float32)
+        return probs, emb, [probs[rows] for rows in groups]
+    out = []
+    for rows in groups:
+        shifted = [np.concatenate([next(done)[0] for _ in cut(np.asarray(rows), shift)]) for shift in SHIFTS]
+        out.append(np.mean([probs[rows], *shifted], axis=0).astype(np.float32))
+    return probs, emb, out
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -152,6 +194,7 @@ def run(
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
     embeddings, dynamics = [], []
+    executor, threads = params.base.executor, fit.threads(cfg)
     for f in range(params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
 
@@ -190,11 +233,9 @@ def run(
         # one pass over every row gives the embeddings, the last epoch's dynamics and the
         # unshifted view of the held-out and test predictions (no early stopping here: the
         # model after training is the last epoch's)
-        plain, e = fit.predict_embed(result.model, x)
+        plain, e, (probs[held], p) = infer(result.model, x, [held, test], params.oof.tta, executor, threads)
         record(result.model, cfg.epochs, p=plain[fit_idx])
-        probs[held] = predict(result.model, x[held], params.oof.tta, plain[held])
         if len(test):
-            p = predict(result.model, x[test], params.oof.tta, plain[test])
             probs[test] += p / params.oof.folds
             votes[np.arange(len(test)), p.argmax(1)] += 1
             entropy += _entropy(p) / params.oof.folds
@@ -211,7 +252,8 @@ def run(
         "epochs": cfg.epochs,
         "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
         "model": cfg.model,
-        "threads": fit.threads(cfg),
+        "threads": threads,
+        "executor": executor,
         "tta": params.oof.tta,
         "n_oof": int(pool.sum()),
         "n_test": int((df["split"] == "test").sum()),
@@ -239,10 +281,12 @@ add_arguments = STAGE.add_arguments
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline import fit
     from pipeline import patches as label_patches
+    from pipeline.executor import session
 
     split_df, classes = schema.read(args.split, "samples")
-    results = []
-    df, emb, dyn, metrics = run(params, split_df, classes, results, label_patches.read_patches(args.labels, classes))
+    results, patches = [], label_patches.read_patches(args.labels, classes)
+    with session(params.base.executor):
+        df, emb, dyn, metrics = run(params, split_df, classes, results, patches)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

@@ -55,17 +55,13 @@ class Clusters:
     pairs: pd.DataFrame  # sample_a, sample_b, kind (exact / near), dy, dx, rms, peak
 
 
-def store_images(df: pd.DataFrame, chunk: int = 8192) -> neardup.Images:
-    """The pixels of `df`'s rows, read store by store in chunks of at most `chunk`."""
+def store_images(df: pd.DataFrame, chunk: int = 8192, executor: str = "local") -> neardup.Images:
+    """The pixels of `df`'s rows, read store by store in chunks of at most `chunk`; the feature
+    passes over them run on `executor` (`base.executor`)."""
     df = df.reset_index(drop=True)
     order = np.lexsort((df["row"].to_numpy(), df["store"].to_numpy()))
-
-    def chunks():
-        for a in range(0, len(df), chunk):
-            pos = order[a : a + chunk]
-            yield pos, dataset.load_pixels(df.iloc[pos])
-
-    return neardup.Images(len(df), chunks, lambda pos: dataset.load_pixels(df.iloc[np.asarray(pos)]))
+    spans = [order[a : a + chunk] for a in range(0, len(df), chunk)]
+    return neardup.Images(len(df), spans, lambda pos: dataset.load_pixels(df.iloc[np.asarray(pos)]), executor)
 
 
 def _unit_keys(df: pd.DataFrame) -> np.ndarray:
@@ -189,9 +185,15 @@ def _within_split(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(
-    df: pd.DataFrame, cfg: Split, seed: int, found: Clusters | None = None, images: neardup.Images | None = None
+    df: pd.DataFrame,
+    cfg: Split,
+    seed: int,
+    found: Clusters | None = None,
+    images: neardup.Images | None = None,
+    executor: str = "local",
 ) -> tuple[pd.DataFrame, dict]:
-    """Cluster (unless `found` is given), split, apply the removal rules, run the checks."""
+    """Cluster (unless `found` is given), split, apply the removal rules, run the checks (their
+    feature passes on `executor` where `images` is not given)."""
     df = df.reset_index(drop=True).copy()
     if found is None:
         found = clusters(df, cfg.near_duplicates, images, cfg.checks)
@@ -223,7 +225,7 @@ def run(
         )
         within = _within_split(df)
     metrics = _metrics(df, found, within, fixed_test)
-    leaks = check(df, cfg, images)
+    leaks = check(df, cfg, images, executor)
     metrics.update({leakcheck.get(name).metric(): len(p) for name, p in leaks.items()})
     total = sum(len(p) for p in leaks.values())
     if total and cfg.fail_on_leak:
@@ -238,13 +240,15 @@ def run(
     return df, metrics
 
 
-def check(df: pd.DataFrame, cfg: Split, images: neardup.Images | None = None) -> dict[str, pd.DataFrame]:
+def check(
+    df: pd.DataFrame, cfg: Split, images: neardup.Images | None = None, executor: str = "local"
+) -> dict[str, pd.DataFrame]:
     """Post-hoc checks over the kept rows: {check name: pairs (a, b) as positions in df}. The pool
     counts as train (it feeds train): a pool sample may duplicate a train one, not a val or test one."""
     kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
     sub = df.iloc[kept].reset_index(drop=True)
     sub["split"] = sub["split"].replace(POOL, "train")
-    images = images.subset(kept) if images is not None else store_images(sub, cfg.near_duplicates.chunk)
+    images = images.subset(kept) if images is not None else store_images(sub, cfg.near_duplicates.chunk, executor)
     out = {}
     for name, knobs in cfg.checks.items():
         pairs = leakcheck.get(name)(**knobs).find(sub, images)
@@ -344,9 +348,15 @@ add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.executor import session
+
     df, classes = schema.read(args.ingest, "ingest")
-    found = clusters(df, params.split.near_duplicates, checks=params.split.checks)
-    df, metrics = run(df, params.split, params.base.seed, found)
+    cfg = params.split
+    images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
+    with session(params.base.executor):
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
+        df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
+    metrics["executor"] = params.base.executor
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

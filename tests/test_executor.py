@@ -1,6 +1,7 @@
 """Where the per-sample work runs: the local pool and Ray Data give the same results in the same
-order; ingest + augment on a local Ray (2 CPUs) write the same bytes as on the local executor; with
-`executor: local` nothing imports ray."""
+order; ingest, augment, adversarial generation, oof's fold-model inference and split's
+near-duplicate descriptors on a local Ray (2 CPUs) give the same bytes as on the local executor;
+with `executor: local` nothing imports ray."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -72,8 +74,30 @@ def _attack(executor: str, pixels, labels):
     return adversarial.generate(model, pixels, labels, cfg, 0, 5, executor, threads=1)
 
 
+def _fold_inference(executor: str, pixels):
+    """A fold model's plain probabilities, embeddings and TTA probabilities of two row groups."""
+    import torch
+
+    from pipeline import fit, oof, params
+
+    model = fit.new_model(pixels, params.Train(width=8), 5, torch.Generator().manual_seed(0)).eval()
+    return oof.infer(model, pixels, [np.arange(0, len(pixels), 3), np.arange(1, 40, 2)], True, executor, threads=1)
+
+
+def _descriptor_candidates(df: pd.DataFrame, executor: str) -> pd.DataFrame:
+    """Near-duplicate candidates (both feature passes) with a radius wide enough to find many."""
+    from pipeline import neardup, params, split
+
+    cascade = split.detector(params.NearDuplicates(radius=1.5))
+    with neardup.one_blas_thread():  # as Cascade.find runs it (the Ray workers always do)
+        return cascade.candidates(split.store_images(df, chunk=48, executor=executor))
+
+
 @pytest.mark.slow
-def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_local(tmp_path):
+def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_local(tmp_path, monkeypatch):
+    from pipeline import oof
+
+    monkeypatch.setattr(oof, "INFER_ROWS", 1)  # one inference batch a job: several jobs on 160 images
     from pipeline.executor import ray_session
 
     images = make("imbalanced_5", tmp_path / "images")  # 160 files, PNG and JPEG, mixed sizes and modes
@@ -85,6 +109,8 @@ def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_l
         df, _ = dataset.read_manifest(ray / "ingest")
         pixels, labels = dataset.load_pixels(df.iloc[:60]), df["label_id"].to_numpy()[:60]
         adv_ray = _attack("ray", pixels, labels)
+        infer_ray = _fold_inference("ray", dataset.load_pixels(df))
+        cand_ray = _descriptor_candidates(df, "ray")
     print(f"ingest + augment: local {mid - started:.1f} s, ray {time.perf_counter() - mid:.1f} s (start-up included)")
     adv_local = _attack("local", pixels, labels)
     assert adv_local[0].shape == pixels.shape and (adv_local[0] != pixels).any()
@@ -96,6 +122,15 @@ def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_l
         ma, mb = (json.loads((d / f"{out}.json").read_text()) for d in (local, ray))
         assert (ma.pop("executor"), mb.pop("executor")) == ("local", "ray") and ma == mb
     assert len(pd.read_parquet(ray / "augment" / dataset.MANIFEST)) == 2 * 128
+    # oof's fold-model inference and split's near-duplicate descriptors: the same bytes
+    infer_local = _fold_inference("local", dataset.load_pixels(df))
+    probs, emb, (a, b) = infer_local
+    assert probs.shape == (160, 5) and emb.shape[0] == 160 and a.shape == (54, 5) and b.shape == (20, 5)
+    assert all(np.array_equal(x, y) for x, y in zip(infer_local[:2], infer_ray[:2]))
+    assert all(np.array_equal(x, y) for x, y in zip(infer_local[2], infer_ray[2]))
+    cand_local = _descriptor_candidates(df, "local")
+    assert len(cand_local) > 100  # many candidates, each with its distance, compared exactly
+    pd.testing.assert_frame_equal(cand_local, cand_ray, check_exact=True)
 
 
 def test_with_the_local_executor_nothing_imports_ray(tmp_path):

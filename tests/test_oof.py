@@ -149,6 +149,22 @@ def test_tta_averages_shifted_views(tmp_path):
     assert metrics["tta"] and np.allclose(probs.sum(1), 1, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [1, 8192])  # one inference batch a job, or one job for all
+def test_inference_jobs_give_the_bytes_of_one_call_over_each_group(monkeypatch, rows):
+    monkeypatch.setattr(oof, "INFER_ROWS", rows)
+    x, y = patterns(300, size=28)  # 128-image inference batches: three jobs for every row
+    model = fit.fit(x, y, x[:0], y[:0], params.Train(**TINY_TRAIN), 4, seed=0).model
+    groups = [np.arange(0, 300, 2), np.arange(7)]
+    probs, emb, tta = oof.infer(model, x, groups, True, "local", threads=1)
+    want_p, want_e = fit.predict_embed(model, x)
+    assert np.array_equal(probs, want_p) and np.array_equal(emb, want_e)
+    for rows, got in zip(groups, tta):
+        shifted = [fit.predict_proba(model, np.roll(x[rows], s, axis=a)) for a in (1, 2) for s in (-1, 1)]
+        assert np.array_equal(got, np.mean([want_p[rows], *shifted], axis=0).astype(np.float32))
+    _, _, plain = oof.infer(model, x, groups, False, "local", threads=1)
+    assert all(np.array_equal(got, want_p[rows]) for rows, got in zip(groups, plain))
+
+
 def test_too_many_folds_for_the_clusters_fails():
     df = pd.DataFrame(
         {"sample_id": list("abcd"), "label_id": [0, 1, 0, 1], "split": "train", "cluster_id": ["x", "x", "y", "y"]}
