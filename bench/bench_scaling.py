@@ -136,17 +136,22 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "scaling_results.json")
     ap.add_argument("--merge", action="store_true", help="keep --out's times of the sizes not run now")
     args = ap.parse_args()
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commits = {str(n): head.stdout.strip() or None for n in args.sizes}
     with tempfile.TemporaryDirectory() as tmp:
         times = {n: run_size(n, Path(tmp), args.set) for n in args.sizes}
     if args.merge and args.out.exists():
-        kept = json.loads(args.out.read_text())["times"]
+        old = json.loads(args.out.read_text())
+        kept = old["times"]
         times = {**{int(n): t for n, t in kept.items() if int(n) not in times}, **times}
+        commits = {**{n: c for n, c in old.get("commits", {}).items() if int(n) not in args.sizes}, **commits}
         args.sizes = sorted(times)
         times = {n: times[n] for n in args.sizes}
     results = {
         "cpu_count": os.cpu_count(),
         "set": args.set,
         "times": {str(n): t for n, t in times.items()},
+        "commits": {n: commits.get(n) for n in map(str, args.sizes)},  # the code each size was measured with
         "projection": project(times, args.sizes),
         "assumptions": {
             "parallel": PARALLEL,
