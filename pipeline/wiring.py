@@ -28,8 +28,9 @@ class Flag:
 
 @dataclass(frozen=True)
 class Stage:
-    """`reads`: DVC deps; `writes`: cached DVC outs; `metrics` / `plots`: a `--metrics` JSON file and a
-    `--plots` folder, both uncached; `params`: the sections or dotted keys of params.yaml read."""
+    """`reads`: DVC deps; `writes`: cached DVC outs; `metrics` / `plots`: a `--metrics` JSON file
+    (uncached) and a `--plots` folder (a cached out, so that DVC's run cache keeps the stage);
+    `params`: the sections or dotted keys of params.yaml read."""
 
     name: str
     reads: tuple[Flag, ...]
