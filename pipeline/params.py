@@ -47,8 +47,8 @@ class Ingest(Section):
     # the fraction of labeled samples (outside a source test set) that keep their label, per class; the
     # rest join the pool with the truth kept in `hidden_label` (to measure semi-supervised learning)
     keep_labels: float = Field(1.0, gt=0.0, le=1.0)
-    # auto: the median shorter side of the images (the native size of digits / IDX), at most
-    # AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
+    # auto: the median shorter side of the images (the native size of digits / IDX), rounded down
+    # to a multiple of 4, from 8 to AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
     image_size: int | str | None = "auto"
     channels: Literal[1, 3, "auto"] = "auto"  # auto: 3 when most images have colour, else 1
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)

@@ -80,7 +80,8 @@ def _colourful(arr: np.ndarray) -> bool:
 def auto_shape(items: list[Item], cfg: Ingest) -> tuple[int, int, str]:
     """(image_size, channels, why) for `cfg`, choosing what is `auto` from up to AUTO_PROBE
     usable items spread evenly over the list: channels 3 when most have colour; size the
-    median shorter side, at most AUTO_MAX_SIZE."""
+    median shorter side rounded down to a multiple of 4 (the models pool twice, the VAE halves
+    twice), from 8 to AUTO_MAX_SIZE."""
     usable = [it for it in items if it.reason is None]
     probe = [usable[i] for i in np.unique(np.linspace(0, len(usable) - 1, AUTO_PROBE).astype(int))] if usable else []
     shapes = [s for s in map(_shape, probe) if s is not None]
@@ -88,12 +89,11 @@ def auto_shape(items: list[Item], cfg: Ingest) -> tuple[int, int, str]:
     size, channels = cfg.image_size, cfg.channels
     if size == "auto":
         side = int(np.median([min(w, h) for w, h, _ in shapes])) if shapes else AUTO_MAX_SIZE
-        size = int(np.clip(side, 4, AUTO_MAX_SIZE))
-        why.append(
-            f"image_size {size} (median shorter side {side} px"
-            + (f", at most {AUTO_MAX_SIZE}" if side > AUTO_MAX_SIZE else "")
-            + ")"
-        )
+        size = int(np.clip(side // 4 * 4, 8, AUTO_MAX_SIZE))
+        note = f", at most {AUTO_MAX_SIZE}" if side > AUTO_MAX_SIZE else ""
+        if not note and size != side:
+            note = ", a multiple of 4" if size < side else ", at least 8"
+        why.append(f"image_size {size} (median shorter side {side} px{note})")
     if channels == "auto":
         colour = sum(c for _, _, c in shapes)
         channels = 3 if colour * 2 > len(shapes) else 1

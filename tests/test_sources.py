@@ -34,6 +34,12 @@ def test_auto_shape_from_the_images(tmp_path):
     flat = [sources.Item(path="g.png", file=str(tmp_path / "g.png"))] * 3
     assert sources.auto_shape(flat, auto)[:2] == (40, 1)
     assert sources.auto_shape(files, Ingest(image_size=16, channels=1))[:2] == (16, 1)
+    # a median side that the models and synthesize's VAE cannot halve twice is rounded down
+    odd = [sources.Item(path=f"o{i}", pixels=np.zeros((61, 70), np.uint8)) for i in range(3)]
+    size, _, why = sources.auto_shape(odd, auto)
+    assert size == 60 and "median shorter side 61 px, a multiple of 4" in why
+    tiny = [sources.Item(path=f"t{i}", pixels=np.zeros((5, 5), np.uint8)) for i in range(3)]
+    assert sources.auto_shape(tiny, auto)[0] == 8
 
 
 def test_digits_are_scaled_to_0_255():
