@@ -49,7 +49,8 @@ class Generator:
         h, w, c = image_shape
         if h != w or h % 4 or h < 8:
             raise PipelineError(
-                f"synthesize.{self.name}: expected square images with a side divisible by 4 (at least 8), got {h}x{w}"
+                f"synthesize.{self.name}: expected square images with a side divisible by 4 (at least 8), got {h}x{w}; "
+                "set ingest.image_size to one (auto does) or synthesize.enabled: false"
             )
         self.knobs, self.image_shape, self.num_classes, self.seed = knobs, tuple(image_shape), num_classes, seed
         self.latent_dim = knobs.latent_dim
