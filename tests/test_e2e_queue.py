@@ -103,6 +103,13 @@ def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(tmp_path: 
     assert len(dry) == 4 and all(line.startswith("dvc exp run --queue -n abl-") for line in dry)
 
     _stdout([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
+    # a second seed re-runs training only. The `none` row's mine (disabled) and assemble differ
+    # from the committed dvc.lock, so its second seed takes them from DVC's run cache, which DVC
+    # keeps only for stages without an uncached out that is not a metric or plot (plots/mine)
+    log = _stdout(["dvc", "queue", "logs", "abl-none-s1"], project)
+    for stage in ("mine", "assemble"):
+        assert f"Stage '{stage}' is cached" in log, (stage, log[-2000:])
+    assert "Running stage 'train'" in log
     exps = {e["name"]: e for e in _experiments(project)}
     assert sorted(exps) == ["abl-all-s0", "abl-all-s1", "abl-none-s0", "abl-none-s1"]
     for name, e in exps.items():  # each ran under its row's params and its seed
