@@ -38,7 +38,7 @@ from bench_oof_clean import with_sets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flags(name: str, derived: list[str]) -> list[str]:
+def flags(name: str, derived: list[str], policy: str) -> list[str]:
     m = ["--metrics", f"metrics/{name}.json"]
     return {
         "ingest": ["--out", "data/ingest", *m],
@@ -58,7 +58,7 @@ def flags(name: str, derived: list[str]) -> list[str]:
             "--oof",
             "data/oof",
             "--policy",
-            "augment_policies/none.yaml",
+            policy,
         ]
         + ["--model", "models/model.pt", *m, "--plots", "plots/train"],
         "evaluate": ["--model", "models/model.pt", "--split", "data/split", *m, "--plots", "plots/evaluate"],
@@ -67,7 +67,9 @@ def flags(name: str, derived: list[str]) -> list[str]:
 
 def stage(folder: Path, name: str, params_file: Path, derived: list[str] = ()) -> float:
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pipeline", name, "--quiet", "--params", str(params_file), *flags(name, derived)]
+    policy = yaml.safe_load(params_file.read_text())["augment"]["policy"]  # augment.mode online: train applies it
+    cmd = [sys.executable, "-m", "pipeline", name, "--quiet", "--params", str(params_file)]
+    cmd += flags(name, derived, policy)
     proc = subprocess.run(cmd, cwd=folder, env={**os.environ, "PIPELINE_QUIET": "1"}, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")

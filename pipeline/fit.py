@@ -254,6 +254,17 @@ def one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.
     return out
 
 
+def soft_targets(y: np.ndarray, probs: np.ndarray, k: int, share: float, smoothing: float) -> np.ndarray:
+    """(N, K) float32 targets: (1 - share) x the smoothed one-hot label + share x a teacher's
+    probabilities `probs` (N, K); the one-hot label alone in rows of `probs` that hold a NaN (no
+    teacher prediction there)."""
+    hard = np.full((len(y), k), smoothing / k)
+    hard[np.arange(len(y)), np.asarray(y, np.int64)] += 1.0 - smoothing
+    probs = np.asarray(probs, np.float64).reshape(len(y), k)
+    teacher = np.where(np.isnan(probs).any(1, keepdims=True), hard, probs)
+    return ((1.0 - share) * hard + share * teacher).astype(np.float32)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-sample -sum(target * log_softmax(logits)): `F.cross_entropy(reduction="none")` for
     soft targets (weight and average it as the hard-label loss is)."""

@@ -5,7 +5,9 @@ fold models), label the unlabeled data with the ensemble, train on both; then it
 student -> teacher: Noisy Student, Xie et al. 2020). Round 1's teacher is the oof ensemble (the
 mean of the fold models' probabilities, with TTA as oof ran it). Each later round trains a
 student from scratch on the labeled train samples plus the last round's pseudo-labels, under
-augmentation (random shifts) and early stopping on val, and the student is the next teacher.
+noise (random shifts, and train's mixing and random erasing when they are on) and early stopping
+on val, and the student is the next teacher. With `train.soft_labels` the student's targets mix
+in the teacher's probabilities (oof's out-of-fold ones for labeled samples), as train's do.
 
 A teacher's pseudo-label is kept when it passes every rule, in this order (a dropped sample is
 counted under the first rule it fails, so pool = kept + the drops):
@@ -160,7 +162,8 @@ def estimated_precision(probs: np.ndarray, y: np.ndarray, cut: list) -> dict:
     }
 
 
-STUDENT_KEYS = (*RECIPE_KEYS, "patience", "min_steps", "max_epochs")  # the train keys a student's recipe takes
+NOISE_KEYS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob", "random_erasing", "soft_labels")
+STUDENT_KEYS = (*RECIPE_KEYS, "patience", "min_steps", "max_epochs", *NOISE_KEYS)  # the train keys a student takes
 
 
 def student_config(params: Params, n: int):
@@ -207,7 +210,8 @@ def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.nd
         report = {"round": r, "teacher": "oof ensemble" if r == 1 else f"student {r - 1}"}
         if r > 1:
             rows = (labeled, val, pool[kept])
-            probs_pool, probs_val, report["student"] = _student(params, x, y, ids, rows, pool, pred[kept], r, k)
+            teacher = np.concatenate([oof_probs[labeled], probs_pool[kept]])
+            probs_pool, probs_val, report["student"] = _student(params, x, y, ids, rows, pool, pred[kept], teacher, r)
             floor = confidence_floor(probs_val, y[val], cfg.precision)
         portion = min(1.0, cfg.portion + (r - 1) * cfg.portion_step)
         kept, sel = select(probs_pool, cfg, portion, floor, share, agreement if r == 1 else None, neighbours, duplicate)
@@ -246,10 +250,12 @@ def _labeled_duplicate(df: pd.DataFrame, pool: np.ndarray, labeled: np.ndarray) 
     return df["cluster_id"].iloc[pool].map(by_cluster).fillna(-1).to_numpy(np.int64)
 
 
-def _student(params: Params, x, y, ids, rows, pool, pseudo_y, r: int, k: int):
+def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarray, r: int):
     """Train round `r`'s student on the labeled rows + the pseudo-labeled ones (`rows`: labeled,
-    val, pseudo-labeled row indices); (its pool probabilities, its val probabilities, a report)."""
+    val, pseudo-labeled row indices; `teacher`: the probabilities behind their targets, for
+    `train.soft_labels`); (its pool probabilities, its val probabilities, a report)."""
     from pipeline import fit
+    from pipeline.augment import mixing
 
     cfg = params.pseudo
     labeled, val, pseudo = rows
@@ -257,7 +263,8 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, r: int, k: int):
     targets = np.concatenate([y[labeled], pseudo_y])
     weight = np.concatenate([np.ones(len(labeled)), np.full(len(pseudo), cfg.weight)])
     train_cfg = student_config(params, len(idx))
-    seed = params.base.seed + 1000 * r
+    seed, k = params.base.seed + 1000 * r, teacher.shape[1]
+    share = train_cfg.soft_labels
     result = fit.fit(
         x[idx],
         targets,
@@ -270,6 +277,8 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, r: int, k: int):
         desc=f"pseudo student {r - 1}",
         online=fit.random_shift(cfg.shift, seed),
         sample_ids=ids[idx].tolist(),
+        mix=mixing.make_batch_transform(train_cfg, seed),
+        soft_targets=fit.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing) if share > 0 else None,
     )
     best = result.history[result.best_epoch - 1]
     info = {"n_train": len(idx), "best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"]}

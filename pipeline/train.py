@@ -33,15 +33,15 @@ def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float,
     sample, looked up by its own id (real samples: out-of-fold, so not memorised) or its parent's
     (augmented, adversarial and pseudo-labeled copies); the one-hot label alone where there is none
     (synthetic samples)."""
-    hard = np.full((len(train_df), k), smoothing / k)
-    hard[np.arange(len(train_df)), train_df["label_id"].to_numpy()] += 1.0 - smoothing
+    from pipeline import fit
+
     own = train_df["sample_id"].map(probs)
     key = own.where(own.notna(), train_df["parent_id"].map(probs)) if "parent_id" in train_df else own
     found = key.notna().to_numpy()
-    ens = hard.copy()
+    teacher = np.full((len(train_df), k), np.nan)
     if found.any():
-        ens[found] = np.stack(key[found].to_numpy())
-    return ((1.0 - share) * hard + share * ens).astype(np.float32)
+        teacher[found] = np.stack(key[found].to_numpy())
+    return fit.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
 
 
 def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None, oof_probs=None):

@@ -8,7 +8,7 @@ from fit_util import write_split
 from test_oof import TINY_OOF, TINY_TRAIN
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, assemble, clean, dataset, params, pseudo, schema
+from pipeline import artifacts, assemble, clean, dataset, fit, params, pseudo, schema
 from pipeline import patches as label_patches
 
 CFG = params.Pseudo(portion=1.0, precision=1.0, min_agreement=0.0, neighbours=0, balance=10.0)
@@ -150,6 +150,30 @@ def test_self_training_rounds_grow_the_portion_and_stay_reproducible(pooled):
     assert (df["pseudo_round"] == 2).all() and len(df) == two["kept"] and metrics["kept"] == two["kept"]
     again, _ = pseudo.run(p, clean_df, oof_df, emb, classes)
     pd.testing.assert_frame_equal(df, again)
+
+
+def test_students_take_trains_noise_and_the_teachers_soft_targets(pooled, monkeypatch):
+    _, cfg, oof_df, emb, clean_df, _, classes = pooled
+    seen, real = [], fit.fit
+    monkeypatch.setattr(fit, "fit", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    plain = {**cfg, "pseudo": {"rounds": 2, "precision": 0.9, "student_epochs": 3}}
+    pseudo.run(params.parse(plain), clean_df, oof_df, emb, classes)
+    assert seen[-1]["mix"] is None and seen[-1]["soft_targets"] is None
+    noisy = params.parse({**plain, "train": {**cfg["train"], "random_erasing": 0.5, "soft_labels": 0.4}})
+    pseudo.run(noisy, clean_df, oof_df, emb, classes)
+    kw = seen[-1]
+    assert kw["mix"] is not None and kw["mix"].random_erasing == 0.5
+    # the student's rows: labeled train, then round 1's pseudo-labels (what one round keeps)
+    first, _ = pseudo.run(
+        params.parse({**plain, "pseudo": {**plain["pseudo"], "rounds": 1}}), clean_df, oof_df, emb, classes
+    )
+    probs = oof_df.set_index("sample_id")[artifacts.PROBS]
+    labeled = clean_df.loc[(clean_df["split"] == "train") & (clean_df["label_id"] >= 0), "sample_id"]
+    teacher = np.stack(probs.loc[[*labeled, *first["parent_id"]]].to_numpy())
+    y = np.concatenate([clean_df.set_index("sample_id").loc[labeled, "label_id"], first["label_id"]])
+    hard = np.full(teacher.shape, noisy.train.label_smoothing / len(classes))
+    hard[np.arange(len(y)), y] += 1 - noisy.train.label_smoothing
+    np.testing.assert_allclose(kw["soft_targets"], 0.6 * hard + 0.4 * teacher, atol=1e-6)
 
 
 def test_no_pool_or_disabled_writes_a_valid_empty_manifest(pooled, tmp_path):
