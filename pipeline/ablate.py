@@ -93,14 +93,17 @@ def dvc(args: list[str], capture: bool = False) -> str:
 
 
 def experiments(shown: list[dict]) -> dict[str, dict]:
-    """{experiment name: {metrics file: data}} of the ablation's experiments in `dvc exp show --json`."""
+    """{experiment name: {metrics file: data}} of the ablation's experiments in `dvc exp show --json`.
+    A name queued again after a failure is listed twice: the entry that evaluated wins."""
     out = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
             name = exp.get("name") or ""
             if name.startswith(PREFIX):
                 data = (exp.get("revs") or [{}])[0].get("data") or {}
-                out[name] = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+                metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+                if name not in out or figures(out[name]) is None:
+                    out[name] = metrics
     return out
 
 

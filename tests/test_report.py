@@ -112,6 +112,11 @@ def test_experiments_are_read_from_exp_show_json():
         },
     ]
     assert ablate.experiments(shown) == {"abl-all-s0": {"metrics/evaluate.json": {"accuracy": 1}}}
+    # queued again after a failure: the name is listed twice, and the run that evaluated wins
+    stale = {"name": "abl-all-s0", "revs": [{"data": {"metrics": {}}}]}
+    for order in ([stale, *shown[1]["experiments"]], [*shown[1]["experiments"], stale]):
+        found = ablate.experiments([{"rev": "abc", "experiments": order}])
+        assert found == {"abl-all-s0": {"metrics/evaluate.json": {"accuracy": 1}}}
 
 
 def test_the_offline_plots_template_inlines_vega_and_keeps_dvcs_placeholder():
