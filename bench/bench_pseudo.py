@@ -38,7 +38,7 @@ from bench_oof_clean import with_sets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flags(name: str, derived: list[str], policy: str) -> list[str]:
+def flags(name: str, derived: list[str], policy: str = "augment_policies/randaugment.yaml") -> list[str]:
     m = ["--metrics", f"metrics/{name}.json"]
     return {
         "ingest": ["--out", "data/ingest", *m],
