@@ -32,7 +32,7 @@ from pipeline.params import Params
 
 OUT = "metrics/ablation.json"
 PREFIX = "abl-"
-METRICS = ("accuracy", "ece", "robust_accuracy")
+METRICS = ("accuracy", "ece", "robust_accuracy", "robust_mean")
 
 
 def rows(params: Params) -> dict[str, dict]:
@@ -108,14 +108,17 @@ def experiments(shown: list[dict]) -> dict[str, dict]:
 
 
 def figures(metrics: dict) -> dict | None:
-    """accuracy, ece and robust accuracy of one experiment's metrics files; None if it did not evaluate."""
+    """accuracy, ece and robust accuracy (the worst attack at the largest eps, and the mean over every
+    attack and eps: the worst case is often 0 for every row) of one experiment's metrics files;
+    None if it did not evaluate."""
     ev = metrics.get("metrics/evaluate.json") or {}
     if "accuracy" not in ev:
         return None
     robust = {k: v for k, v in (ev.get("robustness") or {}).items() if k != "n"}
     eps = [float(k.rsplit("_eps", 1)[1]) for k in robust]
     worst = min((v for k, v in robust.items() if float(k.rsplit("_eps", 1)[1]) == max(eps)), default=None)
-    return {"accuracy": ev["accuracy"], "ece": ev.get("ece"), "robust_accuracy": worst}
+    mean = float(np.mean(list(robust.values()))) if robust else None
+    return {"accuracy": ev["accuracy"], "ece": ev.get("ece"), "robust_accuracy": worst, "robust_mean": mean}
 
 
 def table(runs: dict[str, dict]) -> dict:

@@ -74,7 +74,13 @@ def test_queue_commands_name_each_row_and_seed_and_set_train_seed():
 
 def _runs(acc: dict[str, float]) -> dict[str, dict]:
     return {
-        name: {"metrics/evaluate.json": {"accuracy": a, "ece": 0.02, "robustness": {"pgd_eps0.1": a / 2, "n": 9}}}
+        name: {
+            "metrics/evaluate.json": {
+                "accuracy": a,
+                "ece": 0.02,
+                "robustness": {"pgd_eps0.1": a / 2, "fgsm_eps0.1": a / 2 + 0.1, "fgsm_eps0.05": 0.7, "n": 9},
+            }
+        }
         for name, a in acc.items()
     }
 
@@ -89,7 +95,8 @@ def test_the_table_gives_mean_std_delta_and_whether_it_exceeds_the_seed_noise():
     assert rows["all"]["accuracy"] == {"mean": 0.91, "std": pytest.approx(0.014142, abs=1e-6)}
     assert rows["none"]["delta_accuracy"] == pytest.approx(-0.105) and rows["none"]["beyond_noise"] is True
     assert rows["no-mine"]["delta_accuracy"] == pytest.approx(0.0) and rows["no-mine"]["beyond_noise"] is False
-    assert rows["all"]["robust_accuracy"]["mean"] == pytest.approx(0.455)
+    assert rows["all"]["robust_accuracy"]["mean"] == pytest.approx(0.455)  # the worst attack at eps 0.1
+    assert rows["all"]["robust_mean"]["mean"] == pytest.approx((0.455 + 0.555 + 0.7) / 3)  # every attack and eps
     assert t["failed"] == ["abl-no-augment-s0"]
     json.dumps(t)  # a metrics file
 
