@@ -98,7 +98,17 @@ def test_the_table_gives_mean_std_delta_and_whether_it_exceeds_the_seed_noise():
     assert rows["all"]["robust_accuracy"]["mean"] == pytest.approx(0.455)  # the worst attack at eps 0.1
     assert rows["all"]["robust_mean"]["mean"] == pytest.approx((0.455 + 0.555 + 0.7) / 3)  # every attack and eps
     assert t["failed"] == ["abl-no-augment-s0"]
+    assert t["seed_std"] == pytest.approx(0.01)  # pooled: sqrt((0.0002 + 0.00005 + 0.00005) / 3)
     json.dumps(t)  # a metrics file
+
+
+def test_two_seeds_that_agree_by_chance_do_not_make_a_difference_real():
+    runs = _runs({"abl-all-s0": 0.910, "abl-all-s1": 0.9101, "abl-none-s0": 0.80, "abl-none-s1": 0.82})
+    runs |= _runs({"abl-no-mine-s0": 0.914, "abl-no-mine-s1": 0.9141})
+    rows = {r["row"]: r for r in ablate.table(runs)["rows"]}
+    # by their own stds (7e-5) no-mine and all differ by 57 standard errors; the seed noise seen in
+    # the none row says 0.004 is within it
+    assert rows["no-mine"]["delta_accuracy"] == pytest.approx(0.004) and rows["no-mine"]["beyond_noise"] is False
 
 
 def test_experiments_are_read_from_exp_show_json():
