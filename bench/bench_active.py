@@ -16,6 +16,7 @@ final accuracy (linear interpolation of its curve; "more than it had" when it ne
 
     python bench/bench_active.py --json bench/active_results.json
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
+    python bench/bench_active.py --diversity kmeans                    # k-means, not k-center, spreads a batch
 
 Run on a quiet machine: each round trains the fold models and the model anew.
 """
@@ -90,6 +91,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=["active", "random"])
+    ap.add_argument("--diversity", default="kcenter", choices=["kcenter", "kmeans"], help="label push --diversity")
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
@@ -103,7 +105,7 @@ def main() -> None:
         "evaluate.robustness.max_samples=100",
         *args.set,
     ]
-    results = {"initial": args.initial, "batch": args.batch, "set": common, "runs": []}
+    results = {"initial": args.initial, "batch": args.batch, "set": common, "diversity": args.diversity, "runs": []}
     if not serve.executable(ROOT / ".venv-ls").exists():
         sys.exit("bench: .venv-ls/bin/label-studio is missing: run `make labelstudio`")
     with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:
@@ -138,6 +140,7 @@ def main() -> None:
                             project = f"{strategy}-{seed}-round{r}"
                             push = ["label", "push", "--quiet", "--project", project, "--select", strategy]
                             push += ["--split", "unlabeled", "--limit", str(args.batch), "--seed", str(seed + r)]
+                            push += ["--diversity", args.diversity] if strategy == "active" else []
                             run(push, work, env)
                             clean, _ = dataset.read_manifest(work / "data/clean")
                             annotate(client, project, clean.set_index("sample_id")["hidden_label"], user)

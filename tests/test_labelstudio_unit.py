@@ -573,6 +573,11 @@ def test_active_picks_only_the_pool_least_certain_first_and_diverse(work):
     # the least certain (rows 57, 54, 51, 48, ...) share a cluster but row 48: k-center takes it second
     diverse = select.select(df, "active", select.Selection(limit=2, embeddings=emb, shortlist=3))
     assert diverse["sample_id"].tolist() == ["s00057", "s00048"] and least[:2] == ["s00057", "s00054"]
+    # k-means: one pick per cluster of the shortlist, the heavier (five of the six least certain) first
+    spread = select.select(df, "active", select.Selection(limit=2, embeddings=emb, shortlist=3, diversity="kmeans"))
+    assert spread["sample_id"].iloc[1] == "s00048" and spread["sample_id"].iloc[0] in least + ["s00045", "s00042"]
+    with pytest.raises(PipelineError, match="--diversity"):
+        select.select(df, "active", select.Selection(limit=2, embeddings=emb, shortlist=3, diversity="umap"))
     by_bald = select.select(df, "active", select.Selection(limit=3, score="disagreement"))
     assert by_bald["disagreement"].is_monotonic_decreasing and (by_bald["split"] == "unlabeled").all()
     with pytest.raises(PipelineError, match="no unlabeled samples"):
@@ -635,3 +640,13 @@ def test_a_label_studio_export_is_a_source_that_round_trips(work):
     ingest_cfg["path"] = "bad.json"
     (work / "params.yaml").write_text(yaml.safe_dump({"ingest": ingest_cfg, "augment": {"policy": policy}}))
     assert entry.main(["ingest", "--quiet", "--out", "data/ingest", "--metrics", "ingest.json"]) != 0
+
+
+def test_k_means_picks_one_per_dense_cluster_where_k_center_takes_the_outlier():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    x = np.concatenate([np.repeat(centres, 5, axis=0) + rng.normal(0, 0.02, (15, 2)), [[9.0, 9.0]]])
+    weight = np.r_[np.ones(15), 1e-6]  # the outlier is the most certain of the shortlist (as `active` weighs)
+    picked = select.k_means(x, 3, weight)
+    assert sorted(p // 5 for p in picked) == [0, 1, 2]
+    assert 15 in select.k_center(x, 3)

@@ -48,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--select active: cleanlab's ActiveLab score, or the fold models' disagreement (BALD) "
         "(default: %(default)s)",
     )
+    push.add_argument(
+        "--diversity",
+        default="kcenter",
+        choices=select.DIVERSITY,
+        help="--select active: how a batch is spread over the oof embeddings of the least certain: greedy "
+        "k-center, or the sample nearest each centre of an uncertainty-weighted k-means (default: %(default)s)",
+    )
     push.add_argument("--oof", default="data/oof", help="--select active: oof output, for probabilities and embeddings")
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
     push.add_argument("--max-score", type=float, help="--select issues: label_score at most this")
@@ -133,7 +140,7 @@ def _push(params: Params, args) -> dict:
             raise PipelineError(f"{args.oof}: no oof output (--select active needs its probabilities; run dvc repro)")
         oof_df, _, emb, _ = artifacts.read_oof(args.oof)
         df = artifacts.with_oof_probs(df, args.oof)
-        s.score, s.embeddings = args.score, (oof_df["sample_id"].to_numpy(), emb)
+        s.score, s.diversity, s.embeddings = args.score, args.diversity, (oof_df["sample_id"].to_numpy(), emb)
     if args.select == "hard":
         if not Path(args.hardness).exists():
             raise PipelineError(f"{args.hardness}: no hardness table (has the mine stage run?)")

@@ -6,7 +6,9 @@ wrong, from the clean stage); `hard` needs a `hardness` table (the mine stage); 
 seeded per sample from `(seed, sample_id)` so adding samples does not reshuffle the rest;
 `ids` takes an explicit list; `active` picks unlabeled (pool) samples worth a person's time: the
 least certain by cleanlab's ActiveLab score (or the ensemble's disagreement), made diverse by
-greedy k-center over the oof embeddings of a shortlist, so a batch is not near-identical images.
+greedy k-center over the oof embeddings of a shortlist (or, `diversity: kmeans`, the sample
+nearest each centre of an uncertainty-weighted k-means of it), so a batch is not near-identical
+images.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Selection:
     ids: list[str] = field(default_factory=list)  # ids: in this order
     score: str = "activelab"  # active: activelab | disagreement
     embeddings: tuple[np.ndarray, np.ndarray] | None = None  # active: (sample_ids, vectors), e.g. oof's
-    shortlist: int = 10  # active: k-center runs over the `shortlist` x limit least certain
+    shortlist: int = 10  # active: diversity runs over the `shortlist` x limit least certain
+    diversity: str = "kcenter"  # active: kcenter | kmeans
 
 
 def _need(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -107,7 +110,12 @@ def active(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
         rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy()[short])
         if (rows < 0).any():
             raise PipelineError("--select active: the embeddings lack some pool samples; re-run oof")
-        picked = short[k_center(vectors[rows], s.limit)]
+        if s.diversity not in DIVERSITY:
+            raise PipelineError(f"--diversity: expected one of {', '.join(DIVERSITY)}, got {s.diversity!r}")
+        if s.diversity == "kcenter":
+            picked = short[k_center(vectors[rows], s.limit)]
+        else:  # the least certain weigh most; the seed is fixed: the batch is a function of its inputs
+            picked = short[k_means(vectors[rows], s.limit, score[short].max() - score[short] + 1e-6, s.seed)]
         order = np.concatenate([picked, order[~np.isin(order, picked)]])
     return pool.iloc[order].assign(active_score=np.round(score[order], 6))
 
@@ -124,6 +132,27 @@ def k_center(x: np.ndarray, k: int) -> np.ndarray:
         dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
     return np.array(chosen, np.int64)
 
+
+def k_means(x: np.ndarray, k: int, weight: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Diverse mini-batch active learning (Zhdanov 2019): k-means of `x` weighted by `weight`
+    (the uncertainty), then the row nearest each centre, heaviest cluster first; positions into
+    `x`. Unlike k-center, which starts from the farthest rows (outliers, at a cold start mostly
+    odd images), each pick stands for a dense region of uncertain samples."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(x, np.float64)
+    k = min(k, len(x))
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x, sample_weight=weight)
+    dist = km.transform(x)
+    mass = np.bincount(km.labels_, weights=weight, minlength=k)
+    picked: list[int] = []
+    for c in np.argsort(-mass, kind="stable"):  # nearest unpicked row: two centres may share one
+        order = np.argsort(dist[:, c], kind="stable")
+        picked.append(int(next(i for i in order if i not in picked)))
+    return np.array(picked, np.int64)
+
+
+DIVERSITY = ("kcenter", "kmeans")
 
 SELECTORS: Registry[Callable[[pd.DataFrame, Selection], pd.DataFrame]] = Registry(
     "selector (--select)", [("issues", issues), ("hard", hard), ("random", random), ("ids", ids), ("active", active)]
