@@ -4,7 +4,7 @@ The labeled set starts at `--initial` labels (`ingest.keep_labels`: the same sha
 class; the rest of the 60k train images is the unlabeled pool, its truth hidden; the official
 10k test set is the test split). Each round, for each strategy:
 
-    python -m pipeline label push --select active|random --split unlabeled --limit N --project P
+    python -m pipeline label push --select active|random|typical --split unlabeled --limit N --project P
     (the annotator, simulated through Label Studio's API, answers each task with the true class)
     python -m pipeline label pull --project P      # -> labels/patches.csv, merged over rounds
     oof -> clean -> mine -> assemble -> train -> evaluate  (oof's fold models train on the answers)
@@ -17,6 +17,7 @@ final accuracy (linear interpolation of its curve; "more than it had" when it ne
     python bench/bench_active.py --json bench/active_results.json
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
     python bench/bench_active.py --diversity kmeans                    # k-means, not k-center, spreads a batch
+    python bench/bench_active.py --plot bench/active_results.json docs/img/active_curve.png  # the picture only
 
 Run on a quiet machine: each round trains the fold models and the model anew.
 """
@@ -48,6 +49,7 @@ from pipeline.labelstudio.client import Client  # noqa: E402
 
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
 ROUND = ("oof", "clean", "mine", "assemble", "train", "evaluate")
+STRATEGIES = ("active", "random", "typical")  # label push --select: typical is TypiClust
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -83,6 +85,34 @@ def labels_to_match(curve: list[tuple[int, float]], target: float) -> float | No
     return float(curve[0][0]) if curve and curve[0][1] >= target else None
 
 
+def plot(results: dict, out: Path) -> None:
+    """Labels vs test accuracy, one line per (strategy, seed), the strategies' means bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    colors = {"active": "tab:orange", "random": "tab:blue", "typical": "tab:green"}
+    for strategy, color in colors.items():
+        curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
+        for curve in curves:
+            ax.plot(*zip(*curve), color=color, alpha=0.35, lw=1, marker=".")
+        if curves and len({len(c) for c in curves}) == 1:
+            n, acc = np.array(curves).transpose(2, 0, 1)
+            seeds = f"{len(curves)} seed{'s' * (len(curves) > 1)}"
+            ax.plot(n[0], acc.mean(0), color=color, lw=2.5, label=f"{strategy} (mean of {seeds})")
+    ax.set_xlabel(f"labels ({results['initial']} initial + rounds of {results['batch']} answered in Label Studio)")
+    ax.set_ylabel("test accuracy (official 10k test set)")
+    ax.set_title(f"Fashion-MNIST: active ({results.get('diversity', 'kcenter')}), typical (TypiClust) and random")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", default="fashion-mnist", choices=sorted(TRAIN_IMAGES), help="digits: a smoke run")
@@ -90,11 +120,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
-    ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=["active", "random"])
+    ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=STRATEGIES)
     ap.add_argument("--diversity", default="kcenter", choices=["kcenter", "kmeans"], help="label push --diversity")
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--plot", nargs=2, type=Path, metavar=("JSON", "PNG"), help="draw a stored run; run nothing")
     args = ap.parse_args()
+    if args.plot:
+        return plot(json.loads(args.plot[0].read_text()), args.plot[1])
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     common = [
         f"ingest.source={args.source}",
@@ -163,14 +196,17 @@ def main() -> None:
             serve.stop(proc)
     for seed in args.seeds:
         by = {r["strategy"]: r["curve"] for r in results["runs"] if r["seed"] == seed}
-        if {"active", "random"} <= set(by):
-            final = by["active"][-1][1]
+        for strategy in sorted(set(by) - {"random"} if "random" in by else ()):
+            final = by[strategy][-1][1]
             need = labels_to_match(by["random"], final)
-            used = by["active"][-1][0]
-            share = f"active uses {used / need:.0%} of that" if need else "random never got there"
+            used = by[strategy][-1][0]
+            share = f"{strategy} uses {used / need:.0%} of that" if need else "random never got there"
             needs = f"{need:.0f}" if need is not None else f"more than {by['random'][-1][0]}"
-            results.setdefault("summary", {})[str(seed)] = {"active_final": final, "random_labels_to_match": need}
-            print(f"seed {seed}: active reaches {final} with {used} labels; random needs {needs} ({share})")
+            results.setdefault("summary", {}).setdefault(str(seed), {})[strategy] = {
+                "final": final,
+                "random_labels_to_match": need,
+            }
+            print(f"seed {seed}: {strategy} reaches {final} with {used} labels; random needs {needs} ({share})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

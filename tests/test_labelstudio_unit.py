@@ -584,6 +584,40 @@ def test_active_picks_only_the_pool_least_certain_first_and_diverse(work):
         select.select(df[df["split"] != "unlabeled"], "active", select.Selection(limit=3))
 
 
+def test_typiclust_takes_the_most_typical_sample_of_each_part_the_labeled_set_covers_least():
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    blobs = np.repeat(centres, 30, axis=0) + rng.normal(0, 0.5, (90, 2))
+    labeled = np.zeros(90, bool)
+    labeled[:10] = True  # blob 0 is covered
+    picked = select.typiclust(blobs, labeled, 2, max_clusters=3)
+    assert sorted(p // 30 for p in picked) == [1, 2]  # one from each uncovered blob
+    for p in picked:  # from its dense middle, not its rim
+        blob = p // 30
+        radius = np.linalg.norm(blobs[blob * 30 : blob * 30 + 30] - centres[blob], axis=1)
+        assert radius[p % 30] <= np.quantile(radius, 0.25)
+    more = select.typiclust(blobs, labeled, 5, max_clusters=3)
+    assert (~labeled[more]).all() and len(set(more)) == 5 and {p // 30 for p in more} == {0, 1, 2}
+    assert set(more[:2]) == set(picked)  # the uncovered blobs come first
+
+
+def test_typical_selects_pool_samples_knowing_the_labeled_set_that_split_filters_out(work):
+    df, classes, emb = _pooled_manifest(work)
+    ids, vectors = emb
+    train = df.loc[df["split"] == "train", "sample_id"].to_numpy()
+    # every labeled sample sits in the cluster of rows >= 30: the other cluster is the uncovered one
+    vectors = vectors.copy()
+    vectors[df["split"].to_numpy() == "train"] = [1.0, 0.0]
+    s = select.Selection(limit=1, embeddings=(ids, vectors), labeled=train)
+    one = select.select(df, "typical", s, ["unlabeled"])
+    assert (one["split"] == "unlabeled").all() and len(one) == 1
+    assert int(one["sample_id"].iloc[0][1:]) < 30 or one["sample_id"].iloc[0] == "s00048"  # the uncovered cluster
+    with pytest.raises(PipelineError, match="embeddings"):
+        select.select(df, "typical", select.Selection(limit=1), ["unlabeled"])
+    with pytest.raises(PipelineError, match="no unlabeled samples"):
+        select.select(df[df["split"] != "unlabeled"], "typical", s)
+
+
 def test_active_push_pre_annotates_and_a_pull_patches_answered_pool_samples_only(work):
     df, classes, emb = _pooled_manifest(work)
     chosen = select.select(df, "active", select.Selection(limit=6, embeddings=emb))

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(select.SELECTORS),
         help="issues: label issues, lowest label_score first; hard: hardest first; "
         "random: a seeded audit sample; ids: the ones given by --ids; active: unlabeled (pool) "
-        "samples most worth labeling, least certain and diverse",
+        "samples most worth labeling, least certain and diverse; typical: pool samples from the parts "
+        "of the data the labeled set covers least (TypiClust: for a few labels per class)",
     )
     push.add_argument("--limit", type=int, default=200, help="at most this many (default: %(default)s)")
     push.add_argument("--manifest", default=DEFAULT_MANIFEST, help="default: %(default)s")
@@ -55,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="--select active: how a batch is spread over the oof embeddings of the least certain: greedy "
         "k-center, or the sample nearest each centre of an uncertainty-weighted k-means (default: %(default)s)",
     )
-    push.add_argument("--oof", default="data/oof", help="--select active: oof output, for probabilities and embeddings")
+    push.add_argument(
+        "--oof", default="data/oof", help="--select active|typical: oof output, for probabilities and embeddings"
+    )
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
     push.add_argument("--max-score", type=float, help="--select issues: label_score at most this")
     push.add_argument(
@@ -133,14 +136,15 @@ def _push(params: Params, args) -> dict:
         max_score=args.max_score,
         ids=select.read_ids(args.ids) if args.ids else [],
     )
-    if args.select == "active":
+    if args.select in ("active", "typical"):
         from pipeline import artifacts
 
         if not (Path(args.oof) / dataset.MANIFEST).exists():
-            raise PipelineError(f"{args.oof}: no oof output (--select active needs its probabilities; run dvc repro)")
+            raise PipelineError(f"{args.oof}: no oof output (--select {args.select} needs it; run dvc repro)")
         oof_df, _, emb, _ = artifacts.read_oof(args.oof)
         df = artifacts.with_oof_probs(df, args.oof)
         s.score, s.diversity, s.embeddings = args.score, args.diversity, (oof_df["sample_id"].to_numpy(), emb)
+        s.labeled = df.loc[df["split"] == "train", "sample_id"].to_numpy() if "split" in df else None
     if args.select == "hard":
         if not Path(args.hardness).exists():
             raise PipelineError(f"{args.hardness}: no hardness table (has the mine stage run?)")

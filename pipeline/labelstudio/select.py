@@ -8,7 +8,9 @@ seeded per sample from `(seed, sample_id)` so adding samples does not reshuffle 
 least certain by cleanlab's ActiveLab score (or the ensemble's disagreement), made diverse by
 greedy k-center over the oof embeddings of a shortlist (or, `diversity: kmeans`, the sample
 nearest each centre of an uncertainty-weighted k-means of it), so a batch is not near-identical
-images.
+images; `typical` picks pool samples by TypiClust (the most typical sample of each part of the
+embedding space the labeled set covers least), for budgets of a few labels per class, where the
+least certain samples teach less than random ones.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Selection:
     embeddings: tuple[np.ndarray, np.ndarray] | None = None  # active: (sample_ids, vectors), e.g. oof's
     shortlist: int = 10  # active: diversity runs over the `shortlist` x limit least certain
     diversity: str = "kcenter"  # active: kcenter | kmeans
+    labeled: np.ndarray | None = None  # typical: sample_ids already labeled (train), whatever --split keeps
 
 
 def _need(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -154,8 +157,72 @@ def k_means(x: np.ndarray, k: int, weight: np.ndarray, seed: int = 0) -> np.ndar
 
 DIVERSITY = ("kcenter", "kmeans")
 
+
+def typical(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
+    _need(df, ("split",), "typical")
+    pool = df[df["split"] == schema.POOL]
+    if pool.empty:
+        raise PipelineError("--select typical: no unlabeled samples in the manifest (set ingest.unlabeled_path)")
+    if s.embeddings is None:
+        raise PipelineError("--select typical needs the oof embeddings (--oof)")
+    ids, vectors = s.embeddings
+    index = pd.Index(ids)
+    rows = index.get_indexer(pool["sample_id"].to_numpy())
+    if (rows < 0).any():
+        raise PipelineError("--select typical: the embeddings lack some pool samples; re-run oof")
+    known = index.get_indexer(np.asarray(s.labeled if s.labeled is not None else [], dtype=object))
+    known = np.unique(known[known >= 0])
+    x = np.concatenate([vectors[rows], vectors[known]])
+    labeled = np.arange(len(x)) >= len(rows)
+    picked = typiclust(x, labeled, min(s.limit, len(rows)), s.seed)
+    return pool.iloc[picked]
+
+
+def typiclust(
+    x: np.ndarray, labeled: np.ndarray, k: int, seed: int = 0, max_clusters: int = 500, knn: int = 20
+) -> np.ndarray:
+    """TypiClust (Hacohen, Dekel & Weinshall 2022, "Active learning on a budget"): k-means of
+    every row, labeled or not, into min(labeled + k, `max_clusters`) clusters; the clusters
+    with the fewest labeled rows first (the largest first among equals), from each in turn its
+    most typical unlabeled row (the inverse of the mean distance to its `knn` nearest unlabeled
+    neighbours in the cluster). Positions of unlabeled rows of `x`, in the order chosen.
+    Written here: no maintained library ships it (the authors' code is a research repository)."""
+    from sklearn.cluster import KMeans
+    from sklearn.neighbors import NearestNeighbors
+
+    x, labeled = np.asarray(x, np.float32), np.asarray(labeled, bool)
+    free = np.flatnonzero(~labeled)
+    n_clusters = int(min(labeled.sum() + k, max_clusters, len(free)))
+    cluster = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit_predict(x)
+    covered = np.bincount(cluster[labeled], minlength=n_clusters)
+    size = np.bincount(cluster[free], minlength=n_clusters)
+    queues = []
+    for c in np.lexsort((-size, covered)):  # least covered first, then the largest
+        members = free[cluster[free] == c]
+        if len(members) == 0:
+            continue
+        if len(members) > 1:
+            dist, _ = NearestNeighbors(n_neighbors=min(knn, len(members) - 1)).fit(x[members]).kneighbors()
+            members = members[np.argsort(dist.mean(1), kind="stable")]  # the most typical first
+        queues.append(list(members))
+    picked: list[int] = []
+    while len(picked) < min(k, len(free)):  # one per cluster in turn, until `k`
+        for q in queues:
+            if q and len(picked) < k:
+                picked.append(int(q.pop(0)))
+    return np.array(picked, np.int64)
+
+
 SELECTORS: Registry[Callable[[pd.DataFrame, Selection], pd.DataFrame]] = Registry(
-    "selector (--select)", [("issues", issues), ("hard", hard), ("random", random), ("ids", ids), ("active", active)]
+    "selector (--select)",
+    [
+        ("issues", issues),
+        ("hard", hard),
+        ("random", random),
+        ("ids", ids),
+        ("active", active),
+        ("typical", typical),
+    ],
 )
 
 
