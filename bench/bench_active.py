@@ -94,7 +94,7 @@ def plot(results: dict, out: Path) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    colors = {"active": "tab:orange", "random": "tab:blue", "typical": "tab:green"}
+    colors = {"active": "tab:orange", "active --balance": "tab:red", "random": "tab:blue", "typical": "tab:green"}
     for strategy, color in colors.items():
         curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
         for curve in curves:
@@ -106,8 +106,8 @@ def plot(results: dict, out: Path) -> None:
     ax.set_xlabel(f"labels ({results['initial']} initial + rounds of {results['batch']} answered in Label Studio)")
     ax.set_ylabel("test accuracy (official 10k test set)")
     ax.set_title(f"Fashion-MNIST: active ({results.get('diversity', 'kcenter')}), typical (TypiClust) and random")
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    ax.legend()
     fig.tight_layout()
     fig.savefig(out)
     print(f"wrote {out}")
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1])
     ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=STRATEGIES)
     ap.add_argument("--diversity", default="kcenter", choices=["kcenter", "kmeans"], help="label push --diversity")
+    ap.add_argument("--balance", action="store_true", help="label push --balance: a share per predicted class")
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", nargs=2, type=Path, metavar=("JSON", "PNG"), help="draw a stored run; run nothing")
@@ -138,7 +139,8 @@ def main() -> None:
         "evaluate.robustness.max_samples=100",
         *args.set,
     ]
-    results = {"initial": args.initial, "batch": args.batch, "set": common, "diversity": args.diversity, "runs": []}
+    results = {"initial": args.initial, "batch": args.batch, "set": common, "diversity": args.diversity}
+    results |= {"balance": args.balance, "runs": []}
     if not serve.executable(ROOT / ".venv-ls").exists():
         sys.exit("bench: .venv-ls/bin/label-studio is missing: run `make labelstudio`")
     with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:
@@ -174,6 +176,7 @@ def main() -> None:
                             push = ["label", "push", "--quiet", "--project", project, "--select", strategy]
                             push += ["--split", "unlabeled", "--limit", str(args.batch), "--seed", str(seed + r)]
                             push += ["--diversity", args.diversity] if strategy == "active" else []
+                            push += ["--balance"] if strategy == "active" and args.balance else []
                             run(push, work, env)
                             clean, _ = dataset.read_manifest(work / "data/clean")
                             annotate(client, project, clean.set_index("sample_id")["hidden_label"], user)
@@ -189,7 +192,8 @@ def main() -> None:
                             f"{evaluate['accuracy']} ({time.perf_counter() - t0:.0f} s so far)",
                             flush=True,
                         )
-                    results["runs"].append({"seed": seed, "strategy": strategy, "curve": curve})
+                    name = f"{strategy} --balance" if strategy == "active" and args.balance else strategy
+                    results["runs"].append({"seed": seed, "strategy": name, "curve": curve})
                     if args.json:
                         args.json.write_text(json.dumps(results, indent=1) + "\n")
         finally:

@@ -584,6 +584,29 @@ def test_active_picks_only_the_pool_least_certain_first_and_diverse(work):
         select.select(df[df["split"] != "unlabeled"], "active", select.Selection(limit=3))
 
 
+def test_balanced_active_gives_each_predicted_class_its_share_least_certain_first():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.full(3, 0.5), 300)
+    probs[:240, 0] += 2  # the model predicts class 0 for most of the pool
+    probs /= probs.sum(1, keepdims=True)
+    df = pd.DataFrame({"sample_id": [f"s{i:04d}" for i in range(300)], "split": "unlabeled", "probs": list(probs)})
+    emb = (df["sample_id"].to_numpy(), rng.normal(size=(300, 4)))
+    predicted = lambda out: np.stack(out["probs"].to_numpy()).argmax(1)  # noqa: E731
+    plain = select.select(df, "active", select.Selection(limit=30, embeddings=emb, diversity="kmeans"))
+    assert np.bincount(predicted(plain), minlength=3).max() > 10  # unbalanced without it
+    for diversity in ("kcenter", "kmeans"):
+        s = select.Selection(limit=31, embeddings=emb, diversity=diversity, balance=True)
+        out = select.select(df, "active", s)
+        assert sorted(np.bincount(predicted(out), minlength=3)) == [10, 10, 11]
+        assert (predicted(out)[:3] != predicted(out)[0]).sum() == 2  # round-robin: a cut stays balanced
+    # without embeddings: each class's least certain (lowest ActiveLab score among its predictions)
+    out = select.select(df, "active", select.Selection(limit=6, balance=True))
+    full = select.select(df, "active", select.Selection(limit=300))
+    for c in range(3):
+        of_c = full[predicted(full) == c]["sample_id"].tolist()
+        assert sorted(out[predicted(out) == c]["sample_id"]) == sorted(of_c[:2])
+
+
 def test_typiclust_takes_the_most_typical_sample_of_each_part_the_labeled_set_covers_least():
     rng = np.random.default_rng(0)
     centres = np.array([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])

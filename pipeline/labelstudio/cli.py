@@ -57,6 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "k-center, or the sample nearest each centre of an uncertainty-weighted k-means (default: %(default)s)",
     )
     push.add_argument(
+        "--balance",
+        action="store_true",
+        help="--select active: an equal share of the batch per predicted class (class-balanced active "
+        "learning: a weak model's least certain samples crowd into the classes it confuses)",
+    )
+    push.add_argument(
         "--oof", default="data/oof", help="--select active|typical: oof output, for probabilities and embeddings"
     )
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
@@ -143,7 +149,8 @@ def _push(params: Params, args) -> dict:
             raise PipelineError(f"{args.oof}: no oof output (--select {args.select} needs it; run dvc repro)")
         oof_df, _, emb, _ = artifacts.read_oof(args.oof)
         df = artifacts.with_oof_probs(df, args.oof)
-        s.score, s.diversity, s.embeddings = args.score, args.diversity, (oof_df["sample_id"].to_numpy(), emb)
+        s.score, s.diversity, s.balance = args.score, args.diversity, args.balance
+        s.embeddings = (oof_df["sample_id"].to_numpy(), emb)
         s.labeled = df.loc[df["split"] == "train", "sample_id"].to_numpy() if "split" in df else None
     if args.select == "hard":
         if not Path(args.hardness).exists():

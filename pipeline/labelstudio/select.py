@@ -1,20 +1,22 @@
 """Which samples to send to annotators: a small registry of selectors over a manifest.
 
-Each selector returns the chosen rows, best first, at most `limit` of them, and adds a
-`reason` column. `issues` needs `is_label_issue` and `label_score` (lower = more likely
-wrong, from the clean stage); `hard` needs a `hardness` table (the mine stage); `random` is
-seeded per sample from `(seed, sample_id)` so adding samples does not reshuffle the rest;
-`ids` takes an explicit list; `active` picks unlabeled (pool) samples worth a person's time: the
-least certain by cleanlab's ActiveLab score (or the ensemble's disagreement), made diverse by
-greedy k-center over the oof embeddings of a shortlist (or, `diversity: kmeans`, the sample
-nearest each centre of an uncertainty-weighted k-means of it), so a batch is not near-identical
-images; `typical` picks pool samples by TypiClust (the most typical sample of each part of the
-embedding space the labeled set covers least), for budgets of a few labels per class, where the
-least certain samples teach less than random ones.
+Each selector returns the chosen rows, best first, at most `limit` of them, and adds a `reason`
+column. `issues` needs `is_label_issue` and `label_score` (lower = more likely wrong, from the
+clean stage); `hard` needs a `hardness` table (the mine stage); `random` is seeded per sample
+from `(seed, sample_id)` so adding samples does not reshuffle the rest; `ids` takes an explicit
+list; `active` picks unlabeled (pool) samples worth a person's time: the least certain by
+cleanlab's ActiveLab score (or the ensemble's disagreement), made diverse by greedy k-center
+over the oof embeddings of a shortlist (or, `diversity: kmeans`, the sample nearest each centre
+of an uncertainty-weighted k-means of it), so a batch is not near-identical images, and with
+`balance` an equal share of it per predicted class (at a cold start the least certain crowd into
+the few classes the model confuses); `typical` picks pool samples by TypiClust (the most typical
+sample of each part of the embedding space the labeled set covers least), for budgets of a few
+labels per class, where the least certain samples teach less than random ones.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -39,6 +41,7 @@ class Selection:
     embeddings: tuple[np.ndarray, np.ndarray] | None = None  # active: (sample_ids, vectors), e.g. oof's
     shortlist: int = 10  # active: diversity runs over the `shortlist` x limit least certain
     diversity: str = "kcenter"  # active: kcenter | kmeans
+    balance: bool = False  # active: an equal share of the batch per predicted class
     labeled: np.ndarray | None = None  # typical: sample_ids already labeled (train), whatever --split keeps
 
 
@@ -106,21 +109,34 @@ def active(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
         score = -pool["disagreement"].to_numpy(float)
     else:
         raise PipelineError(f"--score: expected one of {', '.join(ACTIVE_SCORES)}, got {s.score!r}")
+    if s.diversity not in DIVERSITY:
+        raise PipelineError(f"--diversity: expected one of {', '.join(DIVERSITY)}, got {s.diversity!r}")
     order = np.lexsort((pool["sample_id"].to_numpy(), score))  # least certain first, ties by id
-    short = order[: max(s.limit, s.shortlist * s.limit)]
-    if s.embeddings is not None and len(short) > s.limit:
-        ids, vectors = s.embeddings
-        rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy()[short])
-        if (rows < 0).any():
-            raise PipelineError("--select active: the embeddings lack some pool samples; re-run oof")
-        if s.diversity not in DIVERSITY:
-            raise PipelineError(f"--diversity: expected one of {', '.join(DIVERSITY)}, got {s.diversity!r}")
-        if s.diversity == "kcenter":
-            picked = short[k_center(vectors[rows], s.limit)]
-        else:  # the least certain weigh most; the seed is fixed: the batch is a function of its inputs
-            picked = short[k_means(vectors[rows], s.limit, score[short].max() - score[short] + 1e-6, s.seed)]
-        order = np.concatenate([picked, order[~np.isin(order, picked)]])
+    if s.balance:  # an equal share per predicted class, round-robin, so a cut keeps the balance
+        predicted = np.stack(pool[artifacts.PROBS].to_numpy()).argmax(1)[order]
+        classes = np.unique(predicted)
+        quota = np.full(len(classes), s.limit // len(classes)) + (np.arange(len(classes)) < s.limit % len(classes))
+        per_class = [_spread(pool, order[predicted == c], score, q, s) for c, q in zip(classes, quota)]
+        picked = np.array([p for turn in itertools.zip_longest(*per_class) for p in turn if p is not None], np.int64)
+    else:
+        picked = _spread(pool, order, score, s.limit, s)
+    order = np.concatenate([picked, order[~np.isin(order, picked)]])
     return pool.iloc[order].assign(active_score=np.round(score[order], 6))
+
+
+def _spread(pool: pd.DataFrame, order: np.ndarray, score: np.ndarray, k: int, s: Selection) -> np.ndarray:
+    """`k` of the `shortlist` x k first of `order`, spread over the embeddings (or the first `k`)."""
+    short = order[: max(k, s.shortlist * k)]
+    if s.embeddings is None or len(short) <= k or k == 0:
+        return short[:k]
+    ids, vectors = s.embeddings
+    rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy()[short])
+    if (rows < 0).any():
+        raise PipelineError("--select active: the embeddings lack some pool samples; re-run oof")
+    if s.diversity == "kcenter":
+        return short[k_center(vectors[rows], k)]
+    # the least certain weigh most; the seed is fixed: the batch is a function of its inputs
+    return short[k_means(vectors[rows], k, score[short].max() - score[short] + 1e-6, s.seed)]
 
 
 def k_center(x: np.ndarray, k: int) -> np.ndarray:
