@@ -139,8 +139,14 @@ def main() -> None:
         "evaluate.robustness.max_samples=100",
         *args.set,
     ]
-    results = {"initial": args.initial, "batch": args.batch, "set": common, "diversity": args.diversity}
-    results |= {"balance": args.balance, "runs": []}
+    results = {
+        "initial": args.initial,
+        "batch": args.batch,
+        "set": common,
+        "diversity": args.diversity,
+        "balance": args.balance,
+        "runs": [],
+    }
     if not serve.executable(ROOT / ".venv-ls").exists():
         sys.exit("bench: .venv-ls/bin/label-studio is missing: run `make labelstudio`")
     with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:

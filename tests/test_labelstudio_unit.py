@@ -502,6 +502,13 @@ def test_cli_round_trip_keeps_secrets_out_of_files_and_logs(work, monkeypatch, c
         assert TOKEN not in text and URL not in text
 
 
+def test_balance_outside_active_is_a_one_line_error(work, capsys):
+    argv = ["label", "--params", str(ROOT / "params.yaml"), "push", "--project", "p", "--select", "typical"]
+    assert entry.main([*argv, "--balance"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "--balance applies to --select active, not --select typical" in err and len(err.splitlines()) == 1
+
+
 def test_label_help_lists_subcommands_and_split_does_not_import_it():
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     helptext = subprocess.run(

@@ -130,6 +130,8 @@ def _push(params: Params, args) -> dict:
     from pipeline import dataset
     from pipeline.labelstudio import push, revision
 
+    if args.balance and args.select != "active":
+        raise PipelineError(f"--balance applies to --select active, not --select {args.select}")
     manifest = Path(args.manifest)
     df, classes = dataset.read_manifest(manifest)
     manifest = manifest / dataset.MANIFEST if manifest.is_dir() else manifest
