@@ -55,7 +55,7 @@ def train(work: Path, split: Path, assemble: Path, nproc: int) -> dict:
     (out / "params.yaml").write_text(yaml.safe_dump({"train": recipe, "augment": {"enabled": False}}))
     cmd = [sys.executable, "-m", "pipeline", "train", "--quiet", "--params", str(out / "params.yaml")]
     cmd += ["--assemble", str(assemble), "--split", str(split), "--oof", str(work / "no-oof")]
-    cmd += ["--policy", "augment_policies/randaugment.yaml"]
+    cmd += ["--policy", "augment_policies/randaugment.yaml", "--unlabeled-policy", "augment_policies/randaugment.yaml"]
     cmd += ["--model", str(out / "model.pt"), "--metrics", str(out / "train.json"), "--plots", str(out / "plots")]
     t = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)

@@ -2,12 +2,15 @@
 
 For each label fraction (`ingest.keep_labels`: 1% and 5% of each class keep their label, the rest
 join the pool with the truth hidden; the official 10k test set stays the test split) it runs
-ingest -> split -> oof -> clean -> mine once, then three rows that differ only in what the
-training set gets besides the labeled samples:
+ingest -> split -> oof -> clean -> mine once, then rows that differ only in what training gets
+besides the labeled samples:
 
 - `supervised`: nothing (assemble with no derived data);
 - `pseudo-1`: one round of ensemble pseudo-labels (`pseudo.rounds=1`);
-- `pseudo-3`: three rounds (two self-trained students, Noisy Student).
+- `pseudo-3`: three rounds (two self-trained students, Noisy Student);
+- `fixmatch`: the labeled samples alone, the pool as FixMatch's consistency loss in train
+  (`train.unlabeled.weight=1`, plus `--fixmatch-set`);
+- `fixmatch-off`: its control, the same params without the pool (`train.unlabeled.weight=0`).
 
 Each row then trains (`train`, the same params) and evaluates on the test set. Every stage runs as
 `python -m pipeline <stage>` in a scratch folder with this checkout's `pipeline/` copied in.
@@ -38,7 +41,7 @@ from bench_oof_clean import with_sets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flags(name: str, derived: list[str], policy: str = "augment_policies/randaugment.yaml") -> list[str]:
+def flags(name: str, derived: list[str], policy: str, strong: str) -> list[str]:
     m = ["--metrics", f"metrics/{name}.json"]
     return {
         "ingest": ["--out", "data/ingest", *m],
@@ -59,6 +62,8 @@ def flags(name: str, derived: list[str], policy: str = "augment_policies/randaug
             "data/oof",
             "--policy",
             policy,
+            "--unlabeled-policy",
+            strong,
         ]
         + ["--model", "models/model.pt", *m, "--plots", "plots/train"],
         "evaluate": ["--model", "models/model.pt", "--split", "data/split", *m, "--plots", "plots/evaluate"],
@@ -67,9 +72,9 @@ def flags(name: str, derived: list[str], policy: str = "augment_policies/randaug
 
 def stage(folder: Path, name: str, params_file: Path, derived: list[str] = ()) -> float:
     t0 = time.perf_counter()
-    policy = yaml.safe_load(params_file.read_text())["augment"]["policy"]  # augment.mode online: train applies it
+    p = yaml.safe_load(params_file.read_text())  # the policy files train reads, as dvc.yaml wires them
     cmd = [sys.executable, "-m", "pipeline", name, "--quiet", "--params", str(params_file)]
-    cmd += flags(name, derived, policy)
+    cmd += flags(name, derived, p["augment"]["policy"], p["train"]["unlabeled"]["policy"])
     proc = subprocess.run(cmd, cwd=folder, env={**os.environ, "PIPELINE_QUIET": "1"}, capture_output=True, text=True)
     if proc.returncode:
         sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
@@ -80,7 +85,9 @@ def metrics(folder: Path, name: str) -> dict:
     return json.loads((folder / "metrics" / f"{name}.json").read_text())
 
 
-ROWS = {"supervised": None, "pseudo-1": 1, "pseudo-3": 3}
+ROWS = {"supervised": None, "pseudo-1": 1, "pseudo-3": 3, "fixmatch": None, "fixmatch-off": None}
+# with --fixmatch-set: the labeled set alone and the pool as FixMatch's; off: the same without the pool
+FIXMATCH = {"fixmatch": ["train.unlabeled.weight=1"], "fixmatch-off": ["train.unlabeled.weight=0"]}
 
 
 def main() -> None:
@@ -89,6 +96,7 @@ def main() -> None:
     ap.add_argument("--fractions", nargs="*", type=float, default=[0.01, 0.05])
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     ap.add_argument("--set", nargs="*", default=[], help="more params for every row, key=value")
+    ap.add_argument("--fixmatch-set", nargs="*", default=[], help="more params for the fixmatch row, key=value")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -108,10 +116,10 @@ def main() -> None:
             for row in args.rows:
                 rounds = ROWS[row]
                 derived, out = [], {**base, "row": row, "seconds": {}}
+                row_sets = [f"pseudo.rounds={rounds}"] if rounds else []
+                row_sets += [*args.fixmatch_set, *FIXMATCH[row]] if row in FIXMATCH else []
+                params_file.write_text(yaml.safe_dump(with_sets(shipped, [*common, *row_sets]), sort_keys=False))
                 if rounds:
-                    params_file.write_text(
-                        yaml.safe_dump(with_sets(shipped, [*common, f"pseudo.rounds={rounds}"]), sort_keys=False)
-                    )
                     out["seconds"]["pseudo"] = stage(folder, "pseudo", params_file)
                     out["pseudo"] = metrics(folder, "pseudo")
                     derived = ["data/pseudo"]
@@ -129,6 +137,8 @@ def main() -> None:
                     f"(n_train {out['train']['n_train']}, {took:.0f} s){'; ' if rounds_line else ''}{rounds_line}",
                     flush=True,
                 )
+                if "unlabeled" in out["train"]:
+                    print(f"{fraction:.0%} {row}: FixMatch {out['train']['unlabeled']}", flush=True)
                 results.append(out)
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1) + "\n")

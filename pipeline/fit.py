@@ -378,11 +378,15 @@ def train_epoch(
     epoch: int,
     g: torch.Generator,
     ohem_fraction: float = 0.0,
+    unlabeled=None,
+    order_u: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """One pass over the samples `order` names, step i at learning rate lrs[i].
 
     `ohem_fraction` > 0: online hard example mining, only the largest per-sample losses of
     each batch (that fraction of it, at least one) contribute to the gradient.
+    `unlabeled` (a `fixmatch.Unlabeled`): step i adds the consistency loss of the pool images
+    order_u[i * ratio * batch_size:][:ratio * batch_size].
     Under DDP every process draws the same `order` and takes its share of each batch (rank r:
     every world-th sample from r), so the global batch is the same as with one process.
     Returns the mean (unweighted, smoothed) training loss and the training accuracy.
@@ -400,7 +404,11 @@ def train_epoch(
         if 0 < ohem_fraction < 1:
             k = max(1, math.ceil(ohem_fraction * len(idx)))
             weighted = weighted[torch.topk(per_sample.detach(), k).indices]
-        weighted.mean().backward()
+        loss = weighted.mean()
+        if unlabeled is not None:
+            n_u = unlabeled.ratio * batch_size
+            loss = loss + unlabeled.loss(model, order_u[i * n_u : (i + 1) * n_u], epoch)
+        loss.backward()
         opt.step()
         loss_sum += float(per_sample.detach().sum())
         correct += int((logits.detach().argmax(1) == y[idx]).sum())
@@ -429,6 +437,7 @@ def fit(
     mix=None,
     difficulty: np.ndarray | None = None,
     soft_targets: np.ndarray | None = None,
+    unlabeled=None,
 ) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
@@ -442,6 +451,8 @@ def fit(
     `difficulty`: per sample, higher = harder (the mine stage's hardness), which orders the
     samples under `cfg.curriculum` (`curriculum_order`); needed unless it is "none".
     `soft_targets`: (N, K) targets that replace the smoothed one-hot labels (train.soft_labels).
+    `unlabeled`: a `fixmatch.Unlabeled` pool whose consistency loss joins every step (FixMatch);
+    each history row then has its `epoch_stats`.
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
@@ -475,11 +486,16 @@ def fit(
         raise PipelineError(
             f"expected soft targets of shape ({len(y_train)}, {num_classes}), got {np.shape(soft_targets)}"
         )
+    if unlabeled is not None:  # FixMatch: labeled images get the weak view too
+        online = unlabeled.labeled_view(online)
+        sample_ids = sample_ids if sample_ids is not None else [f"#{i}" for i in range(len(y_train))]
     step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix, soft_targets)
     bs = min(cfg.batch_size, len(y))
     _, size = world()
     if size > 1 and bs % size:  # unequal shares would draw different random numbers per process
         raise PipelineError(f"train.batch_size {bs} must be a multiple of train.nproc {size} (each takes a share)")
+    if size > 1 and unlabeled is not None:
+        raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1")
     net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
     steps_per_epoch = len(y) // bs  # the remainder (a different one each epoch) is skipped
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
@@ -499,7 +515,10 @@ def fit(
                 order = torch.randperm(len(y), generator=g)[: steps_per_epoch * bs]
             else:
                 order = torch.multinomial(odds, steps_per_epoch * bs, replacement=True, generator=g)
-            loss, acc = train_epoch(net, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction)
+            order_u = None if unlabeled is None else unlabeled.order(steps_per_epoch * bs * unlabeled.ratio, g)
+            loss, acc = train_epoch(
+                net, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction, unlabeled, order_u
+            )
             if size > 1:  # batch-norm statistics from process 0, so every process validates one model
                 _broadcast_buffers(model)
             row = {
@@ -509,13 +528,15 @@ def fit(
                 "train_accuracy": acc,
                 "val_loss": None,
                 "val_accuracy": None,
+                **({} if unlabeled is None else unlabeled.epoch_stats()),
             }
             if xv8 is not None:
                 losses, correct = val_losses(model, xv8, yv)
                 row["val_loss"], row["val_accuracy"] = float(losses.mean()), float(correct.double().mean())
             history.append({k: (float(f"{v:.6g}") if isinstance(v, float) else v) for k, v in row.items()})
             _log_epoch(desc, row, cfg.epochs, time.perf_counter() - t0)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in row.items() if k.startswith("val") and v is not None})
+            shown = ("val_loss", "val_accuracy", "mask_rate", "mask_precision")
+            bar.set_postfix({k: f"{row[k]:.4f}" for k in shown if row.get(k) is not None})
             if on_epoch_end is not None:
                 on_epoch_end(model, epoch)
             if xv8 is None:
@@ -545,6 +566,9 @@ def _broadcast_buffers(model: nn.Module) -> None:
 
 def _log_epoch(desc: str, row: dict, epochs: int, seconds: float) -> None:
     val = f" val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f}" if row["val_loss"] is not None else ""
+    if "mask_rate" in row:  # FixMatch: the share of pool draws whose target counted (and how many were right)
+        val += f" unlabeled_loss {row['unlabeled_loss']:.4f} mask_rate {row['mask_rate']:.3f}"
+        val += f" mask_precision {row['mask_precision']:.3f}" if row.get("mask_precision") is not None else ""
     log.info(
         "%s: epoch %d/%d lr %.3g train_loss %.4f train_acc %.4f%s (%.1fs)",
         desc,

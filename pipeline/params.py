@@ -146,6 +146,31 @@ class TrainAdversarial(Section):
     ratio: float = Field(1.0, ge=0.0, le=1.0)  # fraction of each batch replaced
 
 
+def policy_file(v: str) -> str:
+    """A policy param names a file by its path (dvc.yaml lists it as a dependency)."""
+    if not v.endswith((".yaml", ".yml")) or "/" not in v.replace("\\", "/"):
+        raise ValueError(
+            f"expected the path of a policy file such as {POLICY_DIR}/randaugment.yaml or {LEARNED_POLICY}, got {v!r}"
+        )
+    return v
+
+
+class TrainUnlabeled(Section):
+    """FixMatch (Sohn et al. 2020, pipeline/fixmatch.py): the unlabeled pool (split "unlabeled")
+    as a consistency loss in every training step. `weight` 0: off."""
+
+    weight: float = Field(0.0, ge=0.0)  # lambda_u
+    ratio: int = Field(7, ge=1)  # pool images per labeled image in a step (mu)
+    threshold: float = Field(0.95, gt=0.0, le=1.0)  # a weak view's confidence that makes its prediction a target
+    policy: str = "augment_policies/randaugment.yaml"  # the strong view's policy file (then Cutout)
+    cutout: float = Field(0.5, ge=0.0, le=1.0)  # the strong view's Cutout: a square up to this fraction of a side
+
+    @field_validator("policy")
+    @classmethod
+    def _policy_file(cls, v: str) -> str:
+        return policy_file(v)
+
+
 class Train(Section):
     model: MODEL = "small_cnn"
     epochs: int = Field(30, ge=1)
@@ -188,6 +213,7 @@ class Train(Section):
     # training processes (torch DDP through torch.distributed.run, gloo: the training core runs on CPU); each takes
     # a share of every batch, so the global batch and the schedule stay those of one process
     nproc: int = Field(1, ge=1)
+    unlabeled: TrainUnlabeled = TrainUnlabeled()
 
 
 # the training recipe that stages training a model of their own (oof's fold models, the synthetic
@@ -291,12 +317,7 @@ class Augment(Section):
     @field_validator("policy")
     @classmethod
     def _policy_file(cls, v: str) -> str:
-        if not v.endswith((".yaml", ".yml")) or "/" not in v.replace("\\", "/"):
-            raise ValueError(
-                f"expected the path of a policy file such as {POLICY_DIR}/randaugment.yaml "
-                f"or {LEARNED_POLICY}, got {v!r}"
-            )
-        return v
+        return policy_file(v)
 
 
 # the ops policy search may use: pipeline/augment/ops.py's, less SamplePairing (it needs a partner

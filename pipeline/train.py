@@ -44,9 +44,18 @@ def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float,
     return fit.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
 
 
-def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: list[str], online=None, oof_probs=None):
+def run(
+    params: Params,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    classes: list[str],
+    online=None,
+    oof_probs=None,
+    unlabeled=None,
+):
     """(FitResult, metrics) for a training manifest and a val manifest; `oof_probs`: the oof
-    ensemble's probabilities by sample id (for `train.soft_labels`)."""
+    ensemble's probabilities by sample id (for `train.soft_labels`); `unlabeled`: the pool, a
+    `fixmatch.Unlabeled` (train.unlabeled)."""
     from pipeline import fit, models
     from pipeline.augment import mixing
 
@@ -69,6 +78,7 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         soft_targets=soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
         if cfg.soft_labels > 0
         else None,
+        unlabeled=unlabeled,
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
@@ -85,6 +95,10 @@ def run(params: Params, train_df: pd.DataFrame, val_df: pd.DataFrame, classes: l
         "seed": seed(params),
         "world_size": fit.world()[1],
     }
+    if unlabeled is not None:  # FixMatch: the pool and the last epoch's figures
+        last = result.history[-1]
+        stats = {k: last[k] for k in ("unlabeled_loss", "mask_rate", "mask_precision") if k in last}
+        metrics["unlabeled"] = {"pool": len(unlabeled.x), "epoch": len(result.history), **stats}
     log.info("train: %.1f s", time.perf_counter() - start)
     return result, metrics
 
@@ -97,6 +111,47 @@ def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
             f"train.curriculum {cfg.curriculum}: the training set has no hardness column (re-run mine and assemble)"
         )
     return train_df["hardness"].to_numpy(np.float64)
+
+
+def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
+    """The unlabeled pool as FixMatch's `fixmatch.Unlabeled` (train.unlabeled), or None when it
+    is off or the pool is empty. Split's duplicate rules already removed pool images that are
+    duplicates of val or test images. `hidden_label` (ingest.keep_labels) gives the truth."""
+    cfg = params.train.unlabeled
+    if cfg.weight <= 0:
+        return None
+    pool_df = split_df[split_df["split"] == schema.POOL]
+    if not len(pool_df):
+        log.warning("train: train.unlabeled.weight is %s but the pool is empty: supervised training", cfg.weight)
+        return None
+    t = params.train
+    if t.label_smoothing > 0 or t.soft_labels > 0:
+        log.warning(
+            "train: label_smoothing %s and soft_labels %s hold the model's confidence near train.unlabeled.threshold "
+            "%s, so few pool targets may count; FixMatch trains without them (docs/train.md)",
+            t.label_smoothing,
+            t.soft_labels,
+            cfg.threshold,
+        )
+    from pipeline import fixmatch
+    from pipeline.augment import mixing, policy
+
+    _, strong = policy.load_path(path)
+    truth = None
+    if "hidden_label" in pool_df:
+        truth = pool_df["hidden_label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64)
+    log.info("train: FixMatch on a pool of %d, %d per labeled image in a step", len(pool_df), cfg.ratio)
+    return fixmatch.make(
+        dataset.load_pixels(pool_df),
+        pool_df["sample_id"].tolist(),
+        mixing.make_online_policy(strong, seed(params)),
+        seed(params),
+        cfg.weight,
+        cfg.ratio,
+        cfg.threshold,
+        cutout=cfg.cutout,
+        truth=truth,
+    )
 
 
 def online_policy(params: Params, path: str):
@@ -117,6 +172,7 @@ STAGE = wiring.Stage(
         wiring.Flag("--split", "split output, for val"),
         wiring.Flag("--oof", "oof output: the fold ensemble's probabilities, for train.soft_labels"),
         wiring.Flag("--policy", "the policy file augment.policy names, for augment.mode online"),
+        wiring.Flag("--unlabeled-policy", "the policy file train.unlabeled.policy names: FixMatch's strong view"),
     ),
     writes=(wiring.Flag("--model", "model file to write"),),
     params=("base", "train", *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude"))),
@@ -171,7 +227,8 @@ def _main(params: Params, args: argparse.Namespace) -> None:
 
         oof_df = artifacts.read_oof(args.oof)[0]
         probs = oof_df.set_index("sample_id")[artifacts.PROBS].dropna()
-    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs)
+    unlabeled = pool(params, split_df, classes, args.unlabeled_policy)
+    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs, unlabeled)
     if fit.world()[0] != 0:
         return  # every DDP process holds the same model: process 0 writes it
     fit.save_model(args.model, result.model, result.config, classes)

@@ -151,6 +151,8 @@ def test_evaluate_reports_robustness(tmp_path):
                 str(tmp_path / "no-oof"),  # read only for train.soft_labels
                 "--policy",
                 RANDAUGMENT,
+                "--unlabeled-policy",
+                RANDAUGMENT,
                 "--split",
                 str(split),
                 "--model",

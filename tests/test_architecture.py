@@ -10,8 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACT = {"errors", "console", "registry", "params", "wiring", "schema", "dataset", "artifacts", "patches"}
 KERNELS = {
-    "decode", "sources", "executor", "neardup", "leakcheck", "issues", "gallery", "models", "fit", "attacks",
-    "robustness",
+    "decode", "sources", "executor", "neardup", "leakcheck", "issues", "gallery", "models", "fit", "fixmatch",
+    "attacks", "robustness",
     "augment.ops", "augment.policy", "augment.mixing", "synthesize.generators", "synthesize.gate",
 }  # fmt: skip
 STAGES = {

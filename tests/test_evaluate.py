@@ -101,6 +101,8 @@ def trained(tmp_path_factory):
             str(root / "no-oof"),  # read only for train.soft_labels
             "--policy",
             RANDAUGMENT,
+            "--unlabeled-policy",
+            RANDAUGMENT,
             "--split",
             str(split),
             "--model",

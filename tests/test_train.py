@@ -17,7 +17,8 @@ def _train(tmp_path, out, split, assemble, **train) -> int:
     params_file = tmp_path / "params.yaml"
     recipe = {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}
     params_file.write_text(yaml.safe_dump({"train": recipe | train}))
-    flags = {"--assemble": assemble, "--policy": RANDAUGMENT, "--split": split, "--model": out / "model.pt"}
+    flags = {"--assemble": assemble, "--policy": RANDAUGMENT, "--unlabeled-policy": RANDAUGMENT, "--split": split}
+    flags |= {"--model": out / "model.pt"}
     flags |= {"--oof": tmp_path / "no-oof"}  # read only for train.soft_labels
     flags |= {"--metrics": out / "train.json", "--plots": out / "plots"}
     return cli.main(["train", "--params", str(params_file), "--quiet", *map(str, sum(flags.items(), ()))])
@@ -86,7 +87,8 @@ def test_train_stage_refuses_mismatched_class_lists(tmp_path, capsys):
     split, _, _ = write_split(tmp_path / "a")
     _, other, _ = write_split(tmp_path / "b", k=3)
     (tmp_path / "params.yaml").write_text("{}\n")
-    flags = {"--assemble": other, "--split": split, "--policy": RANDAUGMENT, "--model": tmp_path / "m.pt"}
+    flags = {"--assemble": other, "--split": split, "--policy": RANDAUGMENT, "--unlabeled-policy": RANDAUGMENT}
+    flags |= {"--model": tmp_path / "m.pt"}
     flags |= {"--oof": tmp_path / "no-oof"}
     flags |= {"--metrics": tmp_path / "m.json", "--plots": tmp_path / "plots"}
     rc = cli.main(["train", "--quiet", "--params", str(tmp_path / "params.yaml"), *map(str, sum(flags.items(), ()))])
