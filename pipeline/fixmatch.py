@@ -88,6 +88,11 @@ class Unlabeled:
 
         return transform
 
+    def per_step(self, batch_size: int) -> int:
+        """Pool images a step draws: `ratio` per labeled image, at most the whole pool (a pool
+        smaller than that is not drawn several times a step)."""
+        return min(self.ratio * batch_size, len(self.x))
+
     def order(self, n_draw: int, g: torch.Generator) -> torch.Tensor:
         """An epoch's `n_draw` pool indices: whole random permutations, as many as it takes."""
         reps = -(-n_draw // len(self.x))

@@ -138,9 +138,9 @@ def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
 
     _, strong = policy.load_path(path)
     truth = None
-    if "hidden_label" in pool_df:
+    if "hidden_label" in pool_df and pool_df["hidden_label"].notna().any():
         truth = pool_df["hidden_label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64)
-    log.info("train: FixMatch on a pool of %d, %d per labeled image in a step", len(pool_df), cfg.ratio)
+    log.info("train: FixMatch on a pool of %d, %d per labeled image in a step (at most all)", len(pool_df), cfg.ratio)
     return fixmatch.make(
         dataset.load_pixels(pool_df),
         pool_df["sample_id"].tolist(),

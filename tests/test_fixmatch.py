@@ -74,6 +74,7 @@ def test_weight_zero_pool_changes_nothing_but_the_draws():
     unlabeled = _pool(x[100:], [f"u{i}" for i in range(100)], weight=0.0)
     r = fit.fit(x[:40], y[:40], x[40:100], y[40:100], CFG.model_copy(update={"epochs": 2}), 4, 0, unlabeled=unlabeled)
     assert r.history[-1]["unlabeled_loss"] >= 0 and "mask_precision" not in r.history[-1]  # no truth given
+    assert unlabeled.per_step(8) == 24 and unlabeled.per_step(40) == 100  # ratio 3, at most the pool
 
 
 def _stage(tmp_path, split, assemble, **unlabeled) -> dict:
