@@ -41,7 +41,10 @@ from bench_oof_clean import with_sets
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def flags(name: str, derived: list[str], policy: str, strong: str) -> list[str]:
+RANDAUGMENT = "augment_policies/randaugment.yaml"  # the shipped default of both policy params train reads
+
+
+def flags(name: str, derived: list[str], policy: str = RANDAUGMENT, strong: str = RANDAUGMENT) -> list[str]:
     m = ["--metrics", f"metrics/{name}.json"]
     return {
         "ingest": ["--out", "data/ingest", *m],

@@ -102,24 +102,34 @@ def splitmix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def random_shift(fraction: float, seed: int):
-    """An online transform (oof's fold models, pseudo's students): each image moved by up to
-    `fraction` of its side (at least 1 px) each way, zero-filled, drawn per (seed, sample, epoch):
-    a key per sample (SHA-256 of seed and id, once) mixed with the epoch by `splitmix64`.
-    None when off."""
-    if fraction <= 0:
-        return None
+def sample_draws(seed: int, tag: str):
+    """(sample ids, epoch) -> one uint64 draw per sample: a key per sample (SHA-256 of seed, tag
+    and id, once) mixed with the epoch by `splitmix64`. Vectorised per-sample randomness for the
+    online transforms (numpy's Generators are seeded one at a time)."""
     keys: dict[str, int] = {}
 
-    def key(sid: str) -> int:
-        if sid not in keys:
-            keys[sid] = dataset.sample_seed(seed, f"shift:{sid}")
-        return keys[sid]
+    def draw(sample_ids, epoch: int) -> np.ndarray:
+        for s in sample_ids:
+            if s not in keys:
+                keys[s] = dataset.sample_seed(seed, f"{tag}:{s}")
+        z = np.array([keys[s] for s in sample_ids], np.uint64)
+        return splitmix64(z ^ splitmix64(np.full(len(z), epoch, np.uint64)))
+
+    return draw
+
+
+def random_shift(fraction: float, seed: int):
+    """An online transform (oof's fold models, pseudo's students): each image moved by up to
+    `fraction` of its side (at least 1 px) each way, zero-filled, drawn per (seed, sample, epoch)
+    by `sample_draws`. None when off."""
+    if fraction <= 0:
+        return None
+    draws = sample_draws(seed, "shift")
 
     def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:
         n, h, w = x.shape[:3]
         m = max(1, round(fraction * min(h, w)))
-        z = splitmix64(np.array([key(s) for s in sample_ids], np.uint64) ^ splitmix64(np.full(n, epoch, np.uint64)))
+        z = draws(sample_ids, epoch)
         span = np.uint64(2 * m + 1)  # the modulo's bias is below 2**-29 at these spans
         dy, dx = ((z & np.uint64(0xFFFFFFFF)) % span).astype(np.int64), ((z >> np.uint64(32)) % span).astype(np.int64)
         pad = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))

@@ -26,8 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import dataset
-from pipeline.fit import random_shift, splitmix64, to_float
+from pipeline.fit import random_shift, sample_draws, to_float
 
 # (uint8 NHWC images, their sample ids, epoch) -> uint8 NHWC images, as fit's online transforms
 View = Callable[[np.ndarray, list, int], np.ndarray]
@@ -37,16 +36,11 @@ def random_cutout(fraction: float, seed: int, fill: int = 127) -> View:
     """Cutout (DeVries & Taylor 2017) as FixMatch's strong augmentation ends: a square of side up
     to `fraction` of the image's shorter side, at a random centre (it may hang over an edge),
     filled with grey; drawn per (seed, sample, epoch) like `fit.random_shift`, vectorised."""
-    keys: dict[str, int] = {}
-
-    def key(sid: str) -> int:
-        if sid not in keys:
-            keys[sid] = dataset.sample_seed(seed, f"cutout:{sid}")
-        return keys[sid]
+    draws = sample_draws(seed, "cutout")
 
     def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:
         n, h, w = x.shape[:3]
-        z = splitmix64(np.array([key(s) for s in sample_ids], np.uint64) ^ splitmix64(np.full(n, epoch, np.uint64)))
+        z = draws(sample_ids, epoch)
         side = ((z & np.uint64(0xFFFF)).astype(np.float64) / 65536.0 * fraction * min(h, w)).round().astype(np.int64)
         cy = ((z >> np.uint64(16)) & np.uint64(0xFFFF)).astype(np.int64) % h
         cx = ((z >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64) % w
