@@ -396,7 +396,7 @@ def train_epoch(
     `ohem_fraction` > 0: online hard example mining, only the largest per-sample losses of
     each batch (that fraction of it, at least one) contribute to the gradient.
     `unlabeled` (a `fixmatch.Unlabeled`): step i adds the consistency loss of the next
-    `unlabeled.per_step(batch_size)` pool images of `order_u`.
+    `unlabeled.per_step(batch_size)` draws of `order_u` (`Unlabeled.order`).
     Under DDP every process draws the same `order` and takes its share of each batch (rank r:
     every world-th sample from r), so the global batch is the same as with one process.
     Returns the mean (unweighted, smoothed) training loss and the training accuracy.
@@ -417,7 +417,7 @@ def train_epoch(
         loss = weighted.mean()
         if unlabeled is not None:
             n_u = unlabeled.per_step(batch_size)
-            loss = loss + unlabeled.loss(model, order_u[i * n_u : (i + 1) * n_u], epoch)
+            loss = loss + unlabeled.loss(model, order_u[i * n_u : (i + 1) * n_u])
         loss.backward()
         opt.step()
         loss_sum += float(per_sample.detach().sum())
@@ -525,7 +525,7 @@ def fit(
                 order = torch.randperm(len(y), generator=g)[: steps_per_epoch * bs]
             else:
                 order = torch.multinomial(odds, steps_per_epoch * bs, replacement=True, generator=g)
-            order_u = None if unlabeled is None else unlabeled.order(steps_per_epoch * unlabeled.per_step(bs), g)
+            order_u = None if unlabeled is None else unlabeled.order(steps_per_epoch * unlabeled.per_step(bs), g, epoch)
             loss, acc = train_epoch(
                 net, opt, x8, y, weight_t, order, bs, lrs, step, epoch, g, cfg.ohem_fraction, unlabeled, order_u
             )

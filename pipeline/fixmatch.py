@@ -12,7 +12,8 @@ noise. The course's recipe (an ensemble labels the pool) is the pseudo stage; th
 consistency-regularisation branch of semi-supervised learning that the papers after it took.
 
 Draws are reproducible: the epoch's pool order comes from fit's generator, the views from
-(seed, sample id, epoch) keys, as the online policy's are.
+(seed, sample id, view key) keys, as the online policy's are; the view key is the epoch, or,
+when a small pool is drawn in several passes an epoch, one per pass.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.errors import PipelineError
 from pipeline.fit import random_shift, sample_draws, to_float
 
 # (uint8 NHWC images, their sample ids, epoch) -> uint8 NHWC images, as fit's online transforms
@@ -87,20 +89,24 @@ class Unlabeled:
         smaller than that is not drawn several times a step)."""
         return min(self.ratio * batch_size, len(self.x))
 
-    def order(self, n_draw: int, g: torch.Generator) -> torch.Tensor:
-        """An epoch's `n_draw` pool indices: whole random permutations, as many as it takes."""
-        reps = -(-n_draw // len(self.x))
-        return torch.cat([torch.randperm(len(self.x), generator=g) for _ in range(reps)])[:n_draw]
+    def order(self, n_draw: int, g: torch.Generator, epoch: int) -> torch.Tensor:
+        """An epoch's `n_draw` draws as (pool index, view key) rows: whole random permutations of
+        the pool, as many as it takes. Each permutation (pass) has a view key of its own, so an
+        image drawn twice in an epoch gets new views; with one pass a draw's key is the epoch."""
+        n = len(self.x)
+        reps = -(-n_draw // n)
+        idx = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])[:n_draw]
+        return torch.stack([idx, (epoch - 1) * reps + torch.arange(n_draw) // n + 1], dim=1)
 
-    def loss(self, model: nn.Module, idx: torch.Tensor, epoch: int) -> torch.Tensor:
-        """The weighted consistency loss of the pool images `idx` (a scalar with a gradient)."""
-        rows = idx.numpy()
+    def loss(self, model: nn.Module, draws: torch.Tensor) -> torch.Tensor:
+        """The weighted consistency loss of `draws` (rows of `order`): a scalar with a gradient."""
+        rows, keys = draws[:, 0].numpy(), draws[:, 1].numpy()
         xb, ids = self.x[rows], [self.ids[i] for i in rows]
         with torch.no_grad():
-            probs = torch.softmax(model(to_float(self.weak(xb, ids, epoch))), dim=1)
+            probs = torch.softmax(model(to_float(_views(self.weak, xb, ids, keys))), dim=1)
         conf, target = probs.max(1)
         mask = (conf >= self.threshold).float()
-        logits = model(to_float(self.strong(xb, ids, epoch)))
+        logits = model(to_float(_views(self.strong, xb, ids, keys)))
         per_image = F.cross_entropy(logits, target, reduction="none") * mask
         s = self.stats
         s["n"] += len(rows)
@@ -124,6 +130,17 @@ class Unlabeled:
         return row
 
 
+def _views(view: View, x: np.ndarray, ids: list[str], keys: np.ndarray) -> np.ndarray:
+    """`view` of each image under its draw's key (a step holds one pass, or the seam of two)."""
+    if (keys == keys[0]).all():
+        return view(x, ids, int(keys[0]))
+    out = np.empty_like(x)
+    for k in np.unique(keys):
+        m = keys == k
+        out[m] = view(x[m], [i for i, keep in zip(ids, m) if keep], int(k))
+    return out
+
+
 def make(
     x: np.ndarray,
     ids: list[str],
@@ -138,6 +155,8 @@ def make(
 ) -> Unlabeled:
     """FixMatch's views: weak = a random shift by up to `shift` of a side (no flip: it is not
     label-preserving for every dataset); strong = `strong_policy`, then Cutout up to `cutout`."""
+    if not len(x):
+        raise PipelineError("FixMatch: the unlabeled pool is empty")
     weak = random_shift(shift, seed)
     cut = random_cutout(cutout, seed)
 

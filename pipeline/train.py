@@ -128,7 +128,7 @@ def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
     if t.label_smoothing > 0 or t.soft_labels > 0:
         log.warning(
             "train: label_smoothing %s and soft_labels %s hold the model's confidence near train.unlabeled.threshold "
-            "%s, so few pool targets may count; FixMatch trains without them (docs/train.md)",
+            "%s, so few pool targets may count: set train.label_smoothing=0 and train.soft_labels=0 (docs/train.md)",
             t.label_smoothing,
             t.soft_labels,
             cfg.threshold,
@@ -199,6 +199,8 @@ def launch(params: Params, args: argparse.Namespace) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
+    if params.train.nproc > 1 and params.train.unlabeled.weight > 0:
+        raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1 or unlabeled.weight 0")
     if params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return launch(params, args)
     if "LOCAL_RANK" in os.environ:  # a worker of torch.distributed.run; the training core runs on CPU: gloo
@@ -228,6 +230,12 @@ def _main(params: Params, args: argparse.Namespace) -> None:
         oof_df = artifacts.read_oof(args.oof)[0]
         probs = oof_df.set_index("sample_id")[artifacts.PROBS].dropna()
     unlabeled = pool(params, split_df, classes, args.unlabeled_policy)
+    if unlabeled is not None and "origin" in train_df and (train_df["origin"] == "pseudo").any():
+        log.warning(
+            "train: the pool trains twice, as %d pseudo-labeled rows (fixed labels) and as FixMatch's draws "
+            "(the model's own targets); pseudo.enabled=false leaves it to FixMatch",
+            int((train_df["origin"] == "pseudo").sum()),
+        )
     result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs, unlabeled)
     if fit.world()[0] != 0:
         return  # every DDP process holds the same model: process 0 writes it

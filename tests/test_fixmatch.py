@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 import yaml
 from fit_util import RANDAUGMENT, patterns, write_split
@@ -12,6 +13,7 @@ from pipeline import __main__ as cli
 from pipeline import dataset, fit, fixmatch, params
 from pipeline import train as train_stage
 from pipeline.augment import mixing, policy
+from pipeline.errors import PipelineError
 from pipeline.params import Params
 
 CFG = params.Train(epochs=12, batch_size=8, width=8, lr=1e-2, threads=1, label_smoothing=0.0)
@@ -69,7 +71,7 @@ def test_fixmatch_learns_from_the_pool_reproducibly_and_reports_its_targets():
     assert accuracy(runs[0].model) > accuracy(sup.model) + 0.05, (accuracy(runs[0].model), accuracy(sup.model))
 
 
-def test_weight_zero_pool_changes_nothing_but_the_draws():
+def test_fit_level_pool_reports_without_truth_and_caps_each_step_at_the_pool():
     x, y = patterns(200, size=8, k=4, seed=2)
     unlabeled = _pool(x[100:], [f"u{i}" for i in range(100)], weight=0.0)
     r = fit.fit(x[:40], y[:40], x[40:100], y[40:100], CFG.model_copy(update={"epochs": 2}), 4, 0, unlabeled=unlabeled)
@@ -77,14 +79,42 @@ def test_weight_zero_pool_changes_nothing_but_the_draws():
     assert unlabeled.per_step(8) == 24 and unlabeled.per_step(40) == 100  # ratio 3, at most the pool
 
 
-def _stage(tmp_path, split, assemble, **unlabeled) -> dict:
-    recipe = {"epochs": 2, "batch_size": 16, "width": 8, "threads": 1, "min_steps": 0, "unlabeled": unlabeled}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": recipe}))
+def test_a_small_pool_drawn_twice_an_epoch_gets_new_views_each_pass():
+    x, _ = patterns(50, size=8, k=4, seed=3)
+    u = _pool(x, [f"u{i}" for i in range(50)])
+    one = u.order(30, torch.Generator().manual_seed(0), epoch=4)
+    assert set(one[:, 1].tolist()) == {4}  # one pass: the epoch is the view key (the benchmarks' case)
+    two = u.order(100, torch.Generator().manual_seed(0), epoch=3)
+    assert sorted(two[:, 0].tolist()) == sorted(list(range(50)) * 2)  # two whole permutations
+    assert two[:50, 1].unique().tolist() == [5] and two[50:, 1].unique().tolist() == [6]  # (3 - 1) x 2 + pass + 1
+    seam = torch.cat([two[45:50], two[50:55]])  # a step across the two passes
+    strong = fixmatch._views(
+        u.strong, x[seam[:, 0].numpy()], [f"u{i}" for i in seam[:, 0].tolist()], seam[:, 1].numpy()
+    )
+    alone = u.strong(x[two[45:50, 0].numpy()], [f"u{i}" for i in two[45:50, 0].tolist()], 5)
+    assert np.array_equal(strong[:5], alone)  # each part under its own pass's key
+    first = {int(i): k for i, k in two[:50].tolist()}
+    i = int(two[50, 0])
+    views = [u.strong(x[[i]], [f"u{i}"], k) for k in (first[i], int(two[50, 1]))]
+    assert not np.array_equal(*views)  # the same image, another pass: other views
+
+
+def test_an_empty_pool_is_refused_by_name():
+    with pytest.raises(PipelineError, match="pool is empty"):
+        _pool(np.zeros((0, 8, 8, 1), np.uint8), [])
+
+
+def _argv(tmp_path, split, assemble, **train) -> list[str]:
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train": train}))
     flags = {"--assemble": assemble, "--split": split, "--oof": tmp_path / "no-oof", "--policy": RANDAUGMENT}
     flags |= {"--unlabeled-policy": RANDAUGMENT, "--model": tmp_path / "m.pt", "--metrics": tmp_path / "t.json"}
     flags |= {"--plots": tmp_path / "plots"}
-    argv = ["train", "--quiet", "--params", str(tmp_path / "params.yaml"), *map(str, sum(flags.items(), ()))]
-    assert cli.main(argv) == 0
+    return ["train", "--quiet", "--params", str(tmp_path / "params.yaml"), *map(str, sum(flags.items(), ()))]
+
+
+def _stage(tmp_path, split, assemble, **unlabeled) -> dict:
+    recipe = {"epochs": 2, "batch_size": 16, "width": 8, "threads": 1, "min_steps": 0, "unlabeled": unlabeled}
+    assert cli.main(_argv(tmp_path, split, assemble, **recipe)) == 0
     return json.loads((tmp_path / "t.json").read_text())
 
 
@@ -118,3 +148,11 @@ def test_train_stage_with_fixmatch_on_and_no_pool_trains_supervised(tmp_path, ca
     split, assemble, _ = write_split(tmp_path)
     m = _stage(tmp_path, split, assemble, weight=1.0)
     assert "unlabeled" not in m and "the pool is empty" in caplog.text
+
+
+def test_fixmatch_with_ddp_is_refused_before_any_worker_starts(tmp_path, capsys):
+    split, assemble, _ = write_split(tmp_path)
+    argv = _argv(tmp_path, split, assemble, nproc=2, unlabeled={"weight": 1.0})
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "runs in one process" in err[0] and "DDP processes" not in err[0]
