@@ -4,7 +4,7 @@ The labeled set starts at `--initial` labels (`ingest.keep_labels`: the same sha
 class; the rest of the 60k train images is the unlabeled pool, its truth hidden; the official
 10k test set is the test split). Each round, for each strategy:
 
-    python -m pipeline label push --select active|random|typical --split unlabeled --limit N --project P
+    python -m pipeline label push --select active|random|typical|badge --split unlabeled --limit N --project P
     (the annotator, simulated through Label Studio's API, answers each task with the true class)
     python -m pipeline label pull --project P      # -> labels/patches.csv, merged over rounds
     oof -> clean -> mine -> assemble -> train -> evaluate  (oof's fold models train on the answers)
@@ -49,7 +49,7 @@ from pipeline.labelstudio.client import Client  # noqa: E402
 
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
 ROUND = ("oof", "clean", "mine", "assemble", "train", "evaluate")
-STRATEGIES = ("active", "random", "typical")  # label push --select: typical is TypiClust
+STRATEGIES = ("active", "random", "typical", "badge")  # label push --select: typical is TypiClust, badge BADGE
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -95,6 +95,7 @@ def plot(results: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colors = {"active": "tab:orange", "active --balance": "tab:red", "random": "tab:blue", "typical": "tab:green"}
+    colors["badge"] = "tab:purple"
     for strategy, color in colors.items():
         curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
         for curve in curves:
@@ -105,7 +106,8 @@ def plot(results: dict, out: Path) -> None:
             ax.plot(n[0], acc.mean(0), color=color, lw=2.5, label=f"{strategy} (mean of {seeds})")
     ax.set_xlabel(f"labels ({results['initial']} initial + rounds of {results['batch']} answered in Label Studio)")
     ax.set_ylabel("test accuracy (official 10k test set)")
-    ax.set_title(f"Fashion-MNIST: active ({results.get('diversity', 'kcenter')}), typical (TypiClust) and random")
+    drawn = ", ".join(dict.fromkeys(r["strategy"] for r in results["runs"]))
+    ax.set_title(f"Fashion-MNIST, label push --select: {drawn}", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -648,6 +648,54 @@ def test_typical_selects_pool_samples_knowing_the_labeled_set_that_split_filters
         select.select(df[df["split"] != "unlabeled"], "typical", s)
 
 
+def test_kmeans_pp_over_outer_products_matches_the_built_gradient_embeddings():
+    rng = np.random.default_rng(0)
+    a, h = rng.normal(size=(200, 3)), rng.normal(size=(200, 5))
+    g = (a[:, :, None] * h[:, None, :]).reshape(200, -1)  # what BADGE would build
+
+    def built(k: int, seed: int) -> list[int]:
+        r, chosen = np.random.default_rng(seed), [int(np.argmax((g * g).sum(1)))]
+        dist = np.full(len(g), np.inf)
+        while len(chosen) < k:
+            dist = np.minimum(dist, ((g - g[chosen[-1]]) ** 2).sum(1))
+            dist[chosen] = 0
+            chosen.append(int(r.choice(len(g), p=dist / dist.sum())))
+        return chosen
+
+    for seed in (0, 1):
+        assert select.kmeans_pp_outer(a, h, 15, seed).tolist() == built(15, seed)
+    same = select.kmeans_pp_outer(np.ones((4, 2)), np.ones((4, 3)), 3)  # all alike: no odds to draw by
+    assert sorted(same.tolist()) == [0, 1, 2]
+
+
+def test_badge_picks_pool_samples_uncertain_and_spread_over_the_embedding(work):
+    df, classes, emb = _pooled_manifest(work)
+    out = select.select(df, "badge", select.Selection(limit=4, embeddings=emb), ["unlabeled"])
+    assert (out["split"] == "unlabeled").all() and len(out) == 4
+    assert out["sample_id"].iloc[0] == "s00057"  # the least certain has the largest gradient
+    assert {int(i[1:]) >= 30 and i != "s00048" for i in out["sample_id"]} == {True, False}  # both clusters
+    again = select.select(df, "badge", select.Selection(limit=4, embeddings=emb), ["unlabeled"])
+    assert again["sample_id"].tolist() == out["sample_id"].tolist()  # seeded
+    with pytest.raises(PipelineError, match="embeddings"):
+        select.select(df, "badge", select.Selection(limit=1), ["unlabeled"])
+    with pytest.raises(PipelineError, match="no unlabeled samples"):
+        select.select(df[df["split"] != "unlabeled"], "badge", select.Selection(limit=1, embeddings=emb))
+
+
+def test_badge_takes_the_uncertain_few_from_a_mostly_certain_pool_over_every_cluster():
+    rng = np.random.default_rng(0)
+    n, k = 1000, 40
+    uncertain = rng.random(n) < 0.1
+    probs = np.where(uncertain[:, None], rng.dirichlet(np.ones(4), n), [0.997, 0.001, 0.001, 0.001])
+    cluster = rng.integers(0, 8, n)
+    emb = np.eye(8)[cluster] + rng.normal(0, 0.05, (n, 8))
+    df = pd.DataFrame({"sample_id": [f"s{i:04d}" for i in range(n)], "split": "unlabeled", "probs": list(probs)})
+    out = select.select(df, "badge", select.Selection(limit=k, embeddings=(df["sample_id"].to_numpy(), emb)))
+    rows = out["sample_id"].str[1:].astype(int).to_numpy()
+    assert uncertain[rows].sum() >= k - 2  # the certain 90% of the pool sit near 0: one or two picks at most
+    assert len(set(cluster[rows[uncertain[rows]]])) == 8
+
+
 def test_active_push_pre_annotates_and_a_pull_patches_answered_pool_samples_only(work):
     df, classes, emb = _pooled_manifest(work)
     chosen = select.select(df, "active", select.Selection(limit=6, embeddings=emb))

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="issues: label issues, lowest label_score first; hard: hardest first; "
         "random: a seeded audit sample; ids: the ones given by --ids; active: unlabeled (pool) "
         "samples most worth labeling, least certain and diverse; typical: pool samples from the parts "
-        "of the data the labeled set covers least (TypiClust: for a few labels per class)",
+        "of the data the labeled set covers least (TypiClust: for a few labels per class); badge: pool samples "
+        "uncertain and diverse at once (BADGE: k-means++ over the last layer's gradient embeddings)",
     )
     push.add_argument("--limit", type=int, default=200, help="at most this many (default: %(default)s)")
     push.add_argument("--manifest", default=DEFAULT_MANIFEST, help="default: %(default)s")
@@ -63,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "learning: a weak model's least certain samples crowd into the classes it confuses)",
     )
     push.add_argument(
-        "--oof", default="data/oof", help="--select active|typical: oof output, for probabilities and embeddings"
+        "--oof", default="data/oof", help="--select active|typical|badge: oof output, for probabilities and embeddings"
     )
     push.add_argument("--min-score", type=float, help="--select issues: label_score at least this")
     push.add_argument("--max-score", type=float, help="--select issues: label_score at most this")
@@ -144,7 +145,7 @@ def _push(params: Params, args) -> dict:
         max_score=args.max_score,
         ids=select.read_ids(args.ids) if args.ids else [],
     )
-    if args.select in ("active", "typical"):
+    if args.select in ("active", "typical", "badge"):
         from pipeline import artifacts
 
         if not (Path(args.oof) / dataset.MANIFEST).exists():
