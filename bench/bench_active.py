@@ -29,6 +29,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -149,6 +150,8 @@ def main() -> None:
         "balance": args.balance,
         "runs": [],
     }
+    # a SIGTERM (kill) exits through the `finally` below, which stops the Label Studio server
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
     if not serve.executable(ROOT / ".venv-ls").exists():
         sys.exit("bench: .venv-ls/bin/label-studio is missing: run `make labelstudio`")
     with tempfile.TemporaryDirectory(prefix="bench-active-") as tmp:
