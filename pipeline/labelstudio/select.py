@@ -176,19 +176,24 @@ def k_means(x: np.ndarray, k: int, weight: np.ndarray, seed: int = 0) -> np.ndar
 DIVERSITY = ("kcenter", "kmeans")
 
 
-def typical(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
-    _need(df, ("split",), "typical")
+def _embedded_pool(df: pd.DataFrame, s: Selection, what: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The pool rows of `df` and their rows in `s.embeddings`; a one-line error when either is missing."""
     pool = df[df["split"] == schema.POOL]
     if pool.empty:
-        raise PipelineError("--select typical: no unlabeled samples in the manifest (set ingest.unlabeled_path)")
+        raise PipelineError(f"--select {what}: no unlabeled samples in the manifest (set ingest.unlabeled_path)")
     if s.embeddings is None:
-        raise PipelineError("--select typical needs the oof embeddings (--oof)")
-    ids, vectors = s.embeddings
-    index = pd.Index(ids)
-    rows = index.get_indexer(pool["sample_id"].to_numpy())
+        raise PipelineError(f"--select {what} needs the oof embeddings (--oof)")
+    rows = pd.Index(s.embeddings[0]).get_indexer(pool["sample_id"].to_numpy())
     if (rows < 0).any():
-        raise PipelineError("--select typical: the embeddings lack some pool samples; re-run oof")
-    known = index.get_indexer(np.asarray(s.labeled if s.labeled is not None else [], dtype=object))
+        raise PipelineError(f"--select {what}: the embeddings lack some pool samples; re-run oof")
+    return pool, rows
+
+
+def typical(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
+    _need(df, ("split",), "typical")
+    pool, rows = _embedded_pool(df, s, "typical")
+    ids, vectors = s.embeddings
+    known = pd.Index(ids).get_indexer(np.asarray(s.labeled if s.labeled is not None else [], dtype=object))
     known = np.unique(known[known >= 0])
     x = np.concatenate([vectors[rows], vectors[known]])
     labeled = np.arange(len(x)) >= len(rows)
@@ -238,15 +243,8 @@ def badge(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     over them. Its norm is the uncertainty and its direction the diversity, so a batch is both
     without a shortlist; the rest of the pool follows by gradient norm."""
     _need(df, ("split", artifacts.PROBS), "badge")
-    pool = df[df["split"] == schema.POOL]
-    if pool.empty:
-        raise PipelineError("--select badge: no unlabeled samples in the manifest (set ingest.unlabeled_path)")
-    if s.embeddings is None:
-        raise PipelineError("--select badge needs the oof embeddings (--oof)")
-    ids, vectors = s.embeddings
-    rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy())
-    if (rows < 0).any():
-        raise PipelineError("--select badge: the embeddings lack some pool samples; re-run oof")
+    pool, rows = _embedded_pool(df, s, "badge")
+    vectors = s.embeddings[1]
     probs = np.stack(pool[artifacts.PROBS].to_numpy()).astype(np.float64)
     a = probs - np.eye(probs.shape[1])[probs.argmax(1)]
     picked = kmeans_pp_outer(a, vectors[rows], min(s.limit, len(pool)), s.seed)
