@@ -762,3 +762,19 @@ def test_k_means_picks_one_per_dense_cluster_where_k_center_takes_the_outlier():
     picked = select.k_means(x, 3, weight)
     assert sorted(p // 5 for p in picked) == [0, 1, 2]
     assert 15 in select.k_center(x, 3)
+
+
+def test_bench_active_reads_curves_both_ways(monkeypatch):
+    """The active-learning bench reports the issue's target (the share of random's labels a
+    strategy needs to reach random's final accuracy) beside the converse, interpolated."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_active import summary
+
+    random = [(500, 0.78), (1000, 0.81), (1500, 0.83), (2000, 0.84), (2500, 0.85)]
+    ahead = summary([(500, 0.78), (1000, 0.83), (1500, 0.86), (2000, 0.86), (2500, 0.87)], random)
+    assert ahead["labels_to_random_final"] == pytest.approx(1000 + 500 * 2 / 3)
+    assert ahead["share"] == pytest.approx(1333.33 / 2500, abs=1e-4)
+    assert ahead["random_labels_to_match"] is None  # random never gets to 0.87
+    behind = summary([(500, 0.78), (1000, 0.79), (1500, 0.80), (2000, 0.82), (2500, 0.84)], random)
+    assert behind["labels_to_random_final"] is None and behind["share"] is None
+    assert behind["random_labels_to_match"] == pytest.approx(2000)
