@@ -11,8 +11,10 @@ class; the rest of the 60k train images is the unlabeled pool, its truth hidden;
 
 so every round is scored by models that saw the earlier answers. Stages and the label commands run
 as `python -m pipeline ...` in one scratch project per (strategy, seed), inside the server's
-document root. Prints test accuracy per round and how many labels random needs to reach active's
-final accuracy (linear interpolation of its curve; "more than it had" when it never does).
+document root. Prints test accuracy per round, then for each strategy against random (linear
+interpolation of the curves): the labels random needs to reach the strategy's final accuracy, and
+the share of random's labels the strategy needs to reach random's final accuracy (the issue's
+target: at most 70%). `--strategies typical+badge` selects with typical in round 1, badge after.
 
     python bench/bench_active.py --json bench/active_results.json
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
