@@ -14,7 +14,8 @@ as `python -m pipeline ...` in one scratch project per (strategy, seed), inside 
 document root. Prints test accuracy per round, then for each strategy against random (linear
 interpolation of the curves): the labels random needs to reach the strategy's final accuracy, and
 the share of random's labels the strategy needs to reach random's final accuracy (the issue's
-target: at most 70%). `--strategies typical+badge` selects with typical in round 1, badge after.
+target: at most 70%). `--strategies typical+badge` selects with typical in round 1, badge after
+(`random+badge`: random in round 1, the same picks as random's).
 
     python bench/bench_active.py --json bench/active_results.json
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
@@ -52,8 +53,9 @@ from pipeline.labelstudio.client import Client  # noqa: E402
 
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
 ROUND = ("oof", "clean", "mine", "assemble", "train", "evaluate")
-STRATEGIES = ("active", "random", "typical", "badge", "typical+badge")  # label push --select: typical is TypiClust,
-# badge BADGE; a+b: a in round 1, b after (TypiClust for the cold start, then uncertainty: Hacohen et al. 2022)
+STRATEGIES = ("active", "random", "typical", "badge", "typical+badge", "random+badge")  # label push --select:
+# typical is TypiClust, badge BADGE; a+b: a in round 1, b after (TypiClust or random for the cold start, then
+# uncertainty: Hacohen et al. 2022)
 
 
 def run(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -99,7 +101,7 @@ def plot(results: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colors = {"active": "tab:orange", "active --balance": "tab:red", "random": "tab:blue", "typical": "tab:green"}
-    colors |= {"badge": "tab:purple", "typical+badge": "tab:brown"}
+    colors |= {"badge": "tab:purple", "typical+badge": "tab:brown", "random+badge": "tab:pink"}
     for strategy, color in colors.items():
         curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
         for curve in curves:

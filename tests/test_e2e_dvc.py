@@ -84,6 +84,7 @@ def make_project(dest: Path, tiny: bool = True, **params: dict) -> Path:
             train={"epochs": 2, "min_steps": 0},
             adversarial={"source_epochs": 2},
             oof={"epochs": 2, "min_steps": 0},
+            policy_search={"candidates": 16, "max_samples": 128},
             # 2-epoch judges are near uniform (max p ~0.13 of 10 classes): tau just above chance
             synthesize={"per_class": 10, "vae": {"epochs": 15}, "gate": {"tau": 0.1, "tstr_epochs": 5}},
         )
