@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -113,7 +114,7 @@ def plot(results: dict, out: Path) -> None:
     ax.set_xlabel(f"labels ({results['initial']} initial + rounds of {results['batch']} answered in Label Studio)")
     ax.set_ylabel("test accuracy (official 10k test set)")
     drawn = ", ".join(dict.fromkeys(r["strategy"] for r in results["runs"]))
-    ax.set_title(f"Fashion-MNIST, label push --select: {drawn}", fontsize=10)
+    ax.set_title(textwrap.fill(f"Fashion-MNIST, label push --select: {drawn}", 70), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
