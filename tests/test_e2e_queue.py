@@ -1,10 +1,9 @@
-"""End to end: a RandAugment (N, M) grid through DVC's experiment queue, as the README runs it."""
+"""End to end through DVC's experiment queue, as the README runs it: a RandAugment (N, M) grid, then
+an ablation. Both queue experiments on one committed baseline (a module fixture: one `dvc repro`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,21 +21,10 @@ QUICK = {
 }  # (augment.num_ops, augment.magnitude); the policy file's own is (2, 9)
 
 
-def _stdout(cmd: list[str], cwd: Path) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc.stdout
-
-
 def _experiments(project: Path) -> list[dict]:
     """(name, params.yaml's data, {metrics file: data}) of every experiment `dvc exp show` lists."""
     out = []
-    for row in json.loads(_stdout(["dvc", "exp", "show", "--json"], project)):
+    for row in json.loads(_run(["dvc", "exp", "show", "--json"], project, stderr=False)):
         for exp in row.get("experiments") or []:
             data = exp["revs"][0]["data"]
             out.append(
@@ -49,18 +37,29 @@ def _experiments(project: Path) -> list[dict]:
     return out
 
 
-@pytest.mark.slow
-def test_randaugment_grid_through_the_experiment_queue(tmp_path: Path):
-    project = make_project(tmp_path / "project", **QUICK, evaluate={"robustness": {"attacks": []}})
-    _run(["dvc", "repro"], project)  # the baseline: queued runs reuse its cached stages
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project, reproduced and committed: queued runs reuse its cached stages."""
+    recipe = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
+    project = make_project(
+        tmp_path_factory.mktemp("queue") / "project",
+        **QUICK,
+        evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
+        ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
+    )
+    _run(["dvc", "repro"], project)
     _run(["git", "add", "-A"], project)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    return project
 
+
+@pytest.mark.slow
+def test_randaugment_grid_through_the_experiment_queue(project: Path):
     for n, m in GRID:
         _run(["dvc", "exp", "run", "--queue", "-S", f"augment.num_ops={n}", "-S", f"augment.magnitude={m}"], project)
     _run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
 
-    exps = _experiments(project)
+    exps = [e for e in _experiments(project) if not e["name"].startswith("abl-")]
     assert sorted((e["params"]["augment"]["num_ops"], e["params"]["augment"]["magnitude"]) for e in exps) == GRID
     parents = {e["metrics"]["metrics/augment.json"]["parents"] for e in exps}
     for e in exps:  # the metrics come from runs under those params
@@ -70,7 +69,7 @@ def test_randaugment_grid_through_the_experiment_queue(tmp_path: Path):
         assert sum(augment["op_counts"].values()) == n * augment["parents"] and parents == {augment["parents"]}
         assert 0.0 <= e["metrics"]["metrics/train.json"]["val_accuracy"] <= 1.0
         assert 0.0 <= e["metrics"]["metrics/evaluate.json"]["accuracy"] <= 1.0
-    table = _stdout(
+    table = _run(
         [
             "dvc",
             "exp",
@@ -88,29 +87,19 @@ def test_randaugment_grid_through_the_experiment_queue(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(tmp_path: Path):
-    recipe = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
-    project = make_project(
-        tmp_path / "project",
-        **QUICK,
-        evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
-        ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
-    )
-    _run(["dvc", "repro"], project)
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
-    dry = _stdout([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project).splitlines()
+def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(project: Path):
+    dry = _run([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project, stderr=False).splitlines()
     assert len(dry) == 4 and all(line.startswith("dvc exp run --queue -n abl-") for line in dry)
 
-    _stdout([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
+    _run([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
     # a second seed re-runs training only. The `none` row's mine (disabled) and assemble differ
     # from the committed dvc.lock, so its second seed takes them from DVC's run cache, which DVC
     # keeps only for stages without an uncached out that is not a metric or plot (plots/mine)
-    log = _stdout(["dvc", "queue", "logs", "abl-none-s1"], project)
+    log = _run(["dvc", "queue", "logs", "abl-none-s1"], project)
     for stage in ("mine", "assemble"):
         assert f"Stage '{stage}' is cached" in log, (stage, log[-2000:])
     assert "Running stage 'train'" in log
-    exps = {e["name"]: e for e in _experiments(project)}
+    exps = {e["name"]: e for e in _experiments(project) if e["name"].startswith("abl-")}
     assert sorted(exps) == ["abl-all-s0", "abl-all-s1", "abl-none-s0", "abl-none-s1"]
     for name, e in exps.items():  # each ran under its row's params and its seed
         assert e["params"]["mine"]["enabled"] == name.startswith("abl-all")

@@ -279,7 +279,12 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
     twice, the second failing on a bad value: the patch is byte-identical and its labels train."""
     from test_e2e_dvc import STAGES, _ran, _run, make_project
 
-    work = make_project(ls.root / "loop", clean={"inject_noise": {"rate": 0.2, "kind": "symmetric", "seed": 0}})
+    work = make_project(  # the generators off: this is about labels, and the loop runs every stage twice
+        ls.root / "loop",
+        clean={"inject_noise": {"rate": 0.2, "kind": "symmetric", "seed": 0}},
+        adversarial={"enabled": False},
+        synthesize={"enabled": False},
+    )
     _run(["dvc", "repro"], work)
     flagged = dataset.read_manifest(work / "data/clean")[0]
     assert flagged["is_label_issue"].sum() >= 200
