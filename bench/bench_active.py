@@ -20,6 +20,7 @@ target: at most 70%). `--strategies typical+badge` selects with typical in round
     python bench/bench_active.py --json bench/active_results.json
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
     python bench/bench_active.py --diversity kmeans                    # k-means, not k-center, spreads a batch
+    python bench/bench_active.py --score disagreement                  # the fold models' disagreement (BALD)
     python bench/bench_active.py --plot bench/active_results.json docs/img/active_curve.png  # the picture only
 
 Run on a quiet machine: each round trains the fold models and the model anew.
@@ -49,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline import dataset  # noqa: E402
-from pipeline.labelstudio import config, serve  # noqa: E402
+from pipeline.labelstudio import config, select, serve  # noqa: E402
 from pipeline.labelstudio.client import Client  # noqa: E402
 
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
@@ -102,6 +103,7 @@ def plot(results: dict, out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colors = {"active": "tab:orange", "active --balance": "tab:red", "random": "tab:blue", "typical": "tab:green"}
+    colors |= {"active --score disagreement": "tab:olive", "active --balance --score disagreement": "tab:cyan"}
     colors |= {"badge": "tab:purple", "typical+badge": "tab:brown", "random+badge": "tab:pink"}
     for strategy, color in colors.items():
         curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
@@ -132,12 +134,18 @@ def main() -> None:
     ap.add_argument("--strategies", nargs="*", default=["active", "random"], choices=STRATEGIES)
     ap.add_argument("--diversity", default="kcenter", choices=["kcenter", "kmeans"], help="label push --diversity")
     ap.add_argument("--balance", action="store_true", help="label push --balance: a share per predicted class")
+    ap.add_argument("--score", default="activelab", choices=select.ACTIVE_SCORES, help="label push --score")
     ap.add_argument("--set", nargs="*", default=[], help="more params, key=value")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--plot", nargs=2, type=Path, metavar=("JSON", "PNG"), help="draw a stored run; run nothing")
+    ap.add_argument("--summarize", type=Path, metavar="JSON", help="redo a stored run's summary in place; run nothing")
     args = ap.parse_args()
     if args.plot:
         return plot(json.loads(args.plot[0].read_text()), args.plot[1])
+    if args.summarize:
+        results = json.loads(args.summarize.read_text())
+        results["summary"] = summarize(results)
+        return args.summarize.write_text(json.dumps(results, indent=1) + "\n")
     shipped = yaml.safe_load((ROOT / "params.yaml").read_text())
     common = [
         f"ingest.source={args.source}",
@@ -154,6 +162,7 @@ def main() -> None:
         "set": common,
         "diversity": args.diversity,
         "balance": args.balance,
+        "score": args.score,
         "runs": [],
     }
     # a SIGTERM (kill) exits through the `finally` below, which stops the Label Studio server
@@ -195,6 +204,7 @@ def main() -> None:
                             push += ["--split", "unlabeled", "--limit", str(args.batch), "--seed", str(seed + r)]
                             push += ["--diversity", args.diversity] if how == "active" else []
                             push += ["--balance"] if how == "active" and args.balance else []
+                            push += ["--score", args.score] if how == "active" else []
                             run(push, work, env)
                             clean, _ = dataset.read_manifest(work / "data/clean")
                             annotate(client, project, clean.set_index("sample_id")["hidden_label"], user)
@@ -210,32 +220,53 @@ def main() -> None:
                             f"{evaluate['accuracy']} ({time.perf_counter() - t0:.0f} s so far)",
                             flush=True,
                         )
-                    name = f"{strategy} --balance" if strategy == "active" and args.balance else strategy
+                    name = strategy
+                    if strategy == "active":  # the flags that change what it picks
+                        name += " --balance" * args.balance + f" --score {args.score}" * (args.score != "activelab")
                     results["runs"].append({"seed": seed, "strategy": name, "curve": curve})
                     if args.json:
                         args.json.write_text(json.dumps(results, indent=1) + "\n")
         finally:
             serve.stop(proc)
-    for seed in args.seeds:
-        by = {r["strategy"]: r["curve"] for r in results["runs"] if r["seed"] == seed}
-        for strategy in sorted(set(by) - {"random"} if "random" in by else ()):
-            print(f"seed {seed}, {strategy} against random:")
-            results.setdefault("summary", {}).setdefault(str(seed), {})[strategy] = summary(by[strategy], by["random"])
+    results["summary"] = summarize(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
+def summarize(results: dict) -> dict:
+    """Each strategy against random, per seed and on the mean curves of the seeds both ran."""
+    curves = {(r["seed"], r["strategy"]): r["curve"] for r in results["runs"]}
+    seeds = sorted({seed for seed, _ in curves})
+    out: dict = {}
+    for strategy in dict.fromkeys(s for _, s in curves if s != "random"):
+        both = [seed for seed in seeds if (seed, strategy) in curves and (seed, "random") in curves]
+        for seed in both:
+            print(f"seed {seed}, {strategy} against random:")
+            out.setdefault(str(seed), {})[strategy] = summary(curves[seed, strategy], curves[seed, "random"])
+        if len(both) > 1:
+            print(f"seeds {both} (mean curves), {strategy} against random:")
+            mean = [mean_curve([curves[seed, s] for seed in both]) for s in (strategy, "random")]
+            out.setdefault("mean", {})[strategy] = summary(*mean)
+    return out
+
+
+def mean_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """The seeds' mean accuracy at each number of labels (the curves share their label counts)."""
+    return [(n[0], sum(a) / len(a)) for n, a in (zip(*points) for points in zip(*curves))]
+
+
 def summary(curve: list[tuple[int, float]], random: list[tuple[int, float]]) -> dict:
     """Both ways of reading two curves, printed: the labels random needs to reach the strategy's
-    final accuracy, and (the issue's target) the share of random's labels the strategy needs to
-    reach random's final accuracy."""
-    (used, final), (budget, random_final) = curve[-1], random[-1]
+    final accuracy (random's curve may run on past the strategy's last round), and (the issue's
+    target) the share of random's labels the strategy needs to reach random's accuracy at the
+    strategy's last round."""
+    (used, final), random_final = curve[-1], dict(random)[curve[-1][0]]
     need, reach = labels_to_match(random, final), labels_to_match(curve, random_final)
-    needs = f"{need:.0f}" if need is not None else f"more than {budget}"
-    reaches = f"{reach:.0f} ({reach / budget:.0%} of them)" if reach is not None else "never does"
-    print(f"  reaches {final} with {used} labels; random needs {needs}")
-    print(f"  reaches random's final {random_final} ({budget} labels) with {reaches}")
-    share = reach / budget if reach is not None else None
+    needs = f"{need:.0f}" if need is not None else f"more than {random[-1][0]}"
+    reaches = f"{reach:.0f} ({reach / used:.0%} of them)" if reach is not None else "never does"
+    print(f"  reaches {final:.4f} with {used} labels; random needs {needs}")
+    print(f"  reaches random's {random_final:.4f} at {used} labels with {reaches}")
+    share = reach / used if reach is not None else None
     return {"final": final, "random_labels_to_match": need, "labels_to_random_final": reach, "share": share}
 
 
