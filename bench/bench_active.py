@@ -22,6 +22,7 @@ target: at most 70%). `--strategies typical+badge` selects with typical in round
     python bench/bench_active.py --diversity kmeans                    # k-means, not k-center, spreads a batch
     python bench/bench_active.py --score disagreement                  # the fold models' disagreement (BALD)
     python bench/bench_active.py --plot bench/active_results.json docs/img/active_curve.png  # the picture only
+    python bench/bench_active.py --summarize bench/active_results.json  # both readings again, after adding runs
 
 Run on a quiet machine: each round trains the fold models and the model anew.
 """
@@ -267,7 +268,13 @@ def summary(curve: list[tuple[int, float]], random: list[tuple[int, float]]) -> 
     print(f"  reaches {final:.4f} with {used} labels; random needs {needs}")
     print(f"  reaches random's {random_final:.4f} at {used} labels with {reaches}")
     share = reach / used if reach is not None else None
-    return {"final": final, "random_labels_to_match": need, "labels_to_random_final": reach, "share": share}
+    return {
+        "final": final,
+        "random_labels_to_match": need,
+        "share_of_random_to_match": used / need if need is not None else None,  # None: more than random ran
+        "labels_to_random_final": reach,
+        "share": share,
+    }
 
 
 if __name__ == "__main__":
