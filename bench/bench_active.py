@@ -21,6 +21,8 @@ target: at most 70%). `--strategies typical+badge` selects with typical in round
     python bench/bench_active.py --seeds 0 --rounds 2 --batch 500      # a shorter run
     python bench/bench_active.py --diversity kmeans                    # k-means, not k-center, spreads a batch
     python bench/bench_active.py --score disagreement                  # the fold models' disagreement (BALD)
+    python bench/bench_active.py --strategies random badge --set train.batch_size=64 train.min_steps=6000 ...
+                                    # the small-data recipe of docs/labeling.md: BADGE saves 39-46%
     python bench/bench_active.py --plot bench/active_results.json docs/img/active_curve.png  # the picture only
     python bench/bench_active.py --summarize bench/active_results.json  # both readings again, after adding runs
 
@@ -100,7 +102,6 @@ def plot(results: dict, out: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     colors = {"active": "tab:orange", "active --balance": "tab:red", "random": "tab:blue", "typical": "tab:green"}
@@ -110,14 +111,14 @@ def plot(results: dict, out: Path) -> None:
         curves = [r["curve"] for r in results["runs"] if r["strategy"] == strategy]
         for curve in curves:
             ax.plot(*zip(*curve), color=color, alpha=0.35, lw=1, marker=".")
-        if curves and len({len(c) for c in curves}) == 1:
-            n, acc = np.array(curves).transpose(2, 0, 1)
+        if curves:  # over the label counts every seed reached
             seeds = f"{len(curves)} seed{'s' * (len(curves) > 1)}"
-            ax.plot(n[0], acc.mean(0), color=color, lw=2.5, label=f"{strategy} (mean of {seeds})")
+            ax.plot(*zip(*mean_curve(curves)), color=color, lw=2.5, label=f"{strategy} (mean of {seeds})")
     ax.set_xlabel(f"labels ({results['initial']} initial + rounds of {results['batch']} answered in Label Studio)")
     ax.set_ylabel("test accuracy (official 10k test set)")
     drawn = ", ".join(dict.fromkeys(r["strategy"] for r in results["runs"]))
-    ax.set_title(textwrap.fill(f"Fashion-MNIST, label push --select: {drawn}", 70), fontsize=10)
+    title = f"Fashion-MNIST, label push --select: {drawn}{results.get('title', '')}"
+    ax.set_title(textwrap.fill(title, 70), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
