@@ -5,20 +5,24 @@ PY     := $(VENV)/bin/python
 # This machine's pip serves a CPU build of torch 2.13.0 from a local file; installing it
 # before the project keeps pip from pulling a multi-GB CUDA build. Override on a GPU box.
 TORCH  ?= torch==2.13.0
+LOCK   := requirements/project.txt
+LS_LOCK := requirements/labelstudio.txt
+export TORCH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test bench clean labelstudio bench-labelstudio
+.PHONY: setup run test bench clean labelstudio bench-labelstudio lock
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+# The venv is exactly requirements/project.txt (plus TORCH): made anew whenever the lock or
+# pyproject changes, the lock installed with --no-deps, so nothing resolves at install time.
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	python3 -m venv --clear $(VENV)
+	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
-	# torchattacks: the test-only reference for the attacks; its torchvision pin is not needed
-	$(PY) -m pip install -q --no-deps "torchattacks==3.5.1"
+	$(PY) -m pip install -q --no-deps -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 run: setup
@@ -31,13 +35,33 @@ test: setup labelstudio
 
 # Label Studio (the server) lives in its own venv: its pins clash with ours. The server
 # tests and `python -m pipeline label serve` run it from there.
-LABEL_STUDIO ?= label-studio==1.23.2
-labelstudio: .venv-ls/bin/label-studio
+LABEL_STUDIO ?= label-studio==1.23.2 sentry-sdk<3
+labelstudio: .venv-ls/.installed
 
-.venv-ls/bin/label-studio:
-	python3 -m venv .venv-ls
-	.venv-ls/bin/python -m pip install -q --upgrade pip
-	.venv-ls/bin/python -m pip install -q "$(LABEL_STUDIO)"
+.venv-ls/.installed: $(LS_LOCK)
+	python3 -m venv --clear .venv-ls
+	.venv-ls/bin/python -m pip install -q --no-deps -r $(LS_LOCK)
+	touch $@
+
+# Regenerate both locks on purpose (a dependency added to pyproject, a release wanted): each venv
+# is built unpinned in build/lock/ and frozen. Review the diff, run `make test-all`, commit.
+lock:
+	rm -rf build/lock && mkdir -p build/lock
+	python3 -m venv build/lock/project
+	build/lock/project/bin/python -m pip install -q --upgrade pip
+	build/lock/project/bin/python -m pip install -q "$(TORCH)"
+	build/lock/project/bin/python -m pip install -q -e ".[test]"
+	# torchattacks: the test-only reference for the attacks; its torchvision pin is not needed
+	build/lock/project/bin/python -m pip install -q --no-deps "torchattacks==3.5.1"
+	{ sed -n '/^#/p' $(LOCK); build/lock/project/bin/python -m pip freeze --all --exclude-editable \
+	  | grep -v '^torch=='; } > build/lock/project.txt && mv build/lock/project.txt $(LOCK)
+	python3 -m venv build/lock/ls
+	build/lock/ls/bin/python -m pip install -q --upgrade pip
+	build/lock/ls/bin/python -m pip install -q $(foreach p,$(LABEL_STUDIO),"$(p)")
+	{ sed -n '/^#/p' $(LS_LOCK); build/lock/ls/bin/python -m pip freeze --all; } > build/lock/ls.txt \
+	  && mv build/lock/ls.txt $(LS_LOCK)
+	rm -rf build/lock
+	git diff --stat -- requirements
 
 # push 10,000 tasks to / pull 10,000 annotated tasks from a local server, timed
 bench-labelstudio: setup labelstudio

@@ -778,3 +778,16 @@ def test_bench_active_reads_curves_both_ways(monkeypatch):
     behind = summary([(500, 0.78), (1000, 0.79), (1500, 0.80), (2000, 0.82), (2500, 0.84)], random)
     assert behind["labels_to_random_final"] is None and behind["share"] is None
     assert behind["random_labels_to_match"] == pytest.approx(2000)
+
+
+def test_label_serve_installs_the_server_from_its_lock(tmp_path, monkeypatch):
+    from pipeline.labelstudio import serve
+
+    calls = []
+    monkeypatch.setattr(serve.subprocess, "run", lambda cmd: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0))
+    serve.ensure_venv(tmp_path / "venv")
+    assert serve.LOCK.exists() and calls[1][-3:] == ["--no-deps", "-r", str(serve.LOCK)]
+    monkeypatch.setattr(serve, "LOCK", tmp_path / "absent.txt")  # an install without its checkout
+    calls.clear()
+    serve.ensure_venv(tmp_path / "venv")
+    assert calls[1][-2:] == ["label-studio==1.23.2", "sentry-sdk<3"]

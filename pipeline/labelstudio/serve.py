@@ -25,7 +25,10 @@ STATE = Path(".pipeline")
 TOKEN_FILE = STATE / "label-studio-token"
 PASSWORD_FILE = STATE / "label-studio-password"
 DATA_DIR = STATE / "label-studio"
-PACKAGE = "label-studio==1.23.2"  # the version the server tests run against (Makefile: LABEL_STUDIO)
+# the exact set the server tests run against (`make lock` writes it); where the package is installed
+# without its checkout, the two pins it is made from
+LOCK = Path(__file__).resolve().parents[2] / "requirements" / "labelstudio.txt"
+PACKAGES = ["label-studio==1.23.2", "sentry-sdk<3"]
 USERNAME = "pipeline@localhost"
 HOST = "127.0.0.1"
 
@@ -41,9 +44,10 @@ def ensure_venv(venv: Path = VENV, install: bool = True) -> Path:
     if not install:
         raise PipelineError(f"{exe} is missing: run `make labelstudio` (or drop --no-install)")
     print(f"installing Label Studio into {venv} (its own environment; a few minutes, once) ...", flush=True)
+    pins = ["--no-deps", "-r", str(LOCK)] if LOCK.exists() else PACKAGES
     for cmd in (
         [sys.executable, "-m", "venv", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", PACKAGE],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *pins],
     ):
         if subprocess.run(cmd).returncode != 0:
             raise PipelineError(f"could not install Label Studio into {venv} ({' '.join(cmd[-2:])} failed)")
