@@ -52,9 +52,10 @@ from bench_pseudo import flags
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import dataset  # noqa: E402
-from pipeline.labelstudio import config, select, serve  # noqa: E402
+from pipeline.core import dataset  # noqa: E402
+from pipeline.labelstudio import config, serve  # noqa: E402
 from pipeline.labelstudio.client import Client  # noqa: E402
+from pipeline.quality import select  # noqa: E402
 
 TRAIN_IMAGES = {"fashion-mnist": 60_000, "digits": 1_797}  # labeled images outside a test set: keep_labels' base
 ROUND = ("oof", "clean", "mine", "assemble", "train", "evaluate")

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from pipeline import attacks, models
+from pipeline.learn import attacks, models
 
 
 def _time(fn, repeats: int) -> float:

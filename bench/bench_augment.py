@@ -2,7 +2,7 @@
 loop applying equivalent ops to the same images, and 2 worker processes against 1, in one run.
 
 The images are the Fashion-MNIST train split (60,000 28x28 grey images; IDX files from
-`dataset-fashion-mnist`). The candidate is `pipeline.augment.stage.augment` with the shipped
+`dataset-fashion-mnist`). The candidate is `pipeline.stages.augment.augment` with the shipped
 RandAugment default (N=2, M=9): per-sample seeding, drawing, applying, hashing and the `ops`
 record, reading its parents from a memory-mapped store, exactly as the stage runs it. The
 baseline is `A.Compose([A.SomeOf([...14 ops...], n=2, replace=True)])` called image by image,
@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline.augment import policy as pol  # noqa: E402
-from pipeline.augment import stage
+from pipeline.stages import augment as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

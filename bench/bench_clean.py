@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import dataset
+from pipeline.core import dataset
 
 PAIRS = {"fmnist": "[[Shirt,T-shirt/top],[Pullover,Coat]]"}
 FILTERS = [

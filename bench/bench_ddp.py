@@ -32,7 +32,7 @@ from bench_split import ingest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import dataset  # noqa: E402
+from pipeline.core import dataset  # noqa: E402
 
 OUT = ROOT / "bench" / "ddp_results.json"
 N_TRAIN, N_VAL, EPOCHS, PARAMS = 20_000, 2_000, 3, 72_666

@@ -28,8 +28,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import dataset, sources  # noqa: E402
-from pipeline.params import Ingest  # noqa: E402
+from pipeline.core import dataset  # noqa: E402
+from pipeline.core.params import Ingest  # noqa: E402
+from pipeline.sources import readers as sources  # noqa: E402
 
 OUT = ROOT / "bench" / "executor_results.json"
 

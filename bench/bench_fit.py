@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import console, fit, params
+from pipeline.core import console, params
+from pipeline.learn import fit
 
 
 def bare(x: np.ndarray, y: np.ndarray, cfg, num_classes: int, compile: bool = False) -> tuple[float, float]:

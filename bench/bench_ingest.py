@@ -34,7 +34,7 @@ REQUIRED_RATIO = 0.7
 
 def sample_images(n: int) -> tuple[np.ndarray, np.ndarray]:
     """n 28x28 uint8 images and their labels."""
-    from pipeline import sources
+    from pipeline.sources import readers as sources
 
     if os.path.isdir(sources.FASHION_MNIST_DIR):
         items, classes = sources.SOURCES["fashion-mnist"](sources.Ingest(source="fashion-mnist"))

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PIPELINE_QUIET", "1")
 
-from pipeline import console, dataset  # noqa: E402
+from pipeline.core import console, dataset  # noqa: E402
 from pipeline.labelstudio import config, pull, push, serve  # noqa: E402
 from pipeline.labelstudio.client import Client  # noqa: E402
 

@@ -30,8 +30,9 @@ from bench_split import ingest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import neardup, split  # noqa: E402
-from pipeline.params import NearDuplicates  # noqa: E402
+from pipeline.core.params import NearDuplicates  # noqa: E402
+from pipeline.dedup import neardup  # noqa: E402
+from pipeline.stages import split  # noqa: E402
 
 OUT = ROOT / "bench" / "neardup_index_results.json"
 KINDS = ("own", "faiss")

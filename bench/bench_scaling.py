@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pipeline.core import catalog  # noqa: E402
+
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-STAGES = [
-    "ingest", "split", "oof", "clean", "pseudo", "mine", "policy-search", "augment", "adversarial", "synthesize",
-    "assemble", "train", "evaluate", "report",
-]  # fmt: skip
+STAGES = catalog.STAGES
 # how a stage's work divides across n nodes today: "samples" (Ray executor: ingest, augment,
 # adversarial), "ddp" (train.nproc across nodes, efficiency 0.9 per doubling assumed), "folds"
 # (at most oof.folds in parallel, were folds tasks), "queries" (the near-duplicate queries split,

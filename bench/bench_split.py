@@ -40,8 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("PIPELINE_QUIET", "1")
 
-from pipeline import dataset, gallery, leakcheck, neardup, split  # noqa: E402
-from pipeline.params import NearDuplicates, Split  # noqa: E402
+from pipeline.core import dataset  # noqa: E402
+from pipeline.core.params import NearDuplicates, Split  # noqa: E402
+from pipeline.dedup import leakcheck, neardup  # noqa: E402
+from pipeline.render import gallery  # noqa: E402
+from pipeline.stages import split  # noqa: E402
 
 OUT = ROOT / "bench"
 KINDS = [

@@ -33,9 +33,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pipeline import dataset, fit
-from pipeline import params as P
-from pipeline.synthesize import gate, generators, stage
+from pipeline.core import dataset
+from pipeline.core import params as P
+from pipeline.learn import fit
+from pipeline.stages import synthesize as stage
+from pipeline.synthesize import gate, generators
 
 # Lengths for Fashion-MNIST (54k train images), each under 20 min on 2 shared cores:
 # measured 1 thread, under load, 60k images: VAE ~30 s / epoch, GAN ~75 s / epoch.

@@ -17,8 +17,8 @@ from pathlib import Path
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import sources  # noqa: E402
-from pipeline.params import Ingest  # noqa: E402
+from pipeline.core.params import Ingest  # noqa: E402
+from pipeline.sources import readers as sources  # noqa: E402
 
 
 def main() -> None:

@@ -7,61 +7,8 @@ import importlib
 import json
 import sys
 
-from pipeline.errors import PipelineError
-
-# stage name -> (module, one-line description); modules are imported lazily so that
-# `python -m pipeline split` never pays for torch.
-STAGES = {
-    "ingest": ("pipeline.ingest", "decode and validate a source into a manifest + image stores; quarantine bad input"),
-    "split": (
-        "pipeline.split",
-        "stratified, group-aware, leak-safe train/val/test split: duplicate clusters never cross splits",
-    ),
-    "oof": ("pipeline.oof", "out-of-fold probabilities, embeddings and training dynamics by group-aware K-fold"),
-    "clean": (
-        "pipeline.clean",
-        "cleanlab label issues, outliers, near-duplicates, imbalance; flag / remove / relabel train",
-    ),
-    "pseudo": (
-        "pipeline.pseudo",
-        "pseudo-labels for the unlabeled pool from the oof ensemble, then self-training rounds (Noisy Student)",
-    ),
-    "mine": ("pipeline.mine", "hardness, data-map categories and sampling weights; suspects are not hard"),
-    "policy-search": (
-        "pipeline.augment.search",
-        "learn an AutoAugment policy from the data: density matching with the oof fold models (Fast AutoAugment)",
-    ),
-    "augment": (
-        "pipeline.augment.stage",
-        "offline augmented copies of the train samples under a policy file "
-        "(AutoAugment, RandAugment, TrivialAugment, albumentations)",
-    ),
-    "adversarial": ("pipeline.adversarial", "FGSM / PGD examples of train samples as a derived dataset with lineage"),
-    "synthesize": (
-        "pipeline.synthesize.stage",
-        "class-conditional VAE / GAN samples, admitted through a quality gate "
-        "(FID, KID, precision/recall, memorisation, label consistency, TSTR)",
-    ),
-    "assemble": ("pipeline.assemble", "build the training-set manifest (real + derived samples) with lineage checks"),
-    "train": ("pipeline.train", "train the model on the assembled set, early-stopping on val"),
-    "evaluate": ("pipeline.evaluate", "score the model on the test split: accuracy, per-class, confusion, calibration"),
-    "report": (
-        "pipeline.report",
-        "one offline HTML page of the run, stage by stage (report/index.html), and metrics/data_health.json",
-    ),
-    "ablate": (
-        "pipeline.ablate",
-        "queue a DVC experiment per recipe row and train seed (all, none, all but one stage); --collect the table",
-    ),
-    "plots-offline": ("pipeline.dvcplots", "write a `dvc plots show --html-template` page with Vega inlined (offline)"),
-    "lr-find": ("pipeline.lr_find", "LR range test: sweep the learning rate and suggest a maximum"),
-    "params": ("pipeline.params", "print the effective params (every knob, as params.yaml holds them) as YAML"),
-    "summary": (
-        "pipeline.summary",
-        "the run in ten lines: test accuracy with its interval, data counts, flags, where things are",
-    ),
-    "label": ("pipeline.labelstudio.cli", "push samples to / pull annotations from Label Studio; serve a local one"),
-}
+from pipeline.core import catalog
+from pipeline.core.errors import PipelineError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,14 +16,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipeline", description="Data-centric pipeline stages. Each reads its section of params.yaml."
     )
     sub = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
-    for name, (_, help_) in STAGES.items():
+    for name, (_, help_) in catalog.ENTRIES.items():
         sub.add_parser(name, help=help_, add_help=False)
     return parser
 
 
 def params_epilog(keys: tuple[str, ...], params_file: str) -> str:
     """`--help`'s list of the params a stage reads (its STAGE declaration's), with their current values."""
-    from pipeline import params
+    from pipeline.core import params
 
     if not keys:
         return ""
@@ -110,7 +57,7 @@ def params_epilog(keys: tuple[str, ...], params_file: str) -> str:
 
 
 def stage_parser(name: str, params_file: str = "params.yaml") -> tuple[argparse.ArgumentParser, object]:
-    module_name, help_ = STAGES[name]
+    module_name, help_ = catalog.ENTRIES[name]
     module = importlib.import_module(module_name)
     p = argparse.ArgumentParser(
         prog=f"python -m pipeline {name}",
@@ -136,12 +83,12 @@ def _params_arg(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in STAGES:
+    if not argv or argv[0] not in catalog.ENTRIES:
         build_parser().parse_args(argv)  # prints help or "invalid choice", exits
     name, rest = argv[0], argv[1:]
     parser, module = stage_parser(name, _params_arg(rest))
     args = parser.parse_args(rest)
-    from pipeline import console, params
+    from pipeline.core import console, params
 
     console.setup(args.quiet)
     try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
-from pipeline import dataset
+from pipeline import __main__ as cli
+from pipeline.core import dataset
 
 RANDAUGMENT = str(Path(__file__).resolve().parents[1] / "augment_policies" / "randaugment.yaml")  # train's --policy
 
@@ -73,3 +76,45 @@ def write_arrays(
     train = df[df["split"] == "train"].assign(weight=1.0)
     dataset.write_manifest(train, root / "assemble" / dataset.MANIFEST, classes)
     return root / "split", root / "assemble", classes
+
+
+NOISE = {"rate": 0.2, "kind": "symmetric", "seed": 3}  # clean.inject_noise for the oof-based tests
+TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
+TINY_OOF = {"folds": 3, "epochs": 4, "min_steps": 0, "tta": False, "shift": 0.0}
+
+
+def with_clusters(split: "Path", size: int = 2) -> None:
+    """Give the split manifest `cluster_id`s of `size` consecutive samples of one split."""
+    df, classes = dataset.read_manifest(split)
+    df["cluster_id"] = [f"k{i // size}" for i in range(len(df))]
+    dataset.write_manifest(df, split / dataset.MANIFEST, classes)
+
+
+def run_oof(tmp_path, n=240, noise=None, **oof_cfg):
+    split, _, classes = write_split(tmp_path / "data", n=n)
+    with_clusters(split)
+    cfg = {"train": TINY_TRAIN, "oof": {**TINY_OOF, **oof_cfg}}
+    if noise:
+        cfg["clean"] = {"inject_noise": noise}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "oof"
+    assert (
+        cli.main(
+            [
+                "oof",
+                "--quiet",
+                "--params",
+                str(tmp_path / "params.yaml"),
+                "--split",
+                str(split),
+                "--labels",
+                str(tmp_path / "patches.csv"),  # none: an empty patch
+                "--out",
+                str(out),
+                "--metrics",
+                str(tmp_path / "oof.json"),
+            ]
+        )
+        == 0
+    )
+    return split, out, json.loads((tmp_path / "oof.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import dataset
+from pipeline.core import dataset
 from pipeline.labelstudio import config
 
 CLASSES = ["cat", "dog", "bird"]

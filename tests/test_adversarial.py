@@ -8,9 +8,11 @@ import yaml
 from fit_util import RANDAUGMENT, patterns, write_split
 
 from pipeline import __main__ as cli
-from pipeline import assemble, dataset, fit, params
 from pipeline.augment import mixing
-from pipeline.errors import PipelineError
+from pipeline.core import dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit
+from pipeline.stages import assemble
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
 

@@ -1,8 +1,8 @@
 import pandas as pd
 import pytest
 
-from pipeline import assemble
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.stages import assemble
 
 
 def _split():
@@ -66,7 +66,7 @@ def test_pseudo_labels_must_come_from_the_pool_and_the_pool_itself_never_trains(
 
 
 def test_missing_or_malformed_mine_weights_fail_naming_the_file(tmp_path):
-    from pipeline import artifacts
+    from pipeline.core import artifacts
 
     with pytest.raises(PipelineError, match=r"weights.parquet: no mine weights \(has the mine stage run\?\)"):
         artifacts.read_mine_weights(tmp_path)

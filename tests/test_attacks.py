@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pipeline import attacks
-from pipeline.attacks import AttackConfig
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.learn import attacks
+from pipeline.learn.attacks import AttackConfig
 
 
 def _linear(n_in=16, seed=0):
@@ -97,7 +97,7 @@ def test_matches_torchattacks_without_random_start(ours, theirs, eps, alpha):
 
 
 def test_robust_accuracy_curve_starts_at_clean_accuracy_and_falls():
-    from pipeline.robustness import robust_accuracy
+    from pipeline.learn.robustness import robust_accuracy
 
     model = _linear()
     x, _ = _data(n=64)

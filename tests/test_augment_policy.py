@@ -10,7 +10,7 @@ import yaml
 
 from pipeline.augment import ops
 from pipeline.augment import policy as pol
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "augment_policies").glob("*.yaml"))

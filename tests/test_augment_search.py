@@ -11,10 +11,12 @@ import yaml
 from fit_util import write_split
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, dataset, fit, params
-from pipeline.augment import ops, search
+from pipeline.augment import ops
 from pipeline.augment import policy as pol
-from pipeline.errors import PipelineError
+from pipeline.core import artifacts, dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit
+from pipeline.stages import policy_search as search
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
 TINY_SEARCH = {"candidates": 12, "max_samples": 40, "top": 2}

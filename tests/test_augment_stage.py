@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import assemble, dataset, params
 from pipeline.__main__ import main as cli
 from pipeline.augment import policy as pol
-from pipeline.augment import stage
+from pipeline.core import dataset, params
+from pipeline.stages import assemble
+from pipeline.stages import augment as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["a", "b"]
@@ -207,8 +208,8 @@ def test_num_ops_and_magnitude_params_reach_the_copies_and_the_metrics(tmp_path)
 
 
 def test_train_online_policy_refuses_an_override_the_policy_cannot_take():
-    from pipeline import train
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.stages import train
 
     p = params.parse({"augment": {"mode": "online", "policy": "augment_policies/trivialaugment.yaml", "magnitude": 5}})
     with pytest.raises(PipelineError, match=r"augment\.magnitude: expected null for trivialaugment\.yaml"):

@@ -4,22 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_oof import run_oof
+from fit_util import NOISE
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, clean, dataset, issues, params
-from pipeline import patches as label_patches
-from pipeline.errors import PipelineError
-
-NOISE = {"rate": 0.2, "kind": "symmetric", "seed": 3}
-
-
-@pytest.fixture(scope="module")
-def noisy(tmp_path_factory):
-    """oof outputs over 400 tiny samples with 20% of the train labels corrupted."""
-    tmp = tmp_path_factory.mktemp("noisy")
-    split, out, metrics = run_oof(tmp, n=400, noise=NOISE, epochs=6)
-    return out, metrics
+from pipeline.core import artifacts, dataset, params
+from pipeline.core import patches as label_patches
+from pipeline.core.errors import PipelineError
+from pipeline.quality import issues
+from pipeline.stages import clean
 
 
 def _clean(noisy, patches=None, **clean_cfg):
@@ -210,8 +202,8 @@ def test_remove_near_duplicates_keeps_one_of_each_pair():
 
 
 def test_removals_by_the_split_stage_keep_their_reason():
-    from pipeline import clean
-    from pipeline.params import parse
+    from pipeline.core.params import parse
+    from pipeline.stages import clean
 
     df = pd.DataFrame(
         {

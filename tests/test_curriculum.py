@@ -4,9 +4,11 @@ import pytest
 import torch
 from fit_util import patterns
 
-from pipeline import assemble, fit, params
 from pipeline.augment import mixing
-from pipeline.errors import PipelineError
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit
+from pipeline.stages import assemble
 
 CFG = params.Train(epochs=8, batch_size=16, width=8, lr=1e-2, threads=1, curriculum="easy_to_hard")
 

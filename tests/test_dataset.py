@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import dataset
-from pipeline.errors import PipelineError
+from pipeline.core import dataset
+from pipeline.core.errors import PipelineError
 
 
 def _write(tmp_path, n=10, shard_size=4):

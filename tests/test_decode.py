@@ -5,7 +5,7 @@ import pytest
 from badinput import asymmetric, pattern, zero_bilevel_png
 from PIL import Image
 
-from pipeline.decode import DecodeError, decode_file, normalise
+from pipeline.sources.decode import DecodeError, decode_file, normalise
 
 MAX_PIXELS, MIN_SIDE = 40_000_000, 4
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import corpus
 import pandas as pd
 import pytest
-from test_e2e_dvc import STAGES, _ran, _run, make_project
+from e2e_util import STAGES, make_project, ran, run
 
 RUNNABLE = [n for n in corpus.FOLDERS if n != "single_class"]
 DEFAULTS = ("shapes_jpeg_2x25", "tiny_2x12")  # large JPEGs of two sizes; 12 images a class
@@ -38,7 +38,7 @@ def _project(tmp_path: Path, name: str, **params: dict) -> Path:
 def test_folder_runs_end_to_end(tmp_path, name):
     spec = corpus.FOLDERS[name]
     project = _project(tmp_path, name, **({} if name in DEFAULTS else SHORT))
-    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    assert ran(run(["dvc", "repro"], project)) == STAGES
     metrics = {p.stem: json.loads(p.read_text()) for p in (project / "metrics").glob("*.json")}
     ingest, split = metrics["ingest"], metrics["split"]
     assert ingest["in"] == ingest["kept"] == sum(spec.counts) and ingest["quarantined"] == 0
@@ -67,7 +67,7 @@ def test_folder_runs_end_to_end(tmp_path, name):
 def test_a_csv_with_groups_and_missing_files(tmp_path):
     table = corpus.make_csv(tmp_path / "images")
     project = make_project(tmp_path / "project", tiny=False, ingest={"source": "csv", "path": str(table)}, **SHORT)
-    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    assert ran(run(["dvc", "repro"], project)) == STAGES
     ingest = json.loads((project / "metrics/ingest.json").read_text())
     assert (ingest["in"], ingest["kept"], ingest["by_reason"]) == (94, 90, {"missing_file": 4})
     assert ingest["channels"] == 3
@@ -95,7 +95,8 @@ def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(tmp_path):
-    from pipeline import schema, sources
+    from pipeline.core import schema
+    from pipeline.sources import readers as sources
 
     labeled, pool, truth, copied = corpus.make_digits_pool(tmp_path / "images")
     project = make_project(
@@ -104,7 +105,7 @@ def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(t
         oof={"epochs": 2, "min_steps": 300},
         pseudo={"rounds": 2, "student_epochs": 2},
     )
-    assert _ran(_run(["dvc", "repro"], project)) == STAGES
+    assert ran(run(["dvc", "repro"], project)) == STAGES
     metrics = {p.stem: json.loads(p.read_text()) for p in (project / "metrics").glob("*.json")}
     assert (metrics["ingest"]["kept"], metrics["ingest"]["unlabeled"]) == (900 + 630, 630)
     split = pd.read_parquet(project / "data/split/manifest.parquet").set_index("path")
@@ -132,7 +133,7 @@ def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(t
     assert sum(right) / len(right) >= 0.8
     assert metrics["assemble"]["by_origin"]["pseudo"] == len(pseudo)
     assert metrics["evaluate"]["accuracy"] > 0.5
-    from pipeline import summary
+    from pipeline.commands import summary
 
     lines = summary.lines(project / "metrics", project / "plots")
     assert any(ln.startswith(f"pseudo    {len(pseudo)} of {metrics['pseudo']['pool']} unlabeled") for ln in lines)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_e2e_dvc import _run, make_project
+from e2e_util import make_project, run
 
 GRID = [(1, 3), (3, 6)]
 # a queue's worth of experiments on digits in minutes: one-epoch models, the slow generators off
@@ -24,7 +24,7 @@ QUICK = {
 def _experiments(project: Path) -> list[dict]:
     """(name, params.yaml's data, {metrics file: data}) of every experiment `dvc exp show` lists."""
     out = []
-    for row in json.loads(_run(["dvc", "exp", "show", "--json"], project, stderr=False)):
+    for row in json.loads(run(["dvc", "exp", "show", "--json"], project, stderr=False)):
         for exp in row.get("experiments") or []:
             data = exp["revs"][0]["data"]
             out.append(
@@ -47,17 +47,17 @@ def project(tmp_path_factory) -> Path:
         evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
         ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
     )
-    _run(["dvc", "repro"], project)
-    _run(["git", "add", "-A"], project)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    run(["dvc", "repro"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     return project
 
 
 @pytest.mark.slow
 def test_randaugment_grid_through_the_experiment_queue(project: Path):
     for n, m in GRID:
-        _run(["dvc", "exp", "run", "--queue", "-S", f"augment.num_ops={n}", "-S", f"augment.magnitude={m}"], project)
-    _run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
+        run(["dvc", "exp", "run", "--queue", "-S", f"augment.num_ops={n}", "-S", f"augment.magnitude={m}"], project)
+    run(["dvc", "exp", "run", "--run-all", "-j", "1"], project)
 
     exps = [e for e in _experiments(project) if not e["name"].startswith("abl-")]
     assert sorted((e["params"]["augment"]["num_ops"], e["params"]["augment"]["magnitude"]) for e in exps) == GRID
@@ -69,7 +69,7 @@ def test_randaugment_grid_through_the_experiment_queue(project: Path):
         assert sum(augment["op_counts"].values()) == n * augment["parents"] and parents == {augment["parents"]}
         assert 0.0 <= e["metrics"]["metrics/train.json"]["val_accuracy"] <= 1.0
         assert 0.0 <= e["metrics"]["metrics/evaluate.json"]["accuracy"] <= 1.0
-    table = _run(
+    table = run(
         [
             "dvc",
             "exp",
@@ -88,14 +88,14 @@ def test_randaugment_grid_through_the_experiment_queue(project: Path):
 
 @pytest.mark.slow
 def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(project: Path):
-    dry = _run([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project, stderr=False).splitlines()
+    dry = run([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project, stderr=False).splitlines()
     assert len(dry) == 4 and all(line.startswith("dvc exp run --queue -n abl-") for line in dry)
 
-    _run([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
+    run([sys.executable, "-m", "pipeline", "ablate", "--run"], project)  # queue, run, collect
     # a second seed re-runs training only. The `none` row's mine (disabled) and assemble differ
     # from the committed dvc.lock, so its second seed takes them from DVC's run cache, which DVC
     # keeps only for stages without an uncached out that is not a metric or plot (plots/mine)
-    log = _run(["dvc", "queue", "logs", "abl-none-s1"], project)
+    log = run(["dvc", "queue", "logs", "abl-none-s1"], project)
     for stage in ("mine", "assemble"):
         assert f"Stage '{stage}' is cached" in log, (stage, log[-2000:])
     assert "Running stage 'train'" in log
@@ -115,6 +115,6 @@ def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(project: P
     assert rows["none"]["delta_accuracy"] == pytest.approx(
         rows["none"]["accuracy"]["mean"] - rows["all"]["accuracy"]["mean"], abs=1e-6
     )
-    _run(["dvc", "repro"], project)  # the collected table changed: the report is drawn again
+    run(["dvc", "repro"], project)  # the collected table changed: the report is drawn again
     html = (project / "report/index.html").read_text()
     assert "what each stage bought" in html and "<td>none</td>" in html

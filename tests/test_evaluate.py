@@ -8,7 +8,8 @@ import yaml
 from fit_util import RANDAUGMENT, write_split
 
 from pipeline import __main__ as cli
-from pipeline import evaluate, params
+from pipeline.core import params
+from pipeline.stages import evaluate
 
 
 def _onehotish(pred, k, conf):

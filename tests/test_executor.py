@@ -17,9 +17,9 @@ import pytest
 import yaml
 from corpus import make
 
-from pipeline import dataset
 from pipeline.__main__ import main as cli
-from pipeline.executor import ordered_map
+from pipeline.core import dataset
+from pipeline.core.executor import ordered_map
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,9 @@ def _files(folder: Path) -> dict[str, bytes]:
 def _attack(executor: str, pixels, labels):
     import torch
 
-    from pipeline import adversarial, fit, params
+    from pipeline.core import params
+    from pipeline.learn import fit
+    from pipeline.stages import adversarial
 
     cfg = params.Adversarial(batch_size=16, steps=3)
     model = fit.new_model(pixels, params.Train(width=8), 5, torch.Generator().manual_seed(0))
@@ -78,7 +80,9 @@ def _fold_inference(executor: str, pixels):
     """A fold model's plain probabilities, embeddings and TTA probabilities of two row groups."""
     import torch
 
-    from pipeline import fit, oof, params
+    from pipeline.core import params
+    from pipeline.learn import fit
+    from pipeline.stages import oof
 
     model = fit.new_model(pixels, params.Train(width=8), 5, torch.Generator().manual_seed(0)).eval()
     return oof.infer(model, pixels, [np.arange(0, len(pixels), 3), np.arange(1, 40, 2)], True, executor, threads=1)
@@ -86,7 +90,9 @@ def _fold_inference(executor: str, pixels):
 
 def _descriptor_candidates(df: pd.DataFrame, executor: str) -> pd.DataFrame:
     """Near-duplicate candidates (both feature passes) with a radius wide enough to find many."""
-    from pipeline import neardup, params, split
+    from pipeline.core import params
+    from pipeline.dedup import neardup
+    from pipeline.stages import split
 
     cascade = split.detector(params.NearDuplicates(radius=1.5))
     with neardup.one_blas_thread():  # as Cascade.find runs it (the Ray workers always do)
@@ -95,10 +101,10 @@ def _descriptor_candidates(df: pd.DataFrame, executor: str) -> pd.DataFrame:
 
 @pytest.mark.slow
 def test_ingest_augment_and_adversarial_on_a_local_ray_write_the_same_bytes_as_local(tmp_path, monkeypatch):
-    from pipeline import oof
+    from pipeline.stages import oof
 
     monkeypatch.setattr(oof, "INFER_ROWS", 1)  # one inference batch a job: several jobs on 160 images
-    from pipeline.executor import ray_session
+    from pipeline.core.executor import ray_session
 
     images = make("imbalanced_5", tmp_path / "images")  # 160 files, PNG and JPEG, mixed sizes and modes
     started = time.perf_counter()

@@ -5,8 +5,9 @@ import pytest
 import torch
 from fit_util import patterns
 
-from pipeline import fit, models, params
-from pipeline.errors import PipelineError
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit, models
 
 CFG = params.Train(epochs=6, batch_size=32, width=8, lr=1e-2, threads=1)
 

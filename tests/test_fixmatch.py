@@ -10,11 +10,12 @@ import yaml
 from fit_util import RANDAUGMENT, patterns, write_split
 
 from pipeline import __main__ as cli
-from pipeline import dataset, fit, fixmatch, params
-from pipeline import train as train_stage
 from pipeline.augment import mixing, policy
-from pipeline.errors import PipelineError
-from pipeline.params import Params
+from pipeline.core import dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
+from pipeline.learn import fit, fixmatch
+from pipeline.stages import train as train_stage
 
 CFG = params.Train(epochs=12, batch_size=8, width=8, lr=1e-2, threads=1, label_smoothing=0.0)
 

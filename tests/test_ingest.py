@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import console, dataset, params
-from pipeline import ingest as stage
 from pipeline.__main__ import main
-from pipeline.errors import PipelineError
-from pipeline.ingest import QUARANTINE
-from pipeline.sources import FASHION_MNIST_DIR
+from pipeline.core import console, dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.sources.readers import FASHION_MNIST_DIR
+from pipeline.stages import ingest as stage
+from pipeline.stages.ingest import QUARANTINE
 
 SIDE = badinput.SIDE
 

@@ -21,7 +21,7 @@ import pytest
 from labelstudio_util import annotate, make_manifest
 
 from pipeline import __main__ as entry
-from pipeline import dataset, patches
+from pipeline.core import dataset, patches
 from pipeline.labelstudio import serve
 from pipeline.labelstudio.client import Client, Retry
 
@@ -277,7 +277,7 @@ def test_wrong_token_is_a_one_line_error(ls):
 def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
     """The whole loop: dvc repro flags label issues, push, three annotators, pull; then `dvc exp run`
     twice, the second failing on a bad value: the patch is byte-identical and its labels train."""
-    from test_e2e_dvc import STAGES, _ran, _run, make_project
+    from e2e_util import STAGES, make_project, ran, run
 
     work = make_project(  # the generators off: this is about labels, and the loop runs every stage twice
         ls.root / "loop",
@@ -285,7 +285,7 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
         adversarial={"enabled": False},
         synthesize={"enabled": False},
     )
-    _run(["dvc", "repro"], work)
+    run(["dvc", "repro"], work)
     flagged = dataset.read_manifest(work / "data/clean")[0]
     assert flagged["is_label_issue"].sum() >= 200
     env = {
@@ -317,7 +317,7 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
     patch = (work / "labels/patches.csv").read_bytes()
     assert len(patches.read_patches(work / "labels/patches.csv")) == len(expected)
 
-    rerun = _ran(_run(["dvc", "exp", "run"], work))
+    rerun = ran(run(["dvc", "exp", "run"], work))
     # oof (its fold models train on the human labels) and everything after it
     assert rerun == STAGES[STAGES.index("oof") :]
     failed = subprocess.run(
@@ -325,7 +325,7 @@ def test_patched_labels_survive_dvc_exp_run_and_reach_the_training_set(ls):
     )
     assert failed.returncode != 0 and "train.epochs" in failed.stdout + failed.stderr
     assert (work / "labels/patches.csv").read_bytes() == patch
-    _run(["dvc", "status"], work)
+    run(["dvc", "status"], work)
     assert (work / "labels/patches.csv").read_bytes() == patch
 
     clean, _ = dataset.read_manifest(work / "data/clean")

@@ -16,11 +16,12 @@ import requests
 from labelstudio_util import CLASSES, annotate, make_manifest
 
 from pipeline import __main__ as entry
-from pipeline import artifacts, dataset, patches
-from pipeline.errors import PipelineError
-from pipeline.labelstudio import aggregate, cli, config, pull, push, select
+from pipeline.core import artifacts, dataset, patches
+from pipeline.core.errors import PipelineError
+from pipeline.labelstudio import aggregate, cli, config, pull, push
 from pipeline.labelstudio.client import AmbiguousError, Client, Retry, UnavailableError
 from pipeline.labelstudio.fake import FakeClient
+from pipeline.quality import select
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "0123456789abcdef0123456789abcdef01234567"

@@ -4,9 +4,10 @@ import pytest
 from fit_util import patterns, write_split
 
 from pipeline import __main__ as cli
-from pipeline import lr_find, params
-from pipeline.errors import PipelineError
-from pipeline.params import LrFind, Train
+from pipeline.commands import lr_find
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import LrFind, Train
 
 CFG = Train(batch_size=32, width=8, threads=1, optimizer="sgd")
 

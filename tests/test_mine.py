@@ -5,14 +5,14 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from fit_util import patterns
-from test_clean import NOISE, noisy  # noqa: F401  (the module fixture)
-from test_oof import TINY_TRAIN
+from fit_util import NOISE, TINY_TRAIN, patterns
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, assemble, clean, dataset, fit, mine, params
-from pipeline import patches as label_patches
 from pipeline.augment import mixing
+from pipeline.core import artifacts, dataset, params
+from pipeline.core import patches as label_patches
+from pipeline.learn import fit
+from pipeline.stages import assemble, clean, mine
 
 
 def test_scores_and_data_map_categories():
@@ -46,7 +46,7 @@ def test_scores_and_data_map_categories():
     assert (off["weight"] == 1.0).all() and list(off["sample_id"]) == list(weights["sample_id"])
 
 
-def test_suspects_are_not_hard_and_get_their_weight(noisy):  # noqa: F811
+def test_suspects_are_not_hard_and_get_their_weight(noisy):
     df, classes, emb, dyn = artifacts.read_oof(noisy[0])
     p = params.parse({"clean": {"inject_noise": NOISE}, "mine": {"suspect_weight": 0.0}})
     cleaned, _ = clean.run(p, df, emb, classes, label_patches.empty())
@@ -64,7 +64,7 @@ def test_suspects_are_not_hard_and_get_their_weight(noisy):  # noqa: F811
     assert not top["suspect"].any() and top["hardness"].is_monotonic_decreasing
 
 
-def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path):  # noqa: F811
+def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path):
     p = ["--quiet", "--params", str(tmp_path / "params.yaml")]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"clean": {"inject_noise": NOISE}}))
     assert (
@@ -144,7 +144,7 @@ def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path): 
     assert np.allclose(asm["weight"], w.loc[asm["sample_id"]].to_numpy())
 
 
-def test_assemble_without_weights_is_unchanged(noisy):  # noqa: F811
+def test_assemble_without_weights_is_unchanged(noisy):
     df, _, _, _ = artifacts.read_oof(noisy[0])
     a, _ = assemble.run(df, {}, 1.0)
     b, _ = assemble.run(df, {}, 1.0, pd.DataFrame({"sample_id": ["nope"], "weight": [3.0]}))

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline import fit
 from pipeline.augment import mixing
 from pipeline.augment import policy as pol
+from pipeline.learn import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 

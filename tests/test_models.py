@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pipeline import models, params
-from pipeline.errors import PipelineError
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import models
 
 
 @pytest.mark.parametrize("name", sorted(models.MODELS))

@@ -1,56 +1,13 @@
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
-from fit_util import patterns, write_split
+from fit_util import TINY_OOF, TINY_TRAIN, patterns, run_oof, write_split
 
-from pipeline import __main__ as cli
-from pipeline import artifacts, dataset, fit, oof, params
-from pipeline.errors import PipelineError
-
-TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
-TINY_OOF = {"folds": 3, "epochs": 4, "min_steps": 0, "tta": False, "shift": 0.0}
-
-
-def with_clusters(split: "Path", size: int = 2) -> None:
-    """Give the split manifest `cluster_id`s of `size` consecutive samples of one split."""
-    df, classes = dataset.read_manifest(split)
-    df["cluster_id"] = [f"k{i // size}" for i in range(len(df))]
-    dataset.write_manifest(df, split / dataset.MANIFEST, classes)
-
-
-def run_oof(tmp_path, n=240, noise=None, **oof_cfg):
-    split, _, classes = write_split(tmp_path / "data", n=n)
-    with_clusters(split)
-    cfg = {"train": TINY_TRAIN, "oof": {**TINY_OOF, **oof_cfg}}
-    if noise:
-        cfg["clean"] = {"inject_noise": noise}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(cfg))
-    out = tmp_path / "oof"
-    assert (
-        cli.main(
-            [
-                "oof",
-                "--quiet",
-                "--params",
-                str(tmp_path / "params.yaml"),
-                "--split",
-                str(split),
-                "--labels",
-                str(tmp_path / "patches.csv"),  # none: an empty patch
-                "--out",
-                str(out),
-                "--metrics",
-                str(tmp_path / "oof.json"),
-            ]
-        )
-        == 0
-    )
-    return split, out, json.loads((tmp_path / "oof.json").read_text())
+from pipeline.core import artifacts, dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit
+from pipeline.stages import oof
 
 
 def test_folds_are_stratified_and_keep_clusters_together():

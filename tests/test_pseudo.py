@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from fit_util import write_split
-from test_oof import TINY_OOF, TINY_TRAIN
+from fit_util import TINY_OOF, TINY_TRAIN, write_split
 
 from pipeline import __main__ as cli
-from pipeline import artifacts, assemble, clean, dataset, fit, params, pseudo, schema
-from pipeline import patches as label_patches
+from pipeline.core import artifacts, dataset, params, schema
+from pipeline.core import patches as label_patches
+from pipeline.learn import fit
+from pipeline.stages import assemble, clean, pseudo
 
 CFG = params.Pseudo(portion=1.0, precision=1.0, min_agreement=0.0, neighbours=0, balance=10.0)
 
@@ -202,7 +203,7 @@ def test_a_human_label_moves_a_pool_sample_into_train(pooled):
 
 
 def test_the_fold_models_train_on_human_labels_of_pool_samples(pooled):
-    from pipeline import oof
+    from pipeline.stages import oof
 
     tmp, cfg, oof_df, _, _, _, classes = pooled
     split_df, _ = dataset.read_manifest(tmp / "data" / "split")

@@ -4,11 +4,14 @@ from typing import get_args
 
 import pytest
 
-from pipeline import attacks, issues, leakcheck, models, params, sources
 from pipeline.augment import ops, policy
-from pipeline.errors import PipelineError
-from pipeline.labelstudio import select
-from pipeline.registry import Registry, UnknownName
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.core.registry import Registry, UnknownName
+from pipeline.dedup import leakcheck
+from pipeline.learn import attacks, models
+from pipeline.quality import issues, select
+from pipeline.sources import readers as sources
 from pipeline.synthesize import generators
 
 

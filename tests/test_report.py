@@ -8,8 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import ablate, dvcplots, evaluate, params
-from pipeline.errors import PipelineError
+from pipeline.commands import ablate, dvcplots
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.stages import evaluate
 
 
 def test_temperature_scaling_recovers_the_temperature_the_labels_were_drawn_at():

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from pipeline import dataset, schema
-from pipeline.errors import PipelineError
+from pipeline.core import dataset, schema
+from pipeline.core.errors import PipelineError
 
 
 def _parents() -> pd.DataFrame:

@@ -7,9 +7,9 @@ import pytest
 from badinput import pattern
 from PIL import Image
 
-from pipeline import sources
-from pipeline.errors import PipelineError
-from pipeline.params import Ingest
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Ingest
+from pipeline.sources import readers as sources
 
 
 def test_registry_matches_the_params_choices():

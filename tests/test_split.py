@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline import split
-from pipeline.params import Split
+from pipeline.core.params import Split
+from pipeline.stages import split
 
 
 @pytest.fixture(autouse=True)
@@ -95,7 +95,7 @@ def test_source_split_ignored_when_asked():
 
 def _with_pool(df: pd.DataFrame, every: int = 3) -> pd.DataFrame:
     """Every `every`-th sample unlabeled (the pool), with pixel hashes for the exact-duplicate rule."""
-    from pipeline import dataset
+    from pipeline.core import dataset
 
     px = np.load(_df.store)
     df["pixel_sha256"] = [dataset.pixel_hash(px[r]) for r in df["row"]]

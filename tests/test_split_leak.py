@@ -14,10 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline import dataset, leakcheck, neardup, params, split
 from pipeline.__main__ import main as cli
-from pipeline.errors import PipelineError
-from pipeline.params import NearDuplicates, Split
+from pipeline.core import dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import NearDuplicates, Split
+from pipeline.dedup import leakcheck, neardup
+from pipeline.stages import split
 
 KINDS = ["exact", "shift1", "shift2", "shift2_wrap", "bright", "dark", "noise", "jpeg75", "rescale0.9", "rescale1.1"]
 PER_KIND = 6

@@ -9,9 +9,11 @@ import yaml
 from fit_util import write_split
 
 from pipeline import __main__ as cli
-from pipeline import assemble, dataset, params
-from pipeline.errors import PipelineError
-from pipeline.synthesize import gate, generators, stage
+from pipeline.core import dataset, params
+from pipeline.core.errors import PipelineError
+from pipeline.stages import assemble
+from pipeline.stages import synthesize as stage
+from pipeline.synthesize import gate, generators
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
 TINY_SYNTH = {

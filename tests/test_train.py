@@ -9,8 +9,9 @@ import yaml
 from fit_util import RANDAUGMENT, digits_split, patterns, write_split
 
 from pipeline import __main__ as cli
-from pipeline import fit, params
-from pipeline.errors import PipelineError
+from pipeline.core import params
+from pipeline.core.errors import PipelineError
+from pipeline.learn import fit
 
 
 def _train(tmp_path, out, split, assemble, **train) -> int:
@@ -105,7 +106,7 @@ def test_small_data_trains_for_more_epochs_to_reach_min_steps():
 
 
 def test_soft_targets_mix_the_ensemble_in_by_own_or_parent_id():
-    from pipeline import train
+    from pipeline.stages import train
 
     df = pd.DataFrame(
         {

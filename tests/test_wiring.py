@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_architecture import ROOT, imports, modules
+from code_util import ROOT, imports, modules
 
-from pipeline import params, wiring
-from pipeline.__main__ import STAGES, stage_parser
-from pipeline.errors import PipelineError
+from pipeline.__main__ import stage_parser
+from pipeline.core import catalog, params, wiring
+from pipeline.core.errors import PipelineError
 
 # Modules no stage lists as a dep: they compute nothing a stage writes (errors, logging, name
 # lookup, wiring). Every value params.py hands a stage is in params.yaml (tests/test_params.py),
 # which DVC tracks key by key.
-PLUMBING = {"errors", "console", "registry", "params", "wiring"}
-MARKERS = {"", "augment", "synthesize"}  # package __init__ files: docstrings only (checked below)
+PLUMBING = {"core.errors", "core.console", "core.registry", "core.params", "core.wiring"}
+# package __init__ files: docstrings only (checked below)
+MARKERS = {m for m, f in modules().items() if f.name == "__init__.py"}
 
 
 def closure(module: str) -> set[str]:
@@ -32,7 +33,7 @@ def closure(module: str) -> set[str]:
         m = todo.pop()
         if m not in seen:
             seen.add(m)
-            todo += [] if m == "params" else sorted(imports(modules()[m]))
+            todo += [] if m == "core.params" else sorted(imports(modules()[m]))
     return seen
 
 
@@ -63,15 +64,14 @@ def entries(items) -> dict[str, dict]:
 
 def problems(dvc: dict, values: dict) -> list[str]:
     found = []
-    declared = {name for name, (mod, _) in STAGES.items() if hasattr(importlib.import_module(mod), "STAGE")}
+    declared = {name for name, e in catalog.ENTRIES.items() if hasattr(importlib.import_module(e.module), "STAGE")}
     for name in sorted(declared - set(dvc["stages"])):
         found.append(f"{name}: declared (STAGE) but not in dvc.yaml")
     for name, entry in dvc["stages"].items():
         if name not in declared:
             found.append(f"{name}: no STAGE declaration in its module")
             continue
-        module = STAGES[name][0].removeprefix("pipeline.")
-        stage: wiring.Stage = importlib.import_module(f"pipeline.{module}").STAGE
+        stage: wiring.Stage = importlib.import_module(catalog.ENTRIES[name].module).STAGE
         argv = shlex.split(render(entry["cmd"], values))
         if argv[:4] != ["python", "-m", "pipeline", name]:
             found.append(f"{name}: cmd must start `python -m pipeline {name}`, got {' '.join(argv[:4])}")
@@ -91,7 +91,7 @@ def problems(dvc: dict, values: dict) -> list[str]:
             return [p for v in vals for p in (v if isinstance(v, list) else [v])]
 
         deps = [render(d, values) for d in entry.get("deps", [])]
-        want = set(paths(stage.reads)) | code_deps(module)
+        want = set(paths(stage.reads)) | code_deps(catalog.ENTRIES[name].module.removeprefix("pipeline."))
         for miss in sorted(want - set(deps)):
             found.append(f"{name}: deps lack {miss}")
         for extra in sorted(set(deps) - want):
@@ -122,13 +122,20 @@ def test_dvc_yaml_agrees_with_the_stage_declarations():
     assert problems(*_project()) == []
 
 
+def test_dvc_yaml_holds_the_catalog_stages_in_its_order():
+    assert tuple(_project()[0]["stages"]) == catalog.STAGES
+
+
 @pytest.mark.parametrize(
     "plant, expected",
     [
-        (lambda d: d["stages"]["oof"]["deps"].remove("pipeline/fit.py"), ["oof: deps lack pipeline/fit.py"]),
         (
-            lambda d: d["stages"]["mine"]["deps"].append("pipeline/neardup.py"),
-            ["mine: deps list pipeline/neardup.py, which the stage neither reads nor imports"],
+            lambda d: d["stages"]["oof"]["deps"].remove("pipeline/learn/fit.py"),
+            ["oof: deps lack pipeline/learn/fit.py"],
+        ),
+        (
+            lambda d: d["stages"]["mine"]["deps"].append("pipeline/dedup/neardup.py"),
+            ["mine: deps list pipeline/dedup/neardup.py, which the stage neither reads nor imports"],
         ),
         (
             lambda d: d["stages"]["oof"]["params"].remove("train.lr"),

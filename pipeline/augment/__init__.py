@@ -1,2 +1,2 @@
-"""Augmentation: the op kernels (ops), policy files (policy), the augment stage (stage) and
-online batch-level mixing for training (mixing)."""
+"""Augmentation kernels: the ops (`ops`), policy files (`policy`: load, draw, apply) and online
+batch-level mixing for training (`mixing`). The stages are `stages.augment` and `stages.policy_search`."""

@@ -29,8 +29,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from pipeline import dataset
 from pipeline.augment import policy as pol
+from pipeline.core import dataset
 
 
 def cutmix_box(h: int, w: int, lam: float, rng: np.random.Generator) -> tuple[int, int, int, int]:

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from albumentations.augmentations.dropout import functional as fdrop  # noqa: E402
 from albumentations.augmentations.pixel import functional as fpix  # noqa: E402
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,8 @@ from pydantic import (
 )
 
 from pipeline.augment import ops
-from pipeline.errors import PipelineError
-from pipeline.registry import Registry, describe
+from pipeline.core.errors import PipelineError
+from pipeline.core.registry import Registry, describe
 
 FORMAT_VERSION = 1
 KINDS = ("autoaugment", "randaugment", "trivialaugment", "pipeline")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import PipelineError
-from pipeline.labelstudio import select
-from pipeline.params import Params
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
+from pipeline.quality import select
 
 DEFAULT_MANIFEST = "data/clean/manifest.parquet"
 DEFAULT_HARDNESS = "data/mine/hardness.parquet"
@@ -128,7 +128,7 @@ def _client(args):
 
 
 def _push(params: Params, args) -> dict:
-    from pipeline import dataset
+    from pipeline.core import dataset
     from pipeline.labelstudio import push, revision
 
     if args.balance and args.select != "active":
@@ -146,7 +146,7 @@ def _push(params: Params, args) -> dict:
         ids=select.read_ids(args.ids) if args.ids else [],
     )
     if args.select in ("active", "typical", "badge"):
-        from pipeline import artifacts
+        from pipeline.core import artifacts
 
         if not (Path(args.oof) / dataset.MANIFEST).exists():
             raise PipelineError(f"{args.oof}: no oof output (--select {args.select} needs it; run dvc repro)")
@@ -175,7 +175,7 @@ def _push(params: Params, args) -> dict:
 
 
 def _pull(args) -> dict:
-    from pipeline import artifacts, dataset
+    from pipeline.core import artifacts, dataset
     from pipeline.labelstudio import pull
 
     manifest, classes = None, None

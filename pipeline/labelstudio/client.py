@@ -22,8 +22,8 @@ import re
 import time
 from typing import Any, Callable
 
-from pipeline.console import log
-from pipeline.errors import PipelineError
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
 
 ENV_URL = "LABEL_STUDIO_URL"
 ENV_KEY = "LABEL_STUDIO_API_KEY"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import quoteattr
 
-from pipeline import sources
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.sources import readers as sources
 
 FROM_NAME = "label"
 TO_NAME = "image"

@@ -11,7 +11,7 @@ import copy
 import itertools
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 from pipeline.labelstudio.client import Retry
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline import artifacts, dataset, patches
-from pipeline.console import log
-from pipeline.errors import PipelineError
+from pipeline.core import artifacts, dataset, patches
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
 from pipeline.labelstudio import aggregate, config
 from pipeline.labelstudio.revision import git_revision
 

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline import artifacts, dataset
-from pipeline.console import log, progress
-from pipeline.errors import PipelineError
+from pipeline.core import artifacts, dataset
+from pipeline.core.console import log, progress
+from pipeline.core.errors import PipelineError
 from pipeline.labelstudio import config
 from pipeline.labelstudio.client import AmbiguousError, UnavailableError
 

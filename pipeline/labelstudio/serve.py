@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 VENV = Path(".venv-ls")
 STATE = Path(".pipeline")

@@ -34,7 +34,7 @@ BLOCK = 2**22  # distances per block (float64: 32 MB), so memory stays flat on 5
 
 def features(models: list, x: np.ndarray) -> np.ndarray:
     """(N, folds * D) float32: each judge's L2-normalised embedding, side by side (as oof's)."""
-    from pipeline import fit
+    from pipeline.learn import fit
 
     out = []
     for m in models:
@@ -45,7 +45,7 @@ def features(models: list, x: np.ndarray) -> np.ndarray:
 
 def judge_probs(models: list, x: np.ndarray) -> np.ndarray:
     """(N, K) float32: the judges' mean softmax."""
-    from pipeline import fit
+    from pipeline.learn import fit
 
     return np.mean([fit.predict_proba(m, x) for m in models], axis=0).astype(np.float32)
 

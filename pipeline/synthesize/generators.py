@@ -27,10 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline import params
-from pipeline.console import log, progress
-from pipeline.errors import PipelineError
-from pipeline.registry import Registry
+from pipeline.core import params
+from pipeline.core.console import log, progress
+from pipeline.core.errors import PipelineError
+from pipeline.core.registry import Registry
 
 FORMAT_VERSION = 1
 
@@ -66,7 +66,7 @@ class Generator:
         """Train on uint8 NHWC images and their label ids; one history row per epoch."""
         if len(x) < 2:
             raise PipelineError(f"synthesize.{self.name}: expected at least 2 training images, got {len(x)}")
-        from pipeline.fit import deterministic, to_float
+        from pipeline.learn.fit import deterministic, to_float
 
         data = to_float(x)
         labels = torch.from_numpy(np.array(y, np.int64))
@@ -280,7 +280,7 @@ class VAE(Generator):
 
     def encode(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Posterior means of uint8 NHWC images."""
-        from pipeline.fit import to_float
+        from pipeline.learn.fit import to_float
 
         enc, out = self.networks["encoder"].eval(), []
         with torch.no_grad():

@@ -1,0 +1,1 @@
+"""Commands outside the DAG: `summary`, `ablate`, `lr-find`, `plots-offline`."""

@@ -1,0 +1,1 @@
+"""Duplicates: near-duplicate kernels and index (`neardup`), post-hoc leak checks (`leakcheck`)."""

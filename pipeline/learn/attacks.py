@@ -1,0 +1,121 @@
+"""Adversarial attacks as plug-ins: FGSM and PGD (L-inf and L2), untargeted or targeted.
+
+Every attack works in [0, 1] pixel space on a model that normalises inside itself, and
+returns images clipped to the valid range. The update order follows Goodfellow et al. 2014
+(FGSM) and Madry et al. 2017 (PGD) as torchattacks implements them, so that the two agree
+to float precision on the same model and inputs (tests/test_attacks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    eps: float
+    steps: int = 10
+    step_size: float | None = None  # None: 2.5 * eps / steps (Madry et al.)
+    random_start: bool = True
+    targeted: bool = False
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / max(self.steps, 1)
+
+
+class Attack:
+    """An attack: `name`, `norm`, and `perturb(model, x, y, cfg, generator) -> x_adv`.
+
+    For a targeted attack `y` holds the target classes and the loss is descended.
+    """
+
+    name: str = ""
+    norm: str = "linf"
+
+    def perturb(self, model, x, y, cfg: AttackConfig, generator: torch.Generator | None = None):
+        raise NotImplementedError
+
+
+def _grad(model, x_adv: torch.Tensor, y: torch.Tensor, targeted: bool) -> torch.Tensor:
+    x_adv = x_adv.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x_adv), y)
+    (grad,) = torch.autograd.grad(-loss if targeted else loss, x_adv)
+    return grad
+
+
+class FGSM(Attack):
+    name, norm = "fgsm", "linf"
+
+    def perturb(self, model, x, y, cfg, generator=None):
+        grad = _grad(model, x, y, cfg.targeted)
+        return (x + cfg.eps * grad.sign()).clamp(0, 1).detach()
+
+
+class PGD(Attack):
+    name, norm = "pgd", "linf"
+
+    def perturb(self, model, x, y, cfg, generator=None):
+        x = x.detach()
+        x_adv = x.clone()
+        if cfg.random_start:
+            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+            x_adv = (x_adv + cfg.eps * noise).clamp(0, 1)
+        for _ in range(cfg.steps):
+            grad = _grad(model, x_adv, y, cfg.targeted)
+            x_adv = x_adv.detach() + cfg.alpha * grad.sign()
+            delta = (x_adv - x).clamp(-cfg.eps, cfg.eps)
+            x_adv = (x + delta).clamp(0, 1).detach()
+        return x_adv
+
+
+def _l2(v: torch.Tensor) -> torch.Tensor:
+    return v.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (v.dim() - 1)))
+
+
+class PGDL2(Attack):
+    name, norm = "pgd_l2", "l2"
+
+    def perturb(self, model, x, y, cfg, generator=None):
+        x = x.detach()
+        x_adv = x.clone()
+        if cfg.random_start:
+            # A uniform draw from the L2 ball: a random direction, a random radius.
+            delta = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
+            delta = delta / (_l2(delta) + 1e-12) * r * cfg.eps
+            x_adv = (x + delta).clamp(0, 1)
+        for _ in range(cfg.steps):
+            grad = _grad(model, x_adv, y, cfg.targeted)
+            x_adv = x_adv.detach() + cfg.alpha * grad / (_l2(grad) + 1e-10)
+            delta = x_adv - x
+            delta = delta * torch.clamp(cfg.eps / (_l2(delta) + 1e-12), max=1.0)
+            x_adv = (x + delta).clamp(0, 1).detach()
+        return x_adv
+
+
+ATTACKS: Registry[Attack] = Registry("attack", ((a.name, a) for a in (FGSM(), PGD(), PGDL2())))
+
+
+def get(name: str) -> Attack:
+    return ATTACKS[name]
+
+
+def attack_batches(
+    model, x: torch.Tensor, y: torch.Tensor, attack: str, cfg: AttackConfig, seed: int = 0, batch_size: int = 256
+) -> torch.Tensor:
+    """Run `attack` over (x, y) in batches with the model in eval mode; deterministic in seed."""
+    atk = get(attack)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = [
+        atk.perturb(model, x[i : i + batch_size], y[i : i + batch_size], cfg, gen) for i in range(0, len(x), batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(out) if out else x.clone()

@@ -1,0 +1,1 @@
+"""Pictures: PNG galleries of samples, captioned with why they were chosen."""

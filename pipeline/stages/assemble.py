@@ -1,0 +1,121 @@
+"""assemble: the training set, one manifest of real train samples plus derived ones.
+
+Writes `<out>/manifest.parquet` with a `weight` column. Derived manifests (augmented,
+adversarial, synthetic) are admitted only if their lineage holds (see `check_lineage`):
+a derived sample's parent is a real train sample and the child inherits its split;
+nothing derives from val or test, and no id is reused. A pseudo-labeled sample's parent is an
+unlabeled (pool) sample; the child is in train with the label the models gave it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import artifacts, dataset, schema, wiring
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
+
+
+def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
+    """Raise PipelineError naming the first rule `derived` breaks against the split `real`."""
+
+    def fail(rule: str, rows: pd.DataFrame) -> None:
+        ids = ", ".join(rows["sample_id"].astype(str).head(3))
+        raise PipelineError(f"{name}: {len(rows)} sample(s) {rule} (e.g. {ids})")
+
+    bad_origin = derived[~derived["origin"].isin(schema.DERIVED_ORIGINS)]
+    if len(bad_origin):
+        fail(f"have an origin outside {sorted(schema.DERIVED_ORIGINS)}", bad_origin)
+    reused = derived[derived["sample_id"].isin(real["sample_id"]) | derived["sample_id"].duplicated()]
+    if len(reused):
+        fail("reuse an existing sample_id", reused)
+    if (derived["split"] != "train").any():
+        fail("are not in the train split", derived[derived["split"] != "train"])
+    has_parent = derived["parent_id"].notna() & (derived["parent_id"].astype(str) != "")
+    if (has_parent & (derived["origin"] == schema.SYNTHETIC)).any():
+        fail("are synthetic but name a parent", derived[has_parent & (derived["origin"] == schema.SYNTHETIC)])
+    needs_parent = derived["origin"] != schema.SYNTHETIC
+    if (needs_parent & ~has_parent).any():
+        fail("are derived but name no parent_id", derived[needs_parent & ~has_parent])
+    parent_split = derived.loc[has_parent, "parent_id"].map(real.set_index("sample_id")["split"])
+    if parent_split.isna().any():
+        fail("name a parent_id that is not a real sample", derived.loc[parent_split[parent_split.isna()].index])
+    pseudo = derived.loc[has_parent, "origin"] == schema.PSEUDO
+    if (pseudo & (parent_split != schema.POOL)).any():
+        bad = parent_split[pseudo & (parent_split != schema.POOL)]
+        fail("are pseudo-labels of a sample outside the unlabeled pool", derived.loc[bad.index])
+    if (~pseudo & (parent_split != "train")).any():
+        bad = parent_split[~pseudo & (parent_split != "train")]
+        fail("derive from a sample outside train (val, test or the pool)", derived.loc[bad.index])
+
+
+def run(
+    split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float, weights: pd.DataFrame | None = None
+) -> tuple[pd.DataFrame, dict]:
+    """`weights` (sample_id, weight), e.g. the mine stage's, multiply the real rows' weight (missing: 1)."""
+    real = schema.real_train(split_df).copy()
+    real["weight"] = real_weight
+    if weights is not None:
+        real["weight"] *= real["sample_id"].map(weights.set_index("sample_id")["weight"]).fillna(1.0).to_numpy()
+    parts, counts = [real], {schema.REAL: len(real)}
+    for name, df in derived.items():
+        check_lineage(split_df, df, name)
+        df = df.copy()
+        if "weight" not in df:
+            df["weight"] = 1.0
+        parts.append(df)
+        counts[name] = len(df)
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else real.reset_index(drop=True)
+    if weights is not None and "hardness" in weights:
+        out["hardness"] = hardness(out, weights)
+    metrics = {
+        "total": len(out),
+        "by_source": counts,
+        "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()},
+    }
+    return out, metrics
+
+
+def hardness(out: pd.DataFrame, weights: pd.DataFrame) -> np.ndarray:
+    """Per training sample, mine's hardness (what `train.curriculum` orders by): a real sample's
+    own, a derived copy its parent's; where there is none (synthetic, pseudo-labeled), the median."""
+    by_id = weights.set_index("sample_id")["hardness"]
+    h = out["sample_id"].map(by_id).fillna(out["parent_id"].map(by_id)).to_numpy(np.float64)
+    fill = float(np.nanmedian(h)) if np.isfinite(h).any() else 0.5
+    return np.where(np.isfinite(h), h, fill).round(6)
+
+
+STAGE = wiring.Stage(
+    "assemble",
+    reads=(
+        wiring.Flag("--clean", "clean output: the real samples"),
+        wiring.Flag("--derived", "derived dataset folders to admit (each with a manifest.parquet)", many=True),
+        wiring.Flag("--mine", "mine output: the per-sample weights"),
+    ),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("assemble",),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    split_df, classes = schema.read(args.clean, "samples")
+    derived = {}
+    for d in args.derived:
+        df, their_classes = schema.read(d, "derived")
+        if their_classes != classes:
+            raise PipelineError(f"{d}: class list differs from {args.clean}'s")
+        derived[d] = df
+    weights = artifacts.read_mine_weights(args.mine)
+    df, metrics = run(split_df, derived, params.assemble.real_weight, weights)
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+    dataset.write_json(args.metrics, metrics)
+    log.info("assemble: %d training samples %s", metrics["total"], metrics["by_origin"])

@@ -1,0 +1,217 @@
+"""ingest: turn a source into a canonical dataset, quarantining what cannot be used.
+
+Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, source_split,
+origin, parent_id, hidden_label, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
+`<out>/quarantine.csv` (path, reason, detail). Every input item is either kept or
+quarantined with a reason; `metrics/ingest.json` holds the counts, which always add up.
+Exits with code 2 when the quarantined fraction passes `ingest.max_bad_fraction`.
+
+Unlabeled images (the pool: `ingest.unlabeled_path`, empty CSV labels, or labels hidden by
+`ingest.keep_labels`) have label None and label_id -1; `hidden_label` keeps a hidden label's truth,
+for measuring what the pool's pseudo-labels get right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from pipeline.core import dataset, schema, wiring
+from pipeline.core.console import log, progress
+from pipeline.core.errors import PipelineError
+from pipeline.core.executor import ordered_map
+from pipeline.core.params import Ingest, Params
+from pipeline.sources.decode import DecodeError, decode_file, normalise
+from pipeline.sources.readers import SOURCES, Item, auto_shape, unlabeled
+
+QUARANTINE = "quarantine.csv"
+
+
+CHUNK = 256  # files per task: per-item work in this process limits the speed
+
+
+def _decode_chunk(shape: tuple[int, int, int, int, int], files: list[str]) -> list:
+    """Worker: each file's normalised pixels (as bytes: cheaper to send back than an array),
+    or the reason it is quarantined."""
+    size, channels, max_pixels, min_side = shape
+    out = []
+    with warnings.catch_warnings():
+        # images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        for file in files:
+            try:
+                out.append((decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None))
+            except DecodeError as e:
+                out.append((None, e.reason, str(e)))
+    return out
+
+
+def _pixels(
+    items: list[Item], cfg: Ingest, size: int, channels: int, executor: str
+) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
+    """Each item with its normalised pixels, or the reason it is quarantined, in input order.
+
+    Decoding files is CPU-bound: chunks of paths go out to `executor`'s workers and bytes come
+    back, in input order, so the output depends on neither the executor nor the worker count.
+    In-memory pixels are normalised here, which is cheaper than pickling them.
+    """
+    shape = (size, size, channels)
+    files = [it.file for it in items if it.reason is None and it.pixels is None]
+    chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
+    args = (size, channels, cfg.max_pixels, cfg.min_side)
+    # closing(): the workers end when this generator does, even when its consumer stops early
+    with contextlib.closing(ordered_map(_decode_chunk, chunks, args, cfg.workers, executor)) as results:
+        decoded = (r for chunk in results for r in chunk)
+        for item in items:
+            if item.reason is not None:
+                yield item, None, item.reason, item.detail
+            elif item.pixels is not None:
+                yield item, normalise(item.pixels, size, channels), None, None
+            else:
+                raw, reason, detail = next(decoded)
+                pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
+                yield item, pixels, reason, detail
+
+
+def run(params: Params, out: Path, final_dir: Path) -> dict:
+    """Ingest `params.ingest.source` into the staged folder `out`; return the metrics."""
+    cfg = params.ingest
+    source = SOURCES[cfg.source]
+    items, declared = source(cfg)
+    if not items:
+        raise PipelineError(f"no images found under {cfg.path}")
+    if cfg.unlabeled_path is not None:
+        items += unlabeled(cfg.unlabeled_path)
+    size, channels, why = auto_shape(items, cfg)
+    if why:
+        log.info("ingest: auto %s; set ingest.image_size / ingest.channels to override", why)
+    writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
+    rows, bad, seen = [], [], {}
+    # closing(): the pool ends when the loop does, even when the loop raises
+    with contextlib.closing(_pixels(items, cfg, size, channels, params.base.executor)) as decoded:
+        for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
+            if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
+                reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
+            sid = dataset.sample_id(item.path)
+            if reason is None and sid in seen:
+                reason, detail = "duplicate_id", f"same path as an earlier item ({seen[sid]})"
+            if reason is not None:
+                bad.append({"path": item.path, "reason": reason, "detail": detail})
+                continue
+            seen[sid] = item.path
+            store, row = writer.add(pixels)
+            rows.append(
+                {
+                    "sample_id": sid,
+                    "path": item.path,
+                    "label": item.label,
+                    "group": item.group,
+                    "source_split": item.source_split,
+                    "pixel_sha256": dataset.pixel_hash(pixels),
+                    "store": store,
+                    "row": row,
+                }
+            )
+    writer.close()
+    df = pd.DataFrame(
+        rows, columns=["sample_id", "path", "label", "group", "source_split", "pixel_sha256", "store", "row"]
+    )
+    present = set(df["label"].dropna())
+    if cfg.classes is None:
+        classes = [c for c in declared if c in present]
+        empty = [c for c in declared if c not in present]
+    else:
+        classes, empty = list(cfg.classes), [c for c in cfg.classes if c not in present]
+    df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64"))
+    df.insert(5, "origin", schema.REAL)
+    df.insert(6, "parent_id", None)
+    df.insert(8, "hidden_label", None)
+    hidden = hide_labels(df, cfg.keep_labels, params.base.seed)
+    df.loc[hidden, "hidden_label"] = df.loc[hidden, "label"]
+    df.loc[hidden, "label"], df.loc[hidden, "label_id"] = None, -1
+    labeled = df["label"].notna()
+    dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
+    quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
+    dataset.write_csv(out / QUARANTINE, quarantine)
+    metrics = {
+        "source": cfg.source,
+        "executor": params.base.executor,
+        "in": len(items),
+        "kept": len(df),
+        "quarantined": len(quarantine),
+        "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
+        "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
+        "unlabeled": int((~labeled).sum()),
+        "hidden_labels": int(hidden.sum()),
+        "classes": len(classes),
+        "per_class": {c: int((df["label"] == c).sum()) for c in classes},
+        "empty_classes": empty,
+        "image_size": size,
+        "channels": channels,
+    }
+    assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
+    assert metrics["kept"] == sum(metrics["per_class"].values()) + metrics["unlabeled"]
+    return metrics
+
+
+def hide_labels(df: pd.DataFrame, keep: float, seed: int) -> np.ndarray:
+    """Rows whose label `ingest.keep_labels` hides: of each class's labeled samples outside a source
+    test set, all but the `keep` fraction (at least one) that comes first in (seed, sample_id) order."""
+    hide = np.zeros(len(df), bool)
+    if keep >= 1:
+        return hide
+    candidates = df[df["label"].notna() & (df["source_split"].fillna("") != "test")]
+    order = candidates.assign(key=[dataset.sample_seed(seed, f"keep-label:{s}") for s in candidates["sample_id"]])
+    for _, rows in order.sort_values("key", kind="stable").groupby("label", sort=False):
+        hide[rows.index[max(1, round(keep * len(rows))) :]] = True
+    return hide
+
+
+STAGE = wiring.Stage(
+    "ingest", reads=(), writes=(wiring.Flag("--out", "output folder"),), params=("base", "ingest"), plots=False
+)
+add_arguments = STAGE.add_arguments
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        metrics = run(params, tmp, out)
+    dataset.write_json(args.metrics, metrics)
+    log.info(
+        "ingest: %d in, %d kept (%d unlabeled), %d quarantined %s",
+        metrics["in"],
+        metrics["kept"],
+        metrics["unlabeled"],
+        metrics["quarantined"],
+        metrics["by_reason"] or "",
+    )
+    if metrics["empty_classes"]:
+        fate = (
+            "kept: ingest.classes fixes the list" if params.ingest.classes is not None else "left out of the class list"
+        )
+        log.warning("classes with no usable image (%s): %s", fate, ", ".join(metrics["empty_classes"]))
+    if metrics["kept"] == 0:
+        raise PipelineError(f"no usable image in the source: all {metrics['in']} quarantined (see {out / QUARANTINE})")
+    if metrics["kept"] == metrics["unlabeled"]:
+        raise PipelineError(f"no labeled image among the {metrics['kept']} kept: the pool needs labeled ones beside it")
+    if metrics["classes"] < 2:
+        named = ", ".join(f"{c} ({n} images)" for c, n in metrics["per_class"].items())
+        raise PipelineError(
+            f"{metrics['classes']} class with usable images ({named}): a classifier "
+            "needs at least 2 (one folder per class, or a label column with 2+ values)"
+        )
+    if metrics["quarantined_fraction"] > params.ingest.max_bad_fraction:
+        raise PipelineError(
+            f"{metrics['quarantined']} of {metrics['in']} items quarantined "
+            f"({metrics['quarantined_fraction']:.1%} > ingest.max_bad_fraction "
+            f"{params.ingest.max_bad_fraction:.1%}); see {out / QUARANTINE}"
+        )

@@ -1,0 +1,303 @@
+"""oof: out-of-fold class probabilities, embeddings and training dynamics for every sample.
+
+Stratified, group-aware K-fold cross-validation (sklearn `StratifiedGroupKFold`, grouped
+by `cluster_id` so a duplicate cluster stays inside one fold) over train + val, on the labels
+after the human label patch (`labels/patches.csv`: pool samples a person labeled count as train). Each fold
+model is trained for `oof.epochs` epochs without early stopping (choosing the epoch on the
+held-out fold would let it leak into its own predictions). Writes, under `<out>/`:
+
+- `manifest.parquet`: the split manifest, one row per sample in the same order, plus `fold`
+  (-1 for test), `probs` (a list of K floats: out-of-fold for train/val, the mean of the
+  fold models for the rows no fold model trains on: test, the unlabeled pool, removed),
+  for those rows the ensemble's `agreement` (the share of fold models that vote for the
+  mean's class) and `disagreement` (mutual information between the prediction and the
+  model, in nats: BALD's score), NaN elsewhere, and, when `clean.inject_noise.rate > 0`,
+  the corrupted `label`/`label_id` with the truth in `true_label`/`true_label_id`;
+- `embeddings.npy`: (N, folds * D) float32 in manifest row order, the L2-normalised
+  penultimate features of every fold model side by side, so all samples share one space;
+- `dynamics.parquet`: `sample_id`, `fold`, `epoch`, `p_given` (the probability of the given
+  label after each epoch, for every sample a fold model trains on);
+- `models/fold{k}.pt`: the fold models (`fit.save_model` files; `fold_models` loads them), real-data
+  classifiers for later stages (policy search, the synthetic-data gate) at no extra training.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import artifacts, dataset, schema, wiring
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import RECIPE_KEYS, InjectNoise, Params, Train
+
+DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
+
+
+def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
+    """Train labels corrupted per sample from (seed, sample_id); truth kept in `true_label*`."""
+    df = df.copy()
+    df["true_label"], df["true_label_id"] = df["label"], df["label_id"].astype(np.int64)
+    if cfg.rate <= 0:
+        return df
+    k = len(classes)
+    ids = df["sample_id"].to_numpy()
+    u = np.array([dataset.sample_seed(cfg.seed, f"noise:{s}") / 2**64 for s in ids])
+    shift = np.array([1 + dataset.sample_seed(cfg.seed, f"noise-to:{s}") % (k - 1) for s in ids])
+    y = df["label_id"].to_numpy(np.int64).copy()
+    target = (y + shift) % k
+    if cfg.kind == "pairwise":
+        target = (y + 1) % k
+        if cfg.pairs:
+            partner = np.arange(k)
+            for a, b in cfg.pairs:
+                for name in (a, b):
+                    if name not in classes:
+                        raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; classes are {classes}")
+                partner[classes.index(a)], partner[classes.index(b)] = classes.index(b), classes.index(a)
+            target = partner[y]
+    flip = (df["split"].to_numpy() == "train") & (u < cfg.rate) & (target != y)
+    y[flip] = target[flip]
+    df["label_id"] = y
+    df.loc[flip, "label"] = [classes[i] for i in y[flip]]
+    return df
+
+
+def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
+    """Fold index per row of train + val (-1 elsewhere), stratified by label, grouped by cluster."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    out = np.full(len(df), -1, np.int64)
+    pool = np.flatnonzero(df["split"].isin(["train", "val"]).to_numpy())
+    groups = (df["cluster_id"] if "cluster_id" in df else df["sample_id"]).astype(str).to_numpy()[pool]
+    if len(np.unique(groups)) < n_folds:
+        raise PipelineError(
+            f"oof.folds: expected at most {len(np.unique(groups))} folds "
+            f"(one per cluster of train + val), got {n_folds}"
+        )
+    cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, held) in enumerate(cv.split(pool, df["label_id"].to_numpy()[pool], groups)):
+        out[pool[held]] = k
+    return out
+
+
+def train_config(params: Params, n_fit: int | None = None) -> Train:
+    """The fold models' recipe; with `n_fit` (samples a fold model trains on) a size-aware number
+    of epochs: `oof.epochs`, or more to reach `oof.min_steps` optimizer steps."""
+    from pipeline.learn.fit import size_aware_epochs
+
+    recipe = {k: getattr(params.train, k) for k in RECIPE_KEYS}
+    recipe["model"] = params.oof.model or recipe["model"]
+    recipe["width"] = params.oof.width or recipe["width"]
+    o = params.oof
+    epochs = (
+        o.epochs
+        if n_fit is None
+        else size_aware_epochs(n_fit, recipe["batch_size"], o.epochs, o.min_steps, o.max_epochs)
+    )
+    return Train(**recipe, epochs=epochs)
+
+
+SHIFTS = [(a, s) for a in (1, 2) for s in (-1, 1)]  # test-time augmentation: the four 1-pixel shifts
+INFER_ROWS = 8192  # rows per inference job, rounded to whole inference batches
+
+
+def _infer(shared: tuple, job: tuple) -> tuple:
+    """One inference job of a fold model: (probabilities, embeddings) of `rows`, or with a
+    `shift` (axis, pixels) the probabilities of those rows moved by it."""
+    from pipeline.learn import fit
+
+    model, x = shared
+    rows, shift = job
+    if shift is None:
+        return fit.predict_embed(model, x[rows])
+    return fit.predict_proba(model, np.roll(x[rows], shift[1], axis=shift[0])), None
+
+
+def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: str, threads: int) -> tuple:
+    """(plain probabilities of every row, their embeddings, and for each group of rows its
+    probabilities averaged over the image and its four 1-pixel shifts, or its plain ones
+    without `tta`).
+
+    The work is cut into jobs of whole inference batches, each group apart, run here or on
+    Ray's workers (`base.executor`) with `threads` torch threads each: every batch is the one a
+    single call over the array (or the group) would run, so the bytes do not depend on where
+    the jobs ran."""
+    import functools
+
+    import torch
+
+    from pipeline.core.executor import ordered_map
+    from pipeline.learn import fit
+
+    batch = fit.inference_batch(x.shape[1:3])
+    step = max(1, INFER_ROWS // batch) * batch
+
+    def cut(rows: np.ndarray, shift) -> list[tuple]:
+        return [(rows[a : a + step], shift) for a in range(0, max(len(rows), 1), step)]
+
+    jobs = cut(np.arange(len(x)), None)
+    if tta:
+        jobs += [job for rows in groups for shift in SHIFTS for job in cut(np.asarray(rows), shift)]
+    init = functools.partial(torch.set_num_threads, threads)
+    done = iter(ordered_map(_infer, jobs, (model, x), 1 if executor == "local" else 0, executor, initializer=init))
+    plain = [next(done) for _ in cut(np.arange(len(x)), None)]
+    probs, emb = np.concatenate([p for p, _ in plain]), np.concatenate([e for _, e in plain])
+    if not tta:
+        return probs, emb, [probs[rows] for rows in groups]
+    out = []
+    for rows in groups:
+        shifted = [np.concatenate([next(done)[0] for _ in cut(np.asarray(rows), shift)]) for shift in SHIFTS]
+        out.append(np.mean([probs[rows], *shifted], axis=0).astype(np.float32))
+    return probs, emb, out
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
+
+
+def with_human_labels(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """`df` as the fold models train on it: the human label patch applied, and a pool sample a
+    person labeled in train (clean does the same to the manifest it writes)."""
+    from pipeline.core import patches as label_patches
+
+    out, _ = label_patches.apply_patches(df, patches, classes)
+    out.loc[((out["split"] == schema.POOL) & (out["human_label"] != "")).to_numpy(), "split"] = "train"
+    return out
+
+
+def run(
+    params: Params,
+    df: pd.DataFrame,
+    classes: list[str],
+    models: list | None = None,
+    patches: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
+    """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
+    each fold's FitResult is appended to `models` when given. The fold models train on the
+    labels after the human `patches` (so an active-learning round's answers teach the next
+    round's models); the manifest written keeps the split's labels, which clean patches."""
+    from pipeline.learn import fit
+
+    df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
+    human = with_human_labels(df, patches, classes) if patches is not None and len(patches) else df
+    fold = folds(human, params.oof.folds, params.base.seed)
+    n_fit = int(min(((fold >= 0) & (fold != f)).sum() for f in range(params.oof.folds)))
+    cfg, k = train_config(params, n_fit), len(classes)
+    every = -(-cfg.epochs // DYNAMICS_EPOCHS)  # record training dynamics every this many epochs, and the last,
+    after = int(params.oof.burn_in * cfg.epochs)  # after the burn-in
+    x, y = dataset.load_pixels(df), human["label_id"].to_numpy(np.int64)
+    probs = np.zeros((len(df), k), np.float32)
+    test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
+    votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
+    embeddings, dynamics = [], []
+    executor, threads = params.base.executor, fit.threads(cfg)
+    for f in range(params.oof.folds):
+        fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
+
+        def record(model, epoch, fit_idx=fit_idx, f=f, p=None):
+            """Training dynamics: p(given label) of the samples the fold model trains on. The
+            last epoch's come from the pass over every row after training (`p` given)."""
+            if epoch <= after or epoch % every and epoch != cfg.epochs or epoch == cfg.epochs and p is None:
+                return
+            p = fit.predict_proba(model, x[fit_idx]) if p is None else p
+            dynamics.append(
+                pd.DataFrame(
+                    {
+                        "sample_id": df["sample_id"].to_numpy()[fit_idx],
+                        "fold": f,
+                        "epoch": epoch,
+                        "p_given": p[np.arange(len(fit_idx)), y[fit_idx]].astype(np.float32),
+                    }
+                )
+            )
+
+        result = fit.fit(
+            x[fit_idx],
+            y[fit_idx],
+            x[:0],
+            y[:0],
+            cfg,
+            k,
+            params.base.seed + f,
+            desc=f"oof fold {f + 1}/{params.oof.folds}",
+            on_epoch_end=record,
+            online=fit.random_shift(params.oof.shift, params.base.seed + f),
+            sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
+        )
+        if models is not None:
+            models.append(result)
+        # one pass over every row gives the embeddings, the last epoch's dynamics and the
+        # unshifted view of the held-out and test predictions (no early stopping here: the
+        # model after training is the last epoch's)
+        plain, e, (probs[held], p) = infer(result.model, x, [held, test], params.oof.tta, executor, threads)
+        record(result.model, cfg.epochs, p=plain[fit_idx])
+        if len(test):
+            probs[test] += p / params.oof.folds
+            votes[np.arange(len(test)), p.argmax(1)] += 1
+            entropy += _entropy(p) / params.oof.folds
+        embeddings.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
+    df["fold"], df["probs"] = fold, list(probs)
+    df["agreement"], df["disagreement"] = np.nan, np.nan
+    if len(test):
+        df.loc[test, "agreement"] = votes[np.arange(len(test)), probs[test].argmax(1)] / params.oof.folds
+        df.loc[test, "disagreement"] = np.maximum(_entropy(probs[test]) - entropy, 0.0).round(6)
+    dyn = pd.concat(dynamics, ignore_index=True)
+    pool = fold >= 0
+    metrics = {
+        "folds": params.oof.folds,
+        "epochs": cfg.epochs,
+        "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
+        "model": cfg.model,
+        "threads": threads,
+        "executor": executor,
+        "tta": params.oof.tta,
+        "n_oof": int(pool.sum()),
+        "n_test": int((df["split"] == "test").sum()),
+        "n_unlabeled": int((human["split"] == schema.POOL).sum()),
+        "human_labels": int((human["human_label"] != "").sum()) if "human_label" in human else 0,
+        "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
+        "injected_noise": int((df["label_id"] != df["true_label_id"]).sum()),
+    }
+    if metrics["injected_noise"]:
+        truth = df["true_label_id"].to_numpy()
+        metrics["oof_accuracy_vs_truth"] = round(float((probs[pool].argmax(1) == truth[pool]).mean()), 6)
+    return df, np.concatenate(embeddings, axis=1).astype(np.float32), dyn, metrics
+
+
+STAGE = wiring.Stage(
+    "oof",
+    reads=(wiring.Flag("--split", "split output"), wiring.Flag("--labels", "the human label patch, kept in git")),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.core import patches as label_patches
+    from pipeline.core.executor import session
+    from pipeline.learn import fit
+
+    split_df, classes = schema.read(args.split, "samples")
+    results, patches = [], label_patches.read_patches(args.labels, classes)
+    with session(params.base.executor):
+        df, emb, dyn, metrics = run(params, split_df, classes, results, patches)
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+        np.save(tmp / artifacts.OOF_EMBEDDINGS, emb)
+        dyn.to_parquet(tmp / artifacts.OOF_DYNAMICS, index=False)
+        for f, result in enumerate(results):
+            fit.save_model(tmp / artifacts.OOF_MODELS / f"fold{f}.pt", result.model, result.config, classes)
+    dataset.write_json(args.metrics, metrics)
+    log.info(
+        "oof: %d folds, out-of-fold accuracy %.4f on %d samples",
+        metrics["folds"],
+        metrics["oof_accuracy"],
+        metrics["n_oof"],
+    )

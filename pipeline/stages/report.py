@@ -1,0 +1,633 @@
+"""report: the whole run on one offline page, and the data's health in one diffable file.
+
+`report/index.html` has a data card (sources, counts by split and origin, class balance, the
+conservation and lineage checks) and then one section per stage in pipeline order, each with its
+key figures, its pictures and all its metrics. It is self-contained and works offline: pictures
+are embedded (PNG as data: URIs), charts are inline SVG drawn here by matplotlib, and the page has
+no script, no font and no link to anything outside it. The same inputs give the same bytes.
+
+`metrics/data_health.json` (the stage's metrics file) is one flat set of figures that describe the
+data rather than the model, for `dvc metrics diff` between revisions and experiments:
+quarantined, cross-split leaks, duplicates, label-issue / outlier rates, imbalance, annotator
+agreement, samples by origin, the derived share, the pool and its pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import catalog, dataset, patches, schema, wiring
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
+from pipeline.render import gallery
+
+# the stages that write a plots/ folder of pictures (their wiring's `plots`) the report shows
+PLOT_FOLDERS = {"split", "clean", "mine", "augment", "adversarial", "synthesize", "train", "evaluate"}
+# (stage, metrics file stem, plots folder) in pipeline order
+ORDER = tuple((s, s.replace("-", "_"), s if s in PLOT_FOLDERS else None) for s in catalog.STAGES if s != "report")
+
+
+@dataclass
+class Run:
+    """What the report reads: metrics by file stem, the plots folders by name, manifests on demand."""
+
+    params: Params
+    args: argparse.Namespace
+    metrics: dict[str, dict]
+    plots: dict[str, Path]
+    _frames: dict = field(default_factory=dict)
+
+    def m(self, stem: str, path: str | tuple, default=None):
+        """A metric by dotted path ("split.duplicates.sets") or tuple of keys, or `default`."""
+        value = self.metrics.get(stem, {})
+        for part in path.split(".") if isinstance(path, str) else path:
+            if not isinstance(value, dict) or part not in value:
+                return default
+            value = value[part]
+        return value
+
+    def frame(self, name: str) -> tuple[pd.DataFrame, list[str]]:
+        if name not in self._frames:
+            self._frames[name] = dataset.read_manifest(getattr(self.args, name))
+        return self._frames[name]
+
+
+# --- data health ----------------------------------------------------------------------------
+
+
+def health(run: Run) -> dict:
+    """metrics/data_health.json: flat figures of the data's state, None where a stage did not measure it."""
+    m = run.m
+    train_counts = list((m("split", "per_class.train") or {}).values())
+    rates = m("clean", "flag_rates") or {}
+    patch = patches.read_patches(run.args.labels)
+    multi = patch[patch["annotators"].fillna(0) >= 2] if len(patch) else patch
+    by_origin = m("assemble", "by_origin") or {}
+    total = sum(by_origin.values())
+    r = lambda v: None if v is None else round(float(v), 6)  # noqa: E731
+    return {
+        "samples_in": m("ingest", "in"),
+        "quarantined": m("ingest", "quarantined"),
+        "quarantined_fraction": m("ingest", "quarantined_fraction"),
+        "cross_split_leaks": (m("split", "cross_split_exact") or 0) + (m("split", "cross_split_near_duplicates") or 0),
+        "duplicate_sets": m("split", "duplicates.sets"),
+        "duplicates_removed": m("split", "removed"),
+        "duplicate_label_conflicts": m("split", "duplicates.label_conflicts"),
+        "label_issue_rate": rates.get("label"),
+        "outlier_rate": rates.get("outlier"),
+        "near_duplicate_rate": rates.get("near_duplicate"),
+        "estimated_noise_rate": m("clean", "estimated_noise_rate"),
+        "needs_review": m("clean", "needs_review"),
+        "oof_accuracy": m("oof", "oof_accuracy"),
+        "imbalance_ratio": r(max(train_counts) / max(1, min(train_counts))) if train_counts else None,
+        "human_labels": int(len(patch)),
+        "annotator_agreement": r(multi["agreement"].astype(float).mean()) if len(multi) else None,
+        "unlabeled_pool": m("split", "unlabeled"),
+        "pseudo_labels": m("pseudo", "kept"),
+        "pseudo_coverage": m("pseudo", "coverage"),
+        "pseudo_estimated_precision": m("pseudo", "estimated_precision"),
+        "samples_by_origin": by_origin,
+        "training_set": total,
+        "derived_share": r((total - by_origin.get(schema.REAL, 0)) / total) if total else None,
+    }
+
+
+# --- pictures -------------------------------------------------------------------------------
+
+
+def _png(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return _img_tag(buf.getvalue(), "image/png")
+
+
+def _img_tag(data: bytes, mime: str, alt: str = "") -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
+
+
+def _figure(draw, width: float = 5.0, height: float = 3.2) -> str:
+    """An inline SVG chart: `draw(ax)` on a fresh matplotlib figure; text as paths, so fonts never matter."""
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # not its font-cache notes
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context({"svg.hashsalt": "report", "svg.fonttype": "path", "font.size": 8}):
+        fig, ax = plt.subplots(figsize=(width, height))
+        try:
+            ax.grid(alpha=0.3)
+            draw(ax)
+            fig.tight_layout()
+            buf = io.StringIO()
+            fig.savefig(buf, format="svg", metadata={"Date": None})
+        finally:
+            plt.close(fig)
+    # inline SVG in HTML needs neither namespaces nor matplotlib's RDF metadata: without them the page
+    # names no URL at all
+    svg = re.sub(r"<metadata>.*?</metadata>", "", buf.getvalue()[buf.getvalue().index("<svg") :], flags=re.S)
+    return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
+
+
+def _bars(labels: list[str], series: dict[str, list[float]], ylabel: str):
+    def draw(ax):
+        x, w = np.arange(len(labels)), 0.8 / max(1, len(series))
+        for i, (name, values) in enumerate(series.items()):
+            ax.bar(x + (i - (len(series) - 1) / 2) * w, values, w, label=name)
+        ax.set_xticks(x, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+        ax.set_ylabel(ylabel)
+        if len(series) > 1:
+            ax.legend()
+
+    return draw
+
+
+def _thumbs(df: pd.DataFrame, captions: list[str], title: str, limit: int) -> str:
+    """A gallery of manifest rows' pixels with captions."""
+    if not len(df):
+        return _png(gallery.empty(title))
+    df = df.iloc[:limit]
+    return _png(gallery.grid(dataset.load_pixels(df), captions[:limit], cols=8, title=title))
+
+
+def _plot_images(run: Run, name: str | None) -> list[str]:
+    folder = run.plots.get(name) if name else None
+    if folder is None or not folder.is_dir():
+        return []
+    caption = "<figcaption>plots/{}/{}</figcaption>"
+    return [
+        f"<figure>{_img_tag(p.read_bytes(), 'image/png', p.name)}{caption.format(name, p.name)}</figure>"
+        for p in sorted(folder.glob("*.png"))
+    ]
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _table(rows: list[tuple], header: tuple | None = None) -> str:
+    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table>{head}{body}</table>"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, dict)):
+        return html.escape(json.dumps(v))
+    return html.escape(str(v))
+
+
+def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def _figures(run: Run, stem: str, keys: list[tuple]) -> str:
+    """The key figures of a stage: (label, dotted metric path), those the metrics have."""
+    cells = [(label, run.m(stem, path)) for label, path in keys if run.m(stem, path) is not None]
+    return "".join(f'<div class="kpi"><b>{_fmt(v)}</b><span>{html.escape(label)}</span></div>' for label, v in cells)
+
+
+def _ingest(run: Run) -> list[str]:
+    out = []
+    q = pd.read_csv(Path(run.args.ingest) / "quarantine.csv", dtype=str, keep_default_na=False)
+    if len(q):
+        reasons = q["reason"].value_counts().sort_index()
+        out.append("<h3>Quarantine by reason</h3>" + _table(list(reasons.items()), ("reason", "files")))
+        shown = q.sort_values(["reason", "path"]).groupby("reason").head(3)
+        out.append(
+            "<h3>Examples</h3>"
+            + _table([(r.reason, r.path, r.detail) for r in shown.itertuples()], ("reason", "file", "detail"))
+        )
+    else:
+        out.append("<p>Nothing quarantined: every input decoded and passed the checks.</p>")
+    return out
+
+
+def _split(run: Run) -> list[str]:
+    per = run.m("split", "per_class") or {}
+    splits = [s for s in ("train", "val", "test") if per.get(s)]
+    if not splits:
+        return []
+    classes = list(per[splits[0]])
+    chart = _figure(_bars(classes, {s: [per[s].get(c, 0) for c in classes] for s in splits}, "samples"), 6.5, 3.0)
+    return [f"<h3>Class balance by split</h3>{chart}"]
+
+
+def _clean(run: Run) -> list[str]:
+    df, classes = run.frame("clean")
+    n = run.params.report.examples
+    out = []
+    issues = df.iloc[:0]  # no label detector configured: none
+    if "is_label_issue" in df:
+        issues = df[df["is_label_issue"].fillna(False).astype(bool)].sort_values(["label_score", "sample_id"])
+    if len(issues):
+        rows = [(r.sample_id, r.split, r.label, r.suggested_label, r.label_score) for r in issues.head(n).itertuples()]
+        out.append(
+            f"<h3>Label issues: given vs suggested (the {len(rows)} least likely labels)</h3>"
+            + _table(rows, ("sample", "split", "given", "suggested", "label quality"))
+        )
+    if "is_outlier_issue" in df:
+        outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(["outlier_score", "sample_id"])
+        caps = [f"{r.label}\n{r.outlier_score:.3g}" for r in outliers.itertuples()]
+        out.append("<h3>Outliers (lowest outlier score first)</h3>" + _thumbs(outliers, caps, "outliers", n))
+    return out
+
+
+def _pseudo(run: Run) -> list[str]:
+    rounds = run.m("pseudo", "rounds") or []
+    if not rounds:
+        return ["<p>No unlabeled pool (ingest.unlabeled_path), so no pseudo-labels.</p>"]
+    rows = [
+        (
+            r["round"],
+            r["teacher"],
+            r["kept"],
+            r["coverage"],
+            r.get("estimated_precision"),
+            r.get("precision"),
+            ", ".join(f"{k} {v}" for k, v in r["dropped"].items() if v),
+        )
+        for r in rounds
+    ]
+    out = [
+        _table(rows, ("round", "teacher", "kept", "coverage", "est. precision (val)", "precision (truth)", "dropped"))
+    ]
+    df, classes = run.frame("pseudo")
+    if len(df):
+        pool, _ = run.frame("clean")
+        parents = pool.set_index("sample_id").loc[df["parent_id"]].reset_index()
+        order = np.lexsort((df["sample_id"].to_numpy(), -df["confidence"].to_numpy()))
+        step = max(1, len(order) // run.params.report.examples)  # from the most to the least confident
+        pick = order[::step][: run.params.report.examples]
+        caps = [f"{df['label'].iloc[i]}\n{df['confidence'].iloc[i]:.2f}" for i in pick]
+        out.append("<h3>Pseudo-labels, most to least confident</h3>" + _thumbs(parents.iloc[pick], caps, "", len(pick)))
+        per = rounds[-1]["per_class"]
+        out.append(_figure(_bars(classes, {"pseudo-labels": per}, "samples"), 6.5, 2.6))
+    return out
+
+
+def _policy(run: Run) -> list[str]:
+    path = Path(run.args.policy)
+    return [f"<h3>Learned policy ({path})</h3><pre>{html.escape(path.read_text())}</pre>"] if path.is_file() else []
+
+
+def _synthesize(run: Run) -> list[str]:
+    rejected = run.m("synthesize", "rejected_by_reason") or {}
+    verdict = run.m("synthesize", "verdict")
+    rows = [("verdict", verdict), ("reason", run.m("synthesize", "verdict_reason") or "–")]
+    return ["<h3>Gate</h3>" + _table(rows + [(f"rejected: {k}", v) for k, v in rejected.items()])]
+
+
+def _assemble(run: Run) -> list[str]:
+    by = run.m("assemble", "by_origin") or {}
+    return (
+        [_figure(_bars(list(by), {"samples": list(by.values())}, "samples in the training set"), 5, 2.6)] if by else []
+    )
+
+
+def _train(run: Run) -> list[str]:
+    path = run.plots.get("train", Path("-")) / "curves.csv"
+    if not path.is_file():
+        return []
+    h = pd.read_csv(path)
+
+    def draw(ax):
+        ax.plot(h["epoch"], h["train_loss"], label="train loss")
+        if "val_loss" in h:
+            ax.plot(h["epoch"], h["val_loss"], label="val loss")
+        best = run.m("train", "best_epoch")
+        if best:
+            ax.axvline(best, color="grey", ls="--", lw=0.8, label=f"best epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (cross-entropy)")
+        if "val_accuracy" in h:
+            twin = ax.twinx()
+            twin.plot(h["epoch"], h["val_accuracy"], color="tab:green", label="val accuracy")
+            twin.set_ylabel("val accuracy")
+            twin.legend(loc="center right")
+        ax.legend(loc="upper right")
+
+    return [f"<h3>Training curves</h3>{_figure(draw)}"]
+
+
+def _evaluate(run: Run) -> list[str]:
+    folder = run.plots.get("evaluate", Path("-"))
+    out = []
+    if (folder / "confusion.csv").is_file():
+        c = pd.read_csv(folder / "confusion.csv", dtype=str)
+        names = sorted(set(c["actual"]) | set(c["predicted"]))
+        cm = pd.crosstab(c["actual"], c["predicted"]).reindex(index=names, columns=names, fill_value=0).to_numpy()
+
+        def draw(ax):
+            ax.imshow(cm, cmap="Blues")
+            for (i, j), v in np.ndenumerate(cm):
+                if v:
+                    ax.text(
+                        j, i, str(v), ha="center", va="center", fontsize=6, color="white" if v > cm.max() / 2 else "k"
+                    )
+            ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+            ax.set_yticks(range(len(names)), names)
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("true class")
+            ax.grid(False)
+
+        out.append(f"<h3>Confusion matrix (test)</h3>{_figure(draw, 5.0, 4.6)}")
+    if (folder / "calibration.csv").is_file():
+        t, fitted = run.m("evaluate", "temperature.t"), run.m("evaluate", "temperature.fitted")
+        curves = [("calibration.csv", "raw")] + [("calibration_temperature.csv", f"T = {t:g}")] * bool(fitted)
+
+        def draw(ax):
+            ax.plot([0, 1], [0, 1], color="grey", ls="--", lw=0.8, label="ideal (accuracy = confidence)")
+            for f, label in curves:
+                if (folder / f).is_file():
+                    b = pd.read_csv(folder / f)
+                    name = f"ECE {run.m('evaluate', 'ece' if f == 'calibration.csv' else 'temperature.ece'):.4f}"
+                    ax.plot(b["confidence"], b["accuracy"], marker="o", ms=3, label=f"{label} ({name})")
+            ax.set_xlabel("mean confidence in the bin")
+            ax.set_ylabel("accuracy in the bin")
+            ax.set_title("temperature fitted on val" if fitted else "no temperature: val has no error to fit on")
+            ax.legend(loc="upper left")
+
+        out.append(f"<h3>Calibration (reliability diagram)</h3>{_figure(draw, 4.6, 4.0)}")
+    if (folder / "robustness.csv").is_file():
+        r = pd.read_csv(folder / "robustness.csv")
+
+        def draw(ax):
+            for col in (c for c in r.columns if c != "eps"):
+                ax.plot(r["eps"], r[col], marker="o", ms=3, label=col)
+            ax.set_xlabel("attack eps (L-inf, pixels in [0, 1])")
+            ax.set_ylabel("test accuracy")
+            ax.legend()
+
+        out.append(f"<h3>Robustness vs eps</h3>{_figure(draw)}")
+    per = run.m("evaluate", "per_class") or {}
+    rows = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in per.items()]
+    if rows:
+        out.append("<h3>Per class (test)</h3>" + _table(rows, ("class", "precision", "recall", "F1", "support")))
+    return out
+
+
+KEY_FIGURES = {
+    "ingest": [("images in", "in"), ("kept", "kept"), ("quarantined", "quarantined"), ("unlabeled", "unlabeled")],
+    "split": [
+        ("train", "train"),
+        ("val", "val"),
+        ("test", "test"),
+        ("pool", "unlabeled"),
+        ("duplicate sets", "duplicates.sets"),
+        ("removed", "removed"),
+        ("cross-split exact", "cross_split_exact"),
+        ("cross-split near", "cross_split_near_duplicates"),
+    ],
+    "oof": [("out-of-fold accuracy", "oof_accuracy"), ("folds", "folds"), ("samples", "n_oof")],
+    "clean": [
+        ("flags trusted (oof accuracy >= clean.min_oof_accuracy)", "oof_trusted"),
+        ("label issue rate", "flag_rates.label"),
+        ("outlier rate", "flag_rates.outlier"),
+        ("needs review", "needs_review"),
+        ("action", "action"),
+        ("removed", "removed"),
+        ("relabeled", "relabeled"),
+        ("human labels applied", "patches.applied"),
+    ],
+    "pseudo": [("pool", "pool"), ("kept", "kept"), ("coverage", "coverage"), ("est. precision", "estimated_precision")],
+    "mine": [
+        ("easy", "categories.easy"),
+        ("ambiguous", "categories.ambiguous"),
+        ("hard to learn", "categories.hard-to-learn"),
+        ("max weight", "weight_max"),
+    ],
+    "policy-search": [("sub-policies", "sub_policies"), ("candidates", "candidates"), ("change", "change_kept")],
+    "augment": [("copies", "augmented"), ("policy", "policy"), ("mode", "mode")],
+    "adversarial": [("examples", "kept"), ("attack", "attack"), ("eps", "eps"), ("flip rate", "flip_rate")],
+    "synthesize": [
+        ("admitted", "admitted"),
+        ("drawn", "drawn"),
+        ("verdict", "verdict"),
+        ("TSTR val accuracy", "tstr_val_accuracy"),
+        ("FID (admitted)", "quality.admitted.fid"),
+    ],
+    "assemble": [("training set", "total")],
+    "train": [("val accuracy", "val_accuracy"), ("best epoch", "best_epoch"), ("epochs run", "epochs_run")],
+    "evaluate": [
+        ("test accuracy", "accuracy"),
+        ("macro F1", "macro_f1"),
+        ("ECE", "ece"),
+        ("ECE, temperature-scaled", "temperature.ece"),
+        ("PGD eps 0.1", ("robustness", "pgd_eps0.1")),
+        ("test samples", "n_test"),
+    ],
+}
+EXTRA = {
+    "ingest": _ingest,
+    "split": _split,
+    "clean": _clean,
+    "pseudo": _pseudo,
+    "policy-search": _policy,
+    "synthesize": _synthesize,
+    "assemble": _assemble,
+    "train": _train,
+    "evaluate": _evaluate,
+}
+
+
+def _section(run: Run, stage: str, stem: str, plots: str | None) -> str:
+    metrics = run.metrics.get(stem, {})
+    if metrics.get("enabled") is False:
+        body = f"<p>Disabled (<code>{stem}.enabled: false</code>).</p>"
+    else:
+        body = f'<div class="kpis">{_figures(run, stem, KEY_FIGURES.get(stage, []))}</div>'
+        body += "".join(EXTRA[stage](run) if stage in EXTRA else [])
+        body += "".join(_plot_images(run, plots))
+    every = _table([(k, v) for k, v in _flat(metrics)], ("metric", "value")) if metrics else "<p>no metrics</p>"
+    body += f"<details><summary>all metrics (metrics/{stem}.json)</summary>{every}</details>"
+    return f'<section id="stage-{stage}"><h2>{stage}</h2>{body}</section>'
+
+
+def _checks(run: Run) -> list[tuple[str, str, bool]]:
+    """(check, the figures, passed) for the counts that must add up and the lineage of the training set."""
+    m = run.m
+    ing = (m("ingest", "in"), m("ingest", "kept"), m("ingest", "quarantined"))
+    split = [m("split", k) or 0 for k in ("in", "train", "val", "test", "unlabeled", "removed")]
+    out = [
+        ("ingest: in = kept + quarantined", "{} = {} + {}".format(*ing), ing[0] == ing[1] + ing[2]),
+        ("split: in = ingest's kept", f"{split[0]} = {ing[1]}", split[0] == ing[1]),
+        (
+            "split: in = train + val + test + pool + removed",
+            "{} = {} + {} + {} + {} + {}".format(*split),
+            split[0] == sum(split[1:]),
+        ),
+    ]
+    train, _ = run.frame("assemble")
+    samples, _ = run.frame("split")
+    allowed = {
+        o: set(samples.loc[samples["split"] == (schema.POOL if o == "pseudo" else "train"), "sample_id"])
+        for o in set(train["origin"]) - {schema.REAL}
+    }
+    derived = train[(train["origin"] != schema.REAL) & train["parent_id"].notna()]  # synthetic: no parent
+    bad = sum(pid not in allowed[o] for o, pid in zip(derived["origin"], derived["parent_id"]))
+    real_ok = bool(train.loc[train["origin"] == schema.REAL, "split"].eq("train").all())
+    out.append(("assemble: real samples are all train", f"{int((train['origin'] == schema.REAL).sum())} real", real_ok))
+    out.append(
+        (
+            "assemble: each derived sample's parent is a train (pseudo: pool) sample",
+            f"{bad} of {len(derived)} not",
+            bad == 0,
+        )
+    )
+    return out
+
+
+def _card(run: Run) -> str:
+    p = run.params.ingest
+    src = [("source", p.source), ("path", p.path or "(built in)"), ("unlabeled pool", p.unlabeled_path or "none")]
+    src += [("classes", run.m("ingest", "classes")), ("image size", run.m("ingest", "image_size"))]
+    src += [("channels", run.m("ingest", "channels"))]
+    splits = [(s, run.m("split", s)) for s in ("train", "val", "test", "unlabeled") if run.m("split", s) is not None]
+    origin = list((run.m("assemble", "by_origin") or {}).items())
+    checks = "".join(
+        f'<tr class="{"ok" if ok else "bad"}"><td>{"✓" if ok else "✗"}</td><td>{html.escape(name)}</td>'
+        f"<td>{html.escape(fig)}</td></tr>"
+        for name, fig, ok in _checks(run)
+    )
+    per = run.m("ingest", "per_class") or {}
+    balance = _figure(_bars(list(per), {"kept": list(per.values())}, "images"), 6.5, 2.6) if per else ""
+    return (
+        '<section id="data-card"><h2>Data card</h2><div class="cols">'
+        f"<div><h3>Sources</h3>{_table(src)}</div><div><h3>By split</h3>{_table(splits)}</div>"
+        f"<div><h3>Training set by origin</h3>{_table(origin)}</div></div>"
+        f"<h3>Class balance (kept images)</h3>{balance}"
+        f"<h3>Checks</h3><table>{checks}</table></section>"
+    )
+
+
+def _ablation_bars(rows: list[dict]):
+    """Test accuracy per row, mean +- std over seeds, with "all" as a line to compare against."""
+
+    def draw(ax):
+        names = [r["row"] for r in rows]
+        mean = [r["accuracy"]["mean"] for r in rows]
+        std = [r["accuracy"]["std"] for r in rows]
+        ax.bar(names, mean, yerr=std, capsize=3, color=["tab:green" if n == "all" else "tab:blue" for n in names])
+        ref = next((r["accuracy"]["mean"] for r in rows if r["row"] == "all"), None)
+        if ref is not None:
+            ax.axhline(ref, color="grey", ls="--", lw=0.8)
+        lo = min(m - s for m, s in zip(mean, std))
+        ax.set_ylim(max(0.0, lo - 0.01), min(1.0, max(m + s for m, s in zip(mean, std)) + 0.005))
+        ax.set_ylabel("test accuracy (mean +- std over seeds)")
+        ax.tick_params(axis="x", rotation=30)
+
+    return draw
+
+
+def _ablation(run: Run) -> str:
+    path = Path(run.args.ablation)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    rows = data.get("rows", [])
+    if not rows:
+        how = "<code>python -m pipeline ablate --run</code> (or queue, run, then <code>--collect</code>)"
+        body = f"<p>No ablation collected yet ({html.escape(str(path))}): {how}.</p>"
+    else:
+        metrics = data.get("metrics", [])
+        header = ("row", "seeds", *(f"{k} (mean ± std)" for k in metrics), "Δ accuracy vs all", "beyond noise")
+        table = [
+            (
+                r["row"],
+                r["n"],
+                *(f"{r[k]['mean']:.4f} ± {r[k]['std']:.4f}" if r.get(k) else "–" for k in metrics),
+                r.get("delta_accuracy"),
+                r.get("beyond_noise"),
+            )
+            for r in rows
+        ]
+        chart = _figure(_ablation_bars(rows), 6.5, 3.2)
+        body = _table(table, header) + chart + f"<p>{html.escape(data.get('note', ''))}</p>"
+    return f'<section id="ablation"><h2>Ablation: what each stage bought</h2>{body}</section>'
+
+
+STYLE = """
+body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 48px;color:#222}
+h1{margin:24px 0 4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
+nav a{margin-right:10px}table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;
+text-align:left}th{background:#f4f4f4}.kpis{display:flex;flex-wrap:wrap;gap:8px}.kpi{border:1px solid #ddd;
+border-radius:6px;padding:6px 12px;min-width:90px}.kpi b{display:block;font-size:18px}.kpi span{color:#666;
+font-size:12px}img{max-width:100%;image-rendering:pixelated}figure{margin:8px 0}figcaption{color:#666;font-size:12px}
+.cols{display:flex;gap:32px;flex-wrap:wrap}tr.ok td:first-child{color:#080}tr.bad td:first-child{color:#c00}
+pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:300px}svg{max-width:100%;height:auto}
+"""
+
+
+def render(run: Run) -> str:
+    sections = [_section(run, *entry) for entry in ORDER]
+    nav = " ".join(f'<a href="#stage-{s}">{s}</a>' for s, _, _ in ORDER)
+    acc = run.m("evaluate", "accuracy")
+    headline = f"test accuracy {acc:.4f}" if acc is not None else "not evaluated"
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Pipeline report</title>'
+        f"<style>{STYLE}</style></head><body><h1>Pipeline report</h1><p>{html.escape(headline)}, "
+        f"{run.m('ingest', 'in')} images from {html.escape(run.params.ingest.source)}</p>"
+        f'<nav><a href="#data-card">data card</a> {nav} <a href="#ablation">ablation</a></nav>'
+        f"{_card(run)}{''.join(sections)}{_ablation(run)}</body></html>\n"
+    )
+
+
+STAGE = wiring.Stage(
+    "report",
+    reads=(
+        wiring.Flag("--ingest", "ingest output: the quarantine list"),
+        wiring.Flag("--split", "split output"),
+        wiring.Flag("--clean", "clean output"),
+        wiring.Flag("--pseudo", "pseudo output"),
+        wiring.Flag("--assemble", "assemble output"),
+        wiring.Flag("--policy", "the learned policy file"),
+        wiring.Flag("--labels", "the human label patch"),
+        wiring.Flag("--ablation", "the ablation's results (python -m pipeline ablate --collect)"),
+        wiring.Flag("--stage-metrics", "the stages' metrics files", many=True),
+        wiring.Flag("--stage-plots", "the stages' plots folders", many=True),
+    ),
+    writes=(wiring.Flag("--out", "report folder: index.html"),),
+    params=("report", "ingest.source", "ingest.path", "ingest.unlabeled_path"),
+    plots=False,
+)
+add_arguments = STAGE.add_arguments
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    metrics = {}
+    for path in map(Path, args.stage_metrics):
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such metrics file (has its stage run?)")
+        metrics[path.stem] = json.loads(path.read_text())
+    run = Run(params, args, metrics, {Path(p).name: Path(p) for p in args.stage_plots})
+    dataset.write_json(args.metrics, health(run))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    page = render(run)
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(out / "index.html")
+    log.info("report: %s (%.1f MB)", out / "index.html", len(page) / 1e6)

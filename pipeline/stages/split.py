@@ -1,0 +1,390 @@
+"""split: stratified, group-aware, deterministic, leak-safe train/val/test assignment.
+
+Writes `<out>/manifest.parquet`, the ingested manifest plus
+  cluster_id      the unit that is never split: a sample joined with its exact duplicates
+                  (same `pixel_sha256`), its near duplicates (pipeline/dedup/neardup.py) and the
+                  samples sharing its `group`; named by its smallest member key
+  dup_group       smallest sample_id among the sample's exact/near duplicates (None: none)
+  split           train / val / test, "unlabeled" (the pool: no label), or "removed"
+  removed_reason  the rule that removed the sample; dup_of: the sample it duplicates
+`<out>/duplicates.csv` (every verified duplicate pair, with its scores) and the leakage
+report's pictures in --plots. Samples are not copied.
+
+Removal rules (counted in metrics/split.json; in == kept + unlabeled + removed):
+  exact_duplicate_of_test, near_duplicate_of_test, group_shared_with_test: when the source
+      fixes the test set (split.respect_source_split), a train/val sample clustered with a
+      test sample is removed, never moved into test; likewise *_of_val for a source val set
+      (an image folder laid out as root/{train,val,test}/<class>/);
+  pool_exact_duplicate_of_test, pool_near_duplicate_of_val, ...: an unlabeled sample clustered
+      with a val or test sample: it would feed train (pseudo-labels, labeling rounds);
+  within_split_duplicate (split.drop_duplicates): all but one of a duplicate set in a split.
+Then independent checks (pipeline/dedup/leakcheck.py) search the kept samples for duplicate pairs
+across splits; a non-zero count fails the stage when split.fail_on_leak.
+
+Assignment is by quantile: inside each label stratum, clusters are ordered by a hash of
+(base.seed, cluster_id) and cut at the cumulative fractions: exact stratification up to one
+cluster per boundary, and adding a sample moves at most the clusters next to a boundary.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import dataset, schema, wiring
+from pipeline.core.console import log, progress
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import NearDuplicates, Params, Split
+from pipeline.dedup import leakcheck, neardup
+from pipeline.render import gallery
+
+ORDER = ("test", "val", "train")  # cut order along each stratum
+KEPT = ("train", "val", "test")
+HELD_OUT = ("test", "val")
+POOL = schema.POOL
+REMOVED = "removed"
+DUPLICATES = "duplicates.csv"
+
+
+@dataclass
+class Clusters:
+    cluster_id: pd.Series  # per row of the manifest
+    dup_group: pd.Series  # per row: smallest sample_id of its duplicate set, or None
+    pairs: pd.DataFrame  # sample_a, sample_b, kind (exact / near), dy, dx, rms, peak
+
+
+def store_images(df: pd.DataFrame, chunk: int = 8192, executor: str = "local") -> neardup.Images:
+    """The pixels of `df`'s rows, read store by store in chunks of at most `chunk`; the feature
+    passes over them run on `executor` (`base.executor`)."""
+    df = df.reset_index(drop=True)
+    order = np.lexsort((df["row"].to_numpy(), df["store"].to_numpy()))
+    spans = [order[a : a + chunk] for a in range(0, len(df), chunk)]
+    return neardup.Images(len(df), spans, lambda pos: dataset.load_pixels(df.iloc[np.asarray(pos)]), executor)
+
+
+def _unit_keys(df: pd.DataFrame) -> np.ndarray:
+    group = df["group"].astype(object) if "group" in df else pd.Series(None, index=df.index)
+    has_group = (group.notna() & (group.astype(str) != "")).to_numpy()
+    return np.where(has_group, "g:" + group.astype(str), "s:" + df["sample_id"].astype(str))
+
+
+def _min_per_component(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    return pd.Series(keys).groupby(labels).transform("min").to_numpy()
+
+
+def clusters(
+    df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None, checks: dict[str, dict] | None = None
+) -> Clusters:
+    """The units that must stay within one split: exact + near duplicates + groups.
+
+    The pairs that the post-hoc `checks` would call duplicates join the clusters too, so the split
+    never makes a split its own check refuses; the checks then run again, after splitting, as an
+    independent guard."""
+    n = len(df)
+    sids = df["sample_id"].astype(str).to_numpy()
+    images = images if images is not None else store_images(df, cfg.chunk)
+    if "pixel_sha256" in df:
+        digest = df["pixel_sha256"].to_numpy()
+    else:
+        digest = np.empty(n, object)
+        for pos, pix in images.chunks():
+            digest[pos] = [dataset.pixel_hash(p) for p in pix]
+    first = pd.Series(np.arange(n)).groupby(digest, sort=False).transform("min").to_numpy()
+    exact = np.flatnonzero(first != np.arange(n))
+    links = [(exact, first[exact])]
+    pairs = [pd.DataFrame({"i": exact, "j": first[exact], "kind": "exact", "dy": 0, "dx": 0, "rms": 0.0, "peak": 0.0})]
+    reps = np.flatnonzero(first == np.arange(n))
+    if cfg.enabled and len(reps) > 1:
+        sub = images.subset(reps) if len(reps) < n else images
+        found = detector(cfg).find(sub, progress=lambda it: progress(it, desc="near-duplicates", unit="chunk"))
+        near = [found]
+        for name, knobs in (checks or {}).items():
+            extra = leakcheck.get(name)(**knobs).pairs(sub, lambda it: progress(it, desc=f"{name} check", unit="chunk"))
+            if extra is not None and len(extra):
+                near.append(extra[["i", "j", "dy", "dx", "rms", "peak"]])
+        near = pd.concat(near, ignore_index=True).drop_duplicates(["i", "j"])
+        near = near.assign(i=reps[near["i"]], j=reps[near["j"]], kind="near")
+        links.append((near["i"].to_numpy(), near["j"].to_numpy()))
+        pairs.append(near)
+    dup = neardup.components(n, links)
+    dup_size = np.bincount(dup, minlength=n)[dup]
+    dup_group = np.where(dup_size > 1, _min_per_component(dup, sids), None)
+    keys = _unit_keys(df)
+    grouped = pd.Series(np.arange(n)).groupby(keys).transform("min").to_numpy()
+    comp = neardup.components(n, links + [(np.arange(n), grouped)])
+    pairs = pd.concat(pairs, ignore_index=True)
+    pairs = pairs.assign(sample_a=sids[pairs["i"]], sample_b=sids[pairs["j"]])
+    pairs = pairs[["sample_a", "sample_b", "kind", "dy", "dx", "rms", "peak"]]
+    return Clusters(
+        pd.Series(_min_per_component(comp, keys), index=df.index),
+        pd.Series(dup_group, index=df.index, dtype=object),
+        pairs.sort_values(["sample_a", "sample_b"]).reset_index(drop=True),
+    )
+
+
+def detector(cfg: NearDuplicates) -> neardup.Cascade:
+    return neardup.Cascade(
+        neardup.Descriptor("thumb", grid=cfg.grid, margin=cfg.max_shift),
+        max_shift=cfg.max_shift,
+        radius=cfg.radius,
+        neighbours=cfg.neighbours,
+        index=cfg.index,
+        rms_threshold=cfg.rms_threshold,
+        peak_threshold=cfg.peak_threshold,
+    )
+
+
+def assign(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
+    """Split name per row of `df` (needs `cluster_id`, `label`), stratified by label."""
+    votes = df.groupby(["cluster_id", "label"]).size().rename("n").reset_index()
+    votes = votes.sort_values(["cluster_id", "n", "label"], ascending=[True, False, True])
+    units = votes.drop_duplicates("cluster_id").set_index("cluster_id")[["label"]]
+    units["size"] = df.groupby("cluster_id").size()
+    units["key"] = [dataset.sample_seed(seed, c) for c in units.index]
+    units = units.sort_values(["label", "key"], kind="stable")
+    edges = np.cumsum([fractions[s] for s in ORDER])
+    out = pd.Series("", index=units.index, dtype=object)
+    for _, stratum in units.groupby("label", sort=False):
+        mid = (stratum["size"].cumsum() - stratum["size"] / 2) / stratum["size"].sum()
+        idx = np.minimum(np.searchsorted(edges, mid.to_numpy(), side="right"), len(ORDER) - 1)
+        out[stratum.index] = np.asarray(ORDER)[idx]
+    return df["cluster_id"].map(out)
+
+
+def _remove_duplicates_of(
+    df: pd.DataFrame, held: np.ndarray, name: str, candidates: np.ndarray, rule: str = ""
+) -> None:
+    """Rules *_of_<name>: the `candidates` rows clustered with a `held` row (of the fixed split
+    `name`) are removed, never moved into it; `rule` prefixes the rule names (pool_ for the pool)."""
+    test = df[held]
+    hit = candidates & df["cluster_id"].isin(test["cluster_id"]).to_numpy()
+    if not hit.any():
+        return
+    rows = df[hit]
+
+    def first(key):
+        return rows[key].map(test.dropna(subset=[key]).groupby(key)["sample_id"].min())
+
+    exact = first("pixel_sha256") if "pixel_sha256" in df else pd.Series(None, index=rows.index)
+    near = first("dup_group")
+    kind = np.where(
+        exact.notna(), "exact_duplicate_of_", np.where(near.notna(), "near_duplicate_of_", "group_shared_with_")
+    )
+    df.loc[hit, "split"] = REMOVED
+    df.loc[hit, "removed_reason"] = [f"{rule}{k}{name}" for k in kind]
+    df.loc[hit, "dup_of"] = exact.fillna(near).fillna(first("cluster_id")).to_numpy()
+
+
+def _within_split(df: pd.DataFrame) -> pd.DataFrame:
+    """Kept rows that have a duplicate in the same split, but the first (smallest id) of each."""
+    kept = df[df["split"].isin(KEPT) & df["dup_group"].notna()]
+    first = kept.groupby(["dup_group", "split"])["sample_id"].transform("min")
+    return kept.assign(dup_of=first)[kept["sample_id"] != first]
+
+
+def run(
+    df: pd.DataFrame,
+    cfg: Split,
+    seed: int,
+    found: Clusters | None = None,
+    images: neardup.Images | None = None,
+    executor: str = "local",
+) -> tuple[pd.DataFrame, dict]:
+    """Cluster (unless `found` is given), split, apply the removal rules, run the checks (their
+    feature passes on `executor` where `images` is not given)."""
+    df = df.reset_index(drop=True).copy()
+    if found is None:
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
+    df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
+    df["split"], df["removed_reason"], df["dup_of"] = "", None, None
+    pool = df["label"].isna().to_numpy()
+    source = df["source_split"].fillna("").to_numpy() if "source_split" in df else np.full(len(df), "")
+    fixed = [name for name in HELD_OUT if cfg.respect_source_split and (source[~pool] == name).any()]
+    for name in fixed:  # test first: a val sample clustered with a test one is removed
+        todo = ~pool & (df["split"] == "").to_numpy()
+        held = todo & (source == name)
+        df.loc[held, "split"] = name
+        _remove_duplicates_of(df, held, name, todo & ~held)
+        log.info("split: keeping the source's %s set (%d samples)", name, held.sum())
+    todo = ~pool & (df["split"] == "").to_numpy()
+    free = [name for name in ORDER if name not in fixed]
+    total = sum(cfg.fractions[name] for name in free)
+    fractions = {name: (cfg.fractions[name] / total if name in free else 0.0) for name in ORDER}
+    df.loc[todo, "split"] = assign(df[todo], fractions, seed)
+    df.loc[pool, "split"] = POOL
+    for name in HELD_OUT:  # the pool feeds train: never a duplicate of a val or test sample
+        _remove_duplicates_of(df, (df["split"] == name).to_numpy(), name, (df["split"] == POOL).to_numpy(), "pool_")
+    fixed_test = "test" in fixed
+    within = _within_split(df)
+    if cfg.drop_duplicates:
+        drop = within[~((within["split"] == "test") & fixed_test)]
+        df.loc[drop.index, ["split", "removed_reason", "dup_of"]] = np.column_stack(
+            [np.full(len(drop), REMOVED), np.full(len(drop), "within_split_duplicate"), drop["dup_of"].to_numpy()]
+        )
+        within = _within_split(df)
+    metrics = _metrics(df, found, within, fixed_test)
+    leaks = check(df, cfg, images, executor)
+    metrics.update({leakcheck.get(name).metric(): len(p) for name, p in leaks.items()})
+    total = sum(len(p) for p in leaks.values())
+    if total and cfg.fail_on_leak:
+        p = next(p for p in leaks.values() if len(p))
+        a, b = df.iloc[p.iloc[0]["a"]], df.iloc[p.iloc[0]["b"]]
+        counts = ", ".join(f"{name} {len(p)}" for name, p in leaks.items())
+        raise PipelineError(
+            f"{total} duplicate pairs cross splits after splitting ({counts}; e.g. "
+            f"{a['sample_id']} in {a['split']} ~ {b['sample_id']} in {b['split']}); "
+            "set split.fail_on_leak: false to keep this split anyway"
+        )
+    return df, metrics
+
+
+def check(
+    df: pd.DataFrame, cfg: Split, images: neardup.Images | None = None, executor: str = "local"
+) -> dict[str, pd.DataFrame]:
+    """Post-hoc checks over the kept rows: {check name: pairs (a, b) as positions in df}. The pool
+    counts as train (it feeds train): a pool sample may duplicate a train one, not a val or test one."""
+    kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
+    sub = df.iloc[kept].reset_index(drop=True)
+    sub["split"] = sub["split"].replace(POOL, "train")
+    images = images.subset(kept) if images is not None else store_images(sub, cfg.near_duplicates.chunk, executor)
+    out = {}
+    for name, knobs in cfg.checks.items():
+        pairs = leakcheck.get(name)(**knobs).find(sub, images)
+        out[name] = pd.DataFrame({"a": kept[pairs["a"].to_numpy()], "b": kept[pairs["b"].to_numpy()]})
+    return out
+
+
+def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test: bool) -> dict:
+    counts = df["split"].value_counts()
+    sizes = df.groupby("cluster_id").size()
+    dup_sizes = df.dropna(subset=["dup_group"]).groupby("dup_group").size()
+    conflicts = df.dropna(subset=["dup_group"]).groupby("dup_group")["label"].nunique()
+    bins = {"2": (2, 2), "3": (3, 3), "4-7": (4, 7), "8+": (8, np.inf)}
+    removed = df.loc[df["split"] == REMOVED, "removed_reason"].value_counts().sort_index()
+    m = {
+        "in": len(df),
+        "kept": int(df["split"].isin(KEPT).sum()),
+        "unlabeled": int(counts.get(POOL, 0)),
+        "removed": int(counts.get(REMOVED, 0)),
+        "removed_by_rule": {str(k): int(v) for k, v in removed.items()},
+        "source_test_kept": bool(fixed_test),
+        **{s: int(counts.get(s, 0)) for s in ORDER},
+        "clusters": int(len(sizes)),
+        "clusters_with_several": int((sizes > 1).sum()),
+        "largest_cluster": int(sizes.max()) if len(sizes) else 0,
+        "duplicates": {
+            "exact_pairs": int((found.pairs["kind"] == "exact").sum()),
+            "near_pairs": int((found.pairs["kind"] == "near").sum()),
+            "sets": int(len(dup_sizes)),
+            "samples_in_sets": int(dup_sizes.sum()),
+            "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum()) for k, (lo, hi) in bins.items()},
+            "label_conflicts": int((conflicts > 1).sum()),
+        },
+        "within_split_duplicates": {s: int((within["split"] == s).sum()) for s in KEPT},
+        "per_class": {
+            s: {str(k): int(v) for k, v in df.loc[df["split"] == s, "label"].value_counts().sort_index().items()}
+            for s in ORDER
+        },
+    }
+    labels = sorted(df.loc[df["split"].isin(KEPT), "label"].astype(str).unique())
+    m["classes_missing_from"] = {s: [c for c in labels if c not in m["per_class"][s]] for s in ("val", "test")}
+    assert (
+        m["in"] == m["kept"] + m["unlabeled"] + m["removed"] == sum(m[s] for s in ORDER) + m["unlabeled"] + m["removed"]
+    )
+    return m
+
+
+def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
+    """PNG grids: the largest clusters, and removed samples beside what they duplicate."""
+    plots.mkdir(parents=True, exist_ok=True)
+    sizes = df.groupby("cluster_id").size()
+    top = sizes[sizes > 1].sort_values(ascending=False, kind="stable").head(examples)
+    rows, caps = [], []
+    for cid in top.index:
+        members = df[df["cluster_id"] == cid].head(8)
+        rows += list(members.index) + [None] * (8 - len(members))
+        caps += [f"{r.split}\n{str(r.label)[:9]}" for r in members.itertuples()] + [""] * (8 - len(members))
+    _grid(
+        df,
+        rows,
+        caps,
+        plots / "largest_clusters.png",
+        f"{len(top)} largest clusters (of {int((sizes > 1).sum())} with several samples), one per row",
+    )
+    removed = df[df["split"] == REMOVED].head(4 * examples)
+    ids = df.reset_index().set_index("sample_id")["index"]
+    rows = [x for r in removed.itertuples() for x in (r.Index, ids.get(r.dup_of))]
+    caps = [c for r in removed.itertuples() for c in (f"removed\n{r.removed_reason.split('_of')[0][:14]}", "kept")]
+    _grid(
+        df,
+        rows,
+        caps,
+        plots / "removed_pairs.png",
+        f"removed samples (left) and what they duplicate; {int((df['split'] == REMOVED).sum())} removed",
+    )
+
+
+def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str) -> None:
+    real = [r for r in rows if r is not None]
+    if not real:
+        gallery.save(gallery.empty(title), path)
+        return
+    pix = dataset.load_pixels(df.loc[real])
+    blank = np.full(pix.shape[1:], 255, np.uint8)
+    it = iter(pix)
+    images = np.stack([next(it) if r is not None else blank for r in rows])
+    gallery.save(gallery.grid(images, caps, cols=8, cell=56, title=title), path)
+
+
+STAGE = wiring.Stage(
+    "split",
+    reads=(wiring.Flag("--ingest", "ingest output"),),
+    writes=(wiring.Flag("--out", "output folder"),),
+    params=("base", "split"),
+)
+add_arguments = STAGE.add_arguments
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.core.executor import session
+
+    df, classes = schema.read(args.ingest, "ingest")
+    cfg = params.split
+    images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
+    with session(params.base.executor):
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
+        df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
+    metrics["executor"] = params.base.executor
+    out = Path(args.out)
+    with dataset.staged_dir(out) as tmp:
+        dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+        dataset.write_csv(tmp / DUPLICATES, found.pairs)
+    report(df, Path(args.plots), params.split.report_examples)
+    dataset.write_json(args.metrics, metrics)
+    log.info(
+        "split: train %d, val %d, test %d, unlabeled %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
+        metrics["train"],
+        metrics["val"],
+        metrics["test"],
+        metrics["unlabeled"],
+        metrics["removed"],
+        metrics["duplicates"]["sets"],
+        metrics.get("cross_split_exact", 0),
+        metrics.get("cross_split_near_duplicates", 0),
+    )
+    if metrics["val"] == 0:
+        log.warning("the val split is empty: training cannot early-stop")
+    for split_name, missing in metrics["classes_missing_from"].items():
+        if missing and metrics[split_name] > 0:
+            sizes = df[df["split"].isin(KEPT)]["label"].value_counts()
+            log.warning(
+                "split: %d class(es) with no %s sample, too small to be %s: %s",
+                len(missing),
+                split_name,
+                "validated" if split_name == "val" else "tested",
+                ", ".join(f"{c} ({sizes.get(c, 0)} images)" for c in missing[:10]),
+            )

@@ -1,0 +1,250 @@
+"""train: fit the model on the assembled training set, early-stopping on the val split.
+
+Writes the model file (state_dict + config + classes, see `fit.save_model`),
+`metrics/train.json` (best_epoch, epochs_run, val_accuracy, val_loss, n_train, n_val,
+parameters; wall time is logged, not written, so outputs stay byte-identical) and
+`plots/train/curves.csv` (one row per epoch).
+Sample weights come from the training set's `weight` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.core import dataset, schema, wiring
+from pipeline.core.console import log
+from pipeline.core.errors import PipelineError
+from pipeline.core.params import Params
+
+
+def seed(params: Params) -> int:
+    """The training run's seed: `base.seed` moved by `train.seed`, which no data stage reads."""
+    return params.base.seed + params.train.seed
+
+
+def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float, smoothing: float) -> np.ndarray:
+    """(1 - share) x the smoothed one-hot label + share x the oof ensemble's probabilities of each
+    sample, looked up by its own id (real samples: out-of-fold, so not memorised) or its parent's
+    (augmented, adversarial and pseudo-labeled copies); the one-hot label alone where there is none
+    (synthetic samples)."""
+    from pipeline.learn import fit
+
+    own = train_df["sample_id"].map(probs)
+    key = own.where(own.notna(), train_df["parent_id"].map(probs)) if "parent_id" in train_df else own
+    found = key.notna().to_numpy()
+    teacher = np.full((len(train_df), k), np.nan)
+    if found.any():
+        teacher[found] = np.stack(key[found].to_numpy())
+    return fit.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
+
+
+def run(
+    params: Params,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame,
+    classes: list[str],
+    online=None,
+    oof_probs=None,
+    unlabeled=None,
+):
+    """(FitResult, metrics) for a training manifest and a val manifest; `oof_probs`: the oof
+    ensemble's probabilities by sample id (for `train.soft_labels`); `unlabeled`: the pool, a
+    `fixmatch.Unlabeled` (train.unlabeled)."""
+    from pipeline.augment import mixing
+    from pipeline.learn import fit, models
+
+    weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
+    cfg = fit.schedule(params.train, len(train_df))
+    start = time.perf_counter()
+    result = fit.fit(
+        dataset.load_pixels(train_df),
+        train_df["label_id"].to_numpy(np.int64),
+        dataset.load_pixels(val_df),
+        val_df["label_id"].to_numpy(np.int64),
+        cfg,
+        len(classes),
+        seed(params),
+        sample_weight=weight,
+        online=online,
+        sample_ids=train_df["sample_id"].tolist(),
+        mix=mixing.make_batch_transform(cfg, seed(params)),
+        difficulty=_difficulty(train_df, cfg),
+        soft_targets=soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
+        if cfg.soft_labels > 0
+        else None,
+        unlabeled=unlabeled,
+    )
+    best = result.history[result.best_epoch - 1]
+    metrics = {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "epochs_planned": cfg.epochs,
+        "patience": cfg.patience,
+        "val_accuracy": best["val_accuracy"],
+        "val_loss": best["val_loss"],
+        "n_train": len(train_df),
+        "n_val": len(val_df),
+        "parameters": models.count_parameters(result.model),
+        "threads": fit.threads(cfg),
+        "seed": seed(params),
+        "world_size": fit.world()[1],
+    }
+    if unlabeled is not None:  # FixMatch: the pool and the last epoch's figures
+        last = result.history[-1]
+        stats = {k: last[k] for k in ("unlabeled_loss", "mask_rate", "mask_precision") if k in last}
+        metrics["unlabeled"] = {"pool": len(unlabeled.x), "epoch": len(result.history), **stats}
+    log.info("train: %.1f s", time.perf_counter() - start)
+    return result, metrics
+
+
+def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
+    if cfg.curriculum == "none":
+        return None
+    if "hardness" not in train_df:
+        raise PipelineError(
+            f"train.curriculum {cfg.curriculum}: the training set has no hardness column (re-run mine and assemble)"
+        )
+    return train_df["hardness"].to_numpy(np.float64)
+
+
+def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
+    """The unlabeled pool as FixMatch's `fixmatch.Unlabeled` (train.unlabeled), or None when it
+    is off or the pool is empty. Split's duplicate rules already removed pool images that are
+    duplicates of val or test images. `hidden_label` (ingest.keep_labels) gives the truth."""
+    cfg = params.train.unlabeled
+    if cfg.weight <= 0:
+        return None
+    pool_df = split_df[split_df["split"] == schema.POOL]
+    if not len(pool_df):
+        log.warning("train: train.unlabeled.weight is %s but the pool is empty: supervised training", cfg.weight)
+        return None
+    t = params.train
+    if t.label_smoothing > 0 or t.soft_labels > 0:
+        log.warning(
+            "train: label_smoothing %s and soft_labels %s hold the model's confidence near train.unlabeled.threshold "
+            "%s, so few pool targets may count: set train.label_smoothing=0 and train.soft_labels=0 (docs/train.md)",
+            t.label_smoothing,
+            t.soft_labels,
+            cfg.threshold,
+        )
+    from pipeline.augment import mixing, policy
+    from pipeline.learn import fixmatch
+
+    _, strong = policy.load_path(path)
+    truth = None
+    if "hidden_label" in pool_df and pool_df["hidden_label"].notna().any():
+        truth = pool_df["hidden_label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64)
+    log.info("train: FixMatch on a pool of %d, %d per labeled image in a step (at most all)", len(pool_df), cfg.ratio)
+    return fixmatch.make(
+        dataset.load_pixels(pool_df),
+        pool_df["sample_id"].tolist(),
+        mixing.make_online_policy(strong, seed(params)),
+        seed(params),
+        cfg.weight,
+        cfg.ratio,
+        cfg.threshold,
+        cutout=cfg.cutout,
+        truth=truth,
+    )
+
+
+def online_policy(params: Params, path: str):
+    """The per-batch augmentation of `augment.mode: online`, or None."""
+    if not (params.augment.enabled and params.augment.mode == "online"):
+        return None
+    from pipeline.augment import mixing, policy
+
+    cfg = params.augment
+    _, p = policy.load_path(path, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
+    return mixing.make_online_policy(p, seed(params))
+
+
+STAGE = wiring.Stage(
+    "train",
+    reads=(
+        wiring.Flag("--assemble", "assemble output: the training set"),
+        wiring.Flag("--split", "split output, for val"),
+        wiring.Flag("--oof", "oof output: the fold ensemble's probabilities, for train.soft_labels"),
+        wiring.Flag("--policy", "the policy file augment.policy names, for augment.mode online"),
+        wiring.Flag("--unlabeled-policy", "the policy file train.unlabeled.policy names: FixMatch's strong view"),
+    ),
+    writes=(wiring.Flag("--model", "model file to write"),),
+    params=("base", "train", *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude"))),
+)
+add_arguments = STAGE.add_arguments
+
+
+def launch(params: Params, args: argparse.Namespace) -> None:
+    """`train.nproc` > 1: run this stage in that many processes under torch's own launcher
+    (`torch.distributed.run --standalone`); each is a DDP worker, and process 0 writes the outputs.
+    For several nodes, start the launcher yourself with its rendezvous flags (docs/scale.md)."""
+    import subprocess
+    import sys
+
+    n = params.train.nproc
+    if params.train.batch_size % n:
+        raise PipelineError(f"train.batch_size {params.train.batch_size} must be a multiple of train.nproc {n}")
+    flags = [a for f in STAGE.flags() for a in (f.name, str(getattr(args, f.dest)))]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}"]
+    cmd += ["-m", "pipeline", "train", "--params", args.params, *(["--quiet"] * args.quiet), *flags]
+    log.info("train: %d DDP processes", n)
+    if subprocess.run(cmd).returncode:
+        raise PipelineError(f"a DDP process failed (train.nproc {n}); its error is above")
+
+
+def main(params: Params, args: argparse.Namespace) -> None:
+    if params.train.nproc > 1 and params.train.unlabeled.weight > 0:
+        raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1 or unlabeled.weight 0")
+    if params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(params, args)
+    if "LOCAL_RANK" in os.environ:  # a worker of torch.distributed.run; the training core runs on CPU: gloo
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo")
+    try:
+        _main(params, args)
+    finally:
+        if "LOCAL_RANK" in os.environ:
+            dist.destroy_process_group()
+
+
+def _main(params: Params, args: argparse.Namespace) -> None:
+    from pipeline.learn import fit
+
+    train_df, classes = schema.read(args.assemble, "training set")
+    split_df, split_classes = schema.read(args.split, "samples")
+    if split_classes != classes:
+        raise PipelineError(f"{args.assemble}: class list differs from {args.split}'s")
+    val_df = split_df[split_df["split"] == "val"]
+    log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
+    probs = None
+    if params.train.soft_labels > 0:
+        from pipeline.core import artifacts
+
+        oof_df = artifacts.read_oof(args.oof)[0]
+        probs = oof_df.set_index("sample_id")[artifacts.PROBS].dropna()
+    unlabeled = pool(params, split_df, classes, args.unlabeled_policy)
+    if unlabeled is not None and "origin" in train_df and (train_df["origin"] == "pseudo").any():
+        log.warning(
+            "train: the pool trains twice, as %d pseudo-labeled rows (fixed labels) and as FixMatch's draws "
+            "(the model's own targets); pseudo.enabled=false leaves it to FixMatch",
+            int((train_df["origin"] == "pseudo").sum()),
+        )
+    result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs, unlabeled)
+    if fit.world()[0] != 0:
+        return  # every DDP process holds the same model: process 0 writes it
+    fit.save_model(args.model, result.model, result.config, classes)
+    dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
+    dataset.write_json(args.metrics, metrics)
+    log.info(
+        "train: best epoch %d of %d, val accuracy %s",
+        metrics["best_epoch"],
+        metrics["epochs_run"],
+        metrics["val_accuracy"],
+    )
