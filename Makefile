@@ -1,5 +1,5 @@
-# Two commands: `make run` (set up, then `dvc repro` on the embedded default dataset)
-# and `make test` (set up, then the test suite).
+# `make run` (set up, then `dvc repro` on the embedded default dataset), `make test` (set up,
+# then the fast tests) and `make test-all` (every test: what CI runs).
 VENV   := .venv
 PY     := $(VENV)/bin/python
 # This machine's pip serves a CPU build of torch 2.13.0 from a local file; installing it
@@ -11,7 +11,7 @@ export TORCH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup run test bench clean labelstudio bench-labelstudio lock
+.PHONY: setup run test test-all bench clean labelstudio bench-labelstudio lock
 
 setup: $(VENV)/.installed
 
@@ -30,7 +30,12 @@ run: setup
 	@echo
 	@$(PY) -m pipeline summary
 
-test: setup labelstudio
+# the fast tier (unit and small integration tests, a few minutes) while you work ...
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# ... and everything: dvc repro end to end, the Label Studio server, Ray, DDP, Chromium (CI runs this)
+test-all: setup labelstudio
 	$(PY) -m pytest -q
 
 # Label Studio (the server) lives in its own venv: its pins clash with ours. The server

@@ -12,13 +12,14 @@ import pandas as pd
 import pytest
 from e2e_util import STAGES, make_project, ran, run, set_params
 
+pytestmark = pytest.mark.slow  # `make test-all`: runs dvc repro / a real server
+
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return make_project(tmp_path_factory.mktemp("e2e") / "project")
 
 
-@pytest.mark.slow
 def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     first = run(["dvc", "repro"], project)
     assert ran(first) == STAGES
@@ -72,7 +73,6 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert (project / "models/model.pt").read_bytes() == model_bytes
 
 
-@pytest.mark.slow
 def test_summary_and_the_exp_show_recipe_are_short(project: Path):
     from pipeline.commands import summary
 
@@ -101,7 +101,6 @@ def test_summary_and_the_exp_show_recipe_are_short(project: Path):
     assert len(run(["dvc", "exp", "show", "--csv"], project).splitlines()[0].split(",")) > 100  # without it
 
 
-@pytest.mark.slow
 def test_report_is_complete_offline_and_renders_in_chromium(project: Path):
     from report_util import check_report, render_in_chromium
 
@@ -127,7 +126,6 @@ def test_report_is_complete_offline_and_renders_in_chromium(project: Path):
     assert len(list((project / "dvc_plots/static").glob("*.png"))) >= 8
 
 
-@pytest.mark.slow
 def test_stage_failure_is_one_line_and_nonzero(project: Path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     bad = project / "bad.yaml"
@@ -156,7 +154,6 @@ def test_stage_failure_is_one_line_and_nonzero(project: Path):
     ]
 
 
-@pytest.mark.slow
 def test_a_fresh_clone_pulls_every_output_and_the_experiments_from_the_remotes(project: Path, tmp_path: Path):
     """push -> fresh clone -> pull -> nothing to reproduce, with a local directory as the DVC remote
     and a bare git repository as the git remote (what S3 / GCS / SSH remotes do, minus the network)."""

@@ -17,6 +17,8 @@ import pandas as pd
 import pytest
 from e2e_util import STAGES, make_project, ran, run
 
+pytestmark = pytest.mark.slow  # `make test-all`: runs dvc repro / a real server
+
 RUNNABLE = [n for n in corpus.FOLDERS if n != "single_class"]
 DEFAULTS = ("shapes_jpeg_2x25", "tiny_2x12")  # large JPEGs of two sizes; 12 images a class
 SHORT = {
@@ -33,7 +35,6 @@ def _project(tmp_path: Path, name: str, **params: dict) -> Path:
     return make_project(tmp_path / "project", tiny=False, ingest=ingest, **params)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_folder_runs_end_to_end(tmp_path, name):
     spec = corpus.FOLDERS[name]
@@ -63,7 +64,6 @@ def test_folder_runs_end_to_end(tmp_path, name):
     assert all(len(line) < 400 for line in summary.stdout.splitlines())
 
 
-@pytest.mark.slow
 def test_a_csv_with_groups_and_missing_files(tmp_path):
     table = corpus.make_csv(tmp_path / "images")
     project = make_project(tmp_path / "project", tiny=False, ingest={"source": "csv", "path": str(table)}, **SHORT)
@@ -77,7 +77,6 @@ def test_a_csv_with_groups_and_missing_files(tmp_path):
     assert clean["issues"]["near_duplicate"]["total"] == 0  # shots of one session are not copies
 
 
-@pytest.mark.slow
 def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
     project = _project(tmp_path, "single_class")
     proc = subprocess.run(
@@ -93,7 +92,6 @@ def test_single_class_is_refused_at_ingest_in_one_line(tmp_path):
     assert "Traceback" not in proc.stderr and not (project / "data/split").exists()
 
 
-@pytest.mark.slow
 def test_an_unlabeled_folder_becomes_a_pool_that_pseudo_labels_and_never_leaks(tmp_path):
     from pipeline.core import schema
     from pipeline.sources import readers as sources

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from e2e_util import make_project, run
 
+pytestmark = pytest.mark.slow  # `make test-all`: runs dvc repro / a real server
+
 GRID = [(1, 3), (3, 6)]
 # a queue's worth of experiments on digits in minutes: one-epoch models, the slow generators off
 QUICK = {
@@ -53,7 +55,6 @@ def project(tmp_path_factory) -> Path:
     return project
 
 
-@pytest.mark.slow
 def test_randaugment_grid_through_the_experiment_queue(project: Path):
     for n, m in GRID:
         run(["dvc", "exp", "run", "--queue", "-S", f"augment.num_ops={n}", "-S", f"augment.magnitude={m}"], project)
@@ -86,7 +87,6 @@ def test_randaugment_grid_through_the_experiment_queue(project: Path):
     assert all(e["name"] in table for e in exps) and "augment.num_ops" in table
 
 
-@pytest.mark.slow
 def test_ablate_queues_rows_by_seeds_runs_them_and_collects_the_table(project: Path):
     dry = run([sys.executable, "-m", "pipeline", "ablate", "--dry-run"], project, stderr=False).splitlines()
     assert len(dry) == 4 and all(line.startswith("dvc exp run --queue -n abl-") for line in dry)

@@ -25,6 +25,8 @@ from pipeline.core import dataset, patches
 from pipeline.labelstudio import serve
 from pipeline.labelstudio.client import Client, Retry
 
+pytestmark = pytest.mark.slow  # `make test-all`: runs dvc repro / a real server
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV_LS = ROOT / ".venv-ls"
 PARAMS = str(ROOT / "params.yaml")

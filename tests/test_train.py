@@ -64,6 +64,7 @@ def test_train_seed_moves_training_only(tmp_path):
     assert readers == ["train"]  # no data stage re-runs for another train seed
 
 
+@pytest.mark.slow  # starts two DDP worker processes
 def test_ddp_two_processes_train_digits_reproducibly(tmp_path):
     split, assemble, _ = digits_split(tmp_path)
     recipe = {"epochs": 3, "batch_size": 64, "threads": 1}
