@@ -7,7 +7,7 @@ A misspelled key or an out-of-range value fails at load time with a one-line
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -352,23 +352,7 @@ class PolicySearch(Section):
     min_change: float = Field(0.05, ge=0.0, le=1.0)  # a candidate must move pixels by this much (mean |diff| / 255)
     probability: float = Field(0.5, gt=0.0, le=1.0)  # of each op in the learned policy (not searched)
     ops: list[SearchOp] = Field(
-        [
-            "ShearX",
-            "ShearY",
-            "TranslateX",
-            "TranslateY",
-            "Rotate",
-            "AutoContrast",
-            "Invert",
-            "Equalize",
-            "Solarize",
-            "Posterize",
-            "Contrast",
-            "Color",
-            "Brightness",
-            "Sharpness",
-            "Cutout",
-        ],
+        list(get_args(SearchOp))[1:],  # every op but Identity
         min_length=1,
     )  # AutoAugment's, less SamplePairing
     seed: int = Field(0, ge=0)  # added to base.seed
