@@ -28,12 +28,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core import console, params
-from pipeline.learn import fit
+from pipeline.learn import fit, runtime
 
 
 def bare(x: np.ndarray, y: np.ndarray, cfg, num_classes: int, compile: bool = False) -> tuple[float, float]:
     """Seconds for `cfg.epochs` epochs of the plain loop, and of its first step alone."""
-    fit.set_threads(cfg)
+    runtime.set_threads(cfg)
     g = torch.Generator().manual_seed(0)
     model = fit.new_model(x, cfg, num_classes, g)
     opt = fit.make_optimizer(model, cfg)

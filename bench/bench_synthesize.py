@@ -35,7 +35,7 @@ import yaml
 
 from pipeline.core import dataset
 from pipeline.core import params as P
-from pipeline.learn import fit
+from pipeline.learn import fit, runtime
 from pipeline.stages import synthesize as stage
 from pipeline.synthesize import gate, generators
 
@@ -255,7 +255,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench/synthesize_results.json"))
     args = ap.parse_args()
     params = load_params(args.source, DEFAULT_SETS + args.set, args.threads)
-    fit.set_threads(params.train)
+    runtime.set_threads(params.train)
     clean, classes = dataset.read_manifest(args.source / "data/clean")
     real = clean[clean["origin"] == "real"]
     train, test_df = real[real["split"] == "train"], real[real["split"] == "test"]

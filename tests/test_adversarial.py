@@ -11,7 +11,7 @@ from pipeline import __main__ as cli
 from pipeline.augment import mixing
 from pipeline.core import dataset, params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit
+from pipeline.learn import checkpoints, fit
 from pipeline.stages import assemble
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
@@ -83,7 +83,7 @@ def test_source_model_from_a_file(tmp_path):
     split, assembled, classes = write_split(tmp_path / "data")
     x, y = patterns(120)
     result = fit.fit(x, y, x[:0], y[:0], params.Train(**TINY_TRAIN), 4, seed=0)
-    fit.save_model(tmp_path / "m.pt", result.model, result.config, classes)
+    checkpoints.save_model(tmp_path / "m.pt", result.model, result.config, classes)
     _, df, metrics, _ = _run_stage(tmp_path / "run", source_model=str(tmp_path / "m.pt"))
     assert len(df) > 0 and metrics["source_model"] == df["source_model"].iloc[0]
 

@@ -15,7 +15,7 @@ from pipeline.augment import ops
 from pipeline.augment import policy as pol
 from pipeline.core import artifacts, dataset, params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit
+from pipeline.learn import checkpoints
 from pipeline.stages import policy_search as search
 
 TINY_TRAIN = {"epochs": 4, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1}
@@ -111,7 +111,7 @@ def test_same_inputs_give_the_same_file_and_the_seed_changes_it(tmp_path, oof_di
 def _fold0(oof_dir):
     df, _ = dataset.read_manifest(oof_dir)
     rows = np.flatnonzero(df["fold"].to_numpy() == 0)
-    return fit.fold_models(oof_dir)[0], dataset.load_pixels(df.iloc[rows]), df["label_id"].to_numpy()[rows]
+    return checkpoints.fold_models(oof_dir)[0], dataset.load_pixels(df.iloc[rows]), df["label_id"].to_numpy()[rows]
 
 
 def test_scoring_prefers_a_small_translation_to_destructive_ops(oof_dir):

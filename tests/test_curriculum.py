@@ -7,7 +7,7 @@ from fit_util import patterns
 from pipeline.augment import mixing
 from pipeline.core import params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit
+from pipeline.learn import draws, fit
 from pipeline.stages import assemble
 
 CFG = params.Train(epochs=8, batch_size=16, width=8, lr=1e-2, threads=1, curriculum="easy_to_hard")
@@ -16,17 +16,17 @@ CFG = params.Train(epochs=8, batch_size=16, width=8, lr=1e-2, threads=1, curricu
 def test_pacing_starts_on_the_easiest_share_and_reaches_all_of_it_with_equal_steps():
     difficulty = np.arange(100, dtype=float)[::-1].copy()  # sample 99 is the easiest
     g = torch.Generator().manual_seed(0)
-    first = fit.curriculum_order(difficulty, CFG, 1, 96, g, None)
+    first = draws.curriculum_order(difficulty, CFG, 1, 96, g, None)
     assert len(first) == 96 and set(first.tolist()) == set(range(75, 100))  # the easiest 25%, cycled
-    middle = fit.curriculum_order(difficulty, CFG, 3, 96, g, None)  # 0.25 + 0.75 * 2/4
+    middle = draws.curriculum_order(difficulty, CFG, 3, 96, g, None)  # 0.25 + 0.75 * 2/4
     assert set(middle.tolist()) <= set(range(37, 100)) and len(set(middle.tolist())) == 63
-    late = fit.curriculum_order(difficulty, CFG, 5, 96, g, None)
+    late = draws.curriculum_order(difficulty, CFG, 5, 96, g, None)
     assert len(late) == 96 and len(set(late.tolist())) == 96  # all of it: an ordinary epoch
-    hard = fit.curriculum_order(difficulty, CFG.model_copy(update={"curriculum": "hard_to_easy"}), 1, 96, g, None)
+    hard = draws.curriculum_order(difficulty, CFG.model_copy(update={"curriculum": "hard_to_easy"}), 1, 96, g, None)
     assert set(hard.tolist()) == set(range(25))
     odds = torch.ones(100)
     odds[90:] = 0.0  # the hardness sampler never draws these: the curriculum draws within its odds
-    sampled = fit.curriculum_order(difficulty, CFG, 1, 96, g, odds)
+    sampled = draws.curriculum_order(difficulty, CFG, 1, 96, g, odds)
     assert len(sampled) == 96 and set(sampled.tolist()) <= set(range(75, 90))
 
 

@@ -7,7 +7,7 @@ from fit_util import patterns
 
 from pipeline.core import params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit, models
+from pipeline.learn import checkpoints, fit, inference, models, tensors
 
 CFG = params.Train(epochs=6, batch_size=32, width=8, lr=1e-2, threads=1)
 
@@ -18,7 +18,7 @@ def _split(n=240, **kw):
 
 
 def _accuracy(model, x, y):
-    return float((fit.predict_proba(model, x).argmax(1) == y).mean())
+    return float((inference.predict_proba(model, x).argmax(1) == y).mean())
 
 
 def test_learns_a_pattern_and_reports_each_epoch():
@@ -50,7 +50,7 @@ def test_early_stopping_restores_the_latest_epoch_within_noise_of_the_best():
     # Val labels are the train rule shifted by one class: the better the model learns
     # train, the worse its val loss, so the best epoch is early and training stops.
     xt, yt, xv, yv = _split()
-    xv8, yv_t = fit.to_tensor(xv), torch.from_numpy((yv + 1) % 4)
+    xv8, yv_t = tensors.to_tensor(xv), torch.from_numpy((yv + 1) % 4)
     per_epoch = []
     cfg = CFG.model_copy(update={"epochs": 20, "patience": 2})
     record = lambda model, epoch: per_epoch.append(fit.val_losses(model, xv8, yv_t)[0])  # noqa: E731
@@ -87,7 +87,7 @@ def test_a_zero_sample_weight_removes_a_class():
     xt, yt, xv, yv = _split(n=400)
     weight = np.where(yt == 0, 0.0, 1.0)
     r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"label_smoothing": 0.0}), 4, seed=0, sample_weight=weight)
-    pred = fit.predict_proba(r.model, xv).argmax(1)
+    pred = inference.predict_proba(r.model, xv).argmax(1)
     assert (pred[yv == 0] == 0).mean() < 0.5
     assert (pred[yv != 0] == yv[yv != 0]).mean() > 0.9
 
@@ -118,23 +118,23 @@ def test_no_weight_decay_on_norm_and_bias_parameters(optimizer):
 def test_predict_proba_and_embed_shapes(tmp_path):
     x, y = patterns(20, size=10, channels=3)
     model = models.build_model("resnet", 3, 4, 8)
-    p = fit.predict_proba(model, x, batch_size=7)
+    p = inference.predict_proba(model, x, batch_size=7)
     assert p.dtype == np.float32 and p.shape == (20, 4)
     assert np.allclose(p.sum(1), 1, atol=1e-5)
-    e = fit.embed(model, x, batch_size=7)
+    e = inference.embed(model, x, batch_size=7)
     assert e.dtype == np.float32 and e.shape == (20, model.embed_dim)
-    assert fit.predict_proba(model, x[:0]).shape == (0, 4)
+    assert inference.predict_proba(model, x[:0]).shape == (0, 4)
 
 
 def test_save_load_round_trip_is_byte_stable(tmp_path):
     xt, yt, xv, yv = _split()
     r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"epochs": 1}), 4, seed=0)
-    fit.save_model(tmp_path / "a.pt", r.model, r.config, ["a", "b", "c", "d"])
-    fit.save_model(tmp_path / "sub" / "b.pt", r.model, r.config, ["a", "b", "c", "d"])
+    checkpoints.save_model(tmp_path / "a.pt", r.model, r.config, ["a", "b", "c", "d"])
+    checkpoints.save_model(tmp_path / "sub" / "b.pt", r.model, r.config, ["a", "b", "c", "d"])
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
-    model, config, classes = fit.load_model(tmp_path / "a.pt")
+    model, config, classes = checkpoints.load_model(tmp_path / "a.pt")
     assert classes == ["a", "b", "c", "d"] and config == r.config
-    assert np.array_equal(fit.predict_proba(model, xv), fit.predict_proba(r.model, xv))
+    assert np.array_equal(inference.predict_proba(model, xv), inference.predict_proba(r.model, xv))
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -143,12 +143,12 @@ class _Payload:
 
 
 def test_load_refuses_pickled_objects(tmp_path):
-    torch.save({"format_version": fit.FORMAT_VERSION, "config": _Payload()}, tmp_path / "evil.pt")
+    torch.save({"format_version": checkpoints.FORMAT_VERSION, "config": _Payload()}, tmp_path / "evil.pt")
     with pytest.raises(pickle.UnpicklingError):
-        fit.load_model(tmp_path / "evil.pt")
+        checkpoints.load_model(tmp_path / "evil.pt")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(PipelineError, match="not a pipeline model file"):
-        fit.load_model(tmp_path / "other.pt")
+        checkpoints.load_model(tmp_path / "other.pt")
 
 
 @pytest.mark.parametrize(
@@ -180,8 +180,8 @@ def test_digits_with_the_default_recipe():
 
 
 def test_inference_batches_adapt_to_the_image_size_and_do_not_change_predictions():
-    assert [fit.inference_batch(s) for s in [(8, 8), (28, 28), (64, 64), (224, 224)]] == [1024, 128, 32, 16]
+    assert [inference.inference_batch(s) for s in [(8, 8), (28, 28), (64, 64), (224, 224)]] == [1024, 128, 32, 16]
     x, y = patterns(300, 8, 1)
     cfg = params.Train(epochs=1, batch_size=32, width=8, threads=1)
     model = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model
-    assert np.allclose(fit.predict_proba(model, x), fit.predict_proba(model, x, batch_size=7), atol=1e-6)
+    assert np.allclose(inference.predict_proba(model, x), inference.predict_proba(model, x, batch_size=7), atol=1e-6)

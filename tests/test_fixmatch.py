@@ -14,7 +14,7 @@ from pipeline.augment import mixing, policy
 from pipeline.core import dataset, params
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
-from pipeline.learn import fit, fixmatch
+from pipeline.learn import draws, fit, fixmatch, inference
 from pipeline.stages import train as train_stage
 
 CFG = params.Train(epochs=12, batch_size=8, width=8, lr=1e-2, threads=1, label_smoothing=0.0)
@@ -54,7 +54,7 @@ def test_fixmatch_learns_from_the_pool_reproducibly_and_reports_its_targets():
     pool, val, test = rest[:1000], rest[1000:1100], rest[1100:]
     cfg = CFG.model_copy(update={"epochs": 200, "patience": 10_000, "batch_size": 20})
     ids = [f"l{i}" for i in lab]
-    sup = fit.fit(x[lab], y[lab], x[val], y[val], cfg, 10, 0, online=fit.random_shift(0.125, 0), sample_ids=ids)
+    sup = fit.fit(x[lab], y[lab], x[val], y[val], cfg, 10, 0, online=draws.random_shift(0.125, 0), sample_ids=ids)
     pool_ids = [f"u{i}" for i in pool]
     runs = [
         fit.fit(x[lab], y[lab], x[val], y[val], cfg, 10, 0, sample_ids=ids, unlabeled=_pool(x[pool], pool_ids, y[pool]))
@@ -62,7 +62,7 @@ def test_fixmatch_learns_from_the_pool_reproducibly_and_reports_its_targets():
     ]
 
     def accuracy(model):
-        return float((fit.predict_proba(model, x[test]).argmax(1) == y[test]).mean())
+        return float((inference.predict_proba(model, x[test]).argmax(1) == y[test]).mean())
 
     a, b = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)  # reproducible

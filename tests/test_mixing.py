@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from pipeline.augment import mixing
 from pipeline.augment import policy as pol
-from pipeline.learn import fit
+from pipeline.learn import losses
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def _cfg(**kw):
 def _batch(n=6, classes=4, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((n, 3, 12, 10), generator=g)
-    y = fit.one_hot(torch.arange(n) % classes, classes)
+    y = losses.one_hot(torch.arange(n) % classes, classes)
     return x, y
 
 
@@ -103,10 +103,10 @@ def test_soft_cross_entropy_matches_torch_on_hard_and_smoothed_targets():
     logits = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 3, 1, 2, 0])
     assert torch.allclose(
-        fit.soft_cross_entropy(logits, fit.one_hot(y, 4)), F.cross_entropy(logits, y, reduction="none")
+        losses.soft_cross_entropy(logits, losses.one_hot(y, 4)), F.cross_entropy(logits, y, reduction="none")
     )
     assert torch.allclose(
-        fit.soft_cross_entropy(logits, fit.one_hot(y, 4, 0.1)),
+        losses.soft_cross_entropy(logits, losses.one_hot(y, 4, 0.1)),
         F.cross_entropy(logits, y, reduction="none", label_smoothing=0.1),
     )
 

@@ -6,7 +6,7 @@ from fit_util import TINY_OOF, TINY_TRAIN, patterns, run_oof, write_split
 
 from pipeline.core import artifacts, dataset, params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit
+from pipeline.learn import checkpoints, draws, fit, inference
 from pipeline.stages import oof
 
 
@@ -38,10 +38,10 @@ def test_stage_outputs_probs_embeddings_dynamics(tmp_path):
     assert emb.shape[0] == 240 and emb.shape[1] % 3 == 0
     pool = df[df["fold"] >= 0]
     # the fold models are saved: fold 0's predictions on its held-out rows are the oof probs there
-    models = fit.fold_models(out)
+    models = checkpoints.fold_models(out)
     held = np.flatnonzero(df["fold"].to_numpy() == 0)
     x = dataset.load_pixels(df.iloc[held])
-    assert len(models) == 3 and np.allclose(fit.predict_proba(models[0], x), probs[held], atol=1e-5)
+    assert len(models) == 3 and np.allclose(inference.predict_proba(models[0], x), probs[held], atol=1e-5)
     # every pooled sample is trained on in folds - 1 folds, recorded each epoch after the burn-in (half)
     assert len(dyn) == len(pool) * 2 * (TINY_OOF["epochs"] // 2)
     assert set(dyn["epoch"]) == {3, 4} and dyn["p_given"].between(0, 1).all()
@@ -60,7 +60,7 @@ def test_test_probs_are_the_mean_of_the_fold_models(tmp_path):
     for f in range(3):
         idx = np.flatnonzero((df["fold"] >= 0) & (df["fold"] != f))
         model = fit.fit(x[idx], y[idx], x[:0], y[:0], oof.train_config(p), 4, 0 + f).model
-        mean += fit.predict_proba(model, x[test]) / 3
+        mean += inference.predict_proba(model, x[test]) / 3
     assert np.allclose(np.stack(df["probs"].to_numpy()[test]), mean, atol=1e-5)
 
 
@@ -94,7 +94,7 @@ def test_on_epoch_end_does_not_change_training():
     seen = []
     a = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model.state_dict()
     b = fit.fit(
-        x, y, x[:0], y[:0], cfg, 4, seed=0, on_epoch_end=lambda m, e: seen.append(fit.predict_proba(m, x).shape)
+        x, y, x[:0], y[:0], cfg, 4, seed=0, on_epoch_end=lambda m, e: seen.append(inference.predict_proba(m, x).shape)
     ).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and len(seen) == 4
 
@@ -113,10 +113,10 @@ def test_inference_jobs_give_the_bytes_of_one_call_over_each_group(monkeypatch, 
     model = fit.fit(x, y, x[:0], y[:0], params.Train(**TINY_TRAIN), 4, seed=0).model
     groups = [np.arange(0, 300, 2), np.arange(7)]
     probs, emb, tta = oof.infer(model, x, groups, True, "local", threads=1)
-    want_p, want_e = fit.predict_embed(model, x)
+    want_p, want_e = inference.predict_embed(model, x)
     assert np.array_equal(probs, want_p) and np.array_equal(emb, want_e)
     for rows, got in zip(groups, tta):
-        shifted = [fit.predict_proba(model, np.roll(x[rows], s, axis=a)) for a in (1, 2) for s in (-1, 1)]
+        shifted = [inference.predict_proba(model, np.roll(x[rows], s, axis=a)) for a in (1, 2) for s in (-1, 1)]
         assert np.array_equal(got, np.mean([want_p[rows], *shifted], axis=0).astype(np.float32))
     _, _, plain = oof.infer(model, x, groups, False, "local", threads=1)
     assert all(np.array_equal(got, want_p[rows]) for rows, got in zip(groups, plain))
@@ -139,10 +139,10 @@ def test_small_data_gets_a_size_aware_schedule():
 
 
 def test_random_shift_moves_each_image_by_at_most_its_margin_reproducibly():
-    assert fit.random_shift(0.0, 0) is None
+    assert draws.random_shift(0.0, 0) is None
     x = np.zeros((6, 28, 28, 1), np.uint8)
     x[:, 10:18, 10:18] = 255
-    shift = fit.random_shift(0.08, seed=3)  # 2 px at 28
+    shift = draws.random_shift(0.08, seed=3)  # 2 px at 28
     a, b = shift(x, list("abcdef"), 1), shift(x, list("abcdef"), 1)
     assert np.array_equal(a, b) and not np.array_equal(a, shift(x, list("abcdef"), 2))
     for img in a:

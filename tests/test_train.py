@@ -11,7 +11,7 @@ from fit_util import RANDAUGMENT, digits_split, patterns, write_split
 from pipeline import __main__ as cli
 from pipeline.core import params
 from pipeline.core.errors import PipelineError
-from pipeline.learn import fit
+from pipeline.learn import checkpoints, fit
 
 
 def _train(tmp_path, out, split, assemble, **train) -> int:
@@ -49,7 +49,7 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
     curves = pd.read_csv(out / "plots" / "curves.csv")
     assert list(curves.columns) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     assert list(curves["epoch"]) == [1, 2, 3]
-    model, config, model_classes = fit.load_model(out / "model.pt")
+    model, config, model_classes = checkpoints.load_model(out / "model.pt")
     assert model_classes == classes and config["train"]["epochs"] == 3
 
 

@@ -14,8 +14,8 @@ and its soft targets (rows summing to 1):
   `switch_prob` (timm's convention).
 
 The knobs are read from `train_cfg` by name (`mixup_alpha`, `cutmix_alpha`, `mix_prob`,
-`switch_prob`, `random_erasing`); a missing one counts as off. `fit.soft_cross_entropy` is
-the matching per-sample loss and `fit.one_hot` makes (label-smoothed) soft targets from class ids.
+`switch_prob`, `random_erasing`); a missing one counts as off. `losses.soft_cross_entropy` is
+the matching per-sample loss and `losses.one_hot` makes (label-smoothed) soft targets from class ids.
 
 `make_online_policy(policy, seed)` applies an augmentation policy to each training batch
 instead of storing copies (`augment.mode: online`): image `i` of epoch `e` draws from

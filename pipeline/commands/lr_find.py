@@ -43,19 +43,19 @@ def lr_range_test(
     import torch
     import torch.nn.functional as F
 
-    from pipeline.learn import fit
+    from pipeline.learn import fit, runtime, tensors
 
-    fit.set_threads(cfg)
+    runtime.set_threads(cfg)
     g = torch.Generator().manual_seed(seed)
     model = fit.new_model(x, cfg, num_classes, g)
     opt = fit.make_optimizer(model, cfg)
-    x8, yt = fit.to_tensor(x), torch.tensor(np.asarray(y, np.int64))
+    x8, yt = tensors.to_tensor(x), torch.tensor(np.asarray(y, np.int64))
     bs = min(cfg.batch_size, len(yt))
     ratio = (lr_cfg.max_lr / lr_cfg.min_lr) ** (1 / (lr_cfg.steps - 1))
     rows, avg, best = [], 0.0, math.inf
     perm, pos = torch.randperm(len(yt), generator=g), 0
     model.train()
-    with fit.deterministic():
+    with runtime.deterministic():
         for step in progress(range(lr_cfg.steps), desc="lr-find", unit="batch"):
             if pos + bs > len(yt):
                 perm, pos = torch.randperm(len(yt), generator=g), 0
@@ -64,7 +64,7 @@ def lr_range_test(
             lr = lr_cfg.min_lr * ratio**step
             for group in opt.param_groups:
                 group["lr"] = lr
-            loss = F.cross_entropy(model(fit._float(x8[idx])), yt[idx], label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(model(tensors.to_unit(x8[idx])), yt[idx], label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -198,7 +198,7 @@ class Train(Section):
     sampler: Literal["uniform", "hardness"] = "uniform"  # hardness: `weight` are sampling odds, not loss weights
     ohem_fraction: float = Field(0.0, ge=0.0, le=1.0)  # keep the top fraction of losses per batch; 0: off
     focal_gamma: float = Field(0.0, ge=0.0)  # focal loss (1 - p_t)^gamma; 0: off
-    # curriculum (fit.curriculum_order): each epoch draws from the easiest share of the training set by
+    # curriculum (draws.curriculum_order): each epoch draws from the easiest share of the training set by
     # mine's hardness (hard_to_easy: the hardest), growing linearly from curriculum_start to all of it
     # by curriculum_full x epochs; the steps per epoch stay, so it compares with uniform at equal steps
     curriculum: Literal["none", "easy_to_hard", "hard_to_easy"] = "none"

@@ -14,27 +14,20 @@ from `seed`, so nothing depends on global RNG state left by other code.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import math
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pipeline.core import dataset
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Train
-from pipeline.learn import models
-
-FORMAT_VERSION = 1
+from pipeline.learn import checkpoints, draws, inference, losses, models, runtime, tensors
 
 
 @dataclass
@@ -43,23 +36,6 @@ class FitResult:
     history: list[dict] = field(default_factory=list)  # one row per epoch run
     best_epoch: int = 0  # 1-based; the epoch whose weights `model` holds
     config: dict = field(default_factory=dict)  # enough to rebuild the model (see load_model)
-
-
-def to_tensor(x: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> uint8 NCHW tensor (converted to float per batch, to keep memory low)."""
-    if x.dtype != np.uint8 or x.ndim != 4:
-        raise PipelineError(f"expected uint8 images of shape (N, H, W, C), got {x.dtype} {x.shape}")
-    x = np.ascontiguousarray(x) if x.flags.writeable else x.copy()  # torch wants writable memory
-    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-
-
-def to_float(x: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC -> float NCHW tensor in [0, 1] (a permuted view's strides, as the kernels always had)."""
-    return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def _float(x8: torch.Tensor) -> torch.Tensor:
-    return x8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
 def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
@@ -94,72 +70,6 @@ def schedule(cfg: Train, n: int) -> Train:
     )
 
 
-def splitmix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser over a uint64 array: a counter-based draw, vectorised (numpy's
-    Generators are seeded one at a time, which cost 0.65 s an epoch on 37k images)."""
-    z = z + np.uint64(0x9E3779B97F4A7C15)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def sample_draws(seed: int, tag: str):
-    """(sample ids, epoch) -> one uint64 draw per sample: a key per sample (SHA-256 of seed, tag
-    and id, once) mixed with the epoch by `splitmix64`. Vectorised per-sample randomness for the
-    online transforms (numpy's Generators are seeded one at a time)."""
-    keys: dict[str, int] = {}
-
-    def draw(sample_ids, epoch: int) -> np.ndarray:
-        for s in sample_ids:
-            if s not in keys:
-                keys[s] = dataset.sample_seed(seed, f"{tag}:{s}")
-        z = np.array([keys[s] for s in sample_ids], np.uint64)
-        return splitmix64(z ^ splitmix64(np.full(len(z), epoch, np.uint64)))
-
-    return draw
-
-
-def random_shift(fraction: float, seed: int):
-    """An online transform (oof's fold models, pseudo's students): each image moved by up to
-    `fraction` of its side (at least 1 px) each way, zero-filled, drawn per (seed, sample, epoch)
-    by `sample_draws`. None when off."""
-    if fraction <= 0:
-        return None
-    draws = sample_draws(seed, "shift")
-
-    def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:
-        n, h, w = x.shape[:3]
-        m = max(1, round(fraction * min(h, w)))
-        z = draws(sample_ids, epoch)
-        span = np.uint64(2 * m + 1)  # the modulo's bias is below 2**-29 at these spans
-        dy, dx = ((z & np.uint64(0xFFFFFFFF)) % span).astype(np.int64), ((z >> np.uint64(32)) % span).astype(np.int64)
-        pad = np.pad(x, ((0, 0), (m, m), (m, m), (0, 0)))
-        rows, cols = dy[:, None] + np.arange(h), dx[:, None] + np.arange(w)
-        return pad[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-    return transform
-
-
-def curriculum_order(
-    difficulty: np.ndarray, cfg: Train, epoch: int, n_draw: int, g: torch.Generator, odds: torch.Tensor | None
-) -> torch.Tensor:
-    """The samples epoch `epoch` trains on under `cfg.curriculum`: `n_draw` draws from the easiest
-    (easy_to_hard; hardest for hard_to_easy) share of the set that a linear pacing function
-    allows (Hacohen & Weinshall 2019): `curriculum_start` at epoch 1, all of it from
-    `curriculum_full` x epochs on. Each epoch keeps its number of steps, cycling through the
-    share; with `odds` (the hardness sampler) the draws within it follow them."""
-    n = len(difficulty)
-    full = max(1.0, cfg.curriculum_full * cfg.epochs)
-    share = min(1.0, cfg.curriculum_start + (1.0 - cfg.curriculum_start) * (epoch - 1) / full)
-    key = difficulty if cfg.curriculum == "easy_to_hard" else -difficulty
-    ranked = torch.from_numpy(np.lexsort((np.arange(n), key)))  # ties by position: reproducible
-    allowed = ranked[: max(1, math.ceil(share * n))]
-    if odds is not None:
-        return allowed[torch.multinomial(odds[allowed], n_draw, replacement=True, generator=g)]
-    reps = -(-n_draw // len(allowed))
-    return torch.cat([allowed[torch.randperm(len(allowed), generator=g)] for _ in range(reps)])[:n_draw]
-
-
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total` (step is 0-based)."""
     if step < warmup:
@@ -178,35 +88,6 @@ def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
-def threads(cfg: Train) -> int:
-    """The torch threads `cfg.threads` means: 0 is every core this process may use, shared with the
-    other training processes on this node under DDP (`LOCAL_WORLD_SIZE`, set by torch's launcher)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cfg.threads or max(1, (cores or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of this process: (0, 1) unless torch.distributed is initialised (DDP)."""
-    import torch.distributed as dist
-
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
-
-
-def set_threads(cfg: Train) -> None:
-    torch.set_num_threads(threads(cfg))
-
-
-@contextlib.contextmanager
-def deterministic():
-    """torch.use_deterministic_algorithms for the block (warn-only where an op has none)."""
-    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=was_warn)
-
-
 def new_model(x_train: np.ndarray, cfg: Train, num_classes: int, generator: torch.Generator) -> nn.Module:
     """A fresh `cfg.model` normalising with `x_train`'s channel statistics."""
     if len(x_train) == 0:
@@ -216,43 +97,16 @@ def new_model(x_train: np.ndarray, cfg: Train, num_classes: int, generator: torc
     return model.to(memory_format=torch.channels_last)
 
 
-def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes: int, seed: int) -> dict:
-    return {
-        "format_version": FORMAT_VERSION,
-        "model": cfg.model,
-        "in_channels": int(x_train.shape[-1]),
-        "num_classes": num_classes,
-        "width": cfg.width,
-        "image_size": list(x_train.shape[1:3]),
-        "mean": model.normalize.mean.flatten().tolist(),
-        "std": model.normalize.std.flatten().tolist(),
-        "seed": seed,
-        "threads": threads(cfg),
-        "train": cfg.model_dump(),
-    }
-
-
-# Inference batches hold about this many pixels per channel: small enough that a batch's
-# activations stay in cache: on the 2-core dev machine, the 28x28 small CNN inferred 1.6x faster
-# in batches of 128 than of 512 (docs/train.md). 8x8 digits get 1024, 64x64 images 32.
-INFERENCE_PIXELS = 100_000
-
-
-def inference_batch(shape: tuple[int, ...]) -> int:
-    """The inference batch size for images of `shape` (H, W, ...): a power of 2 in [16, 1024]."""
-    return int(np.clip(2 ** round(math.log2(INFERENCE_PIXELS / max(1, shape[0] * shape[1]))), 16, 1024))
-
-
 def val_losses(
     model: nn.Module, x8: torch.Tensor, y: torch.Tensor, batch_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-image cross-entropy without smoothing, per-image correct) in eval mode."""
     model.eval()
     losses, correct = [], []
-    batch_size = batch_size or inference_batch(x8.shape[2:])
+    batch_size = batch_size or inference.inference_batch(x8.shape[2:])
     with torch.inference_mode():
         for i in range(0, len(x8), batch_size):
-            logits = model(_float(x8[i : i + batch_size]))
+            logits = model(tensors.to_unit(x8[i : i + batch_size]))
             yb = y[i : i + batch_size]
             losses.append(F.cross_entropy(logits, yb, reduction="none"))
             correct.append(logits.argmax(1) == yb)
@@ -277,30 +131,6 @@ def within_noise(losses: torch.Tensor, best: torch.Tensor) -> bool:
     d = losses - best
     se = float(d.std()) / math.sqrt(len(d)) if len(d) > 1 else 0.0
     return float(d.mean()) <= se
-
-
-def one_hot(y: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """Soft targets: 1 - smoothing on the class, smoothing spread evenly over all classes."""
-    out = torch.full((len(y), num_classes), smoothing / num_classes)
-    out.scatter_(1, y.long().view(-1, 1), 1.0 - smoothing + smoothing / num_classes)
-    return out
-
-
-def soft_targets(y: np.ndarray, probs: np.ndarray, k: int, share: float, smoothing: float) -> np.ndarray:
-    """(N, K) float32 targets: (1 - share) x the smoothed one-hot label + share x a teacher's
-    probabilities `probs` (N, K); the one-hot label alone in rows of `probs` that hold a NaN (no
-    teacher prediction there)."""
-    hard = np.full((len(y), k), smoothing / k)
-    hard[np.arange(len(y)), np.asarray(y, np.int64)] += 1.0 - smoothing
-    probs = np.asarray(probs, np.float64).reshape(len(y), k)
-    teacher = np.where(np.isnan(probs).any(1, keepdims=True), hard, probs)
-    return ((1.0 - share) * hard + share * teacher).astype(np.float32)
-
-
-def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-sample -sum(target * log_softmax(logits)): `F.cross_entropy(reduction="none")` for
-    soft targets (weight and average it as the hard-label loss is)."""
-    return -(target * torch.log_softmax(logits, dim=1)).sum(dim=1)
 
 
 class BatchStep:
@@ -345,8 +175,8 @@ class BatchStep:
         xb8 = x8[idx]
         if self.online is not None:
             ids = [self.sample_ids[i] for i in idx.tolist()]
-            xb8 = to_tensor(self.online(self.x_train[idx.numpy()], ids, epoch))
-        xb, yb = _float(xb8), y[idx]
+            xb8 = tensors.to_tensor(self.online(self.x_train[idx.numpy()], ids, epoch))
+        xb, yb = tensors.to_unit(xb8), y[idx]
         if self.adv is not None:
             xb = self._adversarial(model, xb, yb, g)
         if self.mix is None and self.soft is None:
@@ -356,11 +186,11 @@ class BatchStep:
                 p_t = torch.softmax(logits, 1).gather(1, yb[:, None])[:, 0]
                 loss = (1 - p_t).pow(self.cfg.focal_gamma) * loss
             return logits, loss
-        soft = one_hot(yb, self.num_classes, self.cfg.label_smoothing) if self.soft is None else self.soft[idx]
+        soft = losses.one_hot(yb, self.num_classes, self.cfg.label_smoothing) if self.soft is None else self.soft[idx]
         if self.mix is not None:
             xb, soft = self.mix(xb, soft, g)
         logits = model(xb.contiguous(memory_format=torch.channels_last))
-        loss = soft_cross_entropy(logits, soft)
+        loss = losses.soft_cross_entropy(logits, soft)
         if self.cfg.focal_gamma > 0:  # p_t of a soft target: the probability mass it agrees with
             loss = (1 - (torch.softmax(logits, 1) * soft).sum(1)).pow(self.cfg.focal_gamma) * loss
         return logits, loss
@@ -402,7 +232,7 @@ def train_epoch(
     every world-th sample from r), so the global batch is the same as with one process.
     Returns the mean (unweighted, smoothed) training loss and the training accuracy.
     """
-    rank, size = world()
+    rank, size = runtime.world()
     model.train()
     loss_sum, correct = 0.0, 0
     for i, lr in enumerate(lrs):
@@ -477,10 +307,10 @@ def fit(
         raise PipelineError(f"expected labels in [0, {num_classes}), got {y_train.min()}..{y_train.max()}")
     if cfg.curriculum != "none" and (difficulty is None or len(difficulty) != len(y_train)):
         raise PipelineError(f"train.curriculum {cfg.curriculum}: expected a difficulty per training sample")
-    set_threads(cfg)
+    runtime.set_threads(cfg)
     g = torch.Generator().manual_seed(seed)
     model = new_model(x_train, cfg, num_classes, g)
-    config = model_config(model, x_train, cfg, num_classes, seed)
+    config = checkpoints.model_config(model, x_train, cfg, num_classes, seed)
     weight = np.ones(len(y_train)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if cfg.class_weights:
         weight = weight * class_weights(y_train, num_classes)[y_train]
@@ -490,8 +320,8 @@ def fit(
     odds = None
     if cfg.sampler == "hardness":
         odds, weight_t = weight_t, torch.ones(len(weight_t))
-    x8, y = to_tensor(x_train), torch.tensor(y_train)
-    xv8, yv = (to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
+    x8, y = tensors.to_tensor(x_train), torch.tensor(y_train)
+    xv8, yv = (tensors.to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
     opt = make_optimizer(model, cfg)
     if soft_targets is not None and np.shape(soft_targets) != (len(y_train), num_classes):
         raise PipelineError(
@@ -502,7 +332,7 @@ def fit(
         sample_ids = sample_ids if sample_ids is not None else [f"#{i}" for i in range(len(y_train))]
     step = BatchStep(cfg, num_classes, seed, x_train, sample_ids, online, mix, soft_targets)
     bs = min(cfg.batch_size, len(y))
-    _, size = world()
+    _, size = runtime.world()
     if size > 1 and bs % size:  # unequal shares would draw different random numbers per process
         raise PipelineError(f"train.batch_size {bs} must be a multiple of train.nproc {size} (each takes a share)")
     if size > 1 and unlabeled is not None:
@@ -515,13 +345,13 @@ def fit(
     best, kept = None, (0, None)  # the lowest-mean epoch's per-image val losses; (epoch, state) restored
     bad_epochs = 0
     bar = progress(range(1, cfg.epochs + 1), desc=desc, unit="epoch")
-    with deterministic():
+    with runtime.deterministic():
         for epoch in bar:
             t0 = time.perf_counter()
             first = (epoch - 1) * steps_per_epoch
             lrs = [lr_at(s, total, warmup, cfg.lr) for s in range(first, first + steps_per_epoch)]
             if cfg.curriculum != "none":
-                order = curriculum_order(difficulty, cfg, epoch, steps_per_epoch * bs, g, odds)
+                order = draws.curriculum_order(difficulty, cfg, epoch, steps_per_epoch * bs, g, odds)
             elif odds is None:
                 order = torch.randperm(len(y), generator=g)[: steps_per_epoch * bs]
             else:
@@ -591,79 +421,3 @@ def _log_epoch(desc: str, row: dict, epochs: int, seconds: float) -> None:
         val,
         seconds,
     )
-
-
-def _batches(model: nn.Module, x: np.ndarray, batch_size: int | None, fn) -> list[torch.Tensor]:
-    x8 = to_tensor(x)
-    model.eval()
-    batch_size = batch_size or inference_batch(x.shape[1:3])
-    with torch.inference_mode():
-        return [fn(_float(x8[i : i + batch_size])) for i in range(0, len(x8), batch_size)]
-
-
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Class probabilities (N, K) float32 for uint8 NHWC pixels."""
-    out = _batches(model, x, batch_size, lambda xb: torch.softmax(model(xb), dim=1))
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.num_classes), np.float32)
-
-
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Logits (N, K) float32 for uint8 NHWC pixels (for temperature scaling)."""
-    out = _batches(model, x, batch_size, model)
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.num_classes), np.float32)
-
-
-def predict_embed(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(`predict_proba`, `embed`) of uint8 NHWC pixels from one forward pass."""
-
-    def both(xb: torch.Tensor) -> torch.Tensor:
-        e = model.features(xb)
-        return torch.cat([torch.softmax(model.head(e), dim=1), e], dim=1)
-
-    out = _batches(model, x, batch_size, both)
-    if not out:
-        return np.zeros((0, model.num_classes), np.float32), np.zeros((0, model.embed_dim), np.float32)
-    joined = torch.cat(out).numpy().astype(np.float32)
-    return np.ascontiguousarray(joined[:, : model.num_classes]), np.ascontiguousarray(joined[:, model.num_classes :])
-
-
-def embed(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
-    """Penultimate embeddings (N, D) float32 (`model.features`) for uint8 NHWC pixels."""
-    out = _batches(model, x, batch_size, model.features)
-    return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, model.embed_dim), np.float32)
-
-
-def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[str]) -> None:
-    """Atomically write {state_dict, config, classes}; the same model gives the same bytes."""
-    path = Path(path)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    buf = io.BytesIO()  # a buffer, not the path: the archive's inner names stay path-independent
-    torch.save(
-        {"format_version": FORMAT_VERSION, "state_dict": state, "config": dict(config), "classes": list(classes)}, buf
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-
-
-def fold_models(oof_dir: str | Path) -> list[nn.Module]:
-    """The oof stage's fold models (eval mode), in fold order."""
-    from pipeline.core import artifacts
-
-    return [load_model(f)[0] for f in artifacts.fold_model_files(oof_dir)]
-
-
-def load_model(path: str | Path) -> tuple[nn.Module, dict, list[str]]:
-    """(model in eval mode, config, classes) from a `save_model` file; tensors and plain data only."""
-    path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: no such model file (has the train stage run?)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
-        raise PipelineError(f"{path}: not a pipeline model file of format version {FORMAT_VERSION}")
-    config = blob["config"]
-    model = models.build_model(config["model"], config["in_channels"], config["num_classes"], config["width"])
-    model.load_state_dict(blob["state_dict"])
-    model.eval()
-    return model.to(memory_format=torch.channels_last), config, list(blob["classes"])

@@ -28,7 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.core.errors import PipelineError
-from pipeline.learn.fit import random_shift, sample_draws, to_float
+from pipeline.learn.draws import random_shift, sample_draws
+from pipeline.learn.tensors import to_float
 
 # (uint8 NHWC images, their sample ids, epoch) -> uint8 NHWC images, as fit's online transforms
 View = Callable[[np.ndarray, list, int], np.ndarray]
@@ -37,7 +38,7 @@ View = Callable[[np.ndarray, list, int], np.ndarray]
 def random_cutout(fraction: float, seed: int, fill: int = 127) -> View:
     """Cutout (DeVries & Taylor 2017) as FixMatch's strong augmentation ends: a square of side up
     to `fraction` of the image's shorter side, at a random centre (it may hang over an edge),
-    filled with grey; drawn per (seed, sample, epoch) like `fit.random_shift`, vectorised."""
+    filled with grey; drawn per (seed, sample, epoch) like `draws.random_shift`, vectorised."""
     draws = sample_draws(seed, "cutout")
 
     def transform(x: np.ndarray, sample_ids, epoch: int) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core.console import progress
 from pipeline.learn import attacks
-from pipeline.learn.fit import to_float
+from pipeline.learn.tensors import to_float
 
 
 def robust_accuracy(

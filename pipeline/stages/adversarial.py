@@ -55,14 +55,14 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
     import torch
 
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints, fit
 
     cfg = params.adversarial
     if cfg.source_model != "own":
         path = Path(cfg.source_model)
         if not path.exists():
             raise PipelineError(f"adversarial.source_model: {path}: no such model file")
-        model, config, model_classes = fit.load_model(path)
+        model, config, model_classes = checkpoints.load_model(path)
         if model_classes != classes:
             raise PipelineError(f"adversarial.source_model: {path} was trained on other classes")
         return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -115,9 +115,9 @@ def generate(
 
     import torch
 
-    from pipeline.learn import attacks, fit
+    from pipeline.learn import attacks, tensors
 
-    x = fit.to_float(pixels)
+    x = tensors.to_float(pixels)
     y = torch.from_numpy(np.array(labels, dtype=np.int64))
     if cfg.targeted:  # a random other class per sample, drawn apart from the attack
         g = torch.Generator().manual_seed(seed)
@@ -149,14 +149,16 @@ def run(
     if len(chosen) == 0:
         metrics.update(kept=0, flip_rate=0.0)
         return pd.DataFrame(columns=COLUMNS), metrics
-    from pipeline.learn import fit
+    from pipeline.learn import runtime
 
-    fit.set_threads(params.train)
+    runtime.set_threads(params.train)
     model, model_id = source_model(params, split_df, classes)
     clean = dataset.load_pixels(chosen)
     labels = chosen["label_id"].to_numpy()
     executor = params.base.executor
-    adv, pred = generate(model, clean, labels, cfg, params.base.seed, len(classes), executor, fit.threads(params.train))
+    adv, pred = generate(
+        model, clean, labels, cfg, params.base.seed, len(classes), executor, runtime.threads(params.train)
+    )
     flipped = pred != labels
     keep = flipped if cfg.keep == "successful" else np.ones(len(adv), bool)
     writer = dataset.ShardWriter(out / "images", final_dir / "images")

@@ -226,23 +226,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints, inference, runtime
 
     split_df, classes = schema.read(args.split, "samples")
     test = split_df[split_df["split"] == "test"]
     if len(test) == 0:
         raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
-    fit.set_threads(params.train)  # the same torch threads as training (train.threads)
-    model, _, model_classes = fit.load_model(args.model)
+    runtime.set_threads(params.train)  # the same torch threads as training (train.threads)
+    model, _, model_classes = checkpoints.load_model(args.model)
     if model_classes != classes:
         raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")
     y = test["label_id"].to_numpy(np.int64)
     batch, bins = params.evaluate.batch_size, params.evaluate.ece_bins
-    logits = fit.predict_logits(model, dataset.load_pixels(test), batch)
+    logits = inference.predict_logits(model, dataset.load_pixels(test), batch)
     proba = softmax(logits).astype(np.float32)
     metrics = score(proba, y, classes, bins)
     val = split_df[split_df["split"] == "val"]
-    t = fit_temperature(fit.predict_logits(model, dataset.load_pixels(val), batch), val["label_id"].to_numpy(np.int64))
+    t = fit_temperature(
+        inference.predict_logits(model, dataset.load_pixels(val), batch), val["label_id"].to_numpy(np.int64)
+    )
     scaled = softmax(logits, t or 1.0)
     nll = -np.log(np.clip(scaled[np.arange(len(y)), y], 1e-12, None))
     metrics["temperature"] = {

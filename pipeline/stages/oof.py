@@ -17,7 +17,7 @@ held-out fold would let it leak into its own predictions). Writes, under `<out>/
   penultimate features of every fold model side by side, so all samples share one space;
 - `dynamics.parquet`: `sample_id`, `fold`, `epoch`, `p_given` (the probability of the given
   label after each epoch, for every sample a fold model trains on);
-- `models/fold{k}.pt`: the fold models (`fit.save_model` files; `fold_models` loads them), real-data
+- `models/fold{k}.pt`: the fold models (`checkpoints.save_model` files; `fold_models` loads them), real-data
   classifiers for later stages (policy search, the synthetic-data gate) at no extra training.
 """
 
@@ -108,13 +108,13 @@ INFER_ROWS = 8192  # rows per inference job, rounded to whole inference batches
 def _infer(shared: tuple, job: tuple) -> tuple:
     """One inference job of a fold model: (probabilities, embeddings) of `rows`, or with a
     `shift` (axis, pixels) the probabilities of those rows moved by it."""
-    from pipeline.learn import fit
+    from pipeline.learn import inference
 
     model, x = shared
     rows, shift = job
     if shift is None:
-        return fit.predict_embed(model, x[rows])
-    return fit.predict_proba(model, np.roll(x[rows], shift[1], axis=shift[0])), None
+        return inference.predict_embed(model, x[rows])
+    return inference.predict_proba(model, np.roll(x[rows], shift[1], axis=shift[0])), None
 
 
 def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: str, threads: int) -> tuple:
@@ -131,9 +131,9 @@ def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: s
     import torch
 
     from pipeline.core.executor import ordered_map
-    from pipeline.learn import fit
+    from pipeline.learn import inference
 
-    batch = fit.inference_batch(x.shape[1:3])
+    batch = inference.inference_batch(x.shape[1:3])
     step = max(1, INFER_ROWS // batch) * batch
 
     def cut(rows: np.ndarray, shift) -> list[tuple]:
@@ -180,7 +180,7 @@ def run(
     each fold's FitResult is appended to `models` when given. The fold models train on the
     labels after the human `patches` (so an active-learning round's answers teach the next
     round's models); the manifest written keeps the split's labels, which clean patches."""
-    from pipeline.learn import fit
+    from pipeline.learn import draws, fit, inference, runtime
 
     df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
     human = with_human_labels(df, patches, classes) if patches is not None and len(patches) else df
@@ -194,7 +194,7 @@ def run(
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
     embeddings, dynamics = [], []
-    executor, threads = params.base.executor, fit.threads(cfg)
+    executor, threads = params.base.executor, runtime.threads(cfg)
     for f in range(params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
 
@@ -203,7 +203,7 @@ def run(
             last epoch's come from the pass over every row after training (`p` given)."""
             if epoch <= after or epoch % every and epoch != cfg.epochs or epoch == cfg.epochs and p is None:
                 return
-            p = fit.predict_proba(model, x[fit_idx]) if p is None else p
+            p = inference.predict_proba(model, x[fit_idx]) if p is None else p
             dynamics.append(
                 pd.DataFrame(
                     {
@@ -225,7 +225,7 @@ def run(
             params.base.seed + f,
             desc=f"oof fold {f + 1}/{params.oof.folds}",
             on_epoch_end=record,
-            online=fit.random_shift(params.oof.shift, params.base.seed + f),
+            online=draws.random_shift(params.oof.shift, params.base.seed + f),
             sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
         )
         if models is not None:
@@ -281,7 +281,7 @@ add_arguments = STAGE.add_arguments
 def main(params: Params, args: argparse.Namespace) -> None:
     from pipeline.core import patches as label_patches
     from pipeline.core.executor import session
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints
 
     split_df, classes = schema.read(args.split, "samples")
     results, patches = [], label_patches.read_patches(args.labels, classes)
@@ -293,7 +293,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         np.save(tmp / artifacts.OOF_EMBEDDINGS, emb)
         dyn.to_parquet(tmp / artifacts.OOF_DYNAMICS, index=False)
         for f, result in enumerate(results):
-            fit.save_model(tmp / artifacts.OOF_MODELS / f"fold{f}.pt", result.model, result.config, classes)
+            checkpoints.save_model(tmp / artifacts.OOF_MODELS / f"fold{f}.pt", result.model, result.config, classes)
     dataset.write_json(args.metrics, metrics)
     log.info(
         "oof: %d folds, out-of-fold accuracy %.4f on %d samples",

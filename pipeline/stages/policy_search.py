@@ -92,9 +92,9 @@ def held_out(df: pd.DataFrame, fold: int, max_samples: int, seed: int) -> np.nda
 
 def losses(model, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(per-image cross-entropy, per-image correct) of uint8 NHWC images under `model`."""
-    from pipeline.learn import fit
+    from pipeline.learn import inference
 
-    p = fit.predict_proba(model, x).astype(np.float64)
+    p = inference.predict_proba(model, x).astype(np.float64)
     return -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0)), p.argmax(1) == y
 
 
@@ -193,7 +193,7 @@ IDENTITY = pol.AutoAugment(
 
 def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment, dict]:
     """(learned policy, metrics) from the oof manifest and its fold models."""
-    from pipeline.learn import fit
+    from pipeline.learn import runtime
 
     cfg = params.policy_search
     folds = sorted(int(f) for f in np.unique(df["fold"]) if f >= 0)
@@ -201,7 +201,7 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
         raise PipelineError(
             f"expected one fold model per fold of the oof manifest ({len(folds)}), got {len(models)}; re-run oof"
         )
-    fit.set_threads(params.train)
+    runtime.set_threads(params.train)
     seed = params.base.seed + cfg.seed
     labels = df["label_id"].to_numpy(np.int64)
     kept, clean, feasible, held, idle = [], [], [], [], []
@@ -253,13 +253,13 @@ add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints
 
     if not params.policy_search.enabled:
         policy, metrics = IDENTITY, {"enabled": False, "sub_policies": 1}
     else:
         df, _ = dataset.read_manifest(args.oof)
-        policy, metrics = run(params, df, fit.fold_models(args.oof))
+        policy, metrics = run(params, df, checkpoints.fold_models(args.oof))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pol.save(policy, args.out)
     dataset.write_json(args.metrics, metrics)

@@ -255,7 +255,7 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarra
     val, pseudo-labeled row indices; `teacher`: the probabilities behind their targets, for
     `train.soft_labels`); (its pool probabilities, its val probabilities, a report)."""
     from pipeline.augment import mixing
-    from pipeline.learn import fit
+    from pipeline.learn import draws, fit, inference, losses
 
     cfg = params.pseudo
     labeled, val, pseudo = rows
@@ -275,14 +275,14 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarra
         seed,
         sample_weight=weight if weight.sum() > 0 else None,
         desc=f"pseudo student {r - 1}",
-        online=fit.random_shift(cfg.shift, seed),
+        online=draws.random_shift(cfg.shift, seed),
         sample_ids=ids[idx].tolist(),
         mix=mixing.make_batch_transform(train_cfg, seed),
-        soft_targets=fit.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing) if share > 0 else None,
+        soft_targets=losses.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing) if share > 0 else None,
     )
     best = result.history[result.best_epoch - 1]
     info = {"n_train": len(idx), "best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"]}
-    return fit.predict_proba(result.model, x[pool]), fit.predict_proba(result.model, x[val]), info
+    return inference.predict_proba(result.model, x[pool]), inference.predict_proba(result.model, x[val]), info
 
 
 def _rows(parents: pd.DataFrame, label_id: np.ndarray, conf: np.ndarray, rnd: int, cfg: Pseudo, classes: list[str]):

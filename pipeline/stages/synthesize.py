@@ -66,12 +66,12 @@ def counts(train_labels: np.ndarray, num_classes: int, per_class: int, balance: 
 
 def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
     """(fold models, gate.Reference, real train rows): real features come from oof's embeddings."""
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints
     from pipeline.synthesize import gate
 
     if not (oof_dir / artifacts.OOF_MODELS).is_dir():
         raise PipelineError(f"{oof_dir / artifacts.OOF_MODELS}: no fold models (re-run the oof stage)")
-    judges = fit.fold_models(oof_dir)
+    judges = checkpoints.fold_models(oof_dir)
     oof_df, _, emb, _ = artifacts.read_oof(oof_dir)
     row_of = pd.Series(np.arange(len(oof_df)), index=oof_df["sample_id"].to_numpy())
     missing = ~clean_df["sample_id"].isin(row_of.index)
@@ -110,12 +110,12 @@ def tstr(
     x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Train, num_classes: int, seed: int
 ) -> float | None:
     """Accuracy on real (x_test, y_test) of a classifier trained only on synthetic (x, y)."""
-    from pipeline.learn import fit
+    from pipeline.learn import fit, inference
 
     if len(x) < 2 or len(x_test) == 0:
         return None
     model = fit.fit(x, y, x[:0], y[:0], cfg, num_classes, seed, desc="synthesize tstr").model
-    return round(float((fit.predict_proba(model, x_test).argmax(1) == y_test).mean()), 6)
+    return round(float((inference.predict_proba(model, x_test).argmax(1) == y_test).mean()), 6)
 
 
 def draw(
@@ -240,10 +240,10 @@ def run(
     metrics = {"enabled": cfg.enabled}
     if not cfg.enabled:
         return pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=REJECTED_COLUMNS), metrics
-    from pipeline.learn import fit
+    from pipeline.learn import runtime
     from pipeline.synthesize import generators
 
-    fit.set_threads(params.train)
+    runtime.set_threads(params.train)
     judges, ref, train = judges_and_reference(clean_df, oof_dir)
     if gen is None:
         gen = generators.build(

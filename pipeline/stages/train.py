@@ -1,6 +1,6 @@
 """train: fit the model on the assembled training set, early-stopping on the val split.
 
-Writes the model file (state_dict + config + classes, see `fit.save_model`),
+Writes the model file (state_dict + config + classes, see `checkpoints.save_model`),
 `metrics/train.json` (best_epoch, epochs_run, val_accuracy, val_loss, n_train, n_val,
 parameters; wall time is logged, not written, so outputs stay byte-identical) and
 `plots/train/curves.csv` (one row per epoch).
@@ -33,7 +33,7 @@ def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float,
     sample, looked up by its own id (real samples: out-of-fold, so not memorised) or its parent's
     (augmented, adversarial and pseudo-labeled copies); the one-hot label alone where there is none
     (synthetic samples)."""
-    from pipeline.learn import fit
+    from pipeline.learn import losses
 
     own = train_df["sample_id"].map(probs)
     key = own.where(own.notna(), train_df["parent_id"].map(probs)) if "parent_id" in train_df else own
@@ -41,7 +41,7 @@ def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float,
     teacher = np.full((len(train_df), k), np.nan)
     if found.any():
         teacher[found] = np.stack(key[found].to_numpy())
-    return fit.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
+    return losses.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
 
 
 def run(
@@ -57,7 +57,7 @@ def run(
     ensemble's probabilities by sample id (for `train.soft_labels`); `unlabeled`: the pool, a
     `fixmatch.Unlabeled` (train.unlabeled)."""
     from pipeline.augment import mixing
-    from pipeline.learn import fit, models
+    from pipeline.learn import fit, models, runtime
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
     cfg = fit.schedule(params.train, len(train_df))
@@ -91,9 +91,9 @@ def run(
         "n_train": len(train_df),
         "n_val": len(val_df),
         "parameters": models.count_parameters(result.model),
-        "threads": fit.threads(cfg),
+        "threads": runtime.threads(cfg),
         "seed": seed(params),
-        "world_size": fit.world()[1],
+        "world_size": runtime.world()[1],
     }
     if unlabeled is not None:  # FixMatch: the pool and the last epoch's figures
         last = result.history[-1]
@@ -215,7 +215,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
 
 def _main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.learn import fit
+    from pipeline.learn import checkpoints, runtime
 
     train_df, classes = schema.read(args.assemble, "training set")
     split_df, split_classes = schema.read(args.split, "samples")
@@ -237,9 +237,9 @@ def _main(params: Params, args: argparse.Namespace) -> None:
             int((train_df["origin"] == "pseudo").sum()),
         )
     result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs, unlabeled)
-    if fit.world()[0] != 0:
+    if runtime.world()[0] != 0:
         return  # every DDP process holds the same model: process 0 writes it
-    fit.save_model(args.model, result.model, result.config, classes)
+    checkpoints.save_model(args.model, result.model, result.config, classes)
     dataset.write_csv(Path(args.plots) / "curves.csv", pd.DataFrame(result.history))
     dataset.write_json(args.metrics, metrics)
     log.info(

@@ -34,20 +34,20 @@ BLOCK = 2**22  # distances per block (float64: 32 MB), so memory stays flat on 5
 
 def features(models: list, x: np.ndarray) -> np.ndarray:
     """(N, folds * D) float32: each judge's L2-normalised embedding, side by side (as oof's)."""
-    from pipeline.learn import fit
+    from pipeline.learn import inference
 
     out = []
     for m in models:
-        e = fit.embed(m, x)
+        e = inference.embed(m, x)
         out.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
     return np.concatenate(out, axis=1).astype(np.float32)
 
 
 def judge_probs(models: list, x: np.ndarray) -> np.ndarray:
     """(N, K) float32: the judges' mean softmax."""
-    from pipeline.learn import fit
+    from pipeline.learn import inference
 
-    return np.mean([fit.predict_proba(m, x) for m in models], axis=0).astype(np.float32)
+    return np.mean([inference.predict_proba(m, x) for m in models], axis=0).astype(np.float32)
 
 
 def _dist_blocks(query: np.ndarray, ref: np.ndarray):

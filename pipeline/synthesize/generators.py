@@ -9,7 +9,7 @@
 
 Both work on any square size divisible by 4 (8x8 digits, 28x28 Fashion-MNIST) and 1 or 3
 channels. Training is deterministic given the seed: every draw happens inside a forked
-global RNG seeded from it, under `fit.deterministic()`, on `train.threads` threads.
+global RNG seeded from it, under `runtime.deterministic()`, on `train.threads` threads.
 Sampling draws nothing: the stage draws each sample's latent code from its own seed, so a
 sample does not depend on the others or on the batch it was decoded in.
 """
@@ -66,7 +66,8 @@ class Generator:
         """Train on uint8 NHWC images and their label ids; one history row per epoch."""
         if len(x) < 2:
             raise PipelineError(f"synthesize.{self.name}: expected at least 2 training images, got {len(x)}")
-        from pipeline.learn.fit import deterministic, to_float
+        from pipeline.learn.runtime import deterministic
+        from pipeline.learn.tensors import to_float
 
         data = to_float(x)
         labels = torch.from_numpy(np.array(y, np.int64))
@@ -280,7 +281,7 @@ class VAE(Generator):
 
     def encode(self, x: np.ndarray, y: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Posterior means of uint8 NHWC images."""
-        from pipeline.learn.fit import to_float
+        from pipeline.learn.tensors import to_float
 
         enc, out = self.networks["encoder"].eval(), []
         with torch.no_grad():
