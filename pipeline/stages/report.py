@@ -15,11 +15,8 @@ agreement, samples by origin, the derived share, the pool and its pseudo-labels.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +27,7 @@ from pipeline.core import catalog, dataset, patches, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
-from pipeline.render import gallery
+from pipeline.render import page
 
 # the stages that write a plots/ folder of pictures (their wiring's `plots`) the report shows
 PLOT_FOLDERS = {"split", "clean", "mine", "augment", "adversarial", "synthesize", "train", "evaluate"}
@@ -106,70 +103,13 @@ def health(run: Run) -> dict:
 # --- pictures -------------------------------------------------------------------------------
 
 
-def _png(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return _img_tag(buf.getvalue(), "image/png")
-
-
-def _img_tag(data: bytes, mime: str, alt: str = "") -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:{mime};base64,{base64.b64encode(data).decode()}">'
-
-
-def _figure(draw, width: float = 5.0, height: float = 3.2) -> str:
-    """An inline SVG chart: `draw(ax)` on a fresh matplotlib figure; text as paths, so fonts never matter."""
-    import logging
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # not its font-cache notes
-    import matplotlib.pyplot as plt
-
-    with plt.rc_context({"svg.hashsalt": "report", "svg.fonttype": "path", "font.size": 8}):
-        fig, ax = plt.subplots(figsize=(width, height))
-        try:
-            ax.grid(alpha=0.3)
-            draw(ax)
-            fig.tight_layout()
-            buf = io.StringIO()
-            fig.savefig(buf, format="svg", metadata={"Date": None})
-        finally:
-            plt.close(fig)
-    # inline SVG in HTML needs neither namespaces nor matplotlib's RDF metadata: without them the page
-    # names no URL at all
-    svg = re.sub(r"<metadata>.*?</metadata>", "", buf.getvalue()[buf.getvalue().index("<svg") :], flags=re.S)
-    return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", svg)
-
-
-def _bars(labels: list[str], series: dict[str, list[float]], ylabel: str):
-    def draw(ax):
-        x, w = np.arange(len(labels)), 0.8 / max(1, len(series))
-        for i, (name, values) in enumerate(series.items()):
-            ax.bar(x + (i - (len(series) - 1) / 2) * w, values, w, label=name)
-        ax.set_xticks(x, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
-        ax.set_ylabel(ylabel)
-        if len(series) > 1:
-            ax.legend()
-
-    return draw
-
-
-def _thumbs(df: pd.DataFrame, captions: list[str], title: str, limit: int) -> str:
-    """A gallery of manifest rows' pixels with captions."""
-    if not len(df):
-        return _png(gallery.empty(title))
-    df = df.iloc[:limit]
-    return _png(gallery.grid(dataset.load_pixels(df), captions[:limit], cols=8, title=title))
-
-
 def _plot_images(run: Run, name: str | None) -> list[str]:
     folder = run.plots.get(name) if name else None
     if folder is None or not folder.is_dir():
         return []
     caption = "<figcaption>plots/{}/{}</figcaption>"
     return [
-        f"<figure>{_img_tag(p.read_bytes(), 'image/png', p.name)}{caption.format(name, p.name)}</figure>"
+        f"<figure>{page.img_tag(p.read_bytes(), 'image/png', p.name)}{caption.format(name, p.name)}</figure>"
         for p in sorted(folder.glob("*.png"))
     ]
 
@@ -177,38 +117,12 @@ def _plot_images(run: Run, name: str | None) -> list[str]:
 # --- sections -------------------------------------------------------------------------------
 
 
-def _table(rows: list[tuple], header: tuple | None = None) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>" if header else ""
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, (list, dict)):
-        return html.escape(json.dumps(v))
-    return html.escape(str(v))
-
-
-def _flat(d: dict, prefix: str = "") -> list[tuple[str, object]]:
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out += _flat(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
-
-
 def _figures(run: Run, stem: str, keys: list[tuple]) -> str:
     """The key figures of a stage: (label, dotted metric path), those the metrics have."""
     cells = [(label, run.m(stem, path)) for label, path in keys if run.m(stem, path) is not None]
-    return "".join(f'<div class="kpi"><b>{_fmt(v)}</b><span>{html.escape(label)}</span></div>' for label, v in cells)
+    return "".join(
+        f'<div class="kpi"><b>{page.fmt(v)}</b><span>{html.escape(label)}</span></div>' for label, v in cells
+    )
 
 
 def _ingest(run: Run) -> list[str]:
@@ -216,11 +130,11 @@ def _ingest(run: Run) -> list[str]:
     q = pd.read_csv(Path(run.args.ingest) / "quarantine.csv", dtype=str, keep_default_na=False)
     if len(q):
         reasons = q["reason"].value_counts().sort_index()
-        out.append("<h3>Quarantine by reason</h3>" + _table(list(reasons.items()), ("reason", "files")))
+        out.append("<h3>Quarantine by reason</h3>" + page.table(list(reasons.items()), ("reason", "files")))
         shown = q.sort_values(["reason", "path"]).groupby("reason").head(3)
         out.append(
             "<h3>Examples</h3>"
-            + _table([(r.reason, r.path, r.detail) for r in shown.itertuples()], ("reason", "file", "detail"))
+            + page.table([(r.reason, r.path, r.detail) for r in shown.itertuples()], ("reason", "file", "detail"))
         )
     else:
         out.append("<p>Nothing quarantined: every input decoded and passed the checks.</p>")
@@ -233,7 +147,9 @@ def _split(run: Run) -> list[str]:
     if not splits:
         return []
     classes = list(per[splits[0]])
-    chart = _figure(_bars(classes, {s: [per[s].get(c, 0) for c in classes] for s in splits}, "samples"), 6.5, 3.0)
+    chart = page.figure(
+        page.bars(classes, {s: [per[s].get(c, 0) for c in classes] for s in splits}, "samples"), 6.5, 3.0
+    )
     return [f"<h3>Class balance by split</h3>{chart}"]
 
 
@@ -248,12 +164,12 @@ def _clean(run: Run) -> list[str]:
         rows = [(r.sample_id, r.split, r.label, r.suggested_label, r.label_score) for r in issues.head(n).itertuples()]
         out.append(
             f"<h3>Label issues: given vs suggested (the {len(rows)} least likely labels)</h3>"
-            + _table(rows, ("sample", "split", "given", "suggested", "label quality"))
+            + page.table(rows, ("sample", "split", "given", "suggested", "label quality"))
         )
     if "is_outlier_issue" in df:
         outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(["outlier_score", "sample_id"])
         caps = [f"{r.label}\n{r.outlier_score:.3g}" for r in outliers.itertuples()]
-        out.append("<h3>Outliers (lowest outlier score first)</h3>" + _thumbs(outliers, caps, "outliers", n))
+        out.append("<h3>Outliers (lowest outlier score first)</h3>" + page.thumbs(outliers, caps, "outliers", n))
     return out
 
 
@@ -274,7 +190,9 @@ def _pseudo(run: Run) -> list[str]:
         for r in rounds
     ]
     out = [
-        _table(rows, ("round", "teacher", "kept", "coverage", "est. precision (val)", "precision (truth)", "dropped"))
+        page.table(
+            rows, ("round", "teacher", "kept", "coverage", "est. precision (val)", "precision (truth)", "dropped")
+        )
     ]
     df, classes = run.frame("pseudo")
     if len(df):
@@ -284,9 +202,11 @@ def _pseudo(run: Run) -> list[str]:
         step = max(1, len(order) // run.params.report.examples)  # from the most to the least confident
         pick = order[::step][: run.params.report.examples]
         caps = [f"{df['label'].iloc[i]}\n{df['confidence'].iloc[i]:.2f}" for i in pick]
-        out.append("<h3>Pseudo-labels, most to least confident</h3>" + _thumbs(parents.iloc[pick], caps, "", len(pick)))
+        out.append(
+            "<h3>Pseudo-labels, most to least confident</h3>" + page.thumbs(parents.iloc[pick], caps, "", len(pick))
+        )
         per = rounds[-1]["per_class"]
-        out.append(_figure(_bars(classes, {"pseudo-labels": per}, "samples"), 6.5, 2.6))
+        out.append(page.figure(page.bars(classes, {"pseudo-labels": per}, "samples"), 6.5, 2.6))
     return out
 
 
@@ -299,13 +219,15 @@ def _synthesize(run: Run) -> list[str]:
     rejected = run.m("synthesize", "rejected_by_reason") or {}
     verdict = run.m("synthesize", "verdict")
     rows = [("verdict", verdict), ("reason", run.m("synthesize", "verdict_reason") or "–")]
-    return ["<h3>Gate</h3>" + _table(rows + [(f"rejected: {k}", v) for k, v in rejected.items()])]
+    return ["<h3>Gate</h3>" + page.table(rows + [(f"rejected: {k}", v) for k, v in rejected.items()])]
 
 
 def _assemble(run: Run) -> list[str]:
     by = run.m("assemble", "by_origin") or {}
     return (
-        [_figure(_bars(list(by), {"samples": list(by.values())}, "samples in the training set"), 5, 2.6)] if by else []
+        [page.figure(page.bars(list(by), {"samples": list(by.values())}, "samples in the training set"), 5, 2.6)]
+        if by
+        else []
     )
 
 
@@ -331,7 +253,7 @@ def _train(run: Run) -> list[str]:
             twin.legend(loc="center right")
         ax.legend(loc="upper right")
 
-    return [f"<h3>Training curves</h3>{_figure(draw)}"]
+    return [f"<h3>Training curves</h3>{page.figure(draw)}"]
 
 
 def _evaluate(run: Run) -> list[str]:
@@ -355,7 +277,7 @@ def _evaluate(run: Run) -> list[str]:
             ax.set_ylabel("true class")
             ax.grid(False)
 
-        out.append(f"<h3>Confusion matrix (test)</h3>{_figure(draw, 5.0, 4.6)}")
+        out.append(f"<h3>Confusion matrix (test)</h3>{page.figure(draw, 5.0, 4.6)}")
     if (folder / "calibration.csv").is_file():
         t, fitted = run.m("evaluate", "temperature.t"), run.m("evaluate", "temperature.fitted")
         curves = [("calibration.csv", "raw")] + [("calibration_temperature.csv", f"T = {t:g}")] * bool(fitted)
@@ -372,7 +294,7 @@ def _evaluate(run: Run) -> list[str]:
             ax.set_title("temperature fitted on val" if fitted else "no temperature: val has no error to fit on")
             ax.legend(loc="upper left")
 
-        out.append(f"<h3>Calibration (reliability diagram)</h3>{_figure(draw, 4.6, 4.0)}")
+        out.append(f"<h3>Calibration (reliability diagram)</h3>{page.figure(draw, 4.6, 4.0)}")
     if (folder / "robustness.csv").is_file():
         r = pd.read_csv(folder / "robustness.csv")
 
@@ -383,11 +305,11 @@ def _evaluate(run: Run) -> list[str]:
             ax.set_ylabel("test accuracy")
             ax.legend()
 
-        out.append(f"<h3>Robustness vs eps</h3>{_figure(draw)}")
+        out.append(f"<h3>Robustness vs eps</h3>{page.figure(draw)}")
     per = run.m("evaluate", "per_class") or {}
     rows = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in per.items()]
     if rows:
-        out.append("<h3>Per class (test)</h3>" + _table(rows, ("class", "precision", "recall", "F1", "support")))
+        out.append("<h3>Per class (test)</h3>" + page.table(rows, ("class", "precision", "recall", "F1", "support")))
     return out
 
 
@@ -463,7 +385,7 @@ def _section(run: Run, stage: str, stem: str, plots: str | None) -> str:
         body = f'<div class="kpis">{_figures(run, stem, KEY_FIGURES.get(stage, []))}</div>'
         body += "".join(EXTRA[stage](run) if stage in EXTRA else [])
         body += "".join(_plot_images(run, plots))
-    every = _table([(k, v) for k, v in _flat(metrics)], ("metric", "value")) if metrics else "<p>no metrics</p>"
+    every = page.table([(k, v) for k, v in page.flat(metrics)], ("metric", "value")) if metrics else "<p>no metrics</p>"
     body += f"<details><summary>all metrics (metrics/{stem}.json)</summary>{every}</details>"
     return f'<section id="stage-{stage}"><h2>{stage}</h2>{body}</section>'
 
@@ -515,11 +437,11 @@ def _card(run: Run) -> str:
         for name, fig, ok in _checks(run)
     )
     per = run.m("ingest", "per_class") or {}
-    balance = _figure(_bars(list(per), {"kept": list(per.values())}, "images"), 6.5, 2.6) if per else ""
+    balance = page.figure(page.bars(list(per), {"kept": list(per.values())}, "images"), 6.5, 2.6) if per else ""
     return (
         '<section id="data-card"><h2>Data card</h2><div class="cols">'
-        f"<div><h3>Sources</h3>{_table(src)}</div><div><h3>By split</h3>{_table(splits)}</div>"
-        f"<div><h3>Training set by origin</h3>{_table(origin)}</div></div>"
+        f"<div><h3>Sources</h3>{page.table(src)}</div><div><h3>By split</h3>{page.table(splits)}</div>"
+        f"<div><h3>Training set by origin</h3>{page.table(origin)}</div></div>"
         f"<h3>Class balance (kept images)</h3>{balance}"
         f"<h3>Checks</h3><table>{checks}</table></section>"
     )
@@ -564,21 +486,9 @@ def _ablation(run: Run) -> str:
             )
             for r in rows
         ]
-        chart = _figure(_ablation_bars(rows), 6.5, 3.2)
-        body = _table(table, header) + chart + f"<p>{html.escape(data.get('note', ''))}</p>"
+        chart = page.figure(_ablation_bars(rows), 6.5, 3.2)
+        body = page.table(table, header) + chart + f"<p>{html.escape(data.get('note', ''))}</p>"
     return f'<section id="ablation"><h2>Ablation: what each stage bought</h2>{body}</section>'
-
-
-STYLE = """
-body{font:14px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:0 16px 48px;color:#222}
-h1{margin:24px 0 4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:36px}
-nav a{margin-right:10px}table{border-collapse:collapse;margin:6px 0}td,th{border:1px solid #ddd;padding:2px 8px;
-text-align:left}th{background:#f4f4f4}.kpis{display:flex;flex-wrap:wrap;gap:8px}.kpi{border:1px solid #ddd;
-border-radius:6px;padding:6px 12px;min-width:90px}.kpi b{display:block;font-size:18px}.kpi span{color:#666;
-font-size:12px}img{max-width:100%;image-rendering:pixelated}figure{margin:8px 0}figcaption{color:#666;font-size:12px}
-.cols{display:flex;gap:32px;flex-wrap:wrap}tr.ok td:first-child{color:#080}tr.bad td:first-child{color:#c00}
-pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:300px}svg{max-width:100%;height:auto}
-"""
 
 
 def render(run: Run) -> str:
@@ -588,7 +498,7 @@ def render(run: Run) -> str:
     headline = f"test accuracy {acc:.4f}" if acc is not None else "not evaluated"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Pipeline report</title>'
-        f"<style>{STYLE}</style></head><body><h1>Pipeline report</h1><p>{html.escape(headline)}, "
+        f"<style>{page.STYLE}</style></head><body><h1>Pipeline report</h1><p>{html.escape(headline)}, "
         f"{run.m('ingest', 'in')} images from {html.escape(run.params.ingest.source)}</p>"
         f'<nav><a href="#data-card">data card</a> {nav} <a href="#ablation">ablation</a></nav>'
         f"{_card(run)}{''.join(sections)}{_ablation(run)}</body></html>\n"
