@@ -117,7 +117,7 @@ def test_soft_targets_mix_the_ensemble_in_by_own_or_parent_id():
         }
     )
     probs = pd.Series({"a": [0.6, 0.4, 0.0], "b": [0.1, 0.8, 0.1]})
-    t = train.soft_targets(df, probs, 3, share=0.5, smoothing=0.0)
+    t = train.manifest_soft_targets(df, probs, 3, share=0.5, smoothing=0.0)
     assert np.allclose(t.sum(1), 1.0)
     assert np.allclose(t[0], [0.8, 0.2, 0.0]) and np.allclose(t[2], t[0])  # the copy takes its parent's
     assert np.allclose(t[1], [0.05, 0.9, 0.05]) and np.allclose(t[3], [0, 0, 1])  # no probabilities: one-hot

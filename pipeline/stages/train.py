@@ -28,7 +28,9 @@ def seed(params: Params) -> int:
     return params.base.seed + params.train.seed
 
 
-def soft_targets(train_df: pd.DataFrame, probs: pd.Series, k: int, share: float, smoothing: float) -> np.ndarray:
+def manifest_soft_targets(
+    train_df: pd.DataFrame, probs: pd.Series, k: int, share: float, smoothing: float
+) -> np.ndarray:
     """(1 - share) x the smoothed one-hot label + share x the oof ensemble's probabilities of each
     sample, looked up by its own id (real samples: out-of-fold, so not memorised) or its parent's
     (augmented, adversarial and pseudo-labeled copies); the one-hot label alone where there is none
@@ -75,7 +77,7 @@ def run(
         sample_ids=train_df["sample_id"].tolist(),
         mix=mixing.make_batch_transform(cfg, seed(params)),
         difficulty=_difficulty(train_df, cfg),
-        soft_targets=soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
+        soft_targets=manifest_soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
         if cfg.soft_labels > 0
         else None,
         unlabeled=unlabeled,
