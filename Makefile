@@ -2,9 +2,12 @@
 # then the fast tests) and `make test-all` (every test: what CI runs).
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# This machine's pip serves a CPU build of torch 2.13.0 from a local file; installing it
-# before the project keeps pip from pulling a multi-GB CUDA build. Override on a GPU box.
-TORCH  ?= torch==2.13.0
+# torch and torchvision go in first, from TORCH, so pip does not pull another build; the lock
+# leaves them out with the GPU runtime they bring (nvidia-*, cuda-*, triton), which belongs to the
+# build. torchvision is what timm (the pretrained backbones) needs. This build (CUDA 13) also runs
+# on the CPU; override TORCH for another.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+TORCH_BUILD := ^(torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==
 LOCK   := requirements/project.txt
 LS_LOCK := requirements/labelstudio.txt
 export TORCH
@@ -20,7 +23,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv --clear $(VENV)
 	$(PY) -m pip install -q "$$(grep '^pip==' $(LOCK))"
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q --no-deps -r $(LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
@@ -54,12 +57,12 @@ lock:
 	rm -rf build/lock && mkdir -p build/lock
 	python3 -m venv build/lock/project
 	build/lock/project/bin/python -m pip install -q --upgrade pip
-	build/lock/project/bin/python -m pip install -q "$(TORCH)"
+	build/lock/project/bin/python -m pip install -q $(TORCH)
 	build/lock/project/bin/python -m pip install -q -e ".[test]"
 	# torchattacks: the test-only reference for the attacks; its torchvision pin is not needed
 	build/lock/project/bin/python -m pip install -q --no-deps "torchattacks==3.5.1"
 	{ sed -n '/^#/p' $(LOCK); build/lock/project/bin/python -m pip freeze --all --exclude-editable \
-	  | grep -v '^torch=='; } > build/lock/project.txt && mv build/lock/project.txt $(LOCK)
+	  | grep -Ev '$(TORCH_BUILD)'; } > build/lock/project.txt && mv build/lock/project.txt $(LOCK)
 	python3 -m venv build/lock/ls
 	build/lock/ls/bin/python -m pip install -q --upgrade pip
 	build/lock/ls/bin/python -m pip install -q $(foreach p,$(LABEL_STUDIO),"$(p)")

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -36,10 +35,16 @@ def freeze(python: Path | str) -> dict[str, str]:
     return {canonical(n): v for n, v in (line.split("==") for line in out.splitlines() if "==" in line)}
 
 
-def torch_pin() -> str:
-    """The torch the Makefile installs: TORCH from make's environment, else the Makefile's default."""
-    spec = os.environ.get("TORCH") or re.search(r"^TORCH\s*\?=\s*(\S+)", (ROOT / "Makefile").read_text(), re.M)[1]
-    return spec.split("==")[1]
+def torch_pins() -> dict[str, str]:
+    """What the Makefile installs before the lock: TORCH from make's environment, else its default."""
+    spec = os.environ.get("TORCH") or re.search(r"^TORCH\s*\?=\s*(.+)$", (ROOT / "Makefile").read_text(), re.M)[1]
+    return {canonical(n): v for n, v in (s.split("==") for s in spec.split())}
+
+
+def torch_build(name: str) -> bool:
+    """torch, torchvision and the GPU runtime they bring: the build's, not the lock's (Makefile's TORCH_BUILD)."""
+    pattern = re.search(r"^TORCH_BUILD\s*:=\s*(\S+)$", (ROOT / "Makefile").read_text(), re.M)[1]
+    return re.match(pattern, f"{name}==") is not None
 
 
 def differences(installed: dict[str, str], locked: dict[str, str]) -> list[str]:
@@ -50,14 +55,13 @@ def differences(installed: dict[str, str], locked: dict[str, str]) -> list[str]:
 
 def test_project_venv_is_the_lock():
     installed = freeze(sys.executable)
-    torch = installed.pop("torch", None)
-    # a CUDA build of torch (TORCH overridden) brings its own runtime packages: those may be extra
-    extra_ok = {canonical(re.split(r"[ ;<>=!~\[]", r)[0]) for r in metadata.requires("torch") or []}
     locked = read_lock(ROOT / "requirements" / "project.txt")
-    extra = {n for n in installed if n not in locked and n in extra_ok}
-    diff = differences({n: v for n, v in installed.items() if n not in extra}, locked)
+    diff = differences({n: v for n, v in installed.items() if not torch_build(n)}, locked)
     assert not diff, "the venv differs from requirements/project.txt (`make setup` rebuilds it):\n" + "\n".join(diff)
-    assert torch is not None and torch.split("+")[0] == torch_pin(), f"torch {torch}, Makefile's TORCH {torch_pin()}"
+    for name, pin in torch_pins().items():
+        got = installed.get(name, "nothing")
+        assert got.split("+")[0] == pin, f"{name} {got}, Makefile's TORCH {pin}"
+    assert not [n for n in locked if torch_build(n)], "the lock holds part of the torch build"
 
 
 @pytest.mark.slow
