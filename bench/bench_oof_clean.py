@@ -30,7 +30,7 @@ FLAGS = {
     "ingest": ["--out", "data/ingest", "--metrics", "metrics/ingest.json"],
     "split": ["--ingest", "data/ingest", "--out", "data/split", "--metrics", "metrics/split.json"]
     + ["--plots", "plots/split"],
-    "oof": ["--split", "data/split", "--labels", "labels/patches.csv", "--out", "data/oof"]
+    "oof": ["--split", "data/split", "--embed", "data/embed", "--labels", "labels/patches.csv", "--out", "data/oof"]
     + ["--metrics", "metrics/oof.json"],
     "clean": ["--oof", "data/oof", "--labels", "labels/patches.csv", "--out", "data/clean"]
     + ["--metrics", "metrics/clean.json", "--plots", "plots/clean"],

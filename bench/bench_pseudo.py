@@ -49,7 +49,17 @@ def flags(name: str, derived: list[str], policy: str = RANDAUGMENT, strong: str 
     return {
         "ingest": ["--out", "data/ingest", *m],
         "split": ["--ingest", "data/ingest", "--out", "data/split", *m, "--plots", "plots/split"],
-        "oof": ["--split", "data/split", "--labels", "labels/patches.csv", "--out", "data/oof", *m],
+        "oof": [
+            "--split",
+            "data/split",
+            "--embed",
+            "data/embed",
+            "--labels",
+            "labels/patches.csv",
+            "--out",
+            "data/oof",
+            *m,
+        ],
         "clean": ["--oof", "data/oof", "--labels", "labels/patches.csv", "--out", "data/clean", *m]
         + ["--plots", "plots/clean"],
         "mine": ["--oof", "data/oof", "--clean", "data/clean", "--out", "data/mine", *m, "--plots", "plots/mine"],

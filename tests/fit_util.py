@@ -107,6 +107,8 @@ def run_oof(tmp_path, n=240, noise=None, **oof_cfg):
                 str(tmp_path / "params.yaml"),
                 "--split",
                 str(split),
+                "--embed",
+                "none",  # read only by oof.model: probe
                 "--labels",
                 str(tmp_path / "patches.csv"),  # none: an empty patch
                 "--out",

@@ -84,7 +84,7 @@ def pooled(tmp_path_factory):
     cfg = {"train": {**TINY_TRAIN, "epochs": 3, "min_steps": 0}, "oof": {**TINY_OOF, "epochs": 8}}
     (tmp / "params.yaml").write_text(yaml.safe_dump(cfg))
     args = ["oof", "--quiet", "--params", str(tmp / "params.yaml"), "--split", str(split), "--out", str(tmp / "oof")]
-    args += ["--labels", str(tmp / "patches.csv")]
+    args += ["--labels", str(tmp / "patches.csv"), "--embed", "none"]
     assert cli.main([*args, "--metrics", str(tmp / "oof.json")]) == 0
     oof_df, classes, emb, _ = artifacts.read_oof(tmp / "oof")
     clean_df, clean_metrics = clean.run(params.parse(cfg), oof_df, emb, classes, label_patches.empty())

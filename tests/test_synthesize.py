@@ -51,6 +51,8 @@ def project(tmp_path_factory):
                 str(root / "params.yaml"),
                 "--split",
                 str(split),
+                "--embed",
+                "none",  # read only by oof.model: probe
                 "--labels",
                 str(root / "patches.csv"),  # none: an empty patch
                 "--out",

@@ -140,8 +140,8 @@ def test_dvc_yaml_holds_the_catalog_stages_in_its_order():
         (
             lambda d: d["stages"]["oof"]["params"].remove("train.lr"),
             [
-                "oof: params ['base', 'oof', 'clean.inject_noise', 'train.model', 'train.width', 'train.batch_size', "
-                "'train.optimizer', 'train.momentum'"
+                "oof: params ['base', 'backbone', 'oof', 'clean.inject_noise', 'train.model', 'train.width', "
+                "'train.batch_size', 'train.optimizer', 'train.momentum'"
             ],
         ),
         (
@@ -195,5 +195,7 @@ def test_path_flags_are_required_with_no_default(capsys):
     parser = stage_parser("oof")[0]
     with pytest.raises(SystemExit):
         parser.parse_args([])
-    assert "the following arguments are required: --split, --labels, --out, --metrics" in capsys.readouterr().err
+    assert (
+        "the following arguments are required: --split, --embed, --labels, --out, --metrics" in capsys.readouterr().err
+    )
     assert all(Path(a.default or "x") == Path("x") for a in parser._actions if a.dest in {"split", "out", "metrics"})

@@ -3,9 +3,12 @@
 A stage never imports another stage to read its outputs: the writer and every reader use the
 names and readers here (the layout of the manifests and image stores themselves is dataset.py's).
 
-oof folder: `manifest.parquet` (the split manifest + `fold`, `probs`), `embeddings.npy` (N, folds * D)
-in manifest order, `dynamics.parquet` (`sample_id, fold, epoch, p_given`), `models/fold{k}.pt`.
+oof folder: `manifest.parquet` (the split manifest + `fold`, `probs`), `embeddings.npy` (N, folds * D;
+with a backbone, its (N, D)) in manifest order, `dynamics.parquet` (`sample_id, fold, epoch,
+p_given`), `models/fold{k}.pt`.
 mine folder: `weights.parquet` (`sample_id, weight`: the train samples' sampling weights).
+embed folder: `embeddings.npy` (N, D) float32, the backbone's features of every ingested sample, and
+`samples.parquet` (`sample_id`, the rows' order); (N, 0) when no backbone is set.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ OOF_EMBEDDINGS = "embeddings.npy"
 OOF_DYNAMICS = "dynamics.parquet"
 OOF_MODELS = "models"  # fold{k}.pt: the fold models (policy search, the synthetic-data gate)
 MINE_WEIGHTS = "weights.parquet"
+EMBEDDINGS = "embeddings.npy"
+EMBED_SAMPLES = "samples.parquet"
 
 
 def read_oof(path: str | Path) -> tuple[pd.DataFrame, list[str], np.ndarray, pd.DataFrame]:
@@ -66,3 +71,19 @@ def read_mine_weights(path: str | Path) -> pd.DataFrame:
     if not np.isfinite(df["weight"].to_numpy(float)).all() or (df["weight"] < 0).any():
         raise PipelineError(f"{file}: weights must be finite and non-negative; re-run mine")
     return df
+
+
+def read_embeddings(path: str | Path, sample_ids) -> np.ndarray | None:
+    """The embed stage's features (N, D) float32 for `sample_ids`, in their order; None when no
+    backbone was set (embed wrote no features). A sample embed has not seen is an error."""
+    path = Path(path)
+    if not (path / EMBEDDINGS).is_file():
+        raise PipelineError(f"{path}: no {EMBEDDINGS} (has the embed stage run?)")
+    emb = np.load(path / EMBEDDINGS)
+    if emb.shape[1] == 0:
+        return None
+    index = pd.read_parquet(path / EMBED_SAMPLES)["sample_id"]
+    rows = pd.Series(np.arange(len(index)), index=index.to_numpy()).reindex(np.asarray(sample_ids))
+    if rows.isna().any():
+        raise PipelineError(f"{path}: no embedding for sample {rows.index[rows.isna()][0]}; re-run embed")
+    return emb[rows.to_numpy(np.int64)]

@@ -17,6 +17,10 @@ DAG = {
         "pipeline.stages.ingest",
         "decode and validate a source into a manifest + image stores; quarantine bad input",
     ),
+    "embed": Entry(
+        "pipeline.stages.embed",
+        "a frozen pretrained backbone's features for every sample (backbone.*; nothing without one)",
+    ),
     "split": Entry(
         "pipeline.stages.split",
         "stratified, group-aware, leak-safe train/val/test split: duplicate clusters never cross splits",
@@ -80,6 +84,10 @@ COMMANDS = {
     "plots-offline": Entry(
         "pipeline.commands.dvcplots",
         "write a `dvc plots show --html-template` page with Vega inlined (offline)",
+    ),
+    "pretrain": Entry(
+        "pipeline.commands.pretrain",
+        "train backbone.name on the train split and write a checkpoint backbone.weights accepts",
     ),
     "lr-find": Entry(
         "pipeline.commands.lr_find",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import describe
@@ -24,6 +24,8 @@ LEARNED_POLICY = "data/policy-search/learned.yaml"  # written by the policy-sear
 # models.MODELS, attacks.ATTACKS, synthesize.generators.GENERATORS).
 SOURCE = Literal["digits", "fashion-mnist", "mnist", "imagefolder", "csv", "labelstudio"]
 MODEL = Literal["small_cnn", "resnet"]
+TIMM = "timm:"  # a model name with this prefix is any timm architecture (timm:resnet18), pipeline/learn/backbones.py
+DEVICE = r"^(auto|cpu|mps|cuda(:\d+)?)$"
 ATTACK = Literal["fgsm", "pgd", "pgd_l2"]
 GENERATOR = Literal["vae", "gan"]
 
@@ -37,6 +39,37 @@ class Base(Section):
     # where the per-sample stages' work runs (pipeline/core/executor.py): local processes, or Ray Data
     # (RAY_ADDRESS: that cluster; unset: a local Ray); the outputs are the same bytes either way
     executor: Literal["local", "ray"] = "local"
+    # where torch runs (embed, and the fold models' and train's fits): auto is cuda, else mps, else cpu
+    device: str = Field("auto", pattern=DEVICE)
+
+
+class Backbone(Section):
+    """A network trained elsewhere as the pipeline's eyes (pipeline/learn/backbones.py, stages/embed.py):
+    its frozen features for every sample, oof's linear probe (`oof.model: probe`), a start for train
+    (`train.init: backbone`). None: no backbone, and the pipeline learns from scratch."""
+
+    name: str | None = None  # timm:<architecture> (timm:resnet18, timm:convnext_atto, ...), or small_cnn / resnet
+    # a checkpoint file: safetensors or a .pth / .bin state dict of that architecture, or a pipeline model
+    # file (`python -m pipeline pretrain`); or "hub": timm downloads the pretrained weights (online only)
+    weights: str | None = Field(None, validate_default=True)
+    image_size: int | None = Field(None, ge=8, le=1024)  # None: the weights' own (timm: pretrained input size)
+    batch_size: int = Field(64, ge=1)  # images per forward pass in embed
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 where the device runs it fast (measured)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        if v is None or v in get_args(MODEL) or (v.startswith(TIMM) and len(v) > len(TIMM)):
+            return v
+        raise ValueError(f"expected timm:<architecture> or one of {', '.join(get_args(MODEL))}, got {v!r}")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: str | None, info: ValidationInfo) -> str | None:
+        name = info.data.get("name")
+        if name is not None and v is None:
+            raise ValueError(f"expected a checkpoint file or 'hub' for backbone {name}, got None")
+        return v
 
 
 class Ingest(Section):
@@ -171,8 +204,19 @@ class TrainUnlabeled(Section):
         return policy_file(v)
 
 
+class Finetune(Section):
+    """train.init: backbone: how the backbone's weights are trained (pipeline/learn/fit.py)."""
+
+    head_epochs: int = Field(1, ge=0)  # the new head alone first (the body frozen), then everything
+    body_lr: float = Field(0.1, gt=0.0, le=1.0)  # the body's learning rate, as a fraction of train.lr
+    freeze: bool = False  # true: the body stays frozen throughout (a linear head on its features)
+
+
 class Train(Section):
     model: MODEL = "small_cnn"
+    # scratch: train.model from random weights; backbone: backbone.name from backbone.weights with a new head
+    init: Literal["scratch", "backbone"] = "scratch"
+    finetune: Finetune = Finetune()
     epochs: int = Field(30, ge=1)
     min_steps: int = Field(1000, ge=0)  # the train stage: more epochs on small data to reach this many steps ...
     max_epochs: int = Field(200, ge=1)  # ... up to this (patience stretched in proportion)
@@ -376,8 +420,10 @@ class Oof(Section):
     # training dynamics (mine's data maps) are recorded over the epochs after this fraction of them:
     # a model trained from scratch starts at chance, so the first epochs measure learning, not the sample
     burn_in: float = Field(0.5, ge=0.0, lt=1.0)
-    model: MODEL | None = None  # None: train.model
+    # None: train.model; probe: a logistic regression on the backbone's embeddings (needs backbone.name)
+    model: MODEL | Literal["probe"] | None = None
     width: int | None = Field(None, ge=4)  # None: train.width
+    probe_c: float = Field(1.0, gt=0.0)  # the probe's inverse L2 strength (sklearn's C)
     tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
     shift: float = Field(
         0.08, ge=0.0, le=0.25
@@ -506,6 +552,7 @@ class Synthesize(Section):
 class Params(Section):
     base: Base = Base()
     ingest: Ingest = Ingest()
+    backbone: Backbone = Backbone()
     split: Split = Split()
     assemble: Assemble = Assemble()
     train: Train = Train()
@@ -521,6 +568,18 @@ class Params(Section):
     pseudo: Pseudo = Pseudo()
     mine: Mine = Mine()
     synthesize: Synthesize = Synthesize()
+
+    @model_validator(mode="after")
+    def _probe_has_backbone(self) -> "Params":
+        if self.oof.model == "probe" and self.backbone.name is None:
+            raise ValueError(
+                "oof.model: probe fits on the backbone's embeddings: set backbone.name and backbone.weights"
+            )
+        if self.train.init == "backbone" and self.backbone.name is None:
+            raise ValueError("train.init: backbone trains from the backbone: set backbone.name and backbone.weights")
+        if self.train.init == "backbone" and self.train.nproc > 1:
+            raise ValueError("train.init: backbone trains in one process: set train.nproc 1")
+        return self
 
 
 def parse(raw: dict | None, origin: str = PARAMS_FILE) -> Params:

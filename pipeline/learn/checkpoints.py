@@ -26,6 +26,7 @@ def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes:
         "num_classes": num_classes,
         "width": cfg.width,
         "image_size": list(x_train.shape[1:3]),
+        "input_size": model.input_size,  # None: the model takes the images at their own size
         "mean": model.normalize.mean.flatten().tolist(),
         "std": model.normalize.std.flatten().tolist(),
         "seed": seed,
@@ -55,16 +56,28 @@ def fold_models(oof_dir: str | Path) -> list[nn.Module]:
     return [load_model(f)[0] for f in artifacts.fold_model_files(oof_dir)]
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict, list[str]]:
-    """(model in eval mode, config, classes) from a `save_model` file; tensors and plain data only."""
+def is_model_file(blob: object) -> bool:
+    """Whether a loaded checkpoint is a `save_model` file (not a bare state dict)."""
+    return isinstance(blob, dict) and "format_version" in blob and "state_dict" in blob
+
+
+def load_model(path: str | Path, blob: dict | None = None) -> tuple[nn.Module, dict, list[str]]:
+    """(model in eval mode, config, classes) from a `save_model` file (or its loaded `blob`);
+    tensors and plain data only."""
     path = Path(path)
-    if not path.exists():
+    if blob is None and not path.exists():
         raise PipelineError(f"{path}: no such model file (has the train stage run?)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or blob.get("format_version") != FORMAT_VERSION:
+    blob = torch.load(path, map_location="cpu", weights_only=True) if blob is None else blob
+    if not is_model_file(blob) or blob.get("format_version") != FORMAT_VERSION:
         raise PipelineError(f"{path}: not a pipeline model file of format version {FORMAT_VERSION}")
     config = blob["config"]
-    model = models.build_model(config["model"], config["in_channels"], config["num_classes"], config["width"])
+    model = models.build_model(
+        config["model"],
+        config["in_channels"],
+        config["num_classes"],
+        config["width"],
+        input_size=config.get("input_size"),
+    )
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model.to(memory_format=torch.channels_last), config, list(blob["classes"])

@@ -78,22 +78,34 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-def make_optimizer(model: nn.Module, cfg: Train) -> torch.optim.Optimizer:
-    """Weight decay on conv/linear weights only: decaying norm scales and biases only hurts."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: nn.Module, cfg: Train, body_lr: float = 1.0) -> torch.optim.Optimizer:
+    """Weight decay on conv/linear weights only: decaying norm scales and biases only hurts. The
+    body's groups learn at `body_lr` x the schedule's rate (`lr_scale`; fine-tuning's lower rate)."""
+    body = {id(p) for p in model.body.parameters()} if hasattr(model, "body") else set()
+    groups = []
+    for in_body, scale in ((True, body_lr), (False, 1.0)):
+        mine = [p for p in model.parameters() if (id(p) in body) == in_body]
+        groups += [
+            {"params": [p for p in mine if p.ndim > 1], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+            {"params": [p for p in mine if p.ndim <= 1], "weight_decay": 0.0, "lr_scale": scale},
+        ]
+    groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999))
 
 
-def new_model(x_train: np.ndarray, cfg: Train, num_classes: int, generator: torch.Generator) -> nn.Module:
-    """A fresh `cfg.model` normalising with `x_train`'s channel statistics."""
+def new_model(
+    x_train: np.ndarray, cfg: Train, num_classes: int, generator: torch.Generator, input_size: int | None = None
+) -> nn.Module:
+    """A fresh `cfg.model` normalising with `x_train`'s channel statistics (resizing its input to
+    `input_size`, if given)."""
     if len(x_train) == 0:
         raise PipelineError("no training samples: the training set is empty")
     mean, std = channel_stats(x_train)
-    model = models.build_model(cfg.model, x_train.shape[-1], num_classes, cfg.width, mean, std, generator=generator)
+    model = models.build_model(
+        cfg.model, x_train.shape[-1], num_classes, cfg.width, mean, std, generator=generator, input_size=input_size
+    )
     return model.to(memory_format=torch.channels_last)
 
 
@@ -237,7 +249,7 @@ def train_epoch(
     loss_sum, correct = 0.0, 0
     for i, lr in enumerate(lrs):
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         idx = order[i * batch_size : (i + 1) * batch_size][rank::size]
         logits, per_sample = step(model, x8, y, idx, epoch, g)
         opt.zero_grad(set_to_none=True)
@@ -279,6 +291,8 @@ def fit(
     difficulty: np.ndarray | None = None,
     soft_targets: np.ndarray | None = None,
     unlabeled=None,
+    input_size: int | None = None,
+    init: nn.Module | None = None,
 ) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
@@ -294,6 +308,10 @@ def fit(
     `soft_targets`: (N, K) targets that replace the smoothed one-hot labels (train.soft_labels).
     `unlabeled`: a `fixmatch.Unlabeled` pool whose consistency loss joins every step (FixMatch);
     each history row then has its `epoch_stats`.
+    `input_size`: the model resizes its input to this side (a backbone at its pretraining size).
+    `init`: a model to train instead of a new `cfg.model` (a pretrained backbone with a new head,
+    `backbones.for_training`): its head alone for `cfg.finetune.head_epochs` epochs, or throughout
+    with `cfg.finetune.freeze`, then all of it, the body at `cfg.finetune.body_lr` x the rate.
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
@@ -309,7 +327,7 @@ def fit(
         raise PipelineError(f"train.curriculum {cfg.curriculum}: expected a difficulty per training sample")
     runtime.set_threads(cfg)
     g = torch.Generator().manual_seed(seed)
-    model = new_model(x_train, cfg, num_classes, g)
+    model = new_model(x_train, cfg, num_classes, g, input_size) if init is None else init
     config = checkpoints.model_config(model, x_train, cfg, num_classes, seed)
     weight = np.ones(len(y_train)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if cfg.class_weights:
@@ -322,7 +340,7 @@ def fit(
         odds, weight_t = weight_t, torch.ones(len(weight_t))
     x8, y = tensors.to_tensor(x_train), torch.tensor(y_train)
     xv8, yv = (tensors.to_tensor(x_val), torch.tensor(y_val)) if len(x_val) else (None, None)
-    opt = make_optimizer(model, cfg)
+    opt = make_optimizer(model, cfg, 1.0 if init is None else cfg.finetune.body_lr)
     if soft_targets is not None and np.shape(soft_targets) != (len(y_train), num_classes):
         raise PipelineError(
             f"expected soft targets of shape ({len(y_train)}, {num_classes}), got {np.shape(soft_targets)}"
@@ -348,6 +366,10 @@ def fit(
     with runtime.deterministic():
         for epoch in bar:
             t0 = time.perf_counter()
+            if init is not None:  # fine-tuning: the new head alone first (or throughout, frozen)
+                frozen = cfg.finetune.freeze or epoch <= cfg.finetune.head_epochs
+                model.frozen_body = frozen
+                model.body.requires_grad_(not frozen)
             first = (epoch - 1) * steps_per_epoch
             lrs = [lr_at(s, total, warmup, cfg.lr) for s in range(first, first + steps_per_epoch)]
             if cfg.curriculum != "none":

@@ -1,21 +1,27 @@
-"""The model registry: small CNNs for images of any size >= 8, 1 or 3 channels.
+"""The model registry: small CNNs for images of any size >= 8, 1 or 3 channels, and any timm
+architecture by name (`timm:resnet18`), the backbones of pipeline/learn/backbones.py.
 
 Every model takes float NCHW pixels in [0, 1] and normalises them itself with per-channel
 `mean` / `std` buffers (computed from the train split by `fit`), so attacks and
 augmentations work in pixel space and a saved `state_dict` carries the normalisation.
 `model.features(x)` is the penultimate embedding (after global average pooling) and
 `model(x)` the logits. Weights use He initialisation, drawn from an optional
-`torch.Generator` so that a model is reproducible whatever the global RNG state.
+`torch.Generator` so that a model is reproducible whatever the global RNG state. A model with
+an `input_size` resizes what it is given to that size first (a backbone pretrained at 224 px
+takes the 28 or 64 px images of the store as they are, and attacks still work in their pixels).
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import TIMM
 from pipeline.core.registry import Registry
 
 MIN_SIZE = 8
@@ -32,23 +38,70 @@ class Normalize(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Normalise -> body -> global average pool (`features`) -> linear head (logits)."""
+    """Resize (to `input_size`, if set) -> normalise -> body -> global average pool (`features`) ->
+    linear head (logits)."""
 
-    def __init__(self, body: nn.Module, embed_dim: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(
+        self,
+        body: nn.Module,
+        embed_dim: int,
+        num_classes: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_size: int | None = None,
+    ):
         super().__init__()
         self.normalize = Normalize(mean, std)
         self.body = body
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(embed_dim, num_classes)
-        self.embed_dim, self.num_classes = embed_dim, num_classes
+        self.embed_dim, self.num_classes, self.input_size = embed_dim, num_classes, input_size
+        self.frozen_body = False  # fine-tuning's head-only phase: the body stays in eval mode
+
+    def train(self, mode: bool = True) -> "Classifier":
+        super().train(mode)
+        if self.frozen_body:
+            self.body.eval()  # a frozen body's batch-norm statistics stay the pretrained ones
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or min(x.shape[-2:]) < MIN_SIZE:
             raise PipelineError(f"expected NCHW images of at least {MIN_SIZE}x{MIN_SIZE}, got shape {tuple(x.shape)}")
+        size = self.input_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         return self.pool(self.body(self.normalize(x))).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+class TimmBody(nn.Module):
+    """A timm model without its classifier (num_classes=0: it ends in its own pooling), shaped as a
+    (N, D, 1, 1) map so that `Classifier` takes it like the small CNNs. `net` keeps timm's names:
+    a timm state dict loads into it as is."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:, :, None, None]
+
+
+def timm_body(arch: str, in_channels: int, generator: torch.Generator | None = None) -> tuple[TimmBody, int]:
+    """timm's `arch`, randomly initialised (timm's own init, seeded from `generator`), headless."""
+    import timm
+
+    if not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" (close names: {', '.join(close)})" if close else ""
+        raise PipelineError(f"timm has no architecture {arch!r}{hint}")
+    seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else 0
+    with torch.random.fork_rng(devices=[]):  # timm initialises from the global RNG: fork it, seeded
+        torch.manual_seed(seed)
+        net = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels)
+    return TimmBody(net), int(net.num_features)
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -141,16 +194,22 @@ def build_model(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
+    input_size: int | None = None,
 ) -> Classifier:
-    """A registered model; `mean` / `std` are per-channel, in [0, 1] pixel units."""
+    """A registered model (or `timm:<arch>`); `mean` / `std` are per-channel, in [0, 1] pixel units."""
     if in_channels not in (1, 3):
         raise PipelineError(f"expected 1 or 3 input channels, got {in_channels}")
     mean = [0.0] * in_channels if mean is None else [float(m) for m in mean]
     std = [1.0] * in_channels if std is None else [float(s) for s in std]
     if len(mean) != in_channels or len(std) != in_channels:
         raise PipelineError(f"expected mean/std of length {in_channels}, got {len(mean)}/{len(std)}")
+    if name.startswith(TIMM):
+        body, embed_dim = timm_body(name.removeprefix(TIMM), in_channels, generator)
+        model = Classifier(body, embed_dim, num_classes, mean, std, input_size)
+        init_weights(model.head, generator)  # the body keeps timm's own initialisation
+        return model
     body, embed_dim = MODELS[name](in_channels, width)
-    model = Classifier(body, embed_dim, num_classes, mean, std)
+    model = Classifier(body, embed_dim, num_classes, mean, std, input_size)
     init_weights(model, generator)
     return model
 

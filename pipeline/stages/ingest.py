@@ -15,70 +15,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.executor import ordered_map
-from pipeline.core.params import Ingest, Params
-from pipeline.sources.decode import DecodeError, decode_file, normalise
-from pipeline.sources.readers import SOURCES, Item, auto_shape, unlabeled
+from pipeline.core.params import Params
+from pipeline.sources.decode import decode_items
+from pipeline.sources.readers import SOURCES, auto_shape, unlabeled
 
 QUARANTINE = "quarantine.csv"
-
-
-CHUNK = 256  # files per task: per-item work in this process limits the speed
-
-
-def _decode_chunk(shape: tuple[int, int, int, int, int], files: list[str]) -> list:
-    """Worker: each file's normalised pixels (as bytes: cheaper to send back than an array),
-    or the reason it is quarantined."""
-    size, channels, max_pixels, min_side = shape
-    out = []
-    with warnings.catch_warnings():
-        # images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow)
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for file in files:
-            try:
-                out.append((decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None))
-            except DecodeError as e:
-                out.append((None, e.reason, str(e)))
-    return out
-
-
-def _pixels(
-    items: list[Item], cfg: Ingest, size: int, channels: int, executor: str
-) -> Iterator[tuple[Item, np.ndarray | None, str | None, str | None]]:
-    """Each item with its normalised pixels, or the reason it is quarantined, in input order.
-
-    Decoding files is CPU-bound: chunks of paths go out to `executor`'s workers and bytes come
-    back, in input order, so the output depends on neither the executor nor the worker count.
-    In-memory pixels are normalised here, which is cheaper than pickling them.
-    """
-    shape = (size, size, channels)
-    files = [it.file for it in items if it.reason is None and it.pixels is None]
-    chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
-    args = (size, channels, cfg.max_pixels, cfg.min_side)
-    # closing(): the workers end when this generator does, even when its consumer stops early
-    with contextlib.closing(ordered_map(_decode_chunk, chunks, args, cfg.workers, executor)) as results:
-        decoded = (r for chunk in results for r in chunk)
-        for item in items:
-            if item.reason is not None:
-                yield item, None, item.reason, item.detail
-            elif item.pixels is not None:
-                yield item, normalise(item.pixels, size, channels), None, None
-            else:
-                raw, reason, detail = next(decoded)
-                pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
-                yield item, pixels, reason, detail
 
 
 def run(params: Params, out: Path, final_dir: Path) -> dict:
@@ -96,7 +46,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
-    with contextlib.closing(_pixels(items, cfg, size, channels, params.base.executor)) as decoded:
+    pixels = decode_items(items, size, channels, cfg.max_pixels, cfg.min_side, cfg.workers, params.base.executor)
+    with contextlib.closing(pixels) as decoded:
         for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
             if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
                 reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"

@@ -4,7 +4,9 @@ Stratified, group-aware K-fold cross-validation (sklearn `StratifiedGroupKFold`,
 by `cluster_id` so a duplicate cluster stays inside one fold) over train + val, on the labels
 after the human label patch (`labels/patches.csv`: pool samples a person labeled count as train). Each fold
 model is trained for `oof.epochs` epochs without early stopping (choosing the epoch on the
-held-out fold would let it leak into its own predictions). Writes, under `<out>/`:
+held-out fold would let it leak into its own predictions). With a backbone and `oof.model: probe`
+the fold models are linear probes on embed's features instead (pipeline/learn/probe.py: seconds,
+not a network trained per fold). Writes, under `<out>/`:
 
 - `manifest.parquet`: the split manifest, one row per sample in the same order, plus `fold`
   (-1 for test), `probs` (a list of K floats: out-of-fold for train/val, the mean of the
@@ -14,9 +16,10 @@ held-out fold would let it leak into its own predictions). Writes, under `<out>/
   model, in nats: BALD's score), NaN elsewhere, and, when `clean.inject_noise.rate > 0`,
   the corrupted `label`/`label_id` with the truth in `true_label`/`true_label_id`;
 - `embeddings.npy`: (N, folds * D) float32 in manifest row order, the L2-normalised
-  penultimate features of every fold model side by side, so all samples share one space;
+  penultimate features of every fold model side by side, so all samples share one space; with
+  a backbone, (N, D): its features, L2-normalised, whatever the fold models;
 - `dynamics.parquet`: `sample_id`, `fold`, `epoch`, `p_given` (the probability of the given
-  label after each epoch, for every sample a fold model trains on);
+  label after each epoch, or the probe's round, for every sample a fold model trains on);
 - `models/fold{k}.pt`: the fold models (`checkpoints.save_model` files; `fold_models` loads them), real-data
   classifiers for later stages (policy search, the synthetic-data gate) at no extra training.
 """
@@ -90,7 +93,7 @@ def train_config(params: Params, n_fit: int | None = None) -> Train:
     from pipeline.learn.fit import size_aware_epochs
 
     recipe = {k: getattr(params.train, k) for k in RECIPE_KEYS}
-    recipe["model"] = params.oof.model or recipe["model"]
+    recipe["model"] = params.oof.model if params.oof.model not in (None, "probe") else recipe["model"]
     recipe["width"] = params.oof.width or recipe["width"]
     o = params.oof
     epochs = (
@@ -159,6 +162,52 @@ def _entropy(p: np.ndarray) -> np.ndarray:
     return -(p * np.log(np.clip(p, 1e-12, None))).sum(1)
 
 
+def probe_folds(
+    params: Params,
+    df: pd.DataFrame,
+    y: np.ndarray,
+    fold: np.ndarray,
+    k: int,
+    features: np.ndarray,
+    models: list | None,
+    probs: np.ndarray,
+    votes: np.ndarray,
+    entropy: np.ndarray,
+) -> tuple[np.ndarray, list[pd.DataFrame]]:
+    """The probe's K folds: fills `probs` (held-out rows, and the mean over folds for the rest),
+    `votes` and `entropy` (of the rows no fold trains on) in place; returns the dynamics. A fold's
+    model (the backbone with the probe as its head) is appended to `models`."""
+    from pipeline.learn import backbones, fit, probe
+
+    loaded = backbones.load(params.backbone, features_channels(df)) if models is not None else None
+    test, dynamics, folds_n = np.flatnonzero(fold < 0), [], params.oof.folds
+    for f in range(folds_n):
+        fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
+
+        def record(step: int, pr, fit_idx=fit_idx, f=f) -> None:
+            p = pr.predict_proba(features[fit_idx])
+            ids = df["sample_id"].to_numpy()[fit_idx]
+            p_given = p[np.arange(len(fit_idx)), y[fit_idx]].astype(np.float32)
+            dynamics.append(pd.DataFrame({"sample_id": ids, "fold": f, "epoch": step, "p_given": p_given}))
+
+        pr = probe.fit(features[fit_idx], y[fit_idx], k, params.oof.probe_c, params.base.seed + f, on_step=record)
+        probs[held] = pr.predict_proba(features[held])
+        if len(test):
+            p = pr.predict_proba(features[test])
+            probs[test] += p / folds_n
+            votes[np.arange(len(test)), p.argmax(1)] += 1
+            entropy += _entropy(p) / folds_n
+        if loaded is not None:
+            config = backbones.model_config(loaded, params.backbone.name, k) | {"seed": params.base.seed + f}
+            models.append(fit.FitResult(probe.classifier(loaded.model, pr), config=config))
+        log.info("oof probe fold %d/%d: %d samples", f + 1, folds_n, len(fit_idx))
+    return dynamics
+
+
+def features_channels(df: pd.DataFrame) -> int:
+    return dataset.load_pixels(df.head(1)).shape[-1] if len(df) else 1
+
+
 def with_human_labels(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     """`df` as the fold models train on it: the human label patch applied, and a pool sample a
     person labeled in train (clean does the same to the manifest it writes)."""
@@ -175,12 +224,16 @@ def run(
     classes: list[str],
     models: list | None = None,
     patches: pd.DataFrame | None = None,
+    features: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
     """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
     each fold's FitResult is appended to `models` when given. The fold models train on the
     labels after the human `patches` (so an active-learning round's answers teach the next
-    round's models); the manifest written keeps the split's labels, which clean patches."""
-    from pipeline.learn import draws, fit, inference, runtime
+    round's models); the manifest written keeps the split's labels, which clean patches.
+    `features`: embed's (in `df`'s order), or None without a backbone. With them, the embeddings
+    returned are theirs (L2-normalised), whatever the fold models; with `oof.model: probe` the fold
+    models are linear probes on them, not CNNs trained from scratch."""
+    from pipeline.learn import draws, fit, inference, probe, runtime
 
     df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
     human = with_human_labels(df, patches, classes) if patches is not None and len(patches) else df
@@ -189,13 +242,19 @@ def run(
     cfg, k = train_config(params, n_fit), len(classes)
     every = -(-cfg.epochs // DYNAMICS_EPOCHS)  # record training dynamics every this many epochs, and the last,
     after = int(params.oof.burn_in * cfg.epochs)  # after the burn-in
-    x, y = dataset.load_pixels(df), human["label_id"].to_numpy(np.int64)
+    probing = params.oof.model == "probe"
+    if probing and features is None:
+        raise PipelineError("oof.model: probe needs the embed stage's features (backbone.name is set?)")
+    x = None if probing else dataset.load_pixels(df)
+    y = human["label_id"].to_numpy(np.int64)
     probs = np.zeros((len(df), k), np.float32)
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
     embeddings, dynamics = [], []
     executor, threads = params.base.executor, runtime.threads(cfg)
-    for f in range(params.oof.folds):
+    if probing:
+        dynamics = probe_folds(params, df, y, fold, k, features, models, probs, votes, entropy)
+    for f in range(0 if probing else params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
 
         def record(model, epoch, fit_idx=fit_idx, f=f, p=None):
@@ -249,12 +308,12 @@ def run(
     pool = fold >= 0
     metrics = {
         "folds": params.oof.folds,
-        "epochs": cfg.epochs,
-        "steps_per_fold": cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
-        "model": cfg.model,
+        "epochs": probe.STEPS if probing else cfg.epochs,  # the probe's: its warm-started rounds
+        "steps_per_fold": None if probing else cfg.epochs * (n_fit // min(cfg.batch_size, n_fit)),
+        "model": "probe" if probing else cfg.model,
         "threads": threads,
         "executor": executor,
-        "tta": params.oof.tta,
+        "tta": params.oof.tta and not probing,
         "n_oof": int(pool.sum()),
         "n_test": int((df["split"] == "test").sum()),
         "n_unlabeled": int((human["split"] == schema.POOL).sum()),
@@ -265,14 +324,22 @@ def run(
     if metrics["injected_noise"]:
         truth = df["true_label_id"].to_numpy()
         metrics["oof_accuracy_vs_truth"] = round(float((probs[pool].argmax(1) == truth[pool]).mean()), 6)
-    return df, np.concatenate(embeddings, axis=1).astype(np.float32), dyn, metrics
+    if features is not None:  # a backbone's space, for clean's detectors, pseudo and active learning
+        emb = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    else:  # the fold models' spaces side by side
+        emb = np.concatenate(embeddings, axis=1)
+    return df, emb.astype(np.float32), dyn, metrics
 
 
 STAGE = wiring.Stage(
     "oof",
-    reads=(wiring.Flag("--split", "split output"), wiring.Flag("--labels", "the human label patch, kept in git")),
+    reads=(
+        wiring.Flag("--split", "split output"),
+        wiring.Flag("--embed", "embed output: the backbone's features (the probe's input, and the embeddings)"),
+        wiring.Flag("--labels", "the human label patch, kept in git"),
+    ),
     writes=(wiring.Flag("--out", "output folder"),),
-    params=("base", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
+    params=("base", "backbone", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
     plots=False,
 )
 add_arguments = STAGE.add_arguments
@@ -285,8 +352,10 @@ def main(params: Params, args: argparse.Namespace) -> None:
 
     split_df, classes = schema.read(args.split, "samples")
     results, patches = [], label_patches.read_patches(args.labels, classes)
+    backbone = params.backbone.name is not None
+    features = artifacts.read_embeddings(args.embed, split_df["sample_id"]) if backbone else None
     with session(params.base.executor):
-        df, emb, dyn, metrics = run(params, split_df, classes, results, patches)
+        df, emb, dyn, metrics = run(params, split_df, classes, results, patches, features)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

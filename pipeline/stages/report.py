@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import catalog, dataset, patches, schema, wiring
+from pipeline.core import artifacts, catalog, dataset, patches, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
@@ -170,6 +170,46 @@ def _clean(run: Run) -> list[str]:
         outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(["outlier_score", "sample_id"])
         caps = [f"{r.label}\n{r.outlier_score:.3g}" for r in outliers.itertuples()]
         out.append("<h3>Outliers (lowest outlier score first)</h3>" + page.thumbs(outliers, caps, "outliers", n))
+    return out
+
+
+def _embed(run: Run) -> list[str]:
+    """The backbone's space: a 2-D PCA map coloured by label with clean's flags marked, and each
+    flagged sample beside its nearest labeled neighbours, so a person sees why it was flagged."""
+    if run.m("embed", "backbone") is None:
+        return ["<p>No backbone (<code>backbone.name: null</code>): the models learn from scratch.</p>"]
+    from sklearn.decomposition import PCA
+
+    df, classes = run.frame("clean")
+    df = df.reset_index(drop=True)
+    z = artifacts.read_embeddings(run.args.embed, df["sample_id"])
+    z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    xy = PCA(2, random_state=0).fit_transform(z)
+    flagged = df["is_label_issue"].fillna(False).astype(bool).to_numpy() if "is_label_issue" in df else df.index < 0
+    labeled = df["label_id"].to_numpy() >= 0
+
+    def draw(ax):
+        for k, name in enumerate(classes):
+            rows = df["label_id"].to_numpy() == k
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=4, alpha=0.5, label=name)
+        ax.scatter(xy[~labeled, 0], xy[~labeled, 1], s=3, c="lightgrey", label="unlabeled")
+        ax.scatter(xy[flagged, 0], xy[flagged, 1], s=30, facecolors="none", edgecolors="black", label="label issue")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
+
+    out = [f"<h3>The backbone's space (PCA of the features; circled: label issues)</h3>{page.figure(draw, 6.5, 4.5)}"]
+    n = min(run.params.report.examples, int(flagged.sum()))
+    if n:
+        pool = np.flatnonzero(labeled & ~flagged)
+        rows, caps = [], []
+        for i in np.flatnonzero(flagged)[:n]:
+            near = pool[np.argsort(-(z[pool] @ z[i]), kind="stable")[:7]]
+            rows += [i, *near]
+            caps += [f"flagged: {df.at[i, 'label']}", *(f"{df.at[j, 'label']}" for j in near)]
+        title = "each row: a flagged sample (its given label), then its 7 nearest labeled neighbours"
+        out.append(
+            "<h3>Label issues beside their nearest neighbours</h3>" + page.thumbs(df.iloc[rows], caps, title, 8 * n)
+        )
     return out
 
 
@@ -366,6 +406,7 @@ KEY_FIGURES = {
 }
 EXTRA = {
     "ingest": _ingest,
+    "embed": _embed,
     "split": _split,
     "clean": _clean,
     "pseudo": _pseudo,
@@ -509,6 +550,7 @@ STAGE = wiring.Stage(
     "report",
     reads=(
         wiring.Flag("--ingest", "ingest output: the quarantine list"),
+        wiring.Flag("--embed", "embed output: the backbone's features"),
         wiring.Flag("--split", "split output"),
         wiring.Flag("--clean", "clean output"),
         wiring.Flag("--pseudo", "pseudo output"),

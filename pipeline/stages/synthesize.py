@@ -86,9 +86,10 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
     feats = lambda df: emb[row_of.loc[df["sample_id"]].to_numpy()]  # noqa: E731
     probe = gate.features(judges, dataset.load_pixels(train.head(1)))
     if probe.shape[1] != emb.shape[1]:
-        raise PipelineError(
-            f"{oof_dir}: embeddings of width {emb.shape[1]}, fold models give {probe.shape[1]}; re-run oof"
-        )
+        # oof's embeddings are a backbone's (backbone.name set), not the judges' space: the judges
+        # embed the real samples themselves, from the stored pixels the synthetic ones are made at
+        log.info("synthesize: oof's embeddings are the backbone's; the fold models embed the real samples")
+        feats = lambda df: gate.features(judges, dataset.load_pixels(df))  # noqa: E731
     ref = gate.Reference(
         train=feats(train),
         train_labels=train["label_id"].to_numpy(np.int64),

@@ -63,9 +63,19 @@ def run(
 
     weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
     cfg = fit.schedule(params.train, len(train_df))
+    x_train = dataset.load_pixels(train_df)
+    init = None
+    if cfg.init == "backbone":  # fine-tuning: the backbone's weights and a new head
+        import torch
+
+        from pipeline.learn import backbones
+
+        g = torch.Generator().manual_seed(seed(params))
+        init, width = backbones.for_training(params.backbone, x_train.shape[-1], len(classes), g)
+        cfg = cfg.model_copy(update={"model": params.backbone.name, "width": width})
     start = time.perf_counter()
     result = fit.fit(
-        dataset.load_pixels(train_df),
+        x_train,
         train_df["label_id"].to_numpy(np.int64),
         dataset.load_pixels(val_df),
         val_df["label_id"].to_numpy(np.int64),
@@ -81,6 +91,7 @@ def run(
         if cfg.soft_labels > 0
         else None,
         unlabeled=unlabeled,
+        init=init,
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
@@ -177,7 +188,12 @@ STAGE = wiring.Stage(
         wiring.Flag("--unlabeled-policy", "the policy file train.unlabeled.policy names: FixMatch's strong view"),
     ),
     writes=(wiring.Flag("--model", "model file to write"),),
-    params=("base", "train", *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude"))),
+    params=(
+        "base",
+        "backbone",
+        "train",
+        *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude")),
+    ),
 )
 add_arguments = STAGE.add_arguments
 
