@@ -5,6 +5,11 @@ features, and fine-tuning (`train.init: backbone`), per seed, with wall times.
 
     python bench/bench_few_labels.py --weights build/bench/backbone.pt --labels 5 20 100 --seeds 3 \
         --json bench/few_labels_results.json
+    python bench/bench_few_labels.py --halves related --weights build/bench/backbone-related.pt ...
+
+`--halves yosinski`: the first five classes as the source, the last five as the target (tops and
+trousers against shoes and bags); `--halves related`: each target class has a look-alike among the
+source's (Shirt / T-shirt, Pullover / Coat, Sneaker and Ankle boot / Sandal, Trouser / Dress).
 
 The backbone is `python -m pipeline pretrain` output; when `--weights` does not exist it is made
 there first (the source classes ingested, split and pretrained, as bench_transfer.py does). The rows
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,18 +31,29 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCE = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
-TARGET = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+# (source, target) halves: Yosinski et al.'s split by class index (tops and trousers vs shoes and
+# bags: little in common), and one where each target class has a look-alike in the source
+HALVES = {
+    "yosinski": (
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"],
+        ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ),
+    "related": (
+        ["T-shirt/top", "Coat", "Sandal", "Bag", "Dress"],
+        ["Shirt", "Pullover", "Sneaker", "Ankle boot", "Trouser"],
+    ),
+}
 
 
-def pretrain(weights: Path, arch: str, epochs: int) -> None:
+def pretrain(weights: Path, arch: str, epochs: int, source: list[str]) -> None:
     import yaml
 
     weights.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-few-") as tmp:
         folder = Path(tmp)
+        shutil.copytree(ROOT / "augment_policies", folder / "augment_policies")  # params checks the shipped ones
         cfg = {
-            "ingest": {"source": "fashion-mnist", "classes": SOURCE, "max_bad_fraction": 1.0},
+            "ingest": {"source": "fashion-mnist", "classes": source, "max_bad_fraction": 1.0},
             "backbone": {"name": arch, "weights": str(weights.resolve())},
         }
         (folder / "params.yaml").write_text(yaml.safe_dump(cfg))
@@ -50,14 +67,14 @@ def pretrain(weights: Path, arch: str, epochs: int) -> None:
             subprocess.run([sys.executable, "-m", "pipeline", *step, "--params", "params.yaml"], cwd=folder, check=True)
 
 
-def target() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def target(classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train pixels, train labels, test pixels, test labels) of the five target classes."""
     from pipeline.core import dataset, params
     from pipeline.stages import ingest
 
     with tempfile.TemporaryDirectory(prefix="bench-few-target-") as tmp:
         out = Path(tmp) / "ingest"
-        cfg = {"ingest": {"source": "fashion-mnist", "classes": TARGET, "max_bad_fraction": 1.0}}
+        cfg = {"ingest": {"source": "fashion-mnist", "classes": classes, "max_bad_fraction": 1.0}}
         with dataset.staged_dir(out) as staged:
             ingest.run(params.parse(cfg), staged, out)
         df = dataset.read_manifest(out)[0]
@@ -79,17 +96,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, default=ROOT / "build/bench/backbone.pt")
     ap.add_argument("--arch", default="timm:resnet18")
+    ap.add_argument("--halves", choices=sorted(HALVES), default="yosinski")
     ap.add_argument("--pretrain-epochs", type=int, default=5)
     ap.add_argument("--labels", type=int, nargs="+", default=[5, 20, 100])
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    source, classes = HALVES[args.halves]
     if not args.weights.is_file():
         t0 = time.perf_counter()
-        pretrain(args.weights, args.arch, args.pretrain_epochs)
+        pretrain(args.weights, args.arch, args.pretrain_epochs, source)
         print(f"pretrained {args.arch} in {time.perf_counter() - t0:.0f} s -> {args.weights}", flush=True)
     p = params.parse({"backbone": {"name": args.arch, "weights": str(args.weights)}})
-    x, y, xt, yt = target()
+    x, y, xt, yt = target(classes)
     loaded = backbones.load(p.backbone, 1)
     dev = torch.device("cpu")
     t0 = time.perf_counter()
@@ -100,21 +119,21 @@ def main() -> None:
     for n in args.labels:
         for seed in range(args.seeds):
             rng = np.random.default_rng(seed)
-            pick = np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False) for k in range(len(TARGET))])
+            pick = np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False) for k in range(len(classes))])
             cfg = fit.schedule(p.train, len(pick))
             result = {"labels_per_class": n, "seed": seed}
             t = time.perf_counter()
-            scratch = fit.fit(x[pick], y[pick], x[:0], y[:0], cfg, len(TARGET), seed, desc="scratch")
+            scratch = fit.fit(x[pick], y[pick], x[:0], y[:0], cfg, len(classes), seed, desc="scratch")
             acc = (inference.predict_proba(scratch.model, xt).argmax(1) == yt).mean()
             result["scratch"] = {"accuracy": round(float(acc), 4), "seconds": round(time.perf_counter() - t, 1)}
             t = time.perf_counter()
-            pr = probe.fit(z[pick], y[pick], len(TARGET), p.oof.probe_c, seed)
+            pr = probe.fit(z[pick], y[pick], len(classes), p.oof.probe_c, seed)
             acc = (pr.predict_proba(zt).argmax(1) == yt).mean()
             result["probe"] = {"accuracy": round(float(acc), 4), "seconds": round(time.perf_counter() - t, 1)}
             t = time.perf_counter()
-            model, width = backbones.for_training(p.backbone, 1, len(TARGET), torch.Generator().manual_seed(seed))
+            model, width = backbones.for_training(p.backbone, 1, len(classes), torch.Generator().manual_seed(seed))
             tuned_cfg = cfg.model_copy(update={"model": args.arch, "width": width})
-            tuned = fit.fit(x[pick], y[pick], x[:0], y[:0], tuned_cfg, len(TARGET), seed, desc="fine-tune", init=model)
+            tuned = fit.fit(x[pick], y[pick], x[:0], y[:0], tuned_cfg, len(classes), seed, desc="fine-tune", init=model)
             acc = (inference.predict_proba(tuned.model, xt).argmax(1) == yt).mean()
             result["fine-tune"] = {"accuracy": round(float(acc), 4), "seconds": round(time.perf_counter() - t, 1)}
             rows.append(result)
@@ -132,7 +151,8 @@ def main() -> None:
             }
             print(f"{n:>4} labels/class {row:>9}: {summary[f'{n}/{row}']}", flush=True)
     if args.json:
-        out = {"arch": args.arch, "weights": str(args.weights), "embed_seconds": round(embed_seconds, 1)}
+        out = {"arch": args.arch, "halves": args.halves, "source": source, "target": classes}
+        out |= {"weights": str(args.weights), "embed_seconds": round(embed_seconds, 1)}
         args.json.write_text(json.dumps(out | {"rows": rows, "summary": summary}, indent=1) + "\n")
 
 
