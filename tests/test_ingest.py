@@ -19,12 +19,12 @@ from pipeline.stages.ingest import QUARANTINE
 SIDE = badinput.SIDE
 
 
-def ingest(tmp_path, name="run", **section):
+def ingest(tmp_path, name="run", quiet=True, **section):
     """Run `python -m pipeline ingest` in-process; return (exit code, metrics, output folder)."""
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump({"ingest": section}))
     out, metrics = tmp_path / name, tmp_path / f"{name}.json"
-    rc = main(["ingest", "--params", str(p), "--out", str(out), "--metrics", str(metrics), "--quiet"])
+    rc = main(["ingest", "--params", str(p), "--out", str(out), "--metrics", str(metrics), *["--quiet"] * quiet])
     return rc, (json.loads(metrics.read_text()) if metrics.exists() else None), out
 
 
@@ -105,12 +105,12 @@ def test_kept_pixels_follow_the_conventions(corpus):
     _, _, _, out = corpus
     g16 = pixels(out, badinput.GRAY16)[..., 0]
     assert (g16[: SIDE // 2] == 255).all() and (g16[SIDE // 2 :] == 128).all()  # 65535, 32896
-    rgba = pixels(out, badinput.RGBA)[..., 0]
+    rgba = pixels(out, badinput.RGBA)[..., 0]  # light content (200): onto black (ingest.background auto)
     assert (rgba[: SIDE // 2] == 200).all() and (rgba[SIDE // 2 :] == 0).all()
     la = pixels(out, badinput.GRAY_ALPHA)[..., 0]
     assert (la[:, : SIDE // 2] == 200).all() and (la[:, SIDE // 2 :] == 100).all()
     pal = pixels(out, badinput.PALETTE)[..., 0]
-    assert (pal[:, : SIDE // 2] == 0).all() and (pal[:, SIDE // 2 :] == 100).all()
+    assert (pal[:, : SIDE // 2] == 255).all() and (pal[:, SIDE // 2 :] == 100).all()  # dark content: onto white
     assert (pixels(out, badinput.GIF) == 255).all()  # the first frame
     assert np.abs(pixels(out, badinput.LAB).astype(int) - 119).max() <= 2
     assert abs(int(pixels(out, badinput.CMYK)[0, 0, 0]) - 76) <= 3  # luma of pure red
@@ -147,6 +147,7 @@ def test_manifest_columns_and_pixel_shapes(corpus):
         "parent_id",
         "source_split",
         "hidden_label",
+        "background",
         "pixel_sha256",
         "store",
         "row",
@@ -386,3 +387,96 @@ def test_colour_and_size_are_chosen_from_the_images_and_reported(tmp_path):
     assert rc == 0 and metrics["channels"] == 1 and metrics["image_size"] == 40  # median of 32 and 48
     rc, metrics, _ = ingest(tmp_path, name="fixed", source="imagefolder", path=str(rgb), channels=1, image_size=16)
     assert rc == 0 and (metrics["channels"], metrics["image_size"]) == (1, 16)
+
+
+def _png(path, value=0, size=12, mode="RGB"):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), value).save(path)
+
+
+def test_sidecar_files_are_skipped_and_counted_by_extension_not_quarantined(tmp_path, capsys, caplog):
+    caplog.set_level("INFO", logger="pipeline")
+    root = tmp_path / "root"
+    for c in ("cat", "dog"):
+        for i in range(3):
+            _png(root / c / f"{i}.png", i * 40)
+            (root / c / f"{i}.txt").write_text("a description")
+        (root / c / "0.ogg").write_bytes(b"OggS")
+    (root / "README").write_text("no extension, at the root")
+    (root / "cat" / "info.DAT").write_bytes(b"\0")
+    (root / "dog" / "logo.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (root / "dog" / "broken.png").write_text("not a png")  # an image by name: quarantined, as before
+    # 2 bad of 8 images pass max_bad_fraction 0.3; 12 of 18 would not, were the sidecars counted as bad
+    rc, metrics, out = ingest(tmp_path, quiet=False, source="imagefolder", path=str(root), max_bad_fraction=0.3)
+    assert rc == 0, capsys.readouterr().err
+    assert metrics["kept"] == 6 and metrics["in"] == 8 and metrics["quarantined"] == 2
+    assert metrics["by_reason"] == {"not_an_image": 1, "vector_image": 1}
+    assert metrics["skipped"] == 10
+    assert metrics["skipped_by_extension"] == {".txt": 6, ".ogg": 2, "(no extension)": 1, ".dat": 1}
+    quarantine = pd.read_csv(out / QUARANTINE)
+    svg = quarantine[quarantine["path"] == "dog/logo.svg"]
+    assert svg["reason"].tolist() == ["vector_image"] and "rsvg-convert" in svg["detail"].iloc[0]
+    assert "10 files beside the images skipped" in caplog.text
+
+
+def test_a_folder_of_sidecars_only_says_what_it_skipped(tmp_path, capsys):
+    root = tmp_path / "root"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "x.txt").write_text("no")
+    (root / "a" / "y.ogg").write_text("no")
+    rc, _, _ = ingest(tmp_path, source="imagefolder", path=str(root))
+    err = capsys.readouterr().err
+    assert rc == 2 and "no images found under" in err and "2 other files skipped" in err and ".ogg" in err
+
+
+def _line_art(path, shape: str, ink: int):
+    """A drawing in `ink` (0 black, 255 white) on a fully transparent background."""
+    from PIL import Image, ImageDraw
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGBA", (32, 32), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    if shape == "cross":
+        draw.line((4, 4, 28, 28), fill=(ink, ink, ink, 255), width=3)
+        draw.line((4, 28, 28, 4), fill=(ink, ink, ink, 255), width=3)
+    else:
+        draw.ellipse((6, 6, 26, 26), outline=(ink, ink, ink, 255), width=3)
+    img.save(path)
+
+
+def test_transparent_line_art_keeps_its_picture_and_records_the_background(tmp_path, capsys, caplog):
+    root = tmp_path / "root"
+    for ink, name in ((0, "black"), (255, "white")):
+        for shape in ("cross", "ring"):
+            _line_art(root / shape / f"{name}.png", shape, ink)
+    _png(root / "cross" / "opaque.png", 90)
+    rc, metrics, out = ingest(tmp_path, source="imagefolder", path=str(root), image_size=16, channels=1)
+    assert rc == 0, capsys.readouterr().err
+    df, _ = dataset.read_manifest(out)
+    bg = dict(zip(df["path"], df["background"].astype(object).where(df["background"].notna(), None)))
+    assert bg == {"cross/black.png": "white", "cross/white.png": "black", "ring/black.png": "white",
+                  "ring/white.png": "black", "cross/opaque.png": None}  # fmt: skip
+    assert metrics["transparent"] == {"black": 2, "white": 2} and metrics["identical_decodes"]["files"] == 0
+    for path in bg:
+        if path != "cross/opaque.png":
+            x = pixels(out, path).astype(int)
+            assert x.max() - x.min() > 100, path  # the drawing shows against its background
+    assert len(set(df["pixel_sha256"])) == len(df)
+    # onto black, as before: black line art comes out as identical black squares, and ingest says so
+    rc, metrics, out = ingest(tmp_path, "black", quiet=False, source="imagefolder", path=str(root), image_size=16,
+                              channels=1, background="black")  # fmt: skip
+    assert rc == 0 and metrics["identical_decodes"] == {"files": 2, "groups": 1}
+    lost = pd.read_csv(out / stage.IDENTICAL)
+    assert sorted(lost["path"]) == ["cross/black.png", "ring/black.png"]
+    assert "2 distinct files decode to identical pixels" in caplog.text
+
+
+def test_byte_identical_copies_are_duplicates_not_a_lost_decode(tmp_path):
+    root = tmp_path / "root"
+    _line_art(root / "a" / "x.png", "cross", 0)
+    (root / "a" / "y.png").write_bytes((root / "a" / "x.png").read_bytes())
+    _png(root / "b" / "z.png", 10)
+    rc, metrics, _ = ingest(tmp_path, source="imagefolder", path=str(root), image_size=16, background="black")
+    assert rc == 0 and metrics["identical_decodes"]["files"] == 0

@@ -168,7 +168,7 @@ def test_imagefolder_listing_reasons(tmp_path):
     os.symlink("ok.png", root / "a" / "in.png")
     os.symlink("gone.png", root / "a" / "broken.png")
     os.symlink("a", root / "alias")
-    os.mkfifo(root / "a" / "fifo")
+    os.mkfifo(root / "a" / "fifo.png")  # named as an image: refused (without an image extension: a sidecar)
     os.mkdir(os.fsencode(root) + b"/\xe9t\xe9")
     with open(os.fsencode(root) + b"/a/\xff.png", "wb") as f:
         f.write(b"x")
@@ -179,7 +179,7 @@ def test_imagefolder_listing_reasons(tmp_path):
         "\\xe9t\\xe9": "non_utf8_name",
         "stray.png": "not_in_class_folder",
         "a/broken.png": "missing_file",
-        "a/fifo": "not_a_file",
+        "a/fifo.png": "not_a_file",
         "a/in.png": None,
         "a/ok.png": None,
         "a/out.png": "outside_root",

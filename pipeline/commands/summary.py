@@ -39,6 +39,7 @@ def lines(metrics: Path, plots: Path) -> list[str]:
     out.append(
         f"data      {i['in']} images in: {i['kept']} kept, {i['quarantined']} quarantined"
         + (f" {i['by_reason']}" if i["quarantined"] else "")
+        + (f"; {i['skipped']} other files skipped {i['skipped_by_extension']}" if i.get("skipped") else "")
         + f"; {i['classes']} classes, {i['image_size']}x{i['image_size']} px, {i['channels']} channel(s)"
     )
     if s := m["split"]:

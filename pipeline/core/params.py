@@ -84,6 +84,8 @@ class Ingest(Section):
     # to a multiple of 4, from 8 to AUTO_MAX_SIZE; an int fixes it. null is the old spelling of auto
     image_size: int | str | None = "auto"
     channels: Literal[1, 3, "auto"] = "auto"  # auto: 3 when most images have colour, else 1
+    # what transparency is composited onto; auto: per image, white under dark content, else black
+    background: Literal["auto", "black", "white", "grey"] = "auto"
     max_bad_fraction: float = Field(0.05, ge=0.0, le=1.0)
     classes: list[str] | None = None  # fixes the class list; other labels are quarantined
     max_pixels: int = Field(40_000_000, ge=1)  # larger images are decompression-bomb suspects

@@ -1,7 +1,9 @@
 """Decode one image file, or normalise in-memory pixels, to (size, size, channels) uint8.
 
 Conventions: EXIF orientation applied; 16-bit images scaled to 8 bits; transparency
-composited onto black; CMYK/palette/1-bit converted; resized (not cropped) to a square
+composited onto a background (`ingest.background`; auto: white under dark content, black under
+light, chosen per image from its opaque pixels, so black line art on a transparent background stays
+visible); CMYK/palette/1-bit converted; resized (not cropped) to a square
 with bilinear filtering. Anything that cannot be used raises `DecodeError` with a reason
 code that ingest writes to the quarantine list.
 """
@@ -9,9 +11,10 @@ code that ingest writes to the quarantine list.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import warnings
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -25,12 +28,31 @@ class DecodeError(Exception):
         self.reason = reason
 
 
-def decode_file(path: str, size: int, channels: int, max_pixels: int, min_side: int) -> np.ndarray:
-    """One file's pixels as (size, size, channels) uint8, or `DecodeError`.
+BACKGROUNDS = {"black": 0, "grey": 128, "white": 255}
+
+
+def decode_file(
+    path: str, size: int, channels: int, max_pixels: int, min_side: int, background: str = "black"
+) -> np.ndarray:
+    """One file's pixels as (size, size, channels) uint8, or `DecodeError` (`decode`'s pixels)."""
+    return decode(path, size, channels, max_pixels, min_side, background)[0]
+
+
+def decode(
+    path: str, size: int, channels: int, max_pixels: int, min_side: int, background: str = "black"
+) -> tuple[np.ndarray, str | None]:
+    """(one file's pixels as (size, size, channels) uint8, the background its transparency was
+    composited onto or None for an opaque image), or `DecodeError`.
 
     `max_pixels` is the decompression-bomb guard; Pillow's DecompressionBombWarning is left
     to the caller (ingest silences it once for the stage: per file it costs ~10% of decoding
     a small PNG)."""
+    if os.path.splitext(path)[1].lower() in (".svg", ".svgz"):
+        raise DecodeError(
+            "vector_image",
+            "SVG is a vector format Pillow cannot read: render it to PNG first "
+            "(rsvg-convert -w 256 FILE.svg -o FILE.png, or inkscape, or cairosvg)",
+        )
     try:
         img = Image.open(path)
         with img:
@@ -43,7 +65,7 @@ def decode_file(path: str, size: int, channels: int, max_pixels: int, min_side: 
                 raise DecodeError("too_small", f"{w}x{h} has a side < ingest.min_side {min_side}")
             img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at reduced scale
             img.load()
-            return _to_array(img, size, channels)
+            return _to_array(img, size, channels, background)
     except DecodeError:
         raise
     except Image.DecompressionBombError as e:
@@ -61,17 +83,16 @@ def decode_file(path: str, size: int, channels: int, max_pixels: int, min_side: 
         raise DecodeError("corrupt", f"decoding failed: {type(e).__name__}: {e}") from None
 
 
-def _to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
+def _to_array(img: Image.Image, size: int, channels: int, background: str = "black") -> tuple[np.ndarray, str | None]:
     # getexif() also reads an XMP orientation; most images have none, and exif_transpose()
     # costs ~10% of decoding a small PNG even then.
     if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
         ImageOps.exif_transpose(img, in_place=True)
     if img.mode.startswith("I") or img.mode == "F":
         img = _to_8bit(img)
+    used = None
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        img = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        img.alpha_composite(rgba)
+        img, used = _composite(img.convert("RGBA"), background)
     if img.mode == "LAB":  # Pillow converts LAB (through ImageCms) to RGB, but not to L
         img = img.convert("RGB")
     mode = "L" if channels == 1 else "RGB"
@@ -81,7 +102,25 @@ def _to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
         raise DecodeError("unsupported_mode", f"cannot convert mode {img.mode}: {e}") from None
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8).reshape(size, size, channels)
+    return np.asarray(img, dtype=np.uint8).reshape(size, size, channels), used
+
+
+def _composite(rgba: Image.Image, background: str) -> tuple[Image.Image, str | None]:
+    """`rgba` over a background: `background`, or for auto white when the opaque pixels are dark
+    (mean luminance weighted by alpha below mid-grey), else black. (image, the background's name),
+    or (image, None) when every pixel is opaque (no background shows)."""
+    alpha = np.asarray(rgba.getchannel("A"), np.float32)
+    if alpha.min() == 255:
+        return rgba, None
+    if background == "auto":
+        luminance = np.asarray(rgba.convert("RGB").convert("L"), np.float32)
+        weight = alpha.sum()
+        dark = weight > 0 and float((luminance * alpha).sum() / weight) < 128
+        background = "white" if dark else "black"
+    value = BACKGROUNDS[background]
+    out = Image.new("RGBA", rgba.size, (value, value, value, 255))
+    out.alpha_composite(rgba)
+    return out, background
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -104,32 +143,51 @@ def normalise(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     if arr.shape[:2] == (size, size) and (arr.ndim == 2) == (channels == 1):
         return np.ascontiguousarray(arr).reshape(size, size, channels)
     img = Image.fromarray(arr, "L" if arr.ndim == 2 else "RGB")
-    return _to_array(img, size, channels)
+    return _to_array(img, size, channels)[0]
 
 
 CHUNK = 256  # files per task: per-item work in this process limits the speed
 
 
-def _decode_chunk(shape: tuple[int, int, int, int, int], files: list[str]) -> list:
-    """Worker: each file's normalised pixels (as bytes: cheaper to send back than an array),
-    or the reason it is quarantined."""
-    size, channels, max_pixels, min_side = shape
+def _decode_chunk(shape: tuple, files: list[str]) -> list:
+    """Worker: each file's normalised pixels (as bytes: cheaper to send back than an array), the
+    background under its transparency and the SHA-256 of its bytes, or the reason it is quarantined."""
+    size, channels, max_pixels, min_side, background = shape
     out = []
     with warnings.catch_warnings():
         # images past Pillow's warning size are refused by ingest.max_pixels (or by Pillow)
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for file in files:
             try:
-                out.append((decode_file(file, size, channels, max_pixels, min_side).tobytes(), None, None))
+                pixels, used = decode(file, size, channels, max_pixels, min_side, background)
+                with open(file, "rb") as f:  # read again from the page cache: a few % of decoding
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                out.append((pixels.tobytes(), None, None, used, digest))
             except DecodeError as e:
-                out.append((None, e.reason, str(e)))
+                out.append((None, e.reason, str(e), None, None))
     return out
 
 
+class Decoded(NamedTuple):
+    item: object  # the `readers.Item`
+    pixels: np.ndarray | None  # (size, size, channels) uint8, or None when quarantined ...
+    reason: str | None  # ... with this reason
+    detail: str | None
+    background: str | None = None  # what transparency was composited onto (None: opaque, or pixels given)
+    file_sha256: str | None = None  # the file's bytes (None for pixels given)
+
+
 def decode_items(
-    items: list, size: int, channels: int, max_pixels: int, min_side: int, workers: int, executor: str
-) -> Iterator[tuple[object, np.ndarray | None, str | None, str | None]]:
-    """Each item (a `readers.Item`) with its normalised pixels, or the reason it is quarantined, in input order.
+    items: list,
+    size: int,
+    channels: int,
+    max_pixels: int,
+    min_side: int,
+    workers: int,
+    executor: str,
+    background: str = "black",
+) -> Iterator[Decoded]:
+    """Each item (a `readers.Item`) decoded, or with the reason it is quarantined, in input order.
 
     Decoding files is CPU-bound: chunks of paths go out to `executor`'s workers and bytes come
     back, in input order, so the output depends on neither the executor nor the worker count.
@@ -138,16 +196,16 @@ def decode_items(
     shape = (size, size, channels)
     files = [it.file for it in items if it.reason is None and it.pixels is None]
     chunks = [files[i : i + CHUNK] for i in range(0, len(files), CHUNK)]
-    args = (size, channels, max_pixels, min_side)
+    args = (size, channels, max_pixels, min_side, background)
     # closing(): the workers end when this generator does, even when its consumer stops early
     with contextlib.closing(ordered_map(_decode_chunk, chunks, args, workers, executor)) as results:
         decoded = (r for chunk in results for r in chunk)
         for item in items:
             if item.reason is not None:
-                yield item, None, item.reason, item.detail
+                yield Decoded(item, None, item.reason, item.detail)
             elif item.pixels is not None:
-                yield item, normalise(item.pixels, size, channels), None, None
+                yield Decoded(item, normalise(item.pixels, size, channels), None, None)
             else:
-                raw, reason, detail = next(decoded)
+                raw, reason, detail, used, digest = next(decoded)
                 pixels = None if raw is None else np.frombuffer(raw, np.uint8).reshape(shape)
-                yield item, pixels, reason, detail
+                yield Decoded(item, pixels, reason, detail, used, digest)

@@ -212,6 +212,28 @@ def _required_dir(cfg: Ingest, what: str) -> Path:
     return path
 
 
+SIDECAR = "sidecar"  # the reason of a file a folder walk skips: not an image format (ingest counts, never quarantines)
+VECTOR = (".svg", ".svgz")  # image formats Pillow cannot read: quarantined with a way to convert them
+
+
+def image_extensions() -> frozenset[str]:
+    """The file extensions a folder walk takes for images: Pillow's formats and the vector ones
+    (which decode quarantines with a way to convert them). Anything else beside the images
+    (descriptions, sounds, metadata: `.txt`, `.ogg`, `.json`, `.dat`) is a sidecar."""
+    from PIL import Image
+
+    Image.init()
+    return frozenset(Image.registered_extensions()) | frozenset(VECTOR)
+
+
+def _sidecar(rel: str, images: frozenset[str]) -> Item | None:
+    """A skipped item for a file whose extension is no image format, else None."""
+    ext = os.path.splitext(rel)[1].lower()
+    if ext in images:
+        return None
+    return Item(path=rel if _utf8(rel) else _escaped(rel), reason=SIDECAR, detail=ext or "(no extension)")
+
+
 SOURCE_SPLITS = ("train", "val", "test")  # an image folder laid out as root/<split>/<class>/ keeps them
 UNLABELED = "unlabeled/"  # path prefix of the items from ingest.unlabeled_path
 
@@ -259,10 +281,14 @@ def imagefolder(cfg: Ingest) -> tuple[list[Item], list[str]]:
     depth = 2 if _split_layout(root) else 1  # path components before the file: [split/]class
     tops = [root / d for d in _subdirs(root)] if depth == 2 else [root]
     classes = sorted({c for top in tops for c in _subdirs(top)})  # empty class folders included
-    items = []
+    items, images = [], image_extensions()
     for rel, full, unusable in _walk(root):
         if unusable is not None:
             items.append(unusable)
+            continue
+        sidecar = _sidecar(rel, images)
+        if sidecar is not None:
+            items.append(sidecar)
             continue
         parts = rel.split("/")
         if len(parts) <= depth:
@@ -282,8 +308,9 @@ def unlabeled(path: str) -> list[Item]:
         what = "not a directory" if root.exists() else "no such directory"
         raise PipelineError(f"ingest.unlabeled_path: {root}: {what}")
     real_root = os.path.realpath(root)
-    items = []
+    items, images = [], image_extensions()
     for rel, full, unusable in _walk(root):
+        unusable = unusable or _sidecar(rel, images)
         if unusable is not None:
             items.append(Item(path=UNLABELED + unusable.path, reason=unusable.reason, detail=unusable.detail))
         else:

@@ -74,13 +74,15 @@ def run(params: Params, df: pd.DataFrame, channels: int) -> tuple[np.ndarray, di
     log.info("embed: %s (%s) at %d px, %s, %s", cfg.name, loaded.weights, size, dev, "bf16" if bf16 else "fp32")
     ing = params.ingest
     items = source_items(params, df["path"])
-    decoded = decode_items(items, size, ch, ing.max_pixels, ing.min_side, ing.workers, params.base.executor)
+    decoded = decode_items(
+        items, size, ch, ing.max_pixels, ing.min_side, ing.workers, params.base.executor, ing.background
+    )
     out, batch, start = [], [], time.perf_counter()
     with contextlib.closing(decoded) as images:
-        for item, pixels, reason, detail in progress(images, desc="embed", unit="img", total=len(items)):
-            if reason is not None:
-                raise PipelineError(f"embed: {item.path}: {reason}: {detail} (ingest decoded it: re-run ingest)")
-            batch.append(pixels)
+        for d in progress(images, desc="embed", unit="img", total=len(items)):
+            if d.reason is not None:
+                raise PipelineError(f"embed: {d.item.path}: {d.reason}: {d.detail} (ingest decoded it: re-run ingest)")
+            batch.append(d.pixels)
             if len(batch) == cfg.batch_size:
                 out.append(backbones.features(loaded, np.stack(batch), dev, bf16))
                 batch = []

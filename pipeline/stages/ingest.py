@@ -1,9 +1,12 @@
 """ingest: turn a source into a canonical dataset, quarantining what cannot be used.
 
-Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, source_split,
-origin, parent_id, hidden_label, pixel_sha256, store, row), `<out>/images/*.npy` shards, and
-`<out>/quarantine.csv` (path, reason, detail). Every input item is either kept or
-quarantined with a reason; `metrics/ingest.json` holds the counts, which always add up.
+Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, origin, parent_id,
+source_split, hidden_label, background, pixel_sha256, store, row), `<out>/images/*.npy` shards,
+`<out>/quarantine.csv` (path, reason, detail) and `<out>/identical_decodes.csv` (distinct files
+whose pixels came out the same). Every input image is either kept or quarantined with a reason;
+files beside the images that are no image format (by extension: `.txt`, `.ogg`, `.json`, ...) are
+skipped and counted by extension; `metrics/ingest.json` holds the counts, which always add up.
+`background` is what a transparent image was composited onto (`ingest.background`), None if opaque.
 Exits with code 2 when the quarantined fraction passes `ingest.max_bad_fraction`.
 
 Unlabeled images (the pool: `ingest.unlabeled_path`, empty CSV labels, or labels hidden by
@@ -26,9 +29,20 @@ from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.sources.decode import decode_items
-from pipeline.sources.readers import SOURCES, auto_shape, unlabeled
+from pipeline.sources.readers import SIDECAR, SOURCES, auto_shape, unlabeled
 
 QUARANTINE = "quarantine.csv"
+IDENTICAL = "identical_decodes.csv"  # distinct files that decode to the same pixels: content lost
+
+
+def identical_decodes(df: pd.DataFrame, files: dict) -> pd.DataFrame:
+    """(path, pixel_sha256, background) of the kept samples whose pixels equal another's although
+    their files differ: the decode lost what told them apart (transparency onto one colour, a
+    resize), which split would otherwise call exact duplicates. Byte-identical copies are not here."""
+    sha = df["sample_id"].map(files)
+    groups = df.assign(file_sha256=sha)[sha.notna()].groupby("pixel_sha256")["file_sha256"].transform("nunique")
+    lost = df.loc[groups.index[groups.to_numpy() > 1], ["path", "pixel_sha256", "background"]]
+    return lost.sort_values(["pixel_sha256", "path"]).reset_index(drop=True)
 
 
 def run(params: Params, out: Path, final_dir: Path) -> dict:
@@ -36,19 +50,28 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     cfg = params.ingest
     source = SOURCES[cfg.source]
     items, declared = source(cfg)
-    if not items:
-        raise PipelineError(f"no images found under {cfg.path}")
     if cfg.unlabeled_path is not None:
         items += unlabeled(cfg.unlabeled_path)
+    # files beside the images that are no image format (descriptions, sounds, metadata): counted, not bad input
+    skipped = Counter(it.detail for it in items if it.reason == SIDECAR)
+    items = [it for it in items if it.reason != SIDECAR]
+    if not items:
+        others = f" ({sum(skipped.values())} other files skipped: {dict(sorted(skipped.items()))})" if skipped else ""
+        raise PipelineError(f"no images found under {cfg.path}{others}")
     size, channels, why = auto_shape(items, cfg)
     if why:
         log.info("ingest: auto %s; set ingest.image_size / ingest.channels to override", why)
     writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
-    pixels = decode_items(items, size, channels, cfg.max_pixels, cfg.min_side, cfg.workers, params.base.executor)
+    pixels = decode_items(
+        items, size, channels, cfg.max_pixels, cfg.min_side, cfg.workers, params.base.executor, cfg.background
+    )
+    files = {}  # sample_id -> the file's SHA-256, for distinct files that decode to the same pixels
     with contextlib.closing(pixels) as decoded:
-        for item, pixels, reason, detail in progress(decoded, desc="ingest", unit="img", total=len(items)):
+        for item, pixels, reason, detail, background, file_sha in progress(
+            decoded, desc="ingest", unit="img", total=len(items)
+        ):
             if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
                 reason, detail = "unknown_label", f"label {item.label!r} is not in ingest.classes"
             sid = dataset.sample_id(item.path)
@@ -57,7 +80,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
             if reason is not None:
                 bad.append({"path": item.path, "reason": reason, "detail": detail})
                 continue
-            seen[sid] = item.path
+            seen[sid], files[sid] = item.path, file_sha
             store, row = writer.add(pixels)
             rows.append(
                 {
@@ -66,6 +89,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
                     "label": item.label,
                     "group": item.group,
                     "source_split": item.source_split,
+                    "background": background,
                     "pixel_sha256": dataset.pixel_hash(pixels),
                     "store": store,
                     "row": row,
@@ -73,7 +97,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
             )
     writer.close()
     df = pd.DataFrame(
-        rows, columns=["sample_id", "path", "label", "group", "source_split", "pixel_sha256", "store", "row"]
+        rows,
+        columns=["sample_id", "path", "label", "group", "source_split", "background", "pixel_sha256", "store", "row"],
     )
     present = set(df["label"].dropna())
     if cfg.classes is None:
@@ -92,6 +117,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
     dataset.write_csv(out / QUARANTINE, quarantine)
+    lost = identical_decodes(df, files)
+    dataset.write_csv(out / IDENTICAL, lost)
     metrics = {
         "source": cfg.source,
         "executor": params.base.executor,
@@ -100,6 +127,10 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
         "quarantined": len(quarantine),
         "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
         "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
+        "transparent": {k: int(v) for k, v in sorted(df["background"].value_counts().items())},
+        "identical_decodes": {"files": len(lost), "groups": int(lost["pixel_sha256"].nunique()) if len(lost) else 0},
+        "skipped": sum(skipped.values()),  # not images (by extension): neither kept nor quarantined
+        "skipped_by_extension": dict(sorted(skipped.items())),
         "unlabeled": int((~labeled).sum()),
         "hidden_labels": int(hidden.sum()),
         "classes": len(classes),
@@ -145,6 +176,22 @@ def main(params: Params, args: argparse.Namespace) -> None:
         metrics["quarantined"],
         metrics["by_reason"] or "",
     )
+    lost = metrics["identical_decodes"]
+    if lost["files"]:
+        log.warning(
+            "ingest: %d distinct files decode to identical pixels (%d groups, see %s): the decode loses what "
+            "tells them apart (transparency: ingest.background; size: ingest.image_size), so split will "
+            "take them for exact duplicates",
+            lost["files"],
+            lost["groups"],
+            out / IDENTICAL,
+        )
+    if metrics["skipped"]:
+        log.info(
+            "ingest: %d files beside the images skipped, not images by their extension: %s",
+            metrics["skipped"],
+            metrics["skipped_by_extension"],
+        )
     if metrics["empty_classes"]:
         fate = (
             "kept: ingest.classes fixes the list" if params.ingest.classes is not None else "left out of the class list"

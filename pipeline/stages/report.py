@@ -138,6 +138,12 @@ def _ingest(run: Run) -> list[str]:
         )
     else:
         out.append("<p>Nothing quarantined: every input decoded and passed the checks.</p>")
+    skipped = run.m("ingest", "skipped_by_extension") or {}
+    if skipped:
+        out.append(
+            "<h3>Files skipped beside the images (not an image format, by extension)</h3>"
+            + page.table(list(skipped.items()), ("extension", "files"))
+        )
     return out
 
 
@@ -354,7 +360,13 @@ def _evaluate(run: Run) -> list[str]:
 
 
 KEY_FIGURES = {
-    "ingest": [("images in", "in"), ("kept", "kept"), ("quarantined", "quarantined"), ("unlabeled", "unlabeled")],
+    "ingest": [
+        ("images in", "in"),
+        ("kept", "kept"),
+        ("quarantined", "quarantined"),
+        ("unlabeled", "unlabeled"),
+        ("other files skipped", "skipped"),
+    ],
     "split": [
         ("train", "train"),
         ("val", "val"),
