@@ -37,6 +37,7 @@ the data, the fold models and the params.
 from __future__ import annotations
 
 import argparse
+import time
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple, get_args
@@ -208,7 +209,19 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
     for k, model in zip(folds, models):
         rows = held_out(df, k, cfg.max_samples, seed)
         x, y = dataset.load_pixels(df.iloc[rows]), labels[rows]
+        start = time.perf_counter()
         clean.append(float(losses(model, x, y)[0].mean()))
+        if k == folds[0]:  # time told in advance: each candidate scores the held-out images once
+            minutes = (time.perf_counter() - start) * cfg.candidates * len(folds) / 60
+            log.info(
+                "policy-search: %d folds x %d candidates x %d images: about %.0f min%s",
+                len(folds),
+                cfg.candidates,
+                len(rows),
+                minutes,
+                " (a backbone's fold models at its input size: lower policy_search.candidates or "
+                "backbone.image_size to shorten it)" * (minutes > 5 and getattr(model, "input_size", None) is not None),
+            )
         top, n, none = search_fold(model, x, y, cfg, seed, k)
         kept += [(k, rank, s) for rank, s in enumerate(top, 1)]
         feasible.append(n)
