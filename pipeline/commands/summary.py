@@ -30,7 +30,7 @@ def _read(folder: Path, name: str) -> dict:
 
 
 def lines(metrics: Path, plots: Path) -> list[str]:
-    names = ("ingest", "split", "oof", "clean", "pseudo", "assemble", "train", "evaluate")
+    names = ("ingest", "embed", "split", "oof", "clean", "pseudo", "assemble", "train", "evaluate")
     m = {n: _read(metrics, n) for n in names}
     if not m["ingest"]:
         raise PipelineError(f"{metrics}/ingest.json: no metrics yet; run `dvc repro` first")
@@ -42,6 +42,12 @@ def lines(metrics: Path, plots: Path) -> list[str]:
         + (f"; {i['skipped']} other files skipped {i['skipped_by_extension']}" if i.get("skipped") else "")
         + f"; {i['classes']} classes, {i['image_size']}x{i['image_size']} px, {i['channels']} channel(s)"
     )
+    if (b := m["embed"]) and b.get("backbone"):
+        out.append(
+            f"backbone  {b['backbone']} ({b['weights']}) at {b['image_size']} px: {b['dim']} features of "
+            f"{b['samples']} images in {b['seconds']:.0f} s ({b['device']}, {b['precision']}); "
+            f"oof: {m['oof'].get('model')}"
+        )
     if s := m["split"]:
         out.append(
             f"split     train {s['train']}, val {s['val']}, test {s['test']}"
