@@ -226,3 +226,24 @@ def test_fine_tuning_trains_the_head_first_then_the_body_at_a_lower_rate(pretrai
     assert result.config["model"] == "small_cnn" and result.config["input_size"] is None
     with pytest.raises(PipelineError, match="train.init: backbone trains from the backbone"):
         params.parse({"train": {"init": "backbone"}})
+
+
+def test_hub_weights_offline_fail_on_one_line(digits, tmp_path):
+    """The path a user's online machine takes (timm fetches the weights), here offline: one line, exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = digits
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"backbone": {"name": "timm:resnet18", "weights": "hub"}}))
+    cmd = [sys.executable, "-m", "pipeline", "embed", "--quiet", "--params", str(tmp_path / "params.yaml")]
+    cmd += ["--ingest", str(root / "ingest"), "--out", str(tmp_path / "embed"), "--metrics", str(tmp_path / "m.json")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network here either way: fail at once, not after retries
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if "error" in line]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        len(errors) == 1
+        and "backbone.weights: hub: " in errors[0]
+        and "point backbone.weights at a local file" in errors[0]
+    )
