@@ -173,7 +173,7 @@ def probe_folds(
     probs: np.ndarray,
     votes: np.ndarray,
     entropy: np.ndarray,
-) -> tuple[np.ndarray, list[pd.DataFrame]]:
+) -> list[pd.DataFrame]:
     """The probe's K folds: fills `probs` (held-out rows, and the mean over folds for the rest),
     `votes` and `entropy` (of the rows no fold trains on) in place; returns the dynamics. A fold's
     model (the backbone with the probe as its head) is appended to `models`."""
