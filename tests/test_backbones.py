@@ -128,6 +128,42 @@ def test_devices():
     assert runtime.bf16("fp32", torch.device("cpu")) is False and runtime.bf16("bf16", torch.device("cpu")) is True
 
 
+def test_a_ddp_worker_given_cuda_takes_its_local_rank(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.device("cuda") == torch.device("cuda", 1) == runtime.device("auto")
+    assert runtime.device("cuda:0") == torch.device("cuda", 0)  # a device named in full stays as named
+    monkeypatch.delenv("LOCAL_RANK")
+    assert runtime.device("cuda") == torch.device("cuda")
+    with pytest.raises(PipelineError, match="base.device: cuda:2: there are 2 CUDA devices"):
+        runtime.device("cuda:2")
+
+
+def test_fit_on_the_named_cpu_device_is_byte_identical_to_the_default(tmp_path):
+    """Every path trains on `device` (fit moves the model; batches follow it): on the CPU, naming it
+    changes no byte of the model, its predictions or its attacks."""
+    from pipeline.learn import attacks, fit, inference, tensors
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 1), np.uint8)
+    y = rng.integers(0, 3, 64)
+    cfg = params.parse({"train": {"epochs": 2, "batch_size": 16, "width": 4}}).train
+    adv = cfg.adversarial.model_copy(update={"attack": "pgd", "ratio": 0.5, "steps": 2, "eps": 0.1})
+    cfg = cfg.model_copy(update={"adversarial": adv})
+    paths = []
+    for i, dev in enumerate([None, runtime.device("cpu")]):
+        result = fit.fit(x[:48], y[:48], x[48:], y[48:], cfg, 3, 0, device=dev)
+        checkpoints.save_model(tmp_path / f"{i}.pt", result.model, result.config, ["a", "b", "c"])
+        paths.append((tmp_path / f"{i}.pt").read_bytes())
+        probs = inference.predict_proba(result.model, x)
+        xa = attacks.attack_batches(
+            result.model, tensors.to_float(x[:8]), torch.tensor(y[:8]), "pgd", attacks.AttackConfig(eps=0.1, steps=2)
+        )
+        paths.append(probs.tobytes() + xa.numpy().tobytes())
+    assert paths[0] == paths[2] and paths[1] == paths[3]
+
+
 @pytest.fixture(scope="module")
 def pretrained(digits):
     """A small_cnn pretrained (python -m pipeline pretrain) on the digits' split, and a split manifest."""

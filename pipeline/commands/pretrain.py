@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(params: Params, df, classes: list[str], epochs: int | None = None):
     """(FitResult, metrics) of the backbone trained on `df`'s train split, early-stopped on val."""
-    from pipeline.learn import fit
+    from pipeline.learn import fit, runtime
 
     name = params.backbone.name
     if name is None:
@@ -45,7 +45,10 @@ def run(params: Params, df, classes: list[str], epochs: int | None = None):
     x, y = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
     xv, yv = dataset.load_pixels(val) if len(val) else x[:0], val["label_id"].to_numpy(np.int64)
     size = params.backbone.image_size
-    result = fit.fit(x, y, xv, yv, cfg, len(classes), params.base.seed, desc=f"pretrain {name}", input_size=size)
+    dev = runtime.device(params.base.device)
+    result = fit.fit(
+        x, y, xv, yv, cfg, len(classes), params.base.seed, desc=f"pretrain {name}", input_size=size, device=dev
+    )
     metrics = {"backbone": name, "train": len(train), "val": len(val), "classes": len(classes)}
     metrics["best_epoch"] = result.best_epoch
     if result.best_epoch:

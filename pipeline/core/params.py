@@ -39,7 +39,8 @@ class Base(Section):
     # where the per-sample stages' work runs (pipeline/core/executor.py): local processes, or Ray Data
     # (RAY_ADDRESS: that cluster; unset: a local Ray); the outputs are the same bytes either way
     executor: Literal["local", "ray"] = "local"
-    # where torch runs (embed, and the fold models' and train's fits): auto is cuda, else mps, else cpu
+    # where torch runs (embed, oof, pseudo, train, pretrain, adversarial, evaluate, synthesize's judges and
+    # TSTR): auto is cuda, else mps, else cpu
     device: str = Field("auto", pattern=DEVICE)
 
 

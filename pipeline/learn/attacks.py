@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.core.registry import Registry
+from pipeline.learn import tensors
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class PGD(Attack):
         x = x.detach()
         x_adv = x.clone()
         if cfg.random_start:
-            noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1
+            noise = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(x.device)  # a CPU generator
             x_adv = (x_adv + cfg.eps * noise).clamp(0, 1)
         for _ in range(cfg.steps):
             grad = _grad(model, x_adv, y, cfg.targeted)
@@ -88,7 +89,7 @@ class PGDL2(Attack):
             # A uniform draw from the L2 ball: a random direction, a random radius.
             delta = torch.randn(x.shape, generator=generator, dtype=x.dtype)
             r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
-            delta = delta / (_l2(delta) + 1e-12) * r * cfg.eps
+            delta = (delta / (_l2(delta) + 1e-12) * r * cfg.eps).to(x.device)  # a CPU generator
             x_adv = (x + delta).clamp(0, 1)
         for _ in range(cfg.steps):
             grad = _grad(model, x_adv, y, cfg.targeted)
@@ -109,13 +110,15 @@ def get(name: str) -> Attack:
 def attack_batches(
     model, x: torch.Tensor, y: torch.Tensor, attack: str, cfg: AttackConfig, seed: int = 0, batch_size: int = 256
 ) -> torch.Tensor:
-    """Run `attack` over (x, y) in batches with the model in eval mode; deterministic in seed."""
-    atk = get(attack)
+    """Run `attack` over (x, y) in batches with the model in eval mode, on its device; deterministic in
+    seed. The adversarial examples come back on the CPU."""
+    atk, dev = get(attack), tensors.device_of(model)
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     out = [
-        atk.perturb(model, x[i : i + batch_size], y[i : i + batch_size], cfg, gen) for i in range(0, len(x), batch_size)
+        atk.perturb(model, x[i : i + batch_size].to(dev), y[i : i + batch_size].to(dev), cfg, gen).cpu()
+        for i in range(0, len(x), batch_size)
     ]
     model.train(was_training)
     return torch.cat(out) if out else x.clone()

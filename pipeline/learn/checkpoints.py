@@ -38,7 +38,7 @@ def model_config(model: nn.Module, x_train: np.ndarray, cfg: Train, num_classes:
 def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[str]) -> None:
     """Atomically write {state_dict, config, classes}; the same model gives the same bytes."""
     path = Path(path)
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}  # loads anywhere
     buf = io.BytesIO()  # a buffer, not the path: the archive's inner names stay path-independent
     torch.save(
         {"format_version": FORMAT_VERSION, "state_dict": state, "config": dict(config), "classes": list(classes)}, buf
@@ -49,11 +49,11 @@ def save_model(path: str | Path, model: nn.Module, config: dict, classes: list[s
     os.replace(tmp, path)
 
 
-def fold_models(oof_dir: str | Path) -> list[nn.Module]:
-    """The oof stage's fold models (eval mode), in fold order."""
+def fold_models(oof_dir: str | Path, device: torch.device | None = None) -> list[nn.Module]:
+    """The oof stage's fold models (eval mode) on `device`, in fold order."""
     from pipeline.core import artifacts
 
-    return [load_model(f)[0] for f in artifacts.fold_model_files(oof_dir)]
+    return [load_model(f)[0].to(device) for f in artifacts.fold_model_files(oof_dir)]
 
 
 def is_model_file(blob: object) -> bool:

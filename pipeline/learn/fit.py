@@ -116,12 +116,13 @@ def val_losses(
     model.eval()
     losses, correct = [], []
     batch_size = batch_size or inference.inference_batch(x8.shape[2:])
+    dev = tensors.device_of(model)
     with torch.inference_mode():
         for i in range(0, len(x8), batch_size):
-            logits = model(tensors.to_unit(x8[i : i + batch_size]))
-            yb = y[i : i + batch_size]
-            losses.append(F.cross_entropy(logits, yb, reduction="none"))
-            correct.append(logits.argmax(1) == yb)
+            logits = model(tensors.to_unit(x8[i : i + batch_size], dev))
+            yb = y[i : i + batch_size].to(dev)
+            losses.append(F.cross_entropy(logits, yb, reduction="none").cpu())
+            correct.append((logits.argmax(1) == yb).cpu())
     return torch.cat(losses).double(), torch.cat(correct)
 
 
@@ -188,7 +189,8 @@ class BatchStep:
         if self.online is not None:
             ids = [self.sample_ids[i] for i in idx.tolist()]
             xb8 = tensors.to_tensor(self.online(self.x_train[idx.numpy()], ids, epoch))
-        xb, yb = tensors.to_unit(xb8), y[idx]
+        dev = tensors.device_of(model)
+        xb, yb = tensors.to_unit(xb8, dev), y[idx].to(dev)
         if self.adv is not None:
             xb = self._adversarial(model, xb, yb, g)
         if self.mix is None and self.soft is None:
@@ -198,7 +200,10 @@ class BatchStep:
                 p_t = torch.softmax(logits, 1).gather(1, yb[:, None])[:, 0]
                 loss = (1 - p_t).pow(self.cfg.focal_gamma) * loss
             return logits, loss
-        soft = losses.one_hot(yb, self.num_classes, self.cfg.label_smoothing) if self.soft is None else self.soft[idx]
+        if self.soft is None:
+            soft = losses.one_hot(yb, self.num_classes, self.cfg.label_smoothing)
+        else:
+            soft = self.soft[idx].to(dev)
         if self.mix is not None:
             xb, soft = self.mix(xb, soft, g)
         logits = model(xb.contiguous(memory_format=torch.channels_last))
@@ -253,7 +258,7 @@ def train_epoch(
         idx = order[i * batch_size : (i + 1) * batch_size][rank::size]
         logits, per_sample = step(model, x8, y, idx, epoch, g)
         opt.zero_grad(set_to_none=True)
-        weighted = per_sample * weight[idx]
+        weighted = per_sample * weight[idx].to(per_sample.device)
         if 0 < ohem_fraction < 1:
             k = max(1, math.ceil(ohem_fraction * len(idx)))
             weighted = weighted[torch.topk(per_sample.detach(), k).indices]
@@ -264,11 +269,11 @@ def train_epoch(
         loss.backward()
         opt.step()
         loss_sum += float(per_sample.detach().sum())
-        correct += int((logits.detach().argmax(1) == y[idx]).sum())
+        correct += int((logits.detach().argmax(1).cpu() == y[idx]).sum())
     if size > 1:  # the epoch's figures over every process's share
         import torch.distributed as dist
 
-        totals = torch.tensor([loss_sum, correct], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, correct], dtype=torch.float64, device=tensors.device_of(model))  # nccl: CUDA
         dist.all_reduce(totals)
         loss_sum, correct = float(totals[0]), int(totals[1])
     return loss_sum / len(order), correct / len(order)
@@ -293,6 +298,7 @@ def fit(
     unlabeled=None,
     input_size: int | None = None,
     init: nn.Module | None = None,
+    device: torch.device | None = None,
 ) -> FitResult:
     """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
 
@@ -312,6 +318,8 @@ def fit(
     `init`: a model to train instead of a new `cfg.model` (a pretrained backbone with a new head,
     `backbones.for_training`): its head alone for `cfg.finetune.head_epochs` epochs, or throughout
     with `cfg.finetune.freeze`, then all of it, the body at `cfg.finetune.body_lr` x the rate.
+    `device`: where the model trains (`runtime.device(base.device)`; None: the CPU). The pixels stay
+    on the CPU as uint8 and go over a batch at a time; the returned model stays on `device`.
     """
     y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
@@ -327,7 +335,7 @@ def fit(
         raise PipelineError(f"train.curriculum {cfg.curriculum}: expected a difficulty per training sample")
     runtime.set_threads(cfg)
     g = torch.Generator().manual_seed(seed)
-    model = new_model(x_train, cfg, num_classes, g, input_size) if init is None else init
+    model = (new_model(x_train, cfg, num_classes, g, input_size) if init is None else init).to(device)
     config = checkpoints.model_config(model, x_train, cfg, num_classes, seed)
     weight = np.ones(len(y_train)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     if cfg.class_weights:
@@ -355,7 +363,8 @@ def fit(
         raise PipelineError(f"train.batch_size {bs} must be a multiple of train.nproc {size} (each takes a share)")
     if size > 1 and unlabeled is not None:
         raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1")
-    net = nn.parallel.DistributedDataParallel(model) if size > 1 else model
+    gpu = [tensors.device_of(model).index] if tensors.device_of(model).type == "cuda" else None
+    net = nn.parallel.DistributedDataParallel(model, device_ids=gpu) if size > 1 else model
     steps_per_epoch = len(y) // bs  # the remainder (a different one each epoch) is skipped
     total, warmup = cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch)
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from pipeline.core.errors import PipelineError
 from pipeline.learn.draws import random_shift, sample_draws
-from pipeline.learn.tensors import to_float
+from pipeline.learn.tensors import device_of, to_float
 
 # (uint8 NHWC images, their sample ids, epoch) -> uint8 NHWC images, as fit's online transforms
 View = Callable[[np.ndarray, list, int], np.ndarray]
@@ -102,12 +102,12 @@ class Unlabeled:
     def loss(self, model: nn.Module, draws: torch.Tensor) -> torch.Tensor:
         """The weighted consistency loss of `draws` (rows of `order`): a scalar with a gradient."""
         rows, keys = draws[:, 0].numpy(), draws[:, 1].numpy()
-        xb, ids = self.x[rows], [self.ids[i] for i in rows]
+        xb, ids, dev = self.x[rows], [self.ids[i] for i in rows], device_of(model)
         with torch.no_grad():
-            probs = torch.softmax(model(to_float(_views(self.weak, xb, ids, keys))), dim=1)
+            probs = torch.softmax(model(to_float(_views(self.weak, xb, ids, keys)).to(dev)), dim=1)
         conf, target = probs.max(1)
         mask = (conf >= self.threshold).float()
-        logits = model(to_float(_views(self.strong, xb, ids, keys)))
+        logits = model(to_float(_views(self.strong, xb, ids, keys)).to(dev))
         per_image = F.cross_entropy(logits, target, reduction="none") * mask
         s = self.stats
         s["n"] += len(rows)
@@ -115,9 +115,9 @@ class Unlabeled:
         s["confident"] += int(mask.sum())
         if self.truth is not None:
             truth = torch.from_numpy(self.truth[rows])
-            known = (truth >= 0) & mask.bool()
+            known = (truth >= 0) & mask.bool().cpu()
             s["known"] += int(known.sum())
-            s["right"] += int((target[known] == truth[known]).sum())
+            s["right"] += int((target.cpu()[known] == truth[known]).sum())
         return self.weight * per_image.mean()
 
     def epoch_stats(self) -> dict:

@@ -22,11 +22,12 @@ def inference_batch(shape: tuple[int, ...]) -> int:
 
 
 def _batches(model: nn.Module, x: np.ndarray, batch_size: int | None, fn) -> list[torch.Tensor]:
-    x8 = tensors.to_tensor(x)
+    """`fn` of each batch on the model's device; the results back on the CPU."""
+    x8, dev = tensors.to_tensor(x), tensors.device_of(model)
     model.eval()
     batch_size = batch_size or inference_batch(x.shape[1:3])
     with torch.inference_mode():
-        return [fn(tensors.to_unit(x8[i : i + batch_size])) for i in range(0, len(x8), batch_size)]
+        return [fn(tensors.to_unit(x8[i : i + batch_size], dev)).cpu() for i in range(0, len(x8), batch_size)]
 
 
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.core.console import progress
 from pipeline.learn import attacks
-from pipeline.learn.tensors import to_float
+from pipeline.learn.tensors import device_of, to_float
 
 
 def robust_accuracy(
@@ -22,7 +22,7 @@ def robust_accuracy(
 ) -> list[dict]:
     """Rows of (attack, eps, accuracy, n) for uint8 NHWC `pixels`; eps 0 is clean accuracy."""
     x = to_float(pixels)
-    y = torch.from_numpy(np.array(labels, dtype=np.int64))
+    y, dev = torch.from_numpy(np.array(labels, dtype=np.int64)), device_of(model)
     model.eval()
     rows = []
     for name in attack_names:
@@ -33,11 +33,7 @@ def robust_accuracy(
                 cfg = attacks.AttackConfig(eps=eps, steps=1 if name == "fgsm" else steps)
                 adv = attacks.attack_batches(model, x, y, name, cfg, seed=seed, batch_size=batch_size)
             with torch.no_grad():
-                pred = (
-                    torch.cat([model(adv[i : i + batch_size]).argmax(1) for i in range(0, len(adv), batch_size)])
-                    if len(adv)
-                    else y
-                )
+                pred = torch.cat([model(b.to(dev)).argmax(1).cpu() for b in adv.split(batch_size)]) if len(adv) else y
             rows.append(
                 {
                     "attack": name,

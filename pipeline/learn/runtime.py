@@ -43,12 +43,14 @@ def deterministic():
 
 def device(name: str) -> torch.device:
     """`base.device` as a torch device: auto is cuda, else mps, else cpu; a device that is not
-    there fails on one line."""
+    there fails on one line. A DDP worker (LOCAL_RANK set) given `cuda` gets its own GPU."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return device("cuda")
         return torch.device("mps" if torch.backends.mps.is_available() else "cpu")
     dev = torch.device(name)
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:  # a DDP worker: its own GPU
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"base.device: {name}: torch {torch.__version__} sees no CUDA device (use auto or cpu)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

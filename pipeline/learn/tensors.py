@@ -21,5 +21,11 @@ def to_float(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def to_unit(x8: torch.Tensor) -> torch.Tensor:
-    return x8.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+def to_unit(x8: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 NCHW -> float in [0, 1], channels-last, on `device` (moved as uint8: a quarter of the bytes)."""
+    return x8.to(device).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device `model`'s parameters are on: where its inputs go."""
+    return next(model.parameters()).device

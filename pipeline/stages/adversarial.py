@@ -55,7 +55,7 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
     import torch
 
-    from pipeline.learn import checkpoints, fit
+    from pipeline.learn import checkpoints, fit, runtime
 
     cfg = params.adversarial
     if cfg.source_model != "own":
@@ -63,6 +63,7 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
         if not path.exists():
             raise PipelineError(f"adversarial.source_model: {path}: no such model file")
         model, config, model_classes = checkpoints.load_model(path)
+        model = model.to(runtime.device(params.base.device))
         if model_classes != classes:
             raise PipelineError(f"adversarial.source_model: {path} was trained on other classes")
         return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -77,8 +78,10 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
         len(classes),
         params.base.seed,
         desc="adversarial source model",
+        device=runtime.device(params.base.device),
     )
-    state = b"".join(t.numpy().tobytes() for t in result.model.state_dict().values() if isinstance(t, torch.Tensor))
+    weights = [t for t in result.model.state_dict().values() if isinstance(t, torch.Tensor)]
+    state = b"".join(t.cpu().numpy().tobytes() for t in weights)
     return result.model, hashlib.sha256(state).hexdigest()[:16]
 
 
@@ -86,7 +89,7 @@ def _attack(job: tuple, start: int) -> tuple[np.ndarray, np.ndarray]:
     """Worker: the adversarial uint8 pixels of one batch and the model's predictions on them."""
     import torch
 
-    from pipeline.learn import attacks
+    from pipeline.learn import attacks, tensors
 
     model, x, y, attack, acfg, seed, batch = job
     adv = attacks.attack_batches(
@@ -94,7 +97,7 @@ def _attack(job: tuple, start: int) -> tuple[np.ndarray, np.ndarray]:
     )
     adv8 = torch.round(adv * 255).to(torch.uint8)
     with torch.no_grad():
-        pred = model(adv8.float() / 255).argmax(1).numpy()
+        pred = model((adv8.float() / 255).to(tensors.device_of(model))).argmax(1).cpu().numpy()
     return adv8.permute(0, 2, 3, 1).numpy(), pred
 
 
@@ -126,6 +129,8 @@ def generate(
         eps=cfg.eps, steps=cfg.steps, step_size=cfg.step_size, random_start=cfg.random_start, targeted=cfg.targeted
     )
     model.eval()
+    if executor == "ray":  # Ray's workers attack on their CPUs; here, on the model's device
+        model = model.cpu()
     starts = range(0, len(x), cfg.batch_size)
     job = (model, x, y, cfg.attack, acfg, seed, cfg.batch_size)
     init = functools.partial(torch.set_num_threads, threads)

@@ -216,7 +216,7 @@ STAGE = wiring.Stage(
     "evaluate",
     reads=(wiring.Flag("--model", "model file"), wiring.Flag("--split", "split output")),
     writes=(),
-    params=("base.seed", "train.threads", "evaluate"),
+    params=("base.seed", "base.device", "train.threads", "evaluate"),
 )
 
 
@@ -234,6 +234,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
     runtime.set_threads(params.train)  # the same torch threads as training (train.threads)
     model, _, model_classes = checkpoints.load_model(args.model)
+    model = model.to(runtime.device(params.base.device))
     if model_classes != classes:
         raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")
     y = test["label_id"].to_numpy(np.int64)

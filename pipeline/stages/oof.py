@@ -129,6 +129,7 @@ def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: s
     Ray's workers (`base.executor`) with `threads` torch threads each: every batch is the one a
     single call over the array (or the group) would run, so the bytes do not depend on where
     the jobs ran."""
+    import copy
     import functools
 
     import torch
@@ -146,6 +147,8 @@ def infer(model, x: np.ndarray, groups: list[np.ndarray], tta: bool, executor: s
     if tta:
         jobs += [job for rows in groups for shift in SHIFTS for job in cut(np.asarray(rows), shift)]
     init = functools.partial(torch.set_num_threads, threads)
+    if executor == "ray":  # Ray's workers infer on their CPUs; here, on the model's device
+        model = copy.deepcopy(model).cpu()
     done = iter(ordered_map(_infer, jobs, (model, x), 1 if executor == "local" else 0, executor, initializer=init))
     plain = [next(done) for _ in cut(np.arange(len(x)), None)]
     probs, emb = np.concatenate([p for p, _ in plain]), np.concatenate([e for _, e in plain])
@@ -286,6 +289,7 @@ def run(
             on_epoch_end=record,
             online=draws.random_shift(params.oof.shift, params.base.seed + f),
             sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
+            device=runtime.device(params.base.device),
         )
         if models is not None:
             models.append(result)

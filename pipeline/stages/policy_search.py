@@ -266,13 +266,13 @@ add_arguments = STAGE.add_arguments
 
 
 def main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.learn import checkpoints
+    from pipeline.learn import checkpoints, runtime
 
     if not params.policy_search.enabled:
         policy, metrics = IDENTITY, {"enabled": False, "sub_policies": 1}
     else:
         df, _ = dataset.read_manifest(args.oof)
-        policy, metrics = run(params, df, checkpoints.fold_models(args.oof))
+        policy, metrics = run(params, df, checkpoints.fold_models(args.oof, runtime.device(params.base.device)))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pol.save(policy, args.out)
     dataset.write_json(args.metrics, metrics)

@@ -255,7 +255,7 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarra
     val, pseudo-labeled row indices; `teacher`: the probabilities behind their targets, for
     `train.soft_labels`); (its pool probabilities, its val probabilities, a report)."""
     from pipeline.augment import mixing
-    from pipeline.learn import draws, fit, inference, losses
+    from pipeline.learn import draws, fit, inference, losses, runtime
 
     cfg = params.pseudo
     labeled, val, pseudo = rows
@@ -279,6 +279,7 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarra
         sample_ids=ids[idx].tolist(),
         mix=mixing.make_batch_transform(train_cfg, seed),
         soft_targets=losses.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing) if share > 0 else None,
+        device=runtime.device(params.base.device),
     )
     best = result.history[result.best_epoch - 1]
     info = {"n_train": len(idx), "best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"]}

@@ -64,14 +64,14 @@ def counts(train_labels: np.ndarray, num_classes: int, per_class: int, balance: 
     return (have.max() - have).astype(np.int64)
 
 
-def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path):
-    """(fold models, gate.Reference, real train rows): real features come from oof's embeddings."""
+def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path, device=None):
+    """(fold models on `device`, gate.Reference, real train rows): real features come from oof's embeddings."""
     from pipeline.learn import checkpoints
     from pipeline.synthesize import gate
 
     if not (oof_dir / artifacts.OOF_MODELS).is_dir():
         raise PipelineError(f"{oof_dir / artifacts.OOF_MODELS}: no fold models (re-run the oof stage)")
-    judges = checkpoints.fold_models(oof_dir)
+    judges = checkpoints.fold_models(oof_dir, device)
     oof_df, _, emb, _ = artifacts.read_oof(oof_dir)
     row_of = pd.Series(np.arange(len(oof_df)), index=oof_df["sample_id"].to_numpy())
     missing = ~clean_df["sample_id"].isin(row_of.index)
@@ -108,14 +108,21 @@ def tstr_config(params: Params) -> Train:
 
 
 def tstr(
-    x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Train, num_classes: int, seed: int
+    x: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    cfg: Train,
+    num_classes: int,
+    seed: int,
+    device=None,
 ) -> float | None:
-    """Accuracy on real (x_test, y_test) of a classifier trained only on synthetic (x, y)."""
+    """Accuracy on real (x_test, y_test) of a classifier trained (on `device`) only on synthetic (x, y)."""
     from pipeline.learn import fit, inference
 
     if len(x) < 2 or len(x_test) == 0:
         return None
-    model = fit.fit(x, y, x[:0], y[:0], cfg, num_classes, seed, desc="synthesize tstr").model
+    model = fit.fit(x, y, x[:0], y[:0], cfg, num_classes, seed, desc="synthesize tstr", device=device).model
     return round(float((inference.predict_proba(model, x_test).argmax(1) == y_test).mean()), 6)
 
 
@@ -245,7 +252,8 @@ def run(
     from pipeline.synthesize import generators
 
     runtime.set_threads(params.train)
-    judges, ref, train = judges_and_reference(clean_df, oof_dir)
+    dev = runtime.device(params.base.device)  # the judges and TSTR; the small generator trains on the CPU
+    judges, ref, train = judges_and_reference(clean_df, oof_dir, dev)
     if gen is None:
         gen = generators.build(
             cfg.generator,
@@ -275,6 +283,7 @@ def run(
         tstr_config(params),
         len(classes),
         params.base.seed,
+        dev,
     )
     if metrics["verdict"] == "rejected":
         log.warning("synthesize: generator %s rejected (%s); nothing admitted", gen.name, metrics["verdict_reason"])

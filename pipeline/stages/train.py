@@ -92,6 +92,7 @@ def run(
         else None,
         unlabeled=unlabeled,
         init=init,
+        device=runtime.device(params.base.device),
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
@@ -221,10 +222,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
         raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1 or unlabeled.weight 0")
     if params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return launch(params, args)
-    if "LOCAL_RANK" in os.environ:  # a worker of torch.distributed.run; the training core runs on CPU: gloo
+    if "LOCAL_RANK" in os.environ:  # a worker of torch.distributed.run: nccl between GPUs, else gloo
+        import torch
         import torch.distributed as dist
 
-        dist.init_process_group("gloo")
+        from pipeline.learn import runtime
+
+        dev = runtime.device(params.base.device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
         _main(params, args)
     finally:
