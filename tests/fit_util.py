@@ -11,6 +11,8 @@ import yaml
 
 from pipeline import __main__ as cli
 from pipeline.core import dataset
+from pipeline.quality import image as quality
+from pipeline.sources.decode import measure_arrays
 
 RANDAUGMENT = str(Path(__file__).resolve().parents[1] / "augment_policies" / "randaugment.yaml")  # train's --policy
 
@@ -72,6 +74,7 @@ def write_arrays(
         )
     writer.close()
     df = pd.DataFrame(rows)
+    df[list(quality.COLUMNS)] = measure_arrays(list(x))  # what ingest measures
     dataset.write_manifest(df, root / "split" / dataset.MANIFEST, classes)
     train = df[df["split"] == "train"].assign(weight=1.0)
     dataset.write_manifest(train, root / "assemble" / dataset.MANIFEST, classes)

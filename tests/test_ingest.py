@@ -12,6 +12,7 @@ import yaml
 from pipeline.__main__ import main
 from pipeline.core import console, dataset, params
 from pipeline.core.errors import PipelineError
+from pipeline.quality import image as quality
 from pipeline.sources.readers import FASHION_MNIST_DIR
 from pipeline.stages import ingest as stage
 from pipeline.stages.ingest import QUARANTINE
@@ -151,8 +152,10 @@ def test_manifest_columns_and_pixel_shapes(corpus):
         "pixel_sha256",
         "store",
         "row",
+        *(f"quality_{p}" for p in quality.PROPERTIES),
     ]
     assert (df["label_id"] == df["label"].map(classes.index)).all()
+    assert df["quality_width"].min() >= 1 and df["quality_grey"].dtype == bool
     px = dataset.load_pixels(df)
     assert px.shape == (metrics["kept"], SIDE, SIDE, 1) and px.dtype == np.uint8
     assert [dataset.pixel_hash(p) for p in px] == list(df["pixel_sha256"])

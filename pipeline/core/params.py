@@ -455,7 +455,11 @@ class Clean(Section):
     action: Literal["flag", "remove", "relabel"] = "flag"  # automatic actions touch train only
     relabel_threshold: float = Field(0.9, ge=0.0, le=1.0)  # suggested label's probability
     remove_issues: list[str] = ["label"]  # issue types the remove action acts on
-    issues: dict[str, dict] = {"label": {}, "outlier": {}, "near_duplicate": {}, "class_imbalance": {}}
+    issues: dict[str, dict] = {
+        name: {}
+        for name in ("label", "outlier", "near_duplicate", "class_imbalance")
+        + ("dark", "light", "low_information", "blurry", "odd_aspect_ratio", "odd_size", "grayscale")
+    }
     inject_noise: InjectNoise = InjectNoise()
     gallery: int = Field(32, ge=0)  # images in plots/clean/label_issues.png
     min_oof_accuracy: float = Field(0.75, ge=0.0, le=1.0)  # below: a warning that the flags rest on weak models

@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import Knobs, Registry, describe
+from pipeline.quality.image import COLUMNS as QUALITY
 
 
 @dataclass
@@ -29,6 +30,7 @@ class OofArrays:
 class Detector:
     name: str = ""
     Knobs = Knobs
+    needs_labels = True  # False: found on every sample, the unlabeled pool included
 
     def __init__(self, knobs: dict | None = None):
         try:
@@ -255,3 +257,160 @@ class ClassImbalance(Detector):
             counts = np.bincount(df["label_id"].to_numpy()[idx], minlength=k)
             ratio[idx] = counts[df["label_id"].to_numpy()[idx]] / (len(idx) / k)
         return pd.DataFrame({self.flag: ratio < self.knobs.threshold, self.score: np.clip(ratio, 0, 1).round(6)})
+
+
+# --- image quality: properties of the originals that ingest measured (pipeline/quality/image.py) ----
+# cleanvision's definitions and default thresholds (its ImagePropertyIssueManager), held to cleanvision
+# by tests/test_image_quality.py; docs/clean.md gives the rates they flag on the project's corpora.
+
+
+class ImageIssue(Detector):
+    """A detector of one image property: `score(df)` in 0..1 (lower = more severe), flagged below
+    `knobs.threshold`. It needs no label and no model, so clean runs it on every sample, the pool
+    included."""
+
+    needs_labels = False
+
+    def scores(self, q: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def find(self, df, oof):
+        missing = [c for c in QUALITY if c not in df]
+        if missing:
+            raise PipelineError(f"clean.issues.{self.name}: the manifest has no {missing[0]} column (re-run ingest)")
+        q = df[list(QUALITY)].rename(columns=lambda c: c.removeprefix("quality_"))
+        score = np.clip(self.scores(q), 0, 1)
+        return pd.DataFrame({self.flag: score < self.threshold(q), self.score: np.round(score, 6)})
+
+    def threshold(self, q: pd.DataFrame) -> float:
+        return self.knobs.threshold
+
+
+class DarkKnobs(Knobs):
+    threshold: float = Field(0.32, ge=0.0, le=1.0)
+
+
+class LightKnobs(Knobs):
+    threshold: float = Field(0.05, ge=0.0, le=1.0)
+
+
+class LowInformationKnobs(Knobs):
+    # an entropy under 1 bit per band: near-blank images. Not cleanvision's 0.3 (3 bits of its joint-band entropy):
+    # small images and flat-colour art have few tones, and it flagged 86% of digits, 15% of Fashion-MNIST and all
+    # of Adwaita's 96 px symbolic icons; at 1 bit per band: 0, 0 and 1.7% (bench/bench_image_quality.py, docs/clean.md)
+    threshold: float = Field(0.1, ge=0.0, le=1.0)
+    normalizing_factor: float = Field(0.1, gt=0.0)
+
+
+class BlurryKnobs(Knobs):
+    threshold: float = Field(0.29, ge=0.0, le=1.0)
+    normalizing_factor: float = Field(0.01, gt=0.0)
+    color_threshold: float = Field(0.18, ge=0.0, le=1.0)
+
+
+class AspectKnobs(Knobs):
+    threshold: float = Field(0.35, ge=0.0, le=1.0)
+
+
+@register
+class Dark(ImageIssue):
+    """The 99th percentile of brightness: an image whose brightest pixels are dim."""
+
+    name, Knobs = "dark", DarkKnobs
+
+    def scores(self, q):
+        return q["brightness_p99"].to_numpy()
+
+
+@register
+class Light(ImageIssue):
+    """1 - the 5th percentile of brightness: an image whose darkest pixels are near white."""
+
+    name, Knobs = "light", LightKnobs
+
+    def scores(self, q):
+        return 1 - q["brightness_p5"].to_numpy()
+
+
+@register
+class LowInformation(ImageIssue):
+    """`normalizing_factor` x the entropy of the pixel histogram (bits): few distinct values."""
+
+    name, Knobs = "low_information", LowInformationKnobs
+
+    def scores(self, q):
+        return self.knobs.normalizing_factor * q["entropy"].to_numpy()
+
+
+@register
+class Blurry(ImageIssue):
+    """1 - exp(-f x the spread of the edge filter) at most 64 px a side, plus the same of the grey
+    histogram's spread where it passes `color_threshold` (a flat image with spread-out tones is
+    not called blurry)."""
+
+    name, Knobs = "blurry", BlurryKnobs
+
+    def scores(self, q):
+        f = self.knobs.normalizing_factor
+        blur = 1 - np.exp(-f * q["blurriness"].to_numpy())
+        spread = 1 - np.exp(-f * q["grey_hist_std"].to_numpy())
+        return blur + np.where(spread <= self.knobs.color_threshold, 0.0, spread)
+
+
+@register
+class OddAspectRatio(ImageIssue):
+    """min(w / h, h / w) of the original file."""
+
+    name, Knobs = "odd_aspect_ratio", AspectKnobs
+
+    def scores(self, q):
+        w, h = q["width"].to_numpy(float), q["height"].to_numpy(float)
+        return np.minimum(w / h, h / w)
+
+
+class OddSizeKnobs(Knobs):
+    iqr_factor: float = Field(3.0, gt=0.0)  # the fences: quartiles -/+ this x the interquartile range
+
+
+@register
+class OddSize(ImageIssue):
+    """sqrt(w x h) of the original file against the data's own spread: 1 at the middle of the
+    fences (quartiles -/+ `iqr_factor` x IQR), 0 at a fence's distance from it; flagged below 0.5
+    (outside the fences), or, where every size is the same, any size but that one."""
+
+    name, Knobs = "odd_size", OddSizeKnobs
+
+    def scores(self, q):
+        size = np.sqrt(q["width"].to_numpy(float) * q["height"].to_numpy(float))
+        if not len(size):
+            return size
+        q1, q3 = np.percentile(size, [25, 75])
+        low, high = q1 - self.knobs.iqr_factor * (q3 - q1), q3 + self.knobs.iqr_factor * (q3 - q1)
+        gap = high - low
+        return 1 - np.abs(size - (low + high) / 2) / (gap if gap > 0 else (low + high) / 2)
+
+    def threshold(self, q):
+        size = np.sqrt(q["width"].to_numpy(float) * q["height"].to_numpy(float))
+        return 1.0 if len(size) and np.subtract(*np.percentile(size, [75, 25])) == 0 else 0.5
+
+
+class GrayscaleKnobs(Knobs):
+    # grey images are flagged only in a colour set: where at least this share of the images has colour
+    min_colour_share: float = Field(0.5, ge=0.0, le=1.0)
+
+
+@register
+class Grayscale(ImageIssue):
+    """Images without colour (every pixel R = G = B) in a set that is mostly colour: 0 for grey, 1
+    for colour. In a grey set (digits, scans) nothing is flagged."""
+
+    name, Knobs = "grayscale", GrayscaleKnobs
+
+    def scores(self, q):
+        return 1.0 - q["grey"].to_numpy(float)
+
+    def threshold(self, q):
+        return 0.5 if len(q) and 1 - q["grey"].mean() >= self.knobs.min_colour_share else 0.0
+
+
+IMAGE_ISSUES = tuple(name for name, d in REGISTRY.items() if not d.needs_labels)  # found on every sample

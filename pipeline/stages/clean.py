@@ -38,17 +38,20 @@ def load_patches(path: str | Path, classes: list[str]) -> pd.DataFrame:
 
 
 def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
-    """The detectors' columns, found on the labeled rows; the unlabeled pool is never flagged (its
-    score columns are NaN) and gets the ensemble's class as `suggested_label`."""
+    """The detectors' columns, found on the labeled rows (the image-quality detectors, which need no
+    label, on every row); the unlabeled pool is never flagged by the others (its score columns are
+    NaN) and gets the ensemble's class as `suggested_label`."""
     detectors = [issues.get(name, opts) for name, opts in params.clean.issues.items()]
     reviewed = (df["human_label"] != "").to_numpy()
     labeled = np.flatnonzero(df["label_id"].to_numpy() >= 0)
-    sub = issues.OofArrays(arrays.probs[labeled], arrays.embeddings[labeled])
     for d in detectors:
-        found = d.find(df.iloc[labeled].reset_index(drop=True), sub) if len(labeled) else pd.DataFrame({d.flag: []})
-        found[d.flag] = found[d.flag].astype(bool) & ~reviewed[labeled]
+        rows = labeled if d.needs_labels else np.arange(len(df))  # image-quality issues: the pool too
+        part = df.iloc[rows].reset_index(drop=True)
+        found = d.find(part, issues.OofArrays(arrays.probs[rows], arrays.embeddings[rows])) if len(rows) else None
+        found = pd.DataFrame({d.flag: []}) if found is None else found
+        found[d.flag] = found[d.flag].astype(bool) & ~reviewed[rows]
         for c in found:
-            df[c] = _spread(found[c].to_numpy(), labeled, len(df))
+            df[c] = _spread(found[c].to_numpy(), rows, len(df))
     if "suggested_label_id" in df:
         pool = df["label_id"].to_numpy() < 0
         df.loc[pool, "suggested_label_id"] = arrays.probs[pool].argmax(1)

@@ -1,7 +1,8 @@
 """ingest: turn a source into a canonical dataset, quarantining what cannot be used.
 
 Writes `<out>/manifest.parquet` (sample_id, path, label, label_id, group, origin, parent_id,
-source_split, hidden_label, background, pixel_sha256, store, row), `<out>/images/*.npy` shards,
+source_split, hidden_label, background, pixel_sha256, store, row, and the image-quality properties
+of the original, `quality_*`: pipeline/quality/image.py), `<out>/images/*.npy` shards,
 `<out>/quarantine.csv` (path, reason, detail) and `<out>/identical_decodes.csv` (distinct files
 whose pixels came out the same). Every input image is either kept or quarantined with a reason;
 files beside the images that are no image format (by extension: `.txt`, `.ogg`, `.json`, ...) are
@@ -28,6 +29,7 @@ from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+from pipeline.quality import image as quality
 from pipeline.sources.decode import decode_items
 from pipeline.sources.readers import SIDECAR, SOURCES, auto_shape, unlabeled
 
@@ -65,11 +67,11 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
     pixels = decode_items(
-        items, size, channels, cfg.max_pixels, cfg.min_side, cfg.workers, params.base.executor, cfg.background
+        items, size, channels, cfg.max_pixels, cfg.min_side, cfg.workers, params.base.executor, cfg.background, True
     )
     files = {}  # sample_id -> the file's SHA-256, for distinct files that decode to the same pixels
     with contextlib.closing(pixels) as decoded:
-        for item, pixels, reason, detail, background, file_sha in progress(
+        for item, pixels, reason, detail, background, file_sha, props in progress(
             decoded, desc="ingest", unit="img", total=len(items)
         ):
             if reason is None and cfg.classes is not None and item.label is not None and item.label not in cfg.classes:
@@ -93,13 +95,26 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
                     "pixel_sha256": dataset.pixel_hash(pixels),
                     "store": store,
                     "row": row,
+                    **dict(zip(quality.COLUMNS, props.tolist())),
                 }
             )
     writer.close()
     df = pd.DataFrame(
         rows,
-        columns=["sample_id", "path", "label", "group", "source_split", "background", "pixel_sha256", "store", "row"],
+        columns=[
+            "sample_id",
+            "path",
+            "label",
+            "group",
+            "source_split",
+            "background",
+            "pixel_sha256",
+            "store",
+            "row",
+            *quality.COLUMNS,
+        ],
     )
+    df["quality_grey"] = df["quality_grey"].astype(bool)
     present = set(df["label"].dropna())
     if cfg.classes is None:
         classes = [c for c in declared if c in present]

@@ -27,6 +27,7 @@ from pipeline.core import artifacts, catalog, dataset, patches, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+from pipeline.quality.issues import IMAGE_ISSUES
 from pipeline.render import page
 
 # the stages that write a plots/ folder of pictures (their wiring's `plots`) the report shows
@@ -84,6 +85,7 @@ def health(run: Run) -> dict:
         "label_issue_rate": rates.get("label"),
         "outlier_rate": rates.get("outlier"),
         "near_duplicate_rate": rates.get("near_duplicate"),
+        "image_issue_rates": {k: v for k, v in rates.items() if k in IMAGE_ISSUES} or None,
         "estimated_noise_rate": m("clean", "estimated_noise_rate"),
         "needs_review": m("clean", "needs_review"),
         "oof_accuracy": m("oof", "oof_accuracy"),
@@ -176,6 +178,30 @@ def _clean(run: Run) -> list[str]:
         outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(["outlier_score", "sample_id"])
         caps = [f"{r.label}\n{r.outlier_score:.3g}" for r in outliers.itertuples()]
         out.append("<h3>Outliers (lowest outlier score first)</h3>" + page.thumbs(outliers, caps, "outliers", n))
+    return out + _image_quality(df, n)
+
+
+def _image_quality(df: pd.DataFrame, n: int) -> list[str]:
+    """The image-quality issues (measured by ingest on the originals): a count per type, and a
+    gallery of each type's most severe images with the original's size."""
+    kinds = [k for k in IMAGE_ISSUES if f"is_{k}_issue" in df]
+    if not kinds:
+        return []
+    flags = {k: df[f"is_{k}_issue"].fillna(False).astype(bool) for k in kinds}
+    rows = [(k, int(f.sum()), f"{f.mean():.2%}") for k, f in flags.items()]
+    out = [
+        f"<h3>Image quality ({len(df)} images, every split and the pool)</h3>"
+        + page.table(rows, ("issue", "images", "rate"))
+    ]
+    for k, f in flags.items():
+        if f.any():
+            worst = df[f].sort_values([f"{k}_score", "sample_id"])
+            label = worst["label"].fillna("-").to_numpy()
+            size = [f"{w:.0f}x{h:.0f}" for w, h in zip(worst["quality_width"], worst["quality_height"])]
+            caps = [f"{a}\n{b} {c:.3g}" for a, b, c in zip(label, size, worst[f"{k}_score"])]
+            out.append(
+                f"<h4>{k} (most severe first: label, original size, score)</h4>" + page.thumbs(worst, caps, k, n)
+            )
     return out
 
 
