@@ -72,7 +72,13 @@ def corpus(name: str, overrides: dict, limit: int) -> dict:
         "flagged": {t: int(found[t].sum()) for t in TYPES},
     }
     if overrides.get("source") == "imagefolder" and limit:
-        pick = np.sort(np.random.default_rng(0).permutation(len(df))[:limit])
+        from PIL import Image
+
+        # cleanvision 0.3.7 fails on grey + alpha PNGs (its brightness indexes a third band): leave them out
+        modes = np.array([Image.open(f).mode for f in df["file"]])
+        readable = np.flatnonzero(~np.isin(modes, ["LA", "La", "PA"]))
+        pick = np.sort(np.random.default_rng(0).permutation(readable)[:limit])
+        row["cleanvision_unreadable"] = int(len(df) - len(readable))
         ours, theirs = found.iloc[pick].reset_index(drop=True), cleanvision_flags(df["file"].iloc[pick].tolist())
         row["cleanvision"] = {
             t: {

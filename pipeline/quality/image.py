@@ -7,8 +7,9 @@ band (Pillow's `Image.entropy`, which cleanvision uses, puts the three bands' hi
 so a flat colour image has log2(3) = 1.58 bits and cleanvision's low_information at Datalab's 0.15 can
 never flag a colour image: this subtracts that floor); blurriness, the standard deviation of
 Pillow's FIND_EDGES filter inside the border (`_edges`) on the grey image at most 64 px a side, and
-the standard deviation of that grey image's histogram; whether the image has no colour (R = G = B
-everywhere; cleanvision goes by the file's mode). The detectors that turn them into
+the standard deviation of that grey image's histogram (NaN, so never blurry, for a strip with no
+inside at that size); whether the image has no colour (R = G = B everywhere; cleanvision goes by
+the file's mode). The detectors that turn them into
 flags are clean's (`pipeline/quality/issues.py`: dark, light, blurry, low_information,
 odd_aspect_ratio, odd_size, grayscale); tests/test_image_quality.py holds both to cleanvision.
 
@@ -74,7 +75,8 @@ def measure(pixels: np.ndarray, small: np.ndarray, width: np.ndarray, height: np
     out[:, 0], out[:, 1] = width, height
     out[:, 4] = _entropy(hist) - (np.log2(3) if colour else 0.0)  # per band: a flat colour image has 0
     g = _luma(small) if colour else small
-    out[:, 5] = _edges(g).reshape(n, -1).std(axis=1, dtype=np.float64)
+    thin = min(g.shape[1:3]) < 3  # no inside at the size blur is measured at (a strip): not measured
+    out[:, 5] = np.nan if thin else _edges(g).reshape(n, -1).std(axis=1, dtype=np.float64)
     out[:, 6] = _histograms(g.reshape(n, -1, 1)).std(axis=1)
     out[:, 7] = grey
     return out
@@ -115,10 +117,8 @@ def _edges(grey: np.ndarray) -> np.ndarray:
     """Pillow's FIND_EDGES on (N, H, W) uint8, inside the border: the 3x3 kernel clipped to 0..255.
     Pillow (and so cleanvision) copies the border pixels through unfiltered; at 32 px they are 12% of
     the image and their brightness, not the edges, set the spread: cleanvision calls dark noise
-    blurry. An image too small for an inside is measured whole."""
+    blurry."""
     x = grey.astype(np.int16)
-    if x.shape[1] < 3 or x.shape[2] < 3:
-        return x
     rows = x[:, :-2] + x[:, 1:-1] + x[:, 2:]  # the kernel is 9 x centre - the 3x3 box sum (separable)
     box = rows[:, :, :-2] + rows[:, :, 1:-1] + rows[:, :, 2:]
     return np.clip(9 * x[:, 1:-1, 1:-1] - box, 0, 255)
