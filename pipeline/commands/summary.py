@@ -54,7 +54,8 @@ def lines(metrics: Path, plots: Path) -> list[str]:
             + (f", unlabeled {s['unlabeled']}" if s.get("unlabeled") else "")
             + f"; {s['removed']} removed "
             f"{s['removed_by_rule'] or ''}; duplicate sets {s['duplicates']['sets']}; "
-            f"leaks across splits {sum(v for k, v in s.items() if k.startswith('cross_split_'))}"
+            f"leaks across splits {sum(v for k, v in s.items() if k.startswith('cross_split_'))}; "
+            f"suspected across splits {s.get('suspected', {}).get('pairs', 0)}"
         )
     if c := m["clean"]:
         flagged = ", ".join(f"{k} {v['total']}" for k, v in sorted(c["issues"].items()))

@@ -38,8 +38,8 @@ import pandas as pd
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import NearDuplicates, Params, Split
-from pipeline.dedup import leakcheck, neardup
+from pipeline.core.params import NearDuplicates, Params, Split, Suspects
+from pipeline.dedup import leakcheck, neardup, suspects
 from pipeline.render import gallery
 
 ORDER = ("test", "val", "train")  # cut order along each stratum
@@ -48,6 +48,7 @@ HELD_OUT = ("test", "val")
 POOL = schema.POOL
 REMOVED = "removed"
 DUPLICATES = "duplicates.csv"
+SUSPECTED = "suspected_pairs.csv"  # pairs across splits whose coarse content matches (not joined)
 
 
 @dataclass
@@ -77,9 +78,14 @@ def _min_per_component(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def clusters(
-    df: pd.DataFrame, cfg: NearDuplicates, images: neardup.Images | None = None, checks: dict[str, dict] | None = None
+    df: pd.DataFrame,
+    cfg: NearDuplicates,
+    images: neardup.Images | None = None,
+    checks: dict[str, dict] | None = None,
+    suspected: Suspects | None = None,
 ) -> Clusters:
-    """The units that must stay within one split: exact + near duplicates + groups.
+    """The units that must stay within one split: exact + near duplicates + groups (+ with
+    `suspected.join`, each sample and its nearest suspect, kind "suspected").
 
     The pairs that the post-hoc `checks` would call duplicates join the clusters too, so the split
     never makes a split its own check refuses; the checks then run again, after splitting, as an
@@ -110,6 +116,13 @@ def clusters(
         near = near.assign(i=reps[near["i"]], j=reps[near["j"]], kind="near")
         links.append((near["i"].to_numpy(), near["j"].to_numpy()))
         pairs.append(near)
+    if suspected is not None and suspected.join and n > 1:
+        desc = suspects.descriptors(images)
+        limit, _ = suspects.threshold(desc, suspected.factor, suspected.k)
+        dist, j = suspects.nearest(desc, desc, lambda rows, cand: cand != rows[:, None])
+        hit = np.flatnonzero((j >= 0) & (dist <= limit))
+        links.append((hit, j[hit]))
+        pairs.append(pd.DataFrame({"i": hit, "j": j[hit], "kind": "suspected", "dy": 0, "dx": 0, "rms": dist[hit]}))
     dup = neardup.components(n, links)
     dup_size = np.bincount(dup, minlength=n)[dup]
     dup_group = np.where(dup_size > 1, _min_per_component(dup, sids), None)
@@ -124,6 +137,48 @@ def clusters(
         pd.Series(dup_group, index=df.index, dtype=object),
         pairs.sort_values(["sample_a", "sample_b"]).reset_index(drop=True),
     )
+
+
+def suspected_pairs(
+    df: pd.DataFrame, cfg: Suspects, images: neardup.Images | None = None, chunk: int = 8192
+) -> tuple[pd.DataFrame, dict]:
+    """The looser content check after splitting: each val and test sample's nearest sample in another
+    split (the pool counts as train) and another cluster, kept where their coarse content is within
+    the data's own threshold (pipeline/dedup/suspects.py). (pairs, metrics)."""
+    columns = ["sample_a", "split_a", "sample_b", "split_b", "distance"]
+    kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
+    side = df["split"].to_numpy()[kept]
+    side = np.where(side == POOL, "train", side)
+    queries = np.flatnonzero(np.isin(side, HELD_OUT))
+    if not cfg.enabled or not len(queries) or len(kept) < 2:
+        return pd.DataFrame(columns=columns), {"enabled": cfg.enabled, "pairs": 0, "checked": int(len(queries))}
+    sub = images.subset(kept) if images is not None else store_images(df.iloc[kept], chunk)
+    desc = suspects.descriptors(sub)
+    limit, median = suspects.threshold(desc, cfg.factor, cfg.k)
+    cluster = df["cluster_id"].to_numpy()[kept]
+
+    def allowed(rows, cand):  # another split, another cluster
+        q = queries[rows][:, None]
+        return (side[cand] != side[q]) & (cluster[cand] != cluster[q])
+
+    dist, j = suspects.nearest(desc[queries], desc, allowed)
+    hit = np.flatnonzero((j >= 0) & (dist <= limit))
+    a, b = kept[queries[hit]], kept[j[hit]]
+    sids, splits = df["sample_id"].to_numpy(), df["split"].to_numpy()
+    pairs = pd.DataFrame(
+        {"sample_a": sids[a], "split_a": splits[a], "sample_b": sids[b], "split_b": splits[b], "distance": dist[hit]}
+    )
+    pairs = pairs.round({"distance": 6}).sort_values(["distance", "sample_a"], kind="stable").reset_index(drop=True)
+    metrics = {
+        "enabled": True,
+        "pairs": len(pairs),
+        "threshold": round(limit, 6),
+        "median_kth_distance": round(median, 6),
+        "factor": cfg.factor,
+        "k": cfg.k,
+        "checked": int(len(queries)),
+    }
+    return pairs, metrics
 
 
 def detector(cfg: NearDuplicates) -> neardup.Cascade:
@@ -298,8 +353,9 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
     return m
 
 
-def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
-    """PNG grids: the largest clusters, and removed samples beside what they duplicate."""
+def report(df: pd.DataFrame, plots: Path, examples: int, suspected: pd.DataFrame | None = None) -> None:
+    """PNG grids: the largest clusters, removed samples beside what they duplicate, and suspected
+    pairs across splits."""
     plots.mkdir(parents=True, exist_ok=True)
     sizes = df.groupby("cluster_id").size()
     top = sizes[sizes > 1].sort_values(ascending=False, kind="stable").head(examples)
@@ -326,6 +382,12 @@ def report(df: pd.DataFrame, plots: Path, examples: int) -> None:
         plots / "removed_pairs.png",
         f"removed samples (left) and what they duplicate; {int((df['split'] == REMOVED).sum())} removed",
     )
+    if suspected is not None:
+        shown = suspected.head(4 * examples)
+        rows = [ids.get(x) for r in shown.itertuples() for x in (r.sample_a, r.sample_b)]
+        caps = [c for r in shown.itertuples() for c in (f"{r.split_a}\n{r.distance:.4f}", r.split_b)]
+        title = f"suspected duplicates across splits, closest first (pairs side by side); {len(suspected)} pairs"
+        _grid(df, rows, caps, plots / "suspected_pairs.png", title)
 
 
 def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str) -> None:
@@ -356,14 +418,16 @@ def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.split
     images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
     with session(params.base.executor):
-        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects)
         df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
+    suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images)
     metrics["executor"] = params.base.executor
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
         dataset.write_csv(tmp / DUPLICATES, found.pairs)
-    report(df, Path(args.plots), params.split.report_examples)
+        dataset.write_csv(tmp / SUSPECTED, suspected)
+    report(df, Path(args.plots), params.split.report_examples, suspected)
     dataset.write_json(args.metrics, metrics)
     log.info(
         "split: train %d, val %d, test %d, unlabeled %d, removed %d; %d duplicate sets; leaks: exact %d, near %d",
@@ -376,6 +440,21 @@ def main(params: Params, args: argparse.Namespace) -> None:
         metrics.get("cross_split_exact", 0),
         metrics.get("cross_split_near_duplicates", 0),
     )
+    m = metrics["suspected"]
+    if not m["enabled"]:
+        log.info("split: split.suspects.enabled is false: re-rendered or re-encoded copies are not looked for")
+    elif m["pairs"]:
+        log.warning(
+            "split: %d suspected duplicates across splits (coarse content within %.4g, %g x the median distance to "
+            "the %d-th nearest sample), not joined: %s; join them with split.suspects.join: true or a CSV group column",
+            m["pairs"],
+            m["threshold"],
+            m["factor"],
+            m["k"],
+            Path(args.out) / SUSPECTED,
+        )
+    else:
+        log.info("split: no suspected duplicates across splits (%d val/test samples checked)", m["checked"])
     if metrics["val"] == 0:
         log.warning("the val split is empty: training cannot early-stop")
     for split_name, missing in metrics["classes_missing_from"].items():
