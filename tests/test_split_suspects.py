@@ -114,3 +114,38 @@ def test_descriptors_see_one_picture_at_any_size():
     d = suspects.descriptors(neardup.Images.from_array(np.stack([a, b, c, other])))
     dist = 1 - d @ d.T
     assert max(dist[0, 1], dist[0, 2], dist[1, 2]) < dist[0:3, 3].min()
+
+
+def chain_folder(root, steps: int = 40, sigma: float = 5.8):
+    """Class a: a chain, each image the previous one plus noise (rms ~5.8: a near duplicate to the
+    cascade, not to the stricter check), its ends far apart; classes b and c: distinct images."""
+    rng = np.random.default_rng(0)
+    x = np.asarray(Image.fromarray(rng.integers(60, 196, (8, 8), dtype=np.uint8)).resize((32, 32)), np.float64)
+    for k in range(steps):
+        x = np.clip(x + rng.normal(0, sigma, x.shape), 0, 255)
+        (root / "a").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.rint(x).astype(np.uint8)).save(root / "a" / f"{k:02d}.png")
+    for c in "bc":
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for k in range(steps):
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(root / c / f"{k:02d}.png")
+
+
+@pytest.mark.parametrize("limit, whole", [({}, False), ({"share": 1.0, "min_size": 1000}, True)])
+def test_a_chain_of_near_duplicates_does_not_swallow_its_class(tmp_path, limit, whole):
+    chain_folder(tmp_path / "images")
+    p = params.parse({"ingest": {"source": "imagefolder", "path": str(tmp_path / "images")}})
+    ingest.run(p, tmp_path / "ingest", tmp_path / "ingest")
+    df, m, _ = run_split(tmp_path, tmp_path, {"cluster_limit": limit, "suspects": {"enabled": False}})
+    chain = df[df["label"] == "a"]
+    if whole:  # without a limit, union-find joins the chain into one cluster: one split holds the class
+        assert chain["cluster_id"].nunique() == 1 and chain["split"].nunique() == 1
+        assert m["cluster_limit"]["cut_links"] == 0
+        return
+    assert df.groupby("cluster_id").size().max() <= 8  # max(8, 0.1 x 40)
+    assert set(chain["split"]) == {"train", "val", "test"}
+    lim = m["cluster_limit"]
+    assert lim["cut_links"] >= 4 and lim["weakest_cut"][0]["rms"] >= lim["weakest_cut"][-1]["rms"]
+    assert m["cross_split_near_duplicates"] == 0  # what was cut the stricter check does not call a copy
+    links = pd.read_csv(tmp_path / "split" / split.DUPLICATES)
+    assert links["cut"].sum() == lim["cut_links"]

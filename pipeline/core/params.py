@@ -139,6 +139,15 @@ class Suspects(Section):
     join: bool = False  # join suspected pairs into clusters before splitting (no suspect then crosses)
 
 
+class ClusterLimit(Section):
+    """How large union-find may grow a cluster through near-duplicate and suspected links: at most
+    `share` of its class's labeled samples, at least `min_size`. Links past it are cut, weakest first
+    (the highest residual); exact copies, what the checks call duplicates and groups are never cut."""
+
+    share: float = Field(0.1, gt=0.0, le=1.0)  # 1.0: no limit but the class itself
+    min_size: int = Field(8, ge=2)
+
+
 class Split(Section):
     fractions: dict[Literal["train", "val", "test"], float] = {"train": 0.7, "val": 0.1, "test": 0.2}
     respect_source_split: bool = True
@@ -146,6 +155,7 @@ class Split(Section):
     drop_duplicates: bool = False  # keep one sample of each duplicate set within a split
     near_duplicates: NearDuplicates = NearDuplicates()
     suspects: Suspects = Suspects()
+    cluster_limit: ClusterLimit = ClusterLimit()
     checks: dict[str, dict] = {"exact": {}, "near_duplicates": {}}  # {name: knobs}, pipeline/dedup/leakcheck.py
     report_examples: int = Field(8, ge=0, le=64)  # clusters / removed samples in plots/split
 

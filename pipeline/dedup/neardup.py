@@ -566,3 +566,32 @@ class Images:
         return Images(
             len(keep), [s for s in spans if len(s)], lambda pos: self.take(keep[np.asarray(pos)]), self.executor
         )
+
+
+def limited_components(
+    n: int, fixed: Iterable[tuple[np.ndarray, np.ndarray]], ranked: tuple[np.ndarray, np.ndarray], limit: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`components` under a size limit: the `fixed` links always join; the `ranked` links (strongest
+    first) join only while the merged component holds at most `limit[k]` nodes (link k's limit), so a
+    chain of near duplicates cannot swallow a class: it is cut at its weakest links. (component label
+    per node, as `components`; which ranked links were cut)."""
+    parent = components(n, fixed)
+    size = np.bincount(parent, minlength=n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    cut = np.zeros(len(ranked[0]), bool)
+    for k, (x, y) in enumerate(zip(np.asarray(ranked[0]).tolist(), np.asarray(ranked[1]).tolist())):
+        rx, ry = root(x), root(y)
+        if rx == ry:
+            continue
+        if size[rx] + size[ry] > limit[k]:
+            cut[k] = True
+            continue
+        lo, hi = min(rx, ry), max(rx, ry)
+        parent[hi], size[lo] = lo, size[lo] + size[hi]
+    return np.array([root(x) for x in range(n)], dtype=np.int64), cut

@@ -38,7 +38,7 @@ import pandas as pd
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import NearDuplicates, Params, Split, Suspects
+from pipeline.core.params import ClusterLimit, NearDuplicates, Params, Split, Suspects
 from pipeline.dedup import leakcheck, neardup, suspects
 from pipeline.render import gallery
 
@@ -48,6 +48,9 @@ HELD_OUT = ("test", "val")
 POOL = schema.POOL
 REMOVED = "removed"
 DUPLICATES = "duplicates.csv"
+# a pair per link: kind exact / near / suspected; the cascade's residuals (rms, peak) or the content distance;
+# cut: the link would have grown its cluster past split.cluster_limit, so it did not join
+DUPLICATE_COLUMNS = ("sample_a", "sample_b", "kind", "dy", "dx", "rms", "peak", "distance", "cut")
 SUSPECTED = "suspected_pairs.csv"  # pairs across splits whose coarse content matches (not joined)
 
 
@@ -83,6 +86,7 @@ def clusters(
     images: neardup.Images | None = None,
     checks: dict[str, dict] | None = None,
     suspected: Suspects | None = None,
+    limit: ClusterLimit | None = None,
 ) -> Clusters:
     """The units that must stay within one split: exact + near duplicates + groups (+ with
     `suspected.join`, each sample and its nearest suspect, kind "suspected").
@@ -101,42 +105,62 @@ def clusters(
             digest[pos] = [dataset.pixel_hash(p) for p in pix]
     first = pd.Series(np.arange(n)).groupby(digest, sort=False).transform("min").to_numpy()
     exact = np.flatnonzero(first != np.arange(n))
-    links = [(exact, first[exact])]
     pairs = [pd.DataFrame({"i": exact, "j": first[exact], "kind": "exact", "dy": 0, "dx": 0, "rms": 0.0, "peak": 0.0})]
     reps = np.flatnonzero(first == np.arange(n))
     if cfg.enabled and len(reps) > 1:
         sub = images.subset(reps) if len(reps) < n else images
         found = detector(cfg).find(sub, progress=lambda it: progress(it, desc="near-duplicates", unit="chunk"))
-        near = [found]
+        near = [found.assign(checked=False)]
         for name, knobs in (checks or {}).items():
             extra = leakcheck.get(name)(**knobs).pairs(sub, lambda it: progress(it, desc=f"{name} check", unit="chunk"))
             if extra is not None and len(extra):
-                near.append(extra[["i", "j", "dy", "dx", "rms", "peak"]])
-        near = pd.concat(near, ignore_index=True).drop_duplicates(["i", "j"])
-        near = near.assign(i=reps[near["i"]], j=reps[near["j"]], kind="near")
-        links.append((near["i"].to_numpy(), near["j"].to_numpy()))
+                near.append(extra[["i", "j", "dy", "dx", "rms", "peak"]].assign(checked=True))
+        near = pd.concat(near, ignore_index=True).sort_values("checked", ascending=False, kind="stable")
+        near = near.drop_duplicates(["i", "j"]).assign(i=lambda d: reps[d["i"]], j=lambda d: reps[d["j"]], kind="near")
         pairs.append(near)
     if suspected is not None and suspected.join and n > 1:
         desc = suspects.descriptors(images)
-        limit, _ = suspects.threshold(desc, suspected.factor, suspected.k)
+        within, _ = suspects.threshold(desc, suspected.factor, suspected.k)
         dist, j = suspects.nearest(desc, desc, lambda rows, cand: cand != rows[:, None])
-        hit = np.flatnonzero((j >= 0) & (dist <= limit))
-        links.append((hit, j[hit]))
-        pairs.append(pd.DataFrame({"i": hit, "j": j[hit], "kind": "suspected", "dy": 0, "dx": 0, "rms": dist[hit]}))
-    dup = neardup.components(n, links)
-    dup_size = np.bincount(dup, minlength=n)[dup]
-    dup_group = np.where(dup_size > 1, _min_per_component(dup, sids), None)
+        hit = np.flatnonzero((j >= 0) & (dist <= within))
+        pairs.append(pd.DataFrame({"i": hit, "j": j[hit], "kind": "suspected", "distance": dist[hit]}))
+    pairs = pd.concat(pairs, ignore_index=True).reindex(columns=[*DUPLICATE_COLUMNS[2:8], "i", "j", "checked"])
+    pairs["checked"] = pairs["checked"].fillna(False).astype(bool)
+    # exact copies and what the checks call duplicates always join; the cascade's and the suspects' links
+    # join strongest first, while the cluster stays within the limit (`cluster_limit`)
+    fixed = (pairs["kind"] == "exact").to_numpy() | pairs["checked"].to_numpy()
+    ranked = pairs[~fixed].assign(weak=lambda d: d["kind"] == "suspected")
+    ranked = ranked.sort_values(["weak", "rms", "peak", "distance"], kind="stable") if len(ranked) else ranked
     keys = _unit_keys(df)
     grouped = pd.Series(np.arange(n)).groupby(keys).transform("min").to_numpy()
-    comp = neardup.components(n, links + [(np.arange(n), grouped)])
-    pairs = pd.concat(pairs, ignore_index=True)
+    strong = [(pairs["i"].to_numpy()[fixed], pairs["j"].to_numpy()[fixed])]
+    ri, rj = ranked["i"].to_numpy(), ranked["j"].to_numpy()
+    comp, cut = neardup.limited_components(n, strong + [(np.arange(n), grouped)], (ri, rj), _limits(df, ri, rj, limit))
+    dup = neardup.components(n, strong + [(ri[~cut], rj[~cut])])
+    dup_size = np.bincount(dup, minlength=n)[dup]
+    dup_group = np.where(dup_size > 1, _min_per_component(dup, sids), None)
+    pairs["cut"] = False
+    pairs.loc[ranked.index[cut], "cut"] = True
     pairs = pairs.assign(sample_a=sids[pairs["i"]], sample_b=sids[pairs["j"]])
-    pairs = pairs[["sample_a", "sample_b", "kind", "dy", "dx", "rms", "peak"]]
+    pairs = pairs[list(DUPLICATE_COLUMNS)]
     return Clusters(
         pd.Series(_min_per_component(comp, keys), index=df.index),
         pd.Series(dup_group, index=df.index, dtype=object),
         pairs.sort_values(["sample_a", "sample_b"]).reset_index(drop=True),
     )
+
+
+def _limits(df: pd.DataFrame, i: np.ndarray, j: np.ndarray, cfg: ClusterLimit | None) -> np.ndarray:
+    """Per link, the most samples its cluster may hold: `cfg.share` of the labeled samples of its
+    class (the first end's label, else the second's; the largest class for two unlabeled ends), at
+    least `cfg.min_size`; no limit without `cfg`."""
+    if cfg is None:
+        return np.full(len(i), len(df) + 1)
+    label = df["label"].astype(object).to_numpy()
+    counts = pd.Series(label[pd.notna(label)]).value_counts()
+    size = pd.Series(label[i]).where(pd.notna(label[i]), pd.Series(label[j])).map(counts)
+    size = size.fillna(counts.max() if len(counts) else len(df)).to_numpy()
+    return np.maximum(cfg.min_size, np.floor(cfg.share * size)).astype(np.int64)
 
 
 def suspected_pairs(
@@ -253,7 +277,7 @@ def run(
     feature passes on `executor` where `images` is not given)."""
     df = df.reset_index(drop=True).copy()
     if found is None:
-        found = clusters(df, cfg.near_duplicates, images, cfg.checks)
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
     df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
     df["split"], df["removed_reason"], df["dup_of"] = "", None, None
     pool = df["label"].isna().to_numpy()
@@ -282,6 +306,7 @@ def run(
         )
         within = _within_split(df)
     metrics = _metrics(df, found, within, fixed_test)
+    metrics["cluster_limit"] = _limit_report(df, found, cfg.cluster_limit)
     leaks = check(df, cfg, images, executor)
     metrics.update({leakcheck.get(name).metric(): len(p) for name, p in leaks.items()})
     total = sum(len(p) for p in leaks.values())
@@ -311,6 +336,35 @@ def check(
         pairs = leakcheck.get(name)(**knobs).find(sub, images)
         out[name] = pd.DataFrame({"a": kept[pairs["a"].to_numpy()], "b": kept[pairs["b"].to_numpy()]})
     return out
+
+
+def _limit_report(df: pd.DataFrame, found: Clusters, cfg: ClusterLimit) -> dict:
+    """What the cluster limit did: the links it cut (weakest first), and the clusters still past it
+    because exact copies, checked pairs or groups hold them (kept whole: those are never cut)."""
+    pairs = found.pairs.reindex(columns=list(DUPLICATE_COLUMNS))  # a hand-made Clusters may lack some
+    cut = pairs[pairs["cut"].fillna(False).astype(bool)]
+    labeled = df["label"].notna()
+    counts = df.loc[labeled, "label"].value_counts()
+    major = df[labeled].groupby("cluster_id")["label"].agg(lambda v: v.value_counts().index[0])
+    sizes = df.groupby("cluster_id").size()
+    allowed = np.maximum(cfg.min_size, np.floor(cfg.share * major.map(counts)))
+    over = sizes[major.index][sizes[major.index] > allowed].sort_values(ascending=False, kind="stable")
+    weakest = cut.sort_values(["rms", "distance"], ascending=False, kind="stable").head(5)
+    return {
+        "share": cfg.share,
+        "min_size": cfg.min_size,
+        "cut_links": int(len(cut)),
+        "weakest_cut": [
+            {"a": r.sample_a, "b": r.sample_b, "kind": r.kind, "rms": _num(r.rms), "distance": _num(r.distance)}
+            for r in weakest.itertuples()
+        ],
+        "kept_whole": {str(k): int(v) for k, v in over.head(5).items()},
+        "kept_whole_clusters": int(len(over)),
+    }
+
+
+def _num(v) -> float | None:
+    return None if pd.isna(v) else round(float(v), 4)
 
 
 def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test: bool) -> dict:
@@ -418,7 +472,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     cfg = params.split
     images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
     with session(params.base.executor):
-        found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects)
+        found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
         df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
     suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images)
     metrics["executor"] = params.base.executor
@@ -440,6 +494,28 @@ def main(params: Params, args: argparse.Namespace) -> None:
         metrics.get("cross_split_exact", 0),
         metrics.get("cross_split_near_duplicates", 0),
     )
+    lim = metrics["cluster_limit"]
+    if lim["cut_links"]:
+        w = lim["weakest_cut"][0]
+        log.warning(
+            "split: %d near-duplicate links cut so that no cluster grows past split.cluster_limit (max(%d, %g x its "
+            "class)): the weakest first, e.g. %s ~ %s (%s); duplicates.csv marks them cut",
+            lim["cut_links"],
+            lim["min_size"],
+            lim["share"],
+            w["a"],
+            w["b"],
+            f"rms {w['rms']}" if w["rms"] is not None else f"distance {w['distance']}",
+        )
+    if lim["kept_whole_clusters"]:
+        name, size = next(iter(lim["kept_whole"].items()))
+        log.warning(
+            "split: %d cluster(s) past split.cluster_limit are held by exact copies, checked pairs or groups, which "
+            "are never cut: kept whole (the largest, %s, has %d samples)",
+            lim["kept_whole_clusters"],
+            name,
+            size,
+        )
     m = metrics["suspected"]
     if not m["enabled"]:
         log.info("split: split.suspects.enabled is false: re-rendered or re-encoded copies are not looked for")
