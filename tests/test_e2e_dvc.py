@@ -12,6 +12,8 @@ import pandas as pd
 import pytest
 from e2e_util import STAGES, make_project, ran, run, set_params
 
+from pipeline.core import catalog
+
 pytestmark = pytest.mark.slow  # `make test-all`: runs dvc repro / a real server
 
 
@@ -81,6 +83,9 @@ def test_summary_and_the_exp_show_recipe_are_short(project: Path):
     assert 8 <= len(lines) <= 12 and max(map(len, lines)) < 400
     assert lines[0].startswith("data      1797 images in: 1797 kept, 0 quarantined")
     assert any(ln.startswith("test      accuracy ") and "95% interval" in ln for ln in lines)
+    took = json.loads((project / ".pipeline/stage_times.json").read_text())  # each stage's last wall time
+    assert set(took) <= set(catalog.STAGES) and {"ingest", "oof", "train"} <= set(took)
+    assert lines[-1].startswith(f"time      {sum(took.values()):.0f} s in {len(took)} stages")
     table = run(["dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", summary.KEEP], project)
     header = table.splitlines()[0].split(",")
     assert set(header) == {

@@ -99,11 +99,14 @@ def test_the_threshold_follows_the_datas_own_spacing():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    limit, median = suspects.threshold(x, 0.13, 10)
-    limit2, median2 = suspects.threshold(x * 1, 0.26, 10)
+    space = suspects.Space(x)
+    limit, median = suspects.threshold(space, 0.13, 10)
+    limit2, median2 = suspects.threshold(space, 0.26, 10)
     assert median == median2 > 0 and limit == pytest.approx(0.13 * median) and limit2 == pytest.approx(2 * limit)
+    exact = np.median(np.sort(1 - x @ x.T + 3 * np.eye(len(x)), axis=1)[:, 9])  # brute force
+    assert median == pytest.approx(exact, rel=1e-5)
     # many exact copies: the median nearest distance is 0, the 10th's is not
-    copies = np.repeat(x[:100], 4, axis=0)
+    copies = suspects.Space(np.repeat(x[:100], 4, axis=0))
     assert suspects.threshold(copies, 0.13, 1)[1] == pytest.approx(0, abs=1e-6)
     assert suspects.threshold(copies, 0.13, 10)[1] > 0.1
 

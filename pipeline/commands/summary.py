@@ -2,8 +2,9 @@
 
 What a person wants after `dvc repro`: how good the model is on test (with the binomial
 interval), what happened to the data (kept / quarantined / removed / flagged, counts that add
-up), what the stages warned about, and where the model, plots and galleries are. `make run`
-ends with it; `dvc metrics show` is the full, long form.
+up), what the stages warned about, where the model, plots and galleries are, and where the time
+went (each stage's last wall time, from `.pipeline/stage_times.json`). `make run` ends with it;
+`dvc metrics show` is the full, long form.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def _read(folder: Path, name: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def lines(metrics: Path, plots: Path) -> list[str]:
+def lines(metrics: Path, plots: Path, times: Path = Path(".pipeline/stage_times.json")) -> list[str]:
+    """The summary's lines; the last, where the time went, from `times` (written by each stage's run)."""
     names = ("ingest", "embed", "split", "oof", "clean", "pseudo", "assemble", "train", "evaluate")
     m = {n: _read(metrics, n) for n in names}
     if not m["ingest"]:
@@ -89,6 +91,13 @@ def lines(metrics: Path, plots: Path) -> list[str]:
     out.append("report    report/index.html: every stage on one page, offline; the model: models/model.pt")
     out.append(f"plots     {plots}/ (curves: dvc plots show); galleries: {', '.join(galleries) or 'none yet'}")
     out.append(f"compare   {EXP_SHOW}")
+    if times.exists():
+        took = json.loads(times.read_text())
+        slowest = sorted(took.items(), key=lambda kv: -kv[1])
+        out.append(
+            f"time      {sum(took.values()):.0f} s in {len(took)} stages (their last runs); "
+            + ", ".join(f"{k} {v:.0f} s" for k, v in slowest[:6])
+        )
     return out
 
 

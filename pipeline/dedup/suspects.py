@@ -8,8 +8,8 @@ images are suspected when their cosine distance is at most `factor` x the median
 sample to its nearest neighbour in the data (cleanlab's near_duplicate rule: the threshold comes
 from the data's own spacing, not from a constant tuned on one dataset).
 
-`nearest` searches a PCA projection of the descriptors for candidates and re-scores them in full:
-work grows as queries x references x `dims`, not x the full width.
+`Space` searches a PCA projection of the descriptors for candidates and re-scores them in full:
+work grows as queries x references x 32, not x the full width.
 """
 
 from __future__ import annotations
@@ -48,52 +48,79 @@ def descriptors(images: neardup.Images) -> np.ndarray:
     return out
 
 
-def nearest(
-    queries: np.ndarray, refs: np.ndarray, allowed, dims: int = 32, candidates: int = 8, chunk: int = 2048
-) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine distance, index into `refs`) of each query's nearest reference that `allowed(q_rows,
-    r_idx) -> bool (Q, C)` permits (e.g. another split), searched among the `candidates` nearest in
-    a `dims`-dimensional PCA projection; distance 2 and index -1 where none is allowed."""
-    import torch
+class Space:
+    """Descriptors and their `dims`-dimensional PCA projection, where candidates are searched; each
+    candidate is then scored on the full descriptors (exact for the near pairs this is after)."""
 
-    z_q, z_r = queries, refs
-    if refs.shape[1] > dims and len(refs) > dims:
-        from sklearn.decomposition import PCA
+    def __init__(self, desc: np.ndarray, dims: int = 32):
+        self.desc, self.z = desc, desc
+        if desc.shape[1] > dims and len(desc) > dims:  # PCA by the covariance's eigenvectors: 336 x 336, fast
+            fit = desc[:: max(1, len(desc) // 20000)].astype(np.float64)
+            mean = fit.mean(axis=0)
+            _, vectors = np.linalg.eigh((fit - mean).T @ (fit - mean))
+            self.z = ((desc - mean) @ vectors[:, -dims:]).astype(np.float32)
 
-        pca = PCA(dims, svd_solver="randomized", random_state=0).fit(refs[:: max(1, len(refs) // 20000)])
-        z_q, z_r = pca.transform(queries).astype(np.float32), pca.transform(refs).astype(np.float32)
-    c = min(candidates, len(refs))
-    rt = torch.from_numpy(np.ascontiguousarray(z_r)).T
-    dist, index = np.full(len(queries), 2.0), np.full(len(queries), -1, np.int64)
-    for lo in range(0, len(queries), chunk):
-        rows = np.arange(lo, min(lo + chunk, len(queries)))
-        cand = (torch.from_numpy(np.ascontiguousarray(z_q[rows])) @ rt).topk(c, dim=1).indices.numpy()
-        exact = np.einsum("qd,qcd->qc", queries[rows], refs[cand])
-        exact = np.where(allowed(rows, cand), exact, -np.inf)
-        best = np.argmax(exact, axis=1)
-        ok = np.isfinite(exact[np.arange(len(rows)), best])
-        dist[rows[ok]] = np.clip(1.0 - exact[np.arange(len(rows)), best][ok], 0.0, 2.0)
-        index[rows[ok]] = cand[np.arange(len(rows)), best][ok]
-    return dist, index
+    def candidates(self, rows: np.ndarray, among: np.ndarray, c: int, chunk: int = 2048):
+        """(row chunk, its `c` nearest of the rows `among` in the projection (indices into `among`),
+        their full cosine distances), chunk by chunk."""
+        import torch
+
+        ref = torch.from_numpy(np.ascontiguousarray(self.z[among])).T
+        c = min(c, len(among))
+        for lo in range(0, len(rows), chunk):
+            part = rows[lo : lo + chunk]
+            cand = (torch.from_numpy(np.ascontiguousarray(self.z[part])) @ ref).topk(c, dim=1).indices.numpy()
+            yield part, cand, 1.0 - np.einsum("qd,qcd->qc", self.desc[part], self.desc[among[cand]])
 
 
-def threshold(desc: np.ndarray, factor: float, k: int, sample: int = 5000) -> tuple[float, float]:
+def threshold(space: Space, factor: float, k: int, sample: int = 2000) -> tuple[float, float]:
     """(`factor` x the median cosine distance from a sample to its `k`-th nearest other sample, that
     median). The k-th, not the nearest: where duplicates are common (an icon theme draws each icon
     at several sizes, and aliases it under several names) the median nearest distance is 0, so
-    cleanlab's rule on the nearest alone would suspect nothing. Estimated on at most `sample` rows
-    (a fixed draw), against all."""
+    cleanlab's rule on the nearest alone would suspect nothing. Exact, on all the descriptors, for
+    at most `sample` rows (a fixed draw): in a projection, crowded data (Fashion-MNIST) put the
+    k-th neighbour 3x too far."""
     import torch
 
-    if len(desc) <= k:
+    n = len(space.desc)
+    if n <= k:
         return 0.0, 0.0
-    rows = np.sort(np.random.default_rng(0).permutation(len(desc))[:sample])
-    all_t = torch.from_numpy(np.ascontiguousarray(desc)).T
+    rows = np.sort(np.random.default_rng(0).permutation(n)[:sample])
+    everyone = torch.from_numpy(np.ascontiguousarray(space.desc)).T
     kth = []
-    for lo in range(0, len(rows), 1024):
-        part = rows[lo : lo + 1024]
-        sim = torch.from_numpy(desc[part]) @ all_t
+    for lo in range(0, len(rows), 512):
+        part = rows[lo : lo + 512]
+        sim = torch.from_numpy(space.desc[part]) @ everyone
         sim[torch.arange(len(part)), torch.from_numpy(part)] = -torch.inf  # not oneself
         kth.append(1.0 - sim.topk(k, dim=1).values[:, -1].double().numpy())
     median = float(np.median(np.concatenate(kth)))
     return factor * median, median
+
+
+def within(space: Space, radius: float, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j), i < j, of rows within cosine distance `radius` among each row's `k` nearest."""
+    n = len(space.desc)
+    pairs = [np.zeros((0, 2), np.int64)]
+    for part, cand, dist in space.candidates(np.arange(n), np.arange(n), k + 1):
+        close = (dist <= radius) & (cand != part[:, None])
+        i, j = np.broadcast_to(part[:, None], cand.shape)[close], cand[close]
+        pairs.append(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1))
+    both = np.unique(np.concatenate(pairs), axis=0)
+    return both[:, 0], both[:, 1]
+
+
+def nearest(space: Space, queries: np.ndarray, refs: np.ndarray, allowed, candidates: int = 16):
+    """(cosine distance, row) of each query row's nearest row of `refs` that `allowed(queries_chunk,
+    rows (Q, C)) -> bool (Q, C)` permits (e.g. another split), among its `candidates` nearest; distance
+    2 and row -1 where none is allowed."""
+    dist, index = np.full(len(queries), 2.0), np.full(len(queries), -1, np.int64)
+    at = {q: i for i, q in enumerate(queries.tolist())}
+    for part, cand, d in space.candidates(queries, refs, candidates):
+        rows = refs[cand]
+        d = np.where(allowed(part, rows), d, np.inf)
+        best = np.argmin(d, axis=1)
+        ok = np.isfinite(d[np.arange(len(part)), best])
+        where = np.array([at[q] for q in part.tolist()])
+        dist[where[ok]] = np.clip(d[np.arange(len(part)), best][ok], 0.0, 2.0)
+        index[where[ok]] = rows[np.arange(len(part)), best][ok]
+    return dist, index

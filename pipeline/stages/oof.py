@@ -27,6 +27,7 @@ not a network trained per fold). Writes, under `<out>/`:
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import numpy as np
@@ -257,12 +258,24 @@ def run(
     executor, threads = params.base.executor, runtime.threads(cfg)
     if probing:
         dynamics = probe_folds(params, df, y, fold, k, features, models, probs, votes, entropy)
+    started = time.perf_counter()
     for f in range(0 if probing else params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
 
         def record(model, epoch, fit_idx=fit_idx, f=f, p=None):
             """Training dynamics: p(given label) of the samples the fold model trains on. The
-            last epoch's come from the pass over every row after training (`p` given)."""
+            last epoch's come from the pass over every row after training (`p` given). After the
+            first fold's first epoch: the time the stage will take, told once."""
+            if f == 0 and epoch == 1 and p is None:
+                per_epoch = time.perf_counter() - started
+                log.info(
+                    "oof: %d folds x %d epochs on %d images: about %.1f min (the first epoch took %.1f s)",
+                    params.oof.folds,
+                    cfg.epochs,
+                    len(fit_idx),
+                    per_epoch * cfg.epochs * params.oof.folds / 60,
+                    per_epoch,
+                )
             if epoch <= after or epoch % every and epoch != cfg.epochs or epoch == cfg.epochs and p is None:
                 return
             p = inference.predict_proba(model, x[fit_idx]) if p is None else p

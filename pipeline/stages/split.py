@@ -89,7 +89,7 @@ def clusters(
     limit: ClusterLimit | None = None,
 ) -> Clusters:
     """The units that must stay within one split: exact + near duplicates + groups (+ with
-    `suspected.join`, each sample and its nearest suspect, kind "suspected").
+    `suspected.join`, the suspected pairs among each sample's `suspected.k` nearest, kind "suspected").
 
     The pairs that the post-hoc `checks` would call duplicates join the clusters too, so the split
     never makes a split its own check refuses; the checks then run again, after splitting, as an
@@ -119,11 +119,11 @@ def clusters(
         near = near.drop_duplicates(["i", "j"]).assign(i=lambda d: reps[d["i"]], j=lambda d: reps[d["j"]], kind="near")
         pairs.append(near)
     if suspected is not None and suspected.join and n > 1:
-        desc = suspects.descriptors(images)
-        within, _ = suspects.threshold(desc, suspected.factor, suspected.k)
-        dist, j = suspects.nearest(desc, desc, lambda rows, cand: cand != rows[:, None])
-        hit = np.flatnonzero((j >= 0) & (dist <= within))
-        pairs.append(pd.DataFrame({"i": hit, "j": j[hit], "kind": "suspected", "distance": dist[hit]}))
+        space = suspects.Space(suspects.descriptors(images))
+        radius, _ = suspects.threshold(space, suspected.factor, suspected.k)
+        i, j = suspects.within(space, radius, suspected.k)
+        dist = 1.0 - np.einsum("pd,pd->p", space.desc[i], space.desc[j])
+        pairs.append(pd.DataFrame({"i": i, "j": j, "kind": "suspected", "distance": dist.round(6)}))
     pairs = pd.concat(pairs, ignore_index=True).reindex(columns=[*DUPLICATE_COLUMNS[2:8], "i", "j", "checked"])
     pairs["checked"] = pairs["checked"].fillna(False).astype(bool)
     # exact copies and what the checks call duplicates always join; the cascade's and the suspects' links
@@ -177,15 +177,14 @@ def suspected_pairs(
     if not cfg.enabled or not len(queries) or len(kept) < 2:
         return pd.DataFrame(columns=columns), {"enabled": cfg.enabled, "pairs": 0, "checked": int(len(queries))}
     sub = images.subset(kept) if images is not None else store_images(df.iloc[kept], chunk)
-    desc = suspects.descriptors(sub)
-    limit, median = suspects.threshold(desc, cfg.factor, cfg.k)
+    space = suspects.Space(suspects.descriptors(sub))
+    limit, median = suspects.threshold(space, cfg.factor, cfg.k)
     cluster = df["cluster_id"].to_numpy()[kept]
 
-    def allowed(rows, cand):  # another split, another cluster
-        q = queries[rows][:, None]
-        return (side[cand] != side[q]) & (cluster[cand] != cluster[q])
+    def allowed(q, rows):  # another split, another cluster
+        return (side[rows] != side[q][:, None]) & (cluster[rows] != cluster[q][:, None])
 
-    dist, j = suspects.nearest(desc[queries], desc, allowed)
+    dist, j = suspects.nearest(space, queries, np.arange(len(kept)), allowed)
     hit = np.flatnonzero((j >= 0) & (dist <= limit))
     a, b = kept[queries[hit]], kept[j[hit]]
     sids, splits = df["sample_id"].to_numpy(), df["split"].to_numpy()
@@ -345,10 +344,12 @@ def _limit_report(df: pd.DataFrame, found: Clusters, cfg: ClusterLimit) -> dict:
     cut = pairs[pairs["cut"].fillna(False).astype(bool)]
     labeled = df["label"].notna()
     counts = df.loc[labeled, "label"].value_counts()
-    major = df[labeled].groupby("cluster_id")["label"].agg(lambda v: v.value_counts().index[0])
     sizes = df.groupby("cluster_id").size()
-    allowed = np.maximum(cfg.min_size, np.floor(cfg.share * major.map(counts)))
-    over = sizes[major.index][sizes[major.index] > allowed].sort_values(ascending=False, kind="stable")
+    big = df[labeled & df["cluster_id"].isin(sizes.index[sizes > cfg.min_size])]  # none smaller can pass
+    major = big.groupby(["cluster_id", "label"]).size().sort_values(ascending=False, kind="stable")
+    major = major.reset_index().drop_duplicates("cluster_id").set_index("cluster_id")["label"]
+    allowed = np.maximum(cfg.min_size, np.floor(cfg.share * major.map(counts).to_numpy(dtype=float)))
+    over = sizes[major.index][sizes[major.index].to_numpy() > allowed].sort_values(ascending=False, kind="stable")
     weakest = cut.sort_values(["rms", "distance"], ascending=False, kind="stable").head(5)
     return {
         "share": cfg.share,
