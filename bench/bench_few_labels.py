@@ -59,7 +59,17 @@ def pretrain(weights: Path, arch: str, epochs: int, source: list[str]) -> None:
         (folder / "params.yaml").write_text(yaml.safe_dump(cfg))
         steps = [
             ["ingest", "--out", "data/ingest", "--metrics", "m/ingest.json"],
-            ["split", "--ingest", "data/ingest", "--out", "data/split", "--metrics", "m/split.json"]
+            [
+                "split",
+                "--ingest",
+                "data/ingest",
+                "--embed",
+                "data/embed",
+                "--out",
+                "data/split",
+                "--metrics",
+                "m/split.json",
+            ]
             + ["--plots", "plots/split"],
             ["pretrain", "--split", "data/split", "--out", str(weights.resolve()), "--epochs", str(epochs)],
         ]

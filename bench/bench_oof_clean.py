@@ -28,7 +28,16 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = {
     "ingest": ["--out", "data/ingest", "--metrics", "metrics/ingest.json"],
-    "split": ["--ingest", "data/ingest", "--out", "data/split", "--metrics", "metrics/split.json"]
+    "split": [
+        "--ingest",
+        "data/ingest",
+        "--embed",
+        "data/embed",
+        "--out",
+        "data/split",
+        "--metrics",
+        "metrics/split.json",
+    ]
     + ["--plots", "plots/split"],
     "oof": ["--split", "data/split", "--embed", "data/embed", "--labels", "labels/patches.csv", "--out", "data/oof"]
     + ["--metrics", "metrics/oof.json"],

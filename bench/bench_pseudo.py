@@ -48,7 +48,17 @@ def flags(name: str, derived: list[str], policy: str = RANDAUGMENT, strong: str 
     m = ["--metrics", f"metrics/{name}.json"]
     return {
         "ingest": ["--out", "data/ingest", *m],
-        "split": ["--ingest", "data/ingest", "--out", "data/split", *m, "--plots", "plots/split"],
+        "split": [
+            "--ingest",
+            "data/ingest",
+            "--embed",
+            "data/embed",
+            "--out",
+            "data/split",
+            *m,
+            "--plots",
+            "plots/split",
+        ],
         "oof": [
             "--split",
             "data/split",

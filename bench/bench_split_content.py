@@ -49,7 +49,7 @@ def split_once(root: Path, ingest_params: dict, split_params: dict) -> tuple[pd.
         root,
         "split",
         {**ingest_params, "split": split_params},
-        *("--ingest", str(root / "ingest"), "--out", str(out)),
+        *("--ingest", str(root / "ingest"), "--embed", str(root / "embed"), "--out", str(out)),
         *("--metrics", str(root / "split.json"), "--plots", str(root / "plots")),
     )
     df = pd.read_parquet(out / "manifest.parquet")

@@ -173,6 +173,7 @@ def pretrained(digits):
     p = params.parse({"backbone": {"name": "small_cnn", "weights": str(root / "cnn.pt")}, "train": {"epochs": 4}})
     (root / "params.yaml").write_text(yaml.safe_dump({}))
     args = ["split", "--quiet", "--params", str(root / "params.yaml"), "--ingest", str(root / "ingest")]
+    args += ["--embed", str(root / "embed")]
     args += ["--out", str(root / "split"), "--metrics", str(root / "split.json"), "--plots", str(root / "plots")]
     assert cli.main(args) == 0
     split_df, classes = dataset.read_manifest(root / "split")

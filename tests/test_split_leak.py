@@ -296,6 +296,8 @@ def test_stage_writes_contract_outputs_and_fails_on_a_leak(tmp_path, capsys):
         "split",
         "--ingest",
         str(tmp_path / "ingest"),
+        "--embed",
+        str(tmp_path / "embed"),  # no backbone: not read
         "--out",
         str(tmp_path / "split"),
         "--metrics",

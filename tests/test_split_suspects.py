@@ -49,7 +49,7 @@ def ingested(tmp_path_factory):
 
 def run_split(root, tmp_path, cfg: dict) -> tuple[pd.DataFrame, dict, pd.DataFrame]:
     (tmp_path / "params.yaml").write_text(json.dumps({"split": cfg}))
-    args = ["split", "--ingest", str(root / "ingest"), "--out", str(tmp_path / "split")]
+    args = ["split", "--ingest", str(root / "ingest"), "--embed", str(root / "embed"), "--out", str(tmp_path / "split")]
     args += ["--metrics", str(tmp_path / "split.json"), "--plots", str(tmp_path / "plots")]
     assert cli([*args, "--params", str(tmp_path / "params.yaml"), "--quiet"]) == 0
     df, _ = dataset.read_manifest(tmp_path / "split")
@@ -152,3 +152,20 @@ def test_a_chain_of_near_duplicates_does_not_swallow_its_class(tmp_path, limit, 
     assert m["cross_split_near_duplicates"] == 0  # what was cut the stricter check does not call a copy
     links = pd.read_csv(tmp_path / "split" / split.DUPLICATES)
     assert links["cut"].sum() == lim["cut_links"]
+
+
+def test_a_backbones_neighbours_are_suspected_too(ingested, tmp_path):
+    """With embeddings (a backbone set), a val/test sample whose embedding matches one in another
+    split is suspected even where the pixels differ (`by: embedding`)."""
+    df, _, content = run_split(ingested, tmp_path, {})
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((len(df), 64)).astype(np.float32)
+    a = np.flatnonzero(df["split"] == "test")[0]
+    b = np.flatnonzero((df["split"] == "train") & (df["cluster_id"] != df["cluster_id"].iloc[a]))[5]
+    emb[a] = emb[b] + 1e-4  # the same picture to the backbone
+    cfg = params.parse({}).split.suspects
+    pairs, m = split.suspected_pairs(df, cfg, embeddings=emb)
+    by_embedding = pairs[pairs["by"] == "embedding"]
+    assert (by_embedding["sample_a"] == df["sample_id"].iloc[a]).any()
+    assert m["embedding_pairs"] >= 1 and m["content_pairs"] == len(content) and m["embedding_threshold"] > 0
+    assert set(pairs["by"]) <= {"content", "embedding"} and not pairs.duplicated(["sample_a", "sample_b"]).any()

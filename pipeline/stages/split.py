@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import dataset, schema, wiring
+from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import ClusterLimit, NearDuplicates, Params, Split, Suspects
@@ -164,12 +164,17 @@ def _limits(df: pd.DataFrame, i: np.ndarray, j: np.ndarray, cfg: ClusterLimit | 
 
 
 def suspected_pairs(
-    df: pd.DataFrame, cfg: Suspects, images: neardup.Images | None = None, chunk: int = 8192
+    df: pd.DataFrame,
+    cfg: Suspects,
+    images: neardup.Images | None = None,
+    chunk: int = 8192,
+    embeddings: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """The looser content check after splitting: each val and test sample's nearest sample in another
     split (the pool counts as train) and another cluster, kept where their coarse content is within
-    the data's own threshold (pipeline/dedup/suspects.py). (pairs, metrics)."""
-    columns = ["sample_a", "split_a", "sample_b", "split_b", "distance"]
+    the data's own threshold (pipeline/dedup/suspects.py); with a backbone's `embeddings` (rows of
+    `df`), the same search in their space too (`by`: content or embedding). (pairs, metrics)."""
+    columns = ["sample_a", "split_a", "sample_b", "split_b", "distance", "by"]
     kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
     side = df["split"].to_numpy()[kept]
     side = np.where(side == POOL, "train", side)
@@ -177,30 +182,35 @@ def suspected_pairs(
     if not cfg.enabled or not len(queries) or len(kept) < 2:
         return pd.DataFrame(columns=columns), {"enabled": cfg.enabled, "pairs": 0, "checked": int(len(queries))}
     sub = images.subset(kept) if images is not None else store_images(df.iloc[kept], chunk)
-    space = suspects.Space(suspects.descriptors(sub))
-    limit, median = suspects.threshold(space, cfg.factor, cfg.k)
     cluster = df["cluster_id"].to_numpy()[kept]
+    sids, splits = df["sample_id"].to_numpy(), df["split"].to_numpy()
 
     def allowed(q, rows):  # another split, another cluster
         return (side[rows] != side[q][:, None]) & (cluster[rows] != cluster[q][:, None])
 
-    dist, j = suspects.nearest(space, queries, np.arange(len(kept)), allowed)
-    hit = np.flatnonzero((j >= 0) & (dist <= limit))
-    a, b = kept[queries[hit]], kept[j[hit]]
-    sids, splits = df["sample_id"].to_numpy(), df["split"].to_numpy()
-    pairs = pd.DataFrame(
-        {"sample_a": sids[a], "split_a": splits[a], "sample_b": sids[b], "split_b": splits[b], "distance": dist[hit]}
-    )
-    pairs = pairs.round({"distance": 6}).sort_values(["distance", "sample_a"], kind="stable").reset_index(drop=True)
-    metrics = {
-        "enabled": True,
-        "pairs": len(pairs),
-        "threshold": round(limit, 6),
-        "median_kth_distance": round(median, 6),
-        "factor": cfg.factor,
-        "k": cfg.k,
-        "checked": int(len(queries)),
-    }
+    spaces = {"content": suspects.descriptors(sub)}
+    if embeddings is not None:
+        z = embeddings[kept].astype(np.float32)
+        spaces["embedding"] = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    found, metrics = [], {"enabled": True, "factor": cfg.factor, "k": cfg.k, "checked": int(len(queries))}
+    for by, desc in spaces.items():
+        space = suspects.Space(desc)
+        limit, median = suspects.threshold(space, cfg.factor, cfg.k)
+        dist, j = suspects.nearest(space, queries, np.arange(len(kept)), allowed)
+        hit = np.flatnonzero((j >= 0) & (dist <= limit))
+        a, b = kept[queries[hit]], kept[j[hit]]
+        found.append(
+            pd.DataFrame(
+                {"sample_a": sids[a], "split_a": splits[a], "sample_b": sids[b], "split_b": splits[b]}
+                | {"distance": dist[hit].round(6), "by": by}
+            )
+        )
+        key = "" if by == "content" else "embedding_"
+        metrics |= {f"{key}threshold": round(limit, 6), f"{key}median_kth_distance": round(median, 6)}
+        metrics[f"{by}_pairs"] = len(hit)
+    pairs = pd.concat(found, ignore_index=True).drop_duplicates(["sample_a", "sample_b"])  # content's first
+    pairs = pairs.sort_values(["by", "distance", "sample_a"], kind="stable").reset_index(drop=True)
+    metrics["pairs"] = len(pairs)
     return pairs, metrics
 
 
@@ -459,9 +469,12 @@ def _grid(df: pd.DataFrame, rows: list, caps: list[str], path: Path, title: str)
 
 STAGE = wiring.Stage(
     "split",
-    reads=(wiring.Flag("--ingest", "ingest output"),),
+    reads=(
+        wiring.Flag("--ingest", "ingest output"),
+        wiring.Flag("--embed", "embed output: a backbone's features, whose neighbours the suspects check adds"),
+    ),
     writes=(wiring.Flag("--out", "output folder"),),
-    params=("base", "split"),
+    params=("base", "split", "backbone"),
 )
 add_arguments = STAGE.add_arguments
 
@@ -475,7 +488,8 @@ def main(params: Params, args: argparse.Namespace) -> None:
     with session(params.base.executor):
         found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
         df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
-    suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images)
+    embedded = artifacts.read_embeddings(args.embed, df["sample_id"]) if params.backbone.name else None
+    suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images, embeddings=embedded)
     metrics["executor"] = params.base.executor
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
