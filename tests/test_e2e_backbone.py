@@ -38,4 +38,4 @@ def test_repro_with_a_timm_backbone_probe_and_fine_tuning(tmp_path: Path):
     assert "The backbone&#x27;s space" in page or "The backbone's space" in page
     assert ran(run(["dvc", "repro"], project)) == []
     set_params(project, backbone={"image_size": 24})  # the backbone's params: embed and what reads it
-    assert ran(run(["dvc", "repro"], project))[:2] == ["embed", "oof"]
+    assert ran(run(["dvc", "repro"], project))[:3] == ["embed", "split", "oof"]  # split: the suspects' neighbours
