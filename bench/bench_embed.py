@@ -64,8 +64,7 @@ def main() -> None:
             Image.fromarray(image).save(root / "images" / f"c{i % 2}" / f"{i:05d}.png")
         base = {"ingest": {"source": "imagefolder", "path": str(root / "images"), "image_size": 32}}
         out = root / "ingest"
-        with dataset.staged_dir(out) as staged:
-            ingest.run(params.parse(base), staged, out)
+        ingest.write(params.parse(base), out)
         df = dataset.read_manifest(out)[0]
         for precision in ("fp32", "bf16"):
             cfg = base | {"backbone": {"name": f"timm:{ARCH}", "weights": str(root / "w.safetensors")}}

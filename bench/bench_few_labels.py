@@ -85,8 +85,7 @@ def target(classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     with tempfile.TemporaryDirectory(prefix="bench-few-target-") as tmp:
         out = Path(tmp) / "ingest"
         cfg = {"ingest": {"source": "fashion-mnist", "classes": classes, "max_bad_fraction": 1.0}}
-        with dataset.staged_dir(out) as staged:
-            ingest.run(params.parse(cfg), staged, out)
+        ingest.write(params.parse(cfg), out)
         df = dataset.read_manifest(out)[0]
         train, test = df[df["source_split"] == "train"], df[df["source_split"] == "test"]
         return (
@@ -133,7 +132,7 @@ def main() -> None:
             cfg = fit.schedule(p.train, len(pick))
             result = {"labels_per_class": n, "seed": seed}
             t = time.perf_counter()
-            scratch = fit.fit(x[pick], y[pick], x[:0], y[:0], cfg, len(classes), seed, desc="scratch")
+            scratch = fit.fit(fit.Inputs(x[pick], y[pick], x[:0], y[:0], len(classes)), cfg, seed, desc="scratch")
             acc = (inference.predict_proba(scratch.model, xt).argmax(1) == yt).mean()
             result["scratch"] = {"accuracy": round(float(acc), 4), "seconds": round(time.perf_counter() - t, 1)}
             t = time.perf_counter()
@@ -143,7 +142,9 @@ def main() -> None:
             t = time.perf_counter()
             model, width = backbones.for_training(p.backbone, 1, len(classes), torch.Generator().manual_seed(seed))
             tuned_cfg = cfg.model_copy(update={"model": args.arch, "width": width})
-            tuned = fit.fit(x[pick], y[pick], x[:0], y[:0], tuned_cfg, len(classes), seed, desc="fine-tune", init=model)
+            tuned = fit.fit(
+                fit.Inputs(x[pick], y[pick], x[:0], y[:0], len(classes), init=model), tuned_cfg, seed, desc="fine-tune"
+            )
             acc = (inference.predict_proba(tuned.model, xt).argmax(1) == yt).mean()
             result["fine-tune"] = {"accuracy": round(float(acc), 4), "seconds": round(time.perf_counter() - t, 1)}
             rows.append(result)

@@ -59,7 +59,7 @@ def bare(x: np.ndarray, y: np.ndarray, cfg, num_classes: int, compile: bool = Fa
 
 def ours(x: np.ndarray, y: np.ndarray, cfg, num_classes: int) -> float:
     t0 = time.perf_counter()
-    fit.fit(x, y, x[:0], y[:0], cfg, num_classes, seed=0, desc="bench")
+    fit.fit(fit.Inputs(x, y, x[:0], y[:0], num_classes), cfg, 0, desc="bench")
     return time.perf_counter() - t0
 
 

@@ -188,7 +188,7 @@ def bench_planted(pixels: np.ndarray, labels: np.ndarray, work: Path, n_distinct
         )
     )
     t = time.perf_counter()
-    out, metrics = split.run(df, Split(fail_on_leak=False), seed=0)
+    out, metrics = split.partition(df, Split(fail_on_leak=False), seed=0)
     t_split = time.perf_counter() - t
     out = out.assign(orig=df["orig"].to_numpy(), kind=df["kind"].to_numpy())
     originals = out[out["kind"] == "original"].set_index("orig")
@@ -287,7 +287,7 @@ def bench_real(fm: pd.DataFrame, work: Path) -> dict:
     t = time.perf_counter()
     found = split.clusters(fm, NearDuplicates())
     t_cluster = time.perf_counter() - t
-    out, metrics = split.run(fm, Split(fail_on_leak=False), seed=0, found=found)
+    out, metrics = split.partition(fm, Split(fail_on_leak=False), seed=0, found=found)
     src = fm.set_index("sample_id")["source_split"]
     p = found.pairs.assign(a=found.pairs["sample_a"].map(src), b=found.pairs["sample_b"].map(src))
     where = np.where(p["a"] != p["b"], "across", "within_" + p["a"])

@@ -150,7 +150,10 @@ def low_data(params, args, clean, classes, train, test) -> dict:
         xs, ys = dataset.load_pixels(sub), sub["label_id"].to_numpy(np.int64)
         judges = [
             fit.fit(
-                xs, ys, xs[:0], ys[:0], recipe(params, len(xs), args.clf_steps), k, seed + j, desc=f"judge {j}"
+                fit.Inputs(xs, ys, xs[:0], ys[:0], k),
+                recipe(params, len(xs), args.clf_steps),
+                seed + j,
+                desc=f"judge {j}",
             ).model
             for j in range(3)
         ]

@@ -37,7 +37,7 @@ def run_on(device: str, weights: Path, x: np.ndarray, y: np.ndarray, xt: np.ndar
     out["embed_s"] = time.perf_counter() - t0
     cfg = p.train.model_copy(update={"epochs": 3, "batch_size": 64})
     t0 = time.perf_counter()
-    result = fit.fit(x, y, xt, yt, cfg, 10, 0, desc=f"check {dev}", device=dev)
+    result = fit.fit(fit.Inputs(x, y, xt, yt, 10), cfg, 0, device=dev, desc=f"check {dev}")
     out["fit_s"] = time.perf_counter() - t0
     out["val_loss"] = [row["val_loss"] for row in result.history]
     out["accuracy"] = float((inference.predict_proba(result.model, xt).argmax(1) == yt).mean())

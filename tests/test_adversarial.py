@@ -82,7 +82,7 @@ def test_disabled_stage_writes_an_empty_valid_manifest(tmp_path):
 def test_source_model_from_a_file(tmp_path):
     split, assembled, classes = write_split(tmp_path / "data")
     x, y = patterns(120)
-    result = fit.fit(x, y, x[:0], y[:0], params.Train(**TINY_TRAIN), 4, seed=0)
+    result = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), params.Train(**TINY_TRAIN), 0)
     checkpoints.save_model(tmp_path / "m.pt", result.model, result.config, classes)
     _, df, metrics, _ = _run_stage(tmp_path / "run", source_model=str(tmp_path / "m.pt"))
     assert len(df) > 0 and metrics["source_model"] == df["source_model"].iloc[0]
@@ -91,21 +91,17 @@ def test_source_model_from_a_file(tmp_path):
 def test_adversarial_training_options():
     x, y = patterns(160)
     base = params.Train(**TINY_TRAIN)
-    plain = fit.fit(x, y, x[:0], y[:0], base, 4, seed=0).model
+    plain = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), base, 0).model
     zero = fit.fit(
-        x,
-        y,
-        x[:0],
-        y[:0],
+        fit.Inputs(x, y, x[:0], y[:0], 4),
         base.model_copy(update={"adversarial": params.TrainAdversarial(attack="pgd", ratio=0.0)}),
-        4,
-        seed=0,
+        0,
     ).model
     fast = base.model_copy(
         update={"adversarial": params.TrainAdversarial(attack="pgd", eps=0.1, steps=1, step_size=0.125)}
     )
-    adv_a = fit.fit(x, y, x[:0], y[:0], fast, 4, seed=0).model
-    adv_b = fit.fit(x, y, x[:0], y[:0], fast, 4, seed=0).model
+    adv_a = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), fast, 0).model
+    adv_b = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), fast, 0).model
 
     def same(m1, m2):
         return all(
@@ -128,13 +124,13 @@ def test_mixing_options_change_training_deterministically():
     def mix():
         return mixing.make_batch_transform(mixed, seed=0)  # the stage builds it; fit imports no stage
 
-    a = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0, mix=mix()).model.state_dict()
-    b = fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0, mix=mix()).model.state_dict()
-    plain = fit.fit(x, y, x[:0], y[:0], base, 4, seed=0).model.state_dict()
+    a = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, mix=mix()), mixed, 0).model.state_dict()
+    b = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, mix=mix()), mixed, 0).model.state_dict()
+    plain = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), base, 0).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], plain[k]) for k in a)
     with pytest.raises(PipelineError, match="no batch transform"):  # never silently unmixed
-        fit.fit(x, y, x[:0], y[:0], mixed, 4, seed=0)
+        fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), mixed, 0)
 
 
 def test_evaluate_reports_robustness(tmp_path):

@@ -24,16 +24,16 @@ def _derived(**overrides):
 
 
 def test_real_train_only_with_weight():
-    out, m = assemble.run(_split(), {}, real_weight=2.0)
+    out, m = assemble.combine(_split(), {}, real_weight=2.0)
     assert list(out["sample_id"]) == ["t1", "t2"] and (out["weight"] == 2.0).all()
     assert m["total"] == 2
 
 
 def test_valid_derived_samples_are_admitted():
-    out, m = assemble.run(_split(), {"aug": _derived()}, 1.0)
+    out, m = assemble.combine(_split(), {"aug": _derived()}, 1.0)
     assert list(out["sample_id"]) == ["t1", "t2", "d1"] and m["by_origin"] == {"augmented": 1, "real": 2}
     synthetic = _derived(sample_id="s1", origin="synthetic", parent_id=None)
-    assert len(assemble.run(_split(), {"syn": synthetic}, 1.0)[0]) == 3
+    assert len(assemble.combine(_split(), {"syn": synthetic}, 1.0)[0]) == 3
 
 
 @pytest.mark.parametrize(
@@ -51,18 +51,18 @@ def test_valid_derived_samples_are_admitted():
 )
 def test_lineage_violations_are_refused_by_name(overrides, match):
     with pytest.raises(PipelineError, match=match):
-        assemble.run(_split(), {"aug": _derived(**overrides)}, 1.0)
+        assemble.combine(_split(), {"aug": _derived(**overrides)}, 1.0)
 
 
 def test_pseudo_labels_must_come_from_the_pool_and_the_pool_itself_never_trains():
     pseudo = _derived(sample_id="p1", origin="pseudo", parent_id="u1")
-    out, m = assemble.run(_split(), {"pseudo": pseudo}, 1.0)
+    out, m = assemble.combine(_split(), {"pseudo": pseudo}, 1.0)
     assert list(out["sample_id"]) == ["t1", "t2", "p1"] and m["by_origin"] == {"pseudo": 1, "real": 2}
     for parent in ("t1", "v1", "x1"):
         with pytest.raises(PipelineError, match="pseudo-labels of a sample outside the unlabeled pool"):
-            assemble.run(_split(), {"pseudo": _derived(origin="pseudo", parent_id=parent)}, 1.0)
+            assemble.combine(_split(), {"pseudo": _derived(origin="pseudo", parent_id=parent)}, 1.0)
     with pytest.raises(PipelineError, match="derive from a sample outside train"):
-        assemble.run(_split(), {"aug": _derived(parent_id="u1")}, 1.0)  # an augmented copy of an unlabeled image
+        assemble.combine(_split(), {"aug": _derived(parent_id="u1")}, 1.0)  # an augmented copy of an unlabeled image
 
 
 def test_missing_or_malformed_mine_weights_fail_naming_the_file(tmp_path):

@@ -56,7 +56,7 @@ def _run(tmp_path, split_df, policy="augment_policies/randaugment.yaml", **augme
     name, policy = pol.load_path(ROOT / p.augment.policy)
     out = tmp_path / "augment"
     with dataset.staged_dir(out) as tmp:
-        df, metrics = stage.run(p, split_df, name, policy, tmp, out)
+        df, metrics = stage.run(p, split_df, name, policy, dataset.ShardWriter(tmp / "images", out / "images"))
         dataset.write_manifest(df, tmp / dataset.MANIFEST, CLASSES, final_dir=out)
     return dataset.read_manifest(out)[0], metrics
 
@@ -77,7 +77,7 @@ def test_copies_of_train_samples_with_lineage_assemble_accepts(tmp_path):
     assert len(ops) == 2 and all(o["magnitude"] in (9, None) for o in ops)
     pixels = dataset.load_pixels(df)
     assert [dataset.pixel_hash(p) for p in pixels] == list(df["pixel_sha256"])
-    assembled, m = assemble.run(split_df, {"data/augment": df}, 1.0)  # runs check_lineage
+    assembled, m = assemble.combine(split_df, {"data/augment": df}, 1.0)  # runs check_lineage
     assert m["by_origin"] == {"augmented": len(df), "real": len(train)}
 
 
@@ -102,7 +102,7 @@ def test_sample_pairing_partners_are_named_by_id(tmp_path):
     raw = {"version": 1, "kind": "randaugment", "num_ops": 1, "magnitude": 10, "ops": ["SamplePairing"]}
     (tmp_path / "pair.yaml").write_text(yaml.safe_dump(raw))
     policy = pol.load(tmp_path / "pair.yaml")
-    df, _ = stage.run(_params(), split_df, "pair", policy, tmp_path / "o", tmp_path / "o")
+    df, _ = stage.run(_params(), split_df, "pair", policy, dataset.ShardWriter(tmp_path / "o"))
     partners = {json.loads(o)[0]["params"]["partner_id"] for o in df["ops"]}
     assert partners <= set(split_df.loc[split_df["split"] == "train", "sample_id"])
 
@@ -112,7 +112,7 @@ def test_off_or_online_writes_an_empty_valid_manifest(tmp_path, augment):
     split_df = _split(tmp_path)
     df, metrics = _run(tmp_path, split_df, **augment)
     assert len(df) == 0 and list(df.columns) == stage.COLUMNS and metrics["augmented"] == 0
-    out, m = assemble.run(split_df, {"data/augment": df}, 1.0)
+    out, m = assemble.combine(split_df, {"data/augment": df}, 1.0)
     assert m["total"] == 10
 
 

@@ -28,8 +28,7 @@ def digits(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("digits")
     out = root / "ingest"
-    with dataset.staged_dir(out) as tmp:
-        ingest.run(params.parse({}), tmp, out)
+    ingest.write(params.parse({}), out)
     torch.manual_seed(0)
     net = timm.create_model(ARCH, num_classes=1000)
     save_file(net.state_dict(), root / "r18.safetensors")
@@ -153,7 +152,7 @@ def test_fit_on_the_named_cpu_device_is_byte_identical_to_the_default(tmp_path):
     cfg = cfg.model_copy(update={"adversarial": adv})
     paths = []
     for i, dev in enumerate([None, runtime.device("cpu")]):
-        result = fit.fit(x[:48], y[:48], x[48:], y[48:], cfg, 3, 0, device=dev)
+        result = fit.fit(fit.Inputs(x[:48], y[:48], x[48:], y[48:], 3), cfg, 0, device=dev)
         checkpoints.save_model(tmp_path / f"{i}.pt", result.model, result.config, ["a", "b", "c"])
         paths.append((tmp_path / f"{i}.pt").read_bytes())
         probs = inference.predict_proba(result.model, x)
@@ -202,8 +201,7 @@ def test_the_probe_finds_planted_label_noise_and_its_fold_models_agree(pretraine
     cfg["backbone"]["precision"] = "fp32"  # the fold models infer in fp32: the same numbers (bf16: within 0.02)
     probe_params = params.parse(cfg)
     emb, _ = embed.run(probe_params, split_df, 1)
-    models = []
-    df, unit, dyn, metrics = oof.run(probe_params, split_df, classes, models, None, emb)
+    df, unit, dyn, metrics, models = oof.run(probe_params, split_df, classes, None, emb)
     assert metrics["model"] == "probe" and metrics["oof_accuracy_vs_truth"] > 0.85
     assert np.allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5) and unit.shape == emb.shape
     assert sorted(dyn["epoch"].unique()) == list(range(1, 9))  # the probe's rounds are its dynamics
@@ -251,9 +249,9 @@ def test_fine_tuning_trains_the_head_first_then_the_body_at_a_lower_rate(pretrai
     model, width = backbones.for_training(p.backbone, 1, len(classes), torch.Generator().manual_seed(0))
     body = {k: v.clone() for k, v in model.body.state_dict().items()}
     cfg = base.train.model_copy(update={"model": "small_cnn", "width": width})
-    one = fit.fit(x, y, x[:0], y[:0], cfg, len(classes), 0, init=model)  # epoch 1: the head alone
+    one = fit.fit(fit.Inputs(x, y, x[:0], y[:0], len(classes), init=model), cfg, 0)  # epoch 1: the head alone
     assert all(torch.equal(body[k], v) for k, v in one.model.body.state_dict().items())  # BN statistics too
-    two = fit.fit(x, y, x[:0], y[:0], cfg.model_copy(update={"epochs": 3}), len(classes), 0, init=model)
+    two = fit.fit(fit.Inputs(x, y, x[:0], y[:0], len(classes), init=model), cfg.model_copy(update={"epochs": 3}), 0)
     assert not all(torch.equal(body[k], v) for k, v in two.model.body.state_dict().items())
     # through the train stage: one epoch from the backbone beats one from scratch on the same data
     tuned = params.parse(base.model_dump() | {"train": base.train.model_dump() | {"init": "backbone"}})

@@ -34,20 +34,22 @@ def test_curriculum_composes_with_the_sampler_ohem_and_mixing_reproducibly():
     x, y = patterns(160)
     difficulty = np.random.default_rng(0).random(160)
     cfg = CFG.model_copy(update={"sampler": "hardness", "ohem_fraction": 0.5, "mixup_alpha": 0.2, "epochs": 3})
-    runs = [
-        fit.fit(x, y, x[:0], y[:0], cfg, 4, 0, sample_weight=difficulty + 0.5, difficulty=difficulty,
-                mix=mixing.make_batch_transform(cfg, 0))
-        for _ in range(2)
-    ]  # fmt: skip
+    runs = []
+    for _ in range(2):  # each run with a new batch transform
+        mix = mixing.make_batch_transform(cfg, 0)
+        data = fit.Inputs(x, y, x[:0], y[:0], 4, sample_weight=difficulty + 0.5, difficulty=difficulty, mix=mix)
+        runs.append(fit.fit(data, cfg, 0))
     a, b = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a) and len(runs[0].history) == 3
     plain = cfg.model_copy(update={"curriculum": "none"})
     uniform = fit.fit(
-        x, y, x[:0], y[:0], plain, 4, 0, sample_weight=difficulty + 0.5, mix=mixing.make_batch_transform(plain, 0)
+        fit.Inputs(x, y, x[:0], y[:0], 4, sample_weight=difficulty + 0.5, mix=mixing.make_batch_transform(plain, 0)),
+        plain,
+        0,
     )
     assert not all(torch.equal(a[k], uniform.model.state_dict()[k]) for k in a)
     with pytest.raises(PipelineError, match="expected a difficulty per training sample"):
-        fit.fit(x, y, x[:0], y[:0], cfg, 4, 0, mix=mixing.make_batch_transform(cfg, 0))
+        fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, mix=mixing.make_batch_transform(cfg, 0)), cfg, 0)
 
 
 def test_assemble_carries_mine_hardness_to_copies_and_the_median_elsewhere():
@@ -68,5 +70,5 @@ def test_assemble_carries_mine_hardness_to_copies_and_the_median_elsewhere():
         }
     )
     weights = pd.DataFrame({"sample_id": ["t1", "t2", "t3"], "weight": 1.0, "hardness": [0.1, 0.5, 0.9]})
-    out, _ = assemble.run(split, {"d": derived}, 1.0, weights)
+    out, _ = assemble.combine(split, {"d": derived}, 1.0, weights)
     assert dict(zip(out["sample_id"], out["hardness"])) == {"t1": 0.1, "t2": 0.5, "t3": 0.9, "a1": 0.9, "p1": 0.7}

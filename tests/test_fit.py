@@ -23,7 +23,7 @@ def _accuracy(model, x, y):
 
 def test_learns_a_pattern_and_reports_each_epoch():
     xt, yt, xv, yv = _split()
-    r = fit.fit(xt, yt, xv, yv, CFG, 4, seed=0)
+    r = fit.fit(fit.Inputs(xt, yt, xv, yv, 4), CFG, 0)
     assert _accuracy(r.model, xv, yv) >= 0.9
     assert [h["epoch"] for h in r.history] == list(range(1, len(r.history) + 1))
     assert set(r.history[0]) == {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"}
@@ -35,12 +35,12 @@ def test_same_inputs_and_seed_give_a_bitwise_identical_model_whatever_the_global
     cfg = CFG.model_copy(update={"epochs": 2})
     torch.manual_seed(1)
     np.random.seed(1)
-    a = fit.fit(xt, yt, xv, yv, cfg, 4, seed=5).model.state_dict()
+    a = fit.fit(fit.Inputs(xt, yt, xv, yv, 4), cfg, 5).model.state_dict()
     torch.manual_seed(2)
     torch.rand(10)
     np.random.seed(2)
-    b = fit.fit(xt, yt, xv, yv, cfg, 4, seed=5).model.state_dict()
-    c = fit.fit(xt, yt, xv, yv, cfg, 4, seed=6).model.state_dict()
+    b = fit.fit(fit.Inputs(xt, yt, xv, yv, 4), cfg, 5).model.state_dict()
+    c = fit.fit(fit.Inputs(xt, yt, xv, yv, 4), cfg, 6).model.state_dict()
     assert list(a) == list(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
@@ -54,7 +54,7 @@ def test_early_stopping_restores_the_latest_epoch_within_noise_of_the_best():
     per_epoch = []
     cfg = CFG.model_copy(update={"epochs": 20, "patience": 2})
     record = lambda model, epoch: per_epoch.append(fit.val_losses(model, xv8, yv_t)[0])  # noqa: E731
-    r = fit.fit(xt, yt, xv, (yv + 1) % 4, cfg, 4, seed=0, on_epoch_end=record)
+    r = fit.fit(fit.Inputs(xt, yt, xv, (yv + 1) % 4, 4), cfg, 0, on_epoch_end=record)
     assert len(r.history) < 20
     kept = 0
     for e, losses in enumerate(per_epoch, 1):
@@ -78,7 +78,7 @@ def test_within_noise_is_a_paired_one_standard_error_rule():
 
 def test_without_val_it_trains_all_epochs():
     xt, yt, xv, _ = _split()
-    r = fit.fit(xt, yt, xv[:0], np.zeros(0, np.int64), CFG.model_copy(update={"epochs": 3}), 4, seed=0)
+    r = fit.fit(fit.Inputs(xt, yt, xv[:0], np.zeros(0, np.int64), 4), CFG.model_copy(update={"epochs": 3}), 0)
     assert len(r.history) == 3 and r.best_epoch == 3
     assert r.history[-1]["val_loss"] is None
 
@@ -86,7 +86,7 @@ def test_without_val_it_trains_all_epochs():
 def test_a_zero_sample_weight_removes_a_class():
     xt, yt, xv, yv = _split(n=400)
     weight = np.where(yt == 0, 0.0, 1.0)
-    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"label_smoothing": 0.0}), 4, seed=0, sample_weight=weight)
+    r = fit.fit(fit.Inputs(xt, yt, xv, yv, 4, sample_weight=weight), CFG.model_copy(update={"label_smoothing": 0.0}), 0)
     pred = inference.predict_proba(r.model, xv).argmax(1)
     assert (pred[yv == 0] == 0).mean() < 0.5
     assert (pred[yv != 0] == yv[yv != 0]).mean() > 0.9
@@ -128,7 +128,7 @@ def test_predict_proba_and_embed_shapes(tmp_path):
 
 def test_save_load_round_trip_is_byte_stable(tmp_path):
     xt, yt, xv, yv = _split()
-    r = fit.fit(xt, yt, xv, yv, CFG.model_copy(update={"epochs": 1}), 4, seed=0)
+    r = fit.fit(fit.Inputs(xt, yt, xv, yv, 4), CFG.model_copy(update={"epochs": 1}), 0)
     checkpoints.save_model(tmp_path / "a.pt", r.model, r.config, ["a", "b", "c", "d"])
     checkpoints.save_model(tmp_path / "sub" / "b.pt", r.model, r.config, ["a", "b", "c", "d"])
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "sub" / "b.pt").read_bytes()
@@ -164,7 +164,7 @@ def test_bad_inputs_fail_clearly(kwargs, match):
     xt, yt, xv, yv = _split()
     args = {"x_train": xt, "y_train": yt, "x_val": xv, "y_val": yv} | kwargs
     with pytest.raises(PipelineError, match=match):
-        fit.fit(**args, cfg=CFG, num_classes=4, seed=0)
+        fit.fit(fit.Inputs(**args, num_classes=4), CFG, seed=0)
 
 
 def test_digits_with_the_default_recipe():
@@ -175,7 +175,7 @@ def test_digits_with_the_default_recipe():
     order = np.random.default_rng(0).permutation(len(y))
     tr, va, te = order[:1257], order[1257:1437], order[1437:]
     cfg = params.Train().model_copy(update={"epochs": 8, "threads": 1})  # the default recipe, shortened
-    r = fit.fit(x[tr], y[tr], x[va], y[va], cfg, 10, seed=0)
+    r = fit.fit(fit.Inputs(x[tr], y[tr], x[va], y[va], 10), cfg, 0)
     assert _accuracy(r.model, x[te], y[te]) >= 0.93
 
 
@@ -183,5 +183,5 @@ def test_inference_batches_adapt_to_the_image_size_and_do_not_change_predictions
     assert [inference.inference_batch(s) for s in [(8, 8), (28, 28), (64, 64), (224, 224)]] == [1024, 128, 32, 16]
     x, y = patterns(300, 8, 1)
     cfg = params.Train(epochs=1, batch_size=32, width=8, threads=1)
-    model = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model
+    model = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), cfg, 0).model
     assert np.allclose(inference.predict_proba(model, x), inference.predict_proba(model, x, batch_size=7), atol=1e-6)

@@ -54,10 +54,16 @@ def test_fixmatch_learns_from_the_pool_reproducibly_and_reports_its_targets():
     pool, val, test = rest[:1000], rest[1000:1100], rest[1100:]
     cfg = CFG.model_copy(update={"epochs": 200, "patience": 10_000, "batch_size": 20})
     ids = [f"l{i}" for i in lab]
-    sup = fit.fit(x[lab], y[lab], x[val], y[val], cfg, 10, 0, online=draws.random_shift(0.125, 0), sample_ids=ids)
+    sup = fit.fit(
+        fit.Inputs(x[lab], y[lab], x[val], y[val], 10, sample_ids=ids, online=draws.random_shift(0.125, 0)), cfg, 0
+    )
     pool_ids = [f"u{i}" for i in pool]
     runs = [
-        fit.fit(x[lab], y[lab], x[val], y[val], cfg, 10, 0, sample_ids=ids, unlabeled=_pool(x[pool], pool_ids, y[pool]))
+        fit.fit(
+            fit.Inputs(x[lab], y[lab], x[val], y[val], 10, sample_ids=ids, unlabeled=_pool(x[pool], pool_ids, y[pool])),
+            cfg,
+            0,
+        )
         for _ in "ab"
     ]
 
@@ -75,7 +81,11 @@ def test_fixmatch_learns_from_the_pool_reproducibly_and_reports_its_targets():
 def test_fit_level_pool_reports_without_truth_and_caps_each_step_at_the_pool():
     x, y = patterns(200, size=8, k=4, seed=2)
     unlabeled = _pool(x[100:], [f"u{i}" for i in range(100)], weight=0.0)
-    r = fit.fit(x[:40], y[:40], x[40:100], y[40:100], CFG.model_copy(update={"epochs": 2}), 4, 0, unlabeled=unlabeled)
+    r = fit.fit(
+        fit.Inputs(x[:40], y[:40], x[40:100], y[40:100], 4, unlabeled=unlabeled),
+        CFG.model_copy(update={"epochs": 2}),
+        0,
+    )
     assert r.history[-1]["unlabeled_loss"] >= 0 and "mask_precision" not in r.history[-1]  # no truth given
     assert unlabeled.per_step(8) == 24 and unlabeled.per_step(40) == 100  # ratio 3, at most the pool
 

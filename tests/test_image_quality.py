@@ -106,7 +106,7 @@ def folder(tmp_path_factory):
     root = made_up_folder(tmp_path_factory.mktemp("quality") / "images")
     out = root.parent / "ingest"
     p = params.parse({"ingest": {"source": "imagefolder", "path": str(root), "min_side": 4}})
-    ingest.run(p, out, out)
+    ingest.write(p, out)
     df, _ = dataset.read_manifest(out)
     return [str(root / p) for p in df["path"]], df
 
@@ -164,7 +164,7 @@ def test_black_line_art_is_dark_only_when_composited_onto_black(tmp_path, backgr
     line_art(root, 0, "black_cross")
     line_art(root, 255, "white_cross")
     p = params.parse({"ingest": {"source": "imagefolder", "path": str(root), "background": background}})
-    ingest.run(p, tmp_path / "ingest", tmp_path / "ingest")
+    ingest.write(p, tmp_path / "ingest")
     df, _ = dataset.read_manifest(tmp_path / "ingest")
     found = issues.get("dark").find(df, None)["is_dark_issue"].to_numpy()
     assert dict(zip(df["path"], found)) == {"art/black_cross.png": dark, "art/white_cross.png": False}

@@ -225,7 +225,7 @@ def test_an_error_mid_loop_leaves_no_worker_behind(corpus, tmp_path, monkeypatch
     p = params.parse({"ingest": folder_params(tmp / "root", workers=2)})
     with pytest.raises(RuntimeError, match="boom"):
         try:
-            stage.run(p, tmp_path / "out", tmp_path / "out")
+            stage.write(p, tmp_path / "out")
         finally:  # checked while the traceback (which holds run's frame) is alive
             assert multiprocessing.active_children() == []
 
@@ -319,11 +319,7 @@ def test_idx_errors_exit_2_naming_the_file(tmp_path, capsys):
 
 def test_idx_errors_raise_pipeline_error(tmp_path):
     with pytest.raises(PipelineError, match="nope"):
-        stage.run(
-            params.parse({"ingest": {"source": "mnist", "path": str(tmp_path / "nope")}}),
-            tmp_path / "out",
-            tmp_path / "out",
-        )
+        stage.write(params.parse({"ingest": {"source": "mnist", "path": str(tmp_path / "nope")}}), tmp_path / "out")
 
 
 # ---- params -----------------------------------------------------------------------------

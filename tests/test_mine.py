@@ -146,15 +146,15 @@ def test_stage_writes_hardness_weights_and_assemble_uses_them(noisy, tmp_path):
 
 def test_assemble_without_weights_is_unchanged(noisy):
     df, _, _, _ = artifacts.read_oof(noisy[0])
-    a, _ = assemble.run(df, {}, 1.0)
-    b, _ = assemble.run(df, {}, 1.0, pd.DataFrame({"sample_id": ["nope"], "weight": [3.0]}))
+    a, _ = assemble.combine(df, {}, 1.0)
+    b, _ = assemble.combine(df, {}, 1.0, pd.DataFrame({"sample_id": ["nope"], "weight": [3.0]}))
     assert a.equals(b)
 
 
 def _state(cfg, weight=None):
     x, y = patterns(160)
     mix = mixing.make_batch_transform(cfg, seed=0)
-    return fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, sample_weight=weight, mix=mix).model.state_dict()
+    return fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, sample_weight=weight, mix=mix), cfg, 0).model.state_dict()
 
 
 def _same(a, b):

@@ -59,7 +59,7 @@ def test_test_probs_are_the_mean_of_the_fold_models(tmp_path):
     mean = np.zeros((len(test), 4))
     for f in range(3):
         idx = np.flatnonzero((df["fold"] >= 0) & (df["fold"] != f))
-        model = fit.fit(x[idx], y[idx], x[:0], y[:0], oof.train_config(p), 4, 0 + f).model
+        model = fit.fit(fit.Inputs(x[idx], y[idx], x[:0], y[:0], 4), oof.train_config(p), 0 + f).model
         mean += inference.predict_proba(model, x[test]) / 3
     assert np.allclose(np.stack(df["probs"].to_numpy()[test]), mean, atol=1e-5)
 
@@ -92,9 +92,12 @@ def test_on_epoch_end_does_not_change_training():
     x, y = patterns(160)
     cfg = params.Train(**TINY_TRAIN)
     seen = []
-    a = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0).model.state_dict()
+    a = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), cfg, 0).model.state_dict()
     b = fit.fit(
-        x, y, x[:0], y[:0], cfg, 4, seed=0, on_epoch_end=lambda m, e: seen.append(inference.predict_proba(m, x).shape)
+        fit.Inputs(x, y, x[:0], y[:0], 4),
+        cfg,
+        0,
+        on_epoch_end=lambda m, e: seen.append(inference.predict_proba(m, x).shape),
     ).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a) and len(seen) == 4
 
@@ -110,7 +113,7 @@ def test_tta_averages_shifted_views(tmp_path):
 def test_inference_jobs_give_the_bytes_of_one_call_over_each_group(monkeypatch, rows):
     monkeypatch.setattr(oof, "INFER_ROWS", rows)
     x, y = patterns(300, size=28)  # 128-image inference batches: three jobs for every row
-    model = fit.fit(x, y, x[:0], y[:0], params.Train(**TINY_TRAIN), 4, seed=0).model
+    model = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), params.Train(**TINY_TRAIN), 0).model
     groups = [np.arange(0, 300, 2), np.arange(7)]
     probs, emb, tta = oof.infer(model, x, groups, True, "local", threads=1)
     want_p, want_e = inference.predict_embed(model, x)

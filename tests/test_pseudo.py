@@ -121,7 +121,7 @@ def test_pseudo_rows_carry_lineage_and_assemble_admits_them(pooled):
     truth = parents["hidden_label"].to_numpy()
     assert r["precision"] == pytest.approx((df["label"].to_numpy() == truth).mean(), abs=1e-6) and r["precision"] > 0.8
     schema.require(df, "derived", "pseudo")
-    out, m = assemble.run(clean_df, {"pseudo": df}, 1.0)
+    out, m = assemble.combine(clean_df, {"pseudo": df}, 1.0)
     assert m["by_origin"]["pseudo"] == len(df) and schema.POOL not in set(out["split"])
     assert not out["sample_id"].isin(clean_df.loc[clean_df["split"] == schema.POOL, "sample_id"]).any()
 
@@ -156,7 +156,7 @@ def test_self_training_rounds_grow_the_portion_and_stay_reproducible(pooled):
 def test_students_take_trains_noise_and_the_teachers_soft_targets(pooled, monkeypatch):
     _, cfg, oof_df, emb, clean_df, _, classes = pooled
     seen, real = [], fit.fit
-    monkeypatch.setattr(fit, "fit", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    monkeypatch.setattr(fit, "fit", lambda inputs, *a, **kw: seen.append(vars(inputs)) or real(inputs, *a, **kw))
     plain = {**cfg, "pseudo": {"rounds": 2, "precision": 0.9, "student_epochs": 3}}
     pseudo.run(params.parse(plain), clean_df, oof_df, emb, classes)
     assert seen[-1]["mix"] is None and seen[-1]["soft_targets"] is None
@@ -187,7 +187,7 @@ def test_no_pool_or_disabled_writes_a_valid_empty_manifest(pooled, tmp_path):
         assert len(df) == 0 and metrics["pool"] == 0 and metrics["kept"] == 0 and metrics["rounds"] == []
         dataset.write_manifest(df, tmp_path / dataset.MANIFEST, classes)
         back, _ = schema.read(tmp_path, "derived")
-        assert len(assemble.run(frame, {"pseudo": back}, 1.0)[0]) == (frame["split"] == "train").sum()
+        assert len(assemble.combine(frame, {"pseudo": back}, 1.0)[0]) == (frame["split"] == "train").sum()
 
 
 def test_a_human_label_moves_a_pool_sample_into_train(pooled):
@@ -210,7 +210,7 @@ def test_the_fold_models_train_on_human_labels_of_pool_samples(pooled):
     pool_ids = split_df.loc[split_df["split"] == schema.POOL, "sample_id"].head(30).tolist()
     truth = split_df.set_index("sample_id").loc[pool_ids, "hidden_label"].tolist()
     patch = pd.DataFrame({"sample_id": pool_ids, "old_label": "", "label": truth, "consensus_quality": 1.0})
-    df, _, dyn, metrics = oof.run(
+    df, _, dyn, metrics, _ = oof.run(
         params.parse(cfg), split_df, classes, patches=patch.reindex(columns=label_patches.COLUMNS)
     )
     rows = df.set_index("sample_id").loc[pool_ids]

@@ -181,7 +181,7 @@ def _leak_case(tmp_path, **split_kw):
 
 def test_train_duplicates_of_the_fixed_test_set_are_removed_by_rule(tmp_path):
     df, cfg = _leak_case(tmp_path)
-    out, m = split.run(df, cfg, seed=0)
+    out, m = split.partition(df, cfg, seed=0)
     assert (out.loc[:9, "split"] == "test").all()  # test stays as given
     removed = out[out["split"] == "removed"].set_index("sample_id")
     assert removed["removed_reason"].to_dict() == {
@@ -218,18 +218,18 @@ def test_fail_on_leak_raises_when_the_clustering_missed_a_leak(tmp_path):
     df, cfg = _leak_case(tmp_path)
     leak = r"duplicate pairs cross splits .*exact [1-9].*near_duplicates [1-9]"
     with pytest.raises(PipelineError, match=leak):
-        split.run(df, cfg, seed=0, found=_singletons(df))
-    _, m = split.run(df, cfg.model_copy(update={"fail_on_leak": False}), seed=0, found=_singletons(df))
+        split.partition(df, cfg, seed=0, found=_singletons(df))
+    _, m = split.partition(df, cfg.model_copy(update={"fail_on_leak": False}), seed=0, found=_singletons(df))
     assert m["cross_split_exact"] >= 1 and m["cross_split_near_duplicates"] >= 1
 
 
 def test_same_inputs_same_split_and_metrics(tmp_path):
     df = planted(tmp_path, "grey 28x28")
-    a, ma = split.run(df, Split(), seed=0)
-    b, mb = split.run(df.copy(), Split(), seed=0)
+    a, ma = split.partition(df, Split(), seed=0)
+    b, mb = split.partition(df.copy(), Split(), seed=0)
     pd.testing.assert_frame_equal(a, b)
     assert ma == mb
-    c, _ = split.run(df, Split(), seed=1)
+    c, _ = split.partition(df, Split(), seed=1)
     assert (a["cluster_id"] == c["cluster_id"]).all() and not a["split"].equals(c["split"])
 
 
@@ -238,9 +238,9 @@ def test_drop_duplicates_keeps_one_of_each_set_per_split(tmp_path):
     rng = np.random.default_rng(1)
     pixels = np.concatenate([orig, orig[:3], np.stack([plant(orig[3], "jpeg75", rng)])])
     df = manifest(tmp_path, pixels)
-    _, m = split.run(df, Split(), seed=0)
+    _, m = split.partition(df, Split(), seed=0)
     assert sum(m["within_split_duplicates"].values()) == 4 and m["removed"] == 0
-    out, m = split.run(df, Split(drop_duplicates=True), seed=0)
+    out, m = split.partition(df, Split(drop_duplicates=True), seed=0)
     assert m["removed_by_rule"] == {"within_split_duplicate": 4}
     assert sum(m["within_split_duplicates"].values()) == 0
     assert set(out.loc[out["split"] == "removed", "dup_of"]) == {f"images{i:04d}" for i in range(4)}
@@ -251,7 +251,7 @@ def test_group_is_a_further_must_link(tmp_path):
     orig = _fields(12, 28, 1, 5)
     pixels = np.concatenate([orig, orig[:1]])
     group = ["g1", "g1"] + [None] * 11
-    out, _ = split.run(manifest(tmp_path, pixels, group=group), Split(), seed=0)
+    out, _ = split.partition(manifest(tmp_path, pixels, group=group), Split(), seed=0)
     assert out.loc[[0, 1, 12], "cluster_id"].nunique() == 1 and out.loc[0, "cluster_id"] == "g:g1"
     assert out.loc[[0, 1, 12], "split"].nunique() == 1
 
@@ -368,14 +368,14 @@ def test_the_split_never_makes_a_split_its_own_check_refuses(tmp_path):
     df = manifest(tmp_path, pixels)
     blind = NearDuplicates(rms_threshold=0.0, peak_threshold=0.0)
     cfg = Split(near_duplicates=blind)
-    out, m = split.run(df, cfg, seed=0)
+    out, m = split.partition(df, cfg, seed=0)
     assert m["cross_split_near_duplicates"] == 0 and m["duplicates"]["near_pairs"] >= 10
     sets = out.dropna(subset=["dup_group"]).groupby("dup_group")["split"].nunique()
     assert len(sets) >= 10 and (sets == 1).all()  # each copy sits in its original's split
     without_check = split.clusters(df, blind)  # the clusterer alone misses them ...
     assert (without_check.pairs["kind"] == "near").sum() == 0
     with pytest.raises(PipelineError, match="cross splits"):  # ... and the guard would refuse its split
-        split.run(df, cfg, seed=0, found=without_check)
+        split.partition(df, cfg, seed=0, found=without_check)
 
 
 def test_colour_decides_near_duplicates_of_colour_images():
@@ -398,7 +398,7 @@ def test_colour_decides_near_duplicates_of_colour_images():
 def test_a_class_too_small_for_val_and_test_is_named(tmp_path, caplog):
     pixels = _fields(61, 28, 1, 5)
     df = manifest(tmp_path, pixels, label=["a"] * 30 + ["b"] * 30 + ["ring"])
-    _, m = split.run(df, Split(), seed=0)
+    _, m = split.partition(df, Split(), seed=0)
     missing = m["classes_missing_from"]
     assert sum(m["per_class"][s].get("ring", 0) for s in ("train", "val", "test")) == 1
     assert "ring" in missing["val"] + missing["test"] and not {"a", "b"} & set(missing["val"] + missing["test"])

@@ -43,7 +43,7 @@ def ingested(tmp_path_factory):
         for size in SIZES:
             draw(d, size).save(folder / f"d{d:02d}_{size}.png")
     p = params.parse({"ingest": {"source": "imagefolder", "path": str(root / "images"), "image_size": 32}})
-    ingest.run(p, root / "ingest", root / "ingest")
+    ingest.write(p, root / "ingest")
     return root
 
 
@@ -138,7 +138,7 @@ def chain_folder(root, steps: int = 40, sigma: float = 5.8):
 def test_a_chain_of_near_duplicates_does_not_swallow_its_class(tmp_path, limit, whole):
     chain_folder(tmp_path / "images")
     p = params.parse({"ingest": {"source": "imagefolder", "path": str(tmp_path / "images")}})
-    ingest.run(p, tmp_path / "ingest", tmp_path / "ingest")
+    ingest.write(p, tmp_path / "ingest")
     df, m, _ = run_split(tmp_path, tmp_path, {"cluster_limit": limit, "suspects": {"enabled": False}})
     chain = df[df["label"] == "a"]
     if whole:  # without a limit, union-find joins the chain into one cluster: one split holds the class

@@ -124,7 +124,7 @@ def test_assemble_admits_the_synthetic_manifest(project, vae_run):
     df = vae_run[0]
     split_df, _ = dataset.read_manifest(project / "split")
     assemble.check_lineage(split_df, df, "synthesize")
-    out, m = assemble.run(split_df, {"synthesize": df}, 1.0)
+    out, m = assemble.combine(split_df, {"synthesize": df}, 1.0)
     assert m["by_origin"]["synthetic"] == len(df) and (out["origin"] == "synthetic").sum() == len(df)
 
 
@@ -175,9 +175,7 @@ class CopyGenerator(generators.Generator):
 @pytest.mark.parametrize("noise", [0, 2])
 def test_a_generator_that_copies_train_images_is_rejected(project, tmp_path, noise):
     split_df, classes = dataset.read_manifest(project / "split")
-    df, rejected, metrics = stage.run(
-        _params(), split_df, classes, project / "oof", tmp_path, tmp_path, gen=CopyGenerator(noise)
-    )
+    df, _, rejected, metrics, _, _ = stage.run(_params(), split_df, classes, project / "oof", gen=CopyGenerator(noise))
     assert metrics["verdict"] == "rejected" and len(df) == 0
     assert rejected["reason"].str.contains("copies_train").all()
     assert metrics["rejected_by_reason"]["copies_train"] == 48
@@ -240,7 +238,7 @@ def test_features_are_the_oof_embeddings(project, reference):
 def test_missing_judges_fail_naming_the_folder(project, tmp_path):
     split_df, classes = dataset.read_manifest(project / "split")
     with pytest.raises(PipelineError, match="no fold models"):
-        stage.run(_params(), split_df, classes, tmp_path / "oof", tmp_path, tmp_path)
+        stage.run(_params(), split_df, classes, tmp_path / "oof")
 
 
 def test_disabled_stage_writes_an_empty_valid_manifest(project, tmp_path):

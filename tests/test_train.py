@@ -126,10 +126,10 @@ def test_soft_targets_mix_the_ensemble_in_by_own_or_parent_id():
 def test_soft_targets_reach_training_and_are_checked():
     x, y = patterns(120, 8, 1, 4, 0)
     cfg = params.Train(epochs=1, batch_size=32, width=8, threads=1, min_steps=0)
-    plain = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0)
+    plain = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4), cfg, 0)
     soft = np.full((len(y), 4), 0.25, np.float32)
-    mixed = fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, soft_targets=soft)
+    mixed = fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, soft_targets=soft), cfg, 0)
     a, b = plain.model.state_dict(), mixed.model.state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(PipelineError, match="soft targets of shape"):
-        fit.fit(x, y, x[:0], y[:0], cfg, 4, seed=0, soft_targets=soft[:10])
+        fit.fit(fit.Inputs(x, y, x[:0], y[:0], 4, soft_targets=soft[:10]), cfg, 0)

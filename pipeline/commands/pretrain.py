@@ -47,7 +47,11 @@ def run(params: Params, df, classes: list[str], epochs: int | None = None):
     size = params.backbone.image_size
     dev = runtime.device(params.base.device)
     result = fit.fit(
-        x, y, xv, yv, cfg, len(classes), params.base.seed, desc=f"pretrain {name}", input_size=size, device=dev
+        fit.Inputs(x, y, xv, yv, len(classes), input_size=size),
+        cfg,
+        params.base.seed,
+        device=dev,
+        desc=f"pretrain {name}",
     )
     metrics = {"backbone": name, "train": len(train), "val": len(val), "classes": len(classes)}
     metrics["best_epoch"] = result.best_epoch

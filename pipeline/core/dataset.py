@@ -105,7 +105,6 @@ class ShardWriter:
         self.shard_size = shard_size
         self._buf: list[np.ndarray] = []
         self._shard = 0
-        self.directory.mkdir(parents=True, exist_ok=True)
 
     def add(self, pixels: np.ndarray) -> tuple[str, int]:
         """Queue one (H, W, C) image; return its (store, row) as the manifest will name them."""
@@ -119,12 +118,24 @@ class ShardWriter:
 
     def _flush(self) -> None:
         if self._buf:
+            self.directory.mkdir(parents=True, exist_ok=True)  # on the first image: none, no folder
             np.save(self.directory / f"{self._shard:05d}.npy", np.stack(self._buf))
             self._buf = []
             self._shard += 1
 
     def close(self) -> None:
         self._flush()
+
+
+def store_pixels(rows: pd.DataFrame, pixels: np.ndarray, directory: str | Path, final_dir: str | Path) -> pd.DataFrame:
+    """Write `pixels` (one image per row of `rows`, in order) as shards in `directory`; `rows`
+    with their `store` (named under `final_dir`, where the shards will live) and `row`."""
+    if not len(rows):
+        return rows
+    writer = ShardWriter(directory, final_dir)
+    where = [writer.add(px) for px in pixels]
+    writer.close()
+    return rows.assign(store=[s for s, _ in where], row=np.array([r for _, r in where], np.int64))
 
 
 @contextlib.contextmanager

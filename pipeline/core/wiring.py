@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
 
 from pipeline.core.errors import PipelineError
+
+if TYPE_CHECKING:
+    from pipeline.core.params import Params
 
 
 @dataclass(frozen=True)
@@ -76,3 +80,7 @@ class View:
     def model_dump(self, **kwargs) -> dict:
         """The whole params, for fingerprints (evaluate's test-set ledger), never for values."""
         return self._params.model_dump(**kwargs)
+
+
+# What a stage's `run` and `main` are handed: the dispatcher gives a View, tests may give Params
+StageParams = Union["Params", View]

@@ -279,36 +279,16 @@ def train_epoch(
     return loss_sum / len(order), correct / len(order)
 
 
-def fit(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    cfg: Train,
-    num_classes: int,
-    seed: int,
-    sample_weight: np.ndarray | None = None,
-    desc: str = "train",
-    online=None,
-    sample_ids: list[str] | None = None,
-    on_epoch_end=None,
-    mix=None,
-    difficulty: np.ndarray | None = None,
-    soft_targets: np.ndarray | None = None,
-    unlabeled=None,
-    input_size: int | None = None,
-    init: nn.Module | None = None,
-    device: torch.device | None = None,
-) -> FitResult:
-    """Train `cfg.model` on uint8 NHWC pixels; early-stop on (x_val, y_val) when it is not empty.
+@dataclass(frozen=True)
+class Inputs:
+    """What `fit` trains on: uint8 NHWC pixels and their labels, and what the stage adds to them.
 
-    `online` and `sample_ids`: an online augmentation policy and the samples' ids (BatchStep).
-    `mix`: the batch transform (mixup / CutMix / random erasing) that `cfg` asks for, built by
-    the stage (`augment.mixing.make_batch_transform`), so the training core imports no stage.
+    `x_val` may be empty: then no early stopping, the last epoch's model is kept.
     `sample_weight`: loss weights, or with `cfg.sampler == "hardness"` the odds of drawing
     each sample (with replacement; every loss then weighs the same).
-    `on_epoch_end(model, epoch)`: called after each epoch (and its validation), e.g. to
-    record training dynamics; it must not train the model.
+    `sample_ids` and `online`: the samples' ids and an online augmentation policy (BatchStep).
+    `mix`: the batch transform (mixup / CutMix / random erasing) that `cfg` asks for, built by
+    the stage (`augment.mixing.make_batch_transform`), so the training core imports no stage.
     `difficulty`: per sample, higher = harder (the mine stage's hardness), which orders the
     samples under `cfg.curriculum` (`curriculum_order`); needed unless it is "none".
     `soft_targets`: (N, K) targets that replace the smoothed one-hot labels (train.soft_labels).
@@ -318,10 +298,44 @@ def fit(
     `init`: a model to train instead of a new `cfg.model` (a pretrained backbone with a new head,
     `backbones.for_training`): its head alone for `cfg.finetune.head_epochs` epochs, or throughout
     with `cfg.finetune.freeze`, then all of it, the body at `cfg.finetune.body_lr` x the rate.
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    num_classes: int
+    sample_weight: np.ndarray | None = None
+    sample_ids: list[str] | None = None
+    difficulty: np.ndarray | None = None
+    soft_targets: np.ndarray | None = None
+    unlabeled: object = None
+    online: object = None
+    mix: object = None
+    init: nn.Module | None = None
+    input_size: int | None = None
+
+
+def fit(
+    inputs: Inputs,
+    cfg: Train,
+    seed: int,
+    device: torch.device | None = None,
+    desc: str = "train",
+    on_epoch_end=None,
+) -> FitResult:
+    """Train `cfg.model` on `inputs`; early-stop on their val images when there are any.
+
     `device`: where the model trains (`runtime.device(base.device)`; None: the CPU). The pixels stay
     on the CPU as uint8 and go over a batch at a time; the returned model stays on `device`.
+    `on_epoch_end(model, epoch)`: called after each epoch (and its validation), e.g. to
+    record training dynamics; it must not train the model.
     """
-    y_train, y_val = np.asarray(y_train, np.int64), np.asarray(y_val, np.int64)
+    x_train, x_val, num_classes = inputs.x_train, inputs.x_val, inputs.num_classes
+    sample_weight, sample_ids, difficulty = inputs.sample_weight, inputs.sample_ids, inputs.difficulty
+    soft_targets, unlabeled, online, mix = inputs.soft_targets, inputs.unlabeled, inputs.online, inputs.mix
+    init, input_size = inputs.init, inputs.input_size
+    y_train, y_val = np.asarray(inputs.y_train, np.int64), np.asarray(inputs.y_val, np.int64)
     if len(x_train) != len(y_train) or len(x_val) != len(y_val):
         raise PipelineError(
             f"expected one label per image, got {len(y_train)} for {len(x_train)} "

@@ -17,15 +17,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.executor import ordered_map
-from pipeline.core.params import RECIPE_KEYS, Adversarial, Params
+from pipeline.core.params import RECIPE_KEYS, Adversarial
+from pipeline.core.wiring import StageParams
 from pipeline.render import gallery
 
 COLUMNS = schema.columns("attack", "eps", "norm", "steps", "source_model", "flipped", "pred_label")
@@ -43,7 +46,7 @@ def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
 SOURCE_TRAIN_KEYS = (*RECIPE_KEYS, "patience")
 
 
-def source_train_config(params: Params):
+def source_train_config(params: StageParams):
     """A plain training recipe for the own source model: no mixing, no adversarial training."""
     from pipeline.core.params import Train
 
@@ -51,7 +54,7 @@ def source_train_config(params: Params):
     return Train(**recipe, epochs=params.adversarial.source_epochs)
 
 
-def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
+def source_model(params: StageParams, split_df: pd.DataFrame, classes: list[str]):
     """(model, id): trained here on train (early-stopped on val), or loaded from a path."""
     import torch
 
@@ -70,15 +73,17 @@ def source_model(params: Params, split_df: pd.DataFrame, classes: list[str]):
     tr, va = split_df[split_df["split"] == "train"], split_df[split_df["split"] == "val"]
     train_cfg = source_train_config(params)
     result = fit.fit(
-        dataset.load_pixels(tr),
-        tr["label_id"].to_numpy(),
-        dataset.load_pixels(va),
-        va["label_id"].to_numpy(),
+        fit.Inputs(
+            dataset.load_pixels(tr),
+            tr["label_id"].to_numpy(),
+            dataset.load_pixels(va),
+            va["label_id"].to_numpy(),
+            len(classes),
+        ),
         train_cfg,
-        len(classes),
         params.base.seed,
-        desc="adversarial source model",
         device=runtime.device(params.base.device),
+        desc="adversarial source model",
     )
     weights = [t for t in result.model.state_dict().values() if isinstance(t, torch.Tensor)]
     state = b"".join(t.cpu().numpy().tobytes() for t in weights)
@@ -144,16 +149,23 @@ def generate(
     return np.concatenate(out), np.concatenate(preds)
 
 
-def run(
-    params: Params, split_df: pd.DataFrame, classes: list[str], out: Path, final_dir: Path, plots: Path | None = None
-) -> tuple[pd.DataFrame, dict]:
+class Result(NamedTuple):
+    examples: pd.DataFrame  # manifest rows; `store` and `row` are filled when the pixels are written
+    pixels: np.ndarray  # (N, H, W, C) uint8, one image per row
+    metrics: dict
+    picture: Image.Image | None  # originals, perturbations, adversarial images (None: no examples)
+
+
+def run(params: StageParams, split_df: pd.DataFrame, classes: list[str]) -> Result:
+    """Adversarial copies of a `adversarial.fraction` of the train samples, made against a source
+    model trained here; with `keep: successful`, only those that flip its prediction."""
     cfg = params.adversarial
     chosen = select(split_df, cfg.fraction, params.base.seed) if cfg.enabled else split_df.iloc[:0]
     metrics = {"enabled": cfg.enabled, "executor": params.base.executor, "attack": cfg.attack, "eps": cfg.eps}
     metrics["attacked"] = len(chosen)
     if len(chosen) == 0:
         metrics.update(kept=0, flip_rate=0.0)
-        return pd.DataFrame(columns=COLUMNS), metrics
+        return Result(pd.DataFrame(columns=COLUMNS), np.zeros((0, 1, 1, 1), np.uint8), metrics, None)
     from pipeline.learn import runtime
 
     runtime.set_threads(params.train)
@@ -166,9 +178,7 @@ def run(
     )
     flipped = pred != labels
     keep = flipped if cfg.keep == "successful" else np.ones(len(adv), bool)
-    writer = dataset.ShardWriter(out / "images", final_dir / "images")
     parents = chosen[keep]
-    locs = [writer.add(px) for px in adv[keep]]
     df = schema.derived_rows(
         parents,
         schema.ADVERSARIAL,
@@ -185,20 +195,17 @@ def run(
         weight=cfg.weight,
         storage={
             "pixel_sha256": [dataset.pixel_hash(px) for px in adv[keep]],
-            "store": [s for s, _ in locs],
-            "row": [r for _, r in locs],
+            "store": None,
+            "row": -1,
         },
     )
-    writer.close()
     metrics.update(
         kept=len(df),
         flip_rate=round(float(flipped.mean()), 6),
         source_model=model_id,
         mean_linf=round(float(np.abs(adv.astype(int) - clean).max(axis=(1, 2, 3)).mean() / 255), 6),
     )
-    if plots is not None:
-        gallery.save(_examples(clean, adv, labels, pred, classes), plots / "examples.png")
-    return df, metrics
+    return Result(df, adv[keep], metrics, _examples(clean, adv, labels, pred, classes))
 
 
 def _examples(clean, adv, labels, pred, classes, n: int = 8):
@@ -221,13 +228,16 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     split_df, classes = schema.read(args.clean, "samples")
     out, plots = Path(args.out), Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
+    df, pixels, metrics, picture = run(params, split_df, classes)
     with dataset.staged_dir(out) as tmp:
-        df, metrics = run(params, split_df, classes, tmp, out, plots)
+        df = dataset.store_pixels(df, pixels, tmp / "images", out / "images")
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
+    if picture is not None:
+        gallery.save(picture, plots / "examples.png")
     dataset.write_json(args.metrics, metrics)
     log.info(
         "adversarial: %d examples kept of %d attacked (flip rate %.3f)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 
 
 def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
@@ -54,10 +55,24 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
         fail("derive from a sample outside train (val, test or the pool)", derived.loc[bad.index])
 
 
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the training set: real train samples and the derived rows used
+    metrics: dict
+
+
 def run(
+    params: StageParams, split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], weights: pd.DataFrame | None = None
+) -> Result:
+    """The training set: `split_df`'s real train samples at `assemble.real_weight` and the
+    `derived` manifests by name, their lineage checked. `weights` (sample_id, weight), e.g. the
+    mine stage's, multiply the real rows' weight (missing: 1)."""
+    return combine(split_df, derived, params.assemble.real_weight, weights)
+
+
+def combine(
     split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float, weights: pd.DataFrame | None = None
-) -> tuple[pd.DataFrame, dict]:
-    """`weights` (sample_id, weight), e.g. the mine stage's, multiply the real rows' weight (missing: 1)."""
+) -> Result:
+    """run's work, with the params it reads as arguments."""
     real = schema.real_train(split_df).copy()
     real["weight"] = real_weight
     if weights is not None:
@@ -78,7 +93,7 @@ def run(
         "by_source": counts,
         "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()},
     }
-    return out, metrics
+    return Result(out, metrics)
 
 
 def hardness(out: pd.DataFrame, weights: pd.DataFrame) -> np.ndarray:
@@ -104,7 +119,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     split_df, classes = schema.read(args.clean, "samples")
     derived = {}
     for d in args.derived:
@@ -113,7 +128,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             raise PipelineError(f"{d}: class list differs from {args.clean}'s")
         derived[d] = df
     weights = artifacts.read_mine_weights(args.mine)
-    df, metrics = run(split_df, derived, params.assemble.real_weight, weights)
+    df, metrics = run(params, split_df, derived, weights)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

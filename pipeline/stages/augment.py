@@ -22,7 +22,7 @@ import argparse
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from pipeline.augment import policy as pol
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.executor import cores, ordered_map
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.render import gallery
 
 COLUMNS = schema.columns("policy", "ops", "seed")
@@ -137,10 +137,15 @@ def augment(job: Job, workers: int, executor: str = "local", desc: str = "augmen
     bar.close()
 
 
-def run(
-    params: Params, split_df: pd.DataFrame, policy_name: str, policy, out: Path, final_dir: Path
-) -> tuple[pd.DataFrame, dict]:
-    """Write the augmented copies' pixels under `out`; return their manifest rows and metrics."""
+class Result(NamedTuple):
+    copies: pd.DataFrame  # the augmented copies' manifest rows
+    metrics: dict
+
+
+def run(params: StageParams, split_df: pd.DataFrame, policy_name: str, policy, store: dataset.ShardWriter) -> Result:
+    """The augmented copies of the train samples under `policy`. Their pixels stream into `store`
+    (the one output run takes: train x copies images need not fit in memory); their manifest
+    rows and the metrics come back."""
     cfg = params.augment
     parents = schema.real_train(split_df)
     active = cfg.enabled and cfg.mode == "offline"
@@ -157,17 +162,16 @@ def run(
     }
     if not active or len(parents) == 0:
         metrics.update(augmented=0, unchanged=0, op_counts={})
-        return pd.DataFrame(columns=COLUMNS), metrics
+        return Result(pd.DataFrame(columns=COLUMNS), metrics)
     job = Job(Source(parents), tuple(parents["sample_id"]), policy, cfg.copies, params.base.seed)
-    writer = dataset.ShardWriter(out / "images", final_dir / "images")
     records, seeds, hashes, locs, counts = [], [], [], [], Counter()
     for px, rec, sd, hs, cnt in augment(job, cfg.workers, params.base.executor, desc=f"augment {policy_name}"):
-        locs.extend(writer.add(p) for p in px)
+        locs.extend(store.add(p) for p in px)
         records += rec
         seeds += sd
         hashes += hs
         counts += cnt
-    writer.close()
+    store.close()
     rep = parents.loc[parents.index.repeat(cfg.copies)]
     copy = np.tile(np.arange(cfg.copies), len(parents))
     df = schema.derived_rows(
@@ -180,7 +184,7 @@ def run(
     )
     unchanged = int((df["pixel_sha256"].to_numpy() == rep["pixel_sha256"].to_numpy()).sum())
     metrics.update(augmented=len(df), unchanged=unchanged, op_counts=dict(sorted(counts.items())))
-    return df, metrics
+    return Result(df, metrics)
 
 
 def preview(
@@ -226,13 +230,13 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     split_df, classes = schema.read(args.clean, "samples")
     cfg = params.augment
     name, policy = pol.load_path(args.policy, num_ops=cfg.num_ops, magnitude=cfg.magnitude)
     out, plots = Path(args.out), Path(args.plots)
     with dataset.staged_dir(out) as tmp:
-        df, metrics = run(params, split_df, name, policy, tmp, out)
+        df, metrics = run(params, split_df, name, policy, dataset.ShardWriter(tmp / "images", out / "images"))
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     with dataset.staged_dir(plots) as tmp:
         grid = preview(name, policy, split_df, classes, params.base.seed, params.augment.preview)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core import patches as label_patches
 from pipeline.core.console import log
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.quality import issues
 from pipeline.render import gallery
 
@@ -37,7 +38,7 @@ def load_patches(path: str | Path, classes: list[str]) -> pd.DataFrame:
     return label_patches.read_patches(path, classes)
 
 
-def detect(params: Params, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
+def detect(params: StageParams, df: pd.DataFrame, arrays: issues.OofArrays, classes: list[str]) -> pd.DataFrame:
     """The detectors' columns, found on the labeled rows (the image-quality detectors, which need no
     label, on every row); the unlabeled pool is never flagged by the others (its score columns are
     NaN) and gets the ensemble's class as `suggested_label`."""
@@ -73,7 +74,7 @@ def _spread(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def act(params: Params, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict]:
+def act(params: StageParams, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict]:
     cfg = params.clean
     train = (df["split"] == "train").to_numpy()
     flags = [c for c in df if c.startswith("is_") and c.endswith("_issue")]
@@ -132,9 +133,14 @@ def detection(df: pd.DataFrame) -> dict:
     return out
 
 
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the manifest with each issue's flag and score, after clean.action
+    metrics: dict
+
+
 def run(
-    params: Params, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str], patches: pd.DataFrame
-) -> tuple[pd.DataFrame, dict]:
+    params: StageParams, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str], patches: pd.DataFrame
+) -> Result:
     df, patch_counts = label_patches.apply_patches(oof_df.reset_index(drop=True), patches, classes)
     # a pool sample a person labeled joins train (val and test stay fixed, so rounds stay comparable)
     joined = ((df["split"] == schema.POOL) & (df["human_label"] != "")).to_numpy()
@@ -169,7 +175,7 @@ def run(
         metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).knobs.filter_by
         if "true_label" in df and (df["true_label"] != df["given_label"]).any():
             metrics["detection"] = detection(df)
-    return df, metrics
+    return Result(df, metrics)
 
 
 def label_issue_gallery(df: pd.DataFrame, n: int):
@@ -190,7 +196,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     oof_df, classes, emb, _ = artifacts.read_oof(args.oof)
     df, metrics = run(params, oof_df, emb, classes, load_patches(args.labels, classes))
     out = Path(args.out)
@@ -210,7 +216,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         log.warning("%s", line)
 
 
-def warnings(params: Params, metrics: dict) -> list[str]:
+def warnings(params: StageParams, metrics: dict) -> list[str]:
     """One line for each figure that says the flags should not be trusted as they are."""
     out = []
     if not metrics["oof_trusted"] and metrics["oof_accuracy"] is not None:

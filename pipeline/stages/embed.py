@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.sources.decode import decode_items
 from pipeline.sources.readers import SOURCES, unlabeled
 
@@ -41,7 +42,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def source_items(params: Params, paths: pd.Series) -> list:
+def source_items(params: StageParams, paths: pd.Series) -> list:
     """The source's items (files or in-memory pixels) for the manifest's `paths`, in their order."""
     cfg = params.ingest
     items, _ = SOURCES[cfg.source](cfg)
@@ -57,11 +58,16 @@ def source_items(params: Params, paths: pd.Series) -> list:
     return [by_path[p] for p in paths]
 
 
-def run(params: Params, df: pd.DataFrame, channels: int) -> tuple[np.ndarray, dict]:
+class Result(NamedTuple):
+    features: np.ndarray  # (N, D) float32 in `df`'s order; (N, 0) without a backbone
+    metrics: dict
+
+
+def run(params: StageParams, df: pd.DataFrame, channels: int) -> Result:
     """(features (N, D) float32 in `df`'s order, metrics)."""
     cfg = params.backbone
     if cfg.name is None:
-        return np.zeros((len(df), 0), np.float32), {"backbone": None, "samples": len(df)}
+        return Result(np.zeros((len(df), 0), np.float32), {"backbone": None, "samples": len(df)})
     import torch
 
     from pipeline.learn import backbones, runtime
@@ -105,10 +111,10 @@ def run(params: Params, df: pd.DataFrame, channels: int) -> tuple[np.ndarray, di
         "seconds": round(seconds, 2),
         "images_per_second": round(len(df) / max(seconds, 1e-9), 1),
     }
-    return emb, metrics
+    return Result(emb, metrics)
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     df, _ = schema.read(args.ingest, "ingest")
     channels = dataset.load_pixels(df.head(1)).shape[-1] if len(df) else 1
     emb, metrics = run(params, df, channels)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,7 @@ import pandas as pd
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 
 LEDGER = ".pipeline/test_ledger.jsonl"
 
@@ -142,13 +143,13 @@ def confusion_rows(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> pd.Da
     return pd.DataFrame({"actual": names[y], "predicted": names[pred]})
 
 
-def params_hash(params: Params) -> str:
+def params_hash(params: StageParams) -> str:
     """sha256 of the canonical JSON of every params section except `evaluate`."""
     canon = json.dumps(params.model_dump(mode="json", exclude={"evaluate"}), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()
 
 
-def record_test_evaluation(ledger: str | Path, params: Params, model_path: str | Path) -> int:
+def record_test_evaluation(ledger: str | Path, params: StageParams, model_path: str | Path) -> int:
     """Append this evaluation to the ledger; return the number of distinct configurations in it.
 
     Warns once that number passes `evaluate.max_test_evaluations`.
@@ -182,7 +183,7 @@ def record_test_evaluation(ledger: str | Path, params: Params, model_path: str |
     return len(hashes)
 
 
-def robustness(params: Params, model, test: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
+def robustness(params: StageParams, model, test: pd.DataFrame) -> tuple[dict, pd.DataFrame]:
     """Accuracy under each attack at each eps, on a seeded subset of the test split.
 
     Returns ({"<attack>_eps<eps>": accuracy}, a wide table eps x attack for `dvc plots`).
@@ -225,18 +226,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ledger", default=LEDGER, help="test-set ledger, not a DVC output (default: %(default)s)")
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
-    from pipeline.learn import checkpoints, inference, runtime
+class Result(NamedTuple):
+    metrics: dict
+    plots: dict[str, pd.DataFrame]  # file name -> a table for `dvc plots`
 
-    split_df, classes = schema.read(args.split, "samples")
+
+def run(params: StageParams, model, split_df: pd.DataFrame, classes: list[str]) -> Result:
+    """Score `model` on the test split: accuracy with its interval, per class, calibration (and
+    after temperature scaling fitted on val), and the robustness curve."""
+    from pipeline.learn import inference
+
     test = split_df[split_df["split"] == "test"]
-    if len(test) == 0:
-        raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
-    runtime.set_threads(params.train)  # the same torch threads as training (train.threads)
-    model, _, model_classes = checkpoints.load_model(args.model)
-    model = model.to(runtime.device(params.base.device))
-    if model_classes != classes:
-        raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")
     y = test["label_id"].to_numpy(np.int64)
     batch, bins = params.evaluate.batch_size, params.evaluate.ece_bins
     logits = inference.predict_logits(model, dataset.load_pixels(test), batch)
@@ -255,13 +255,31 @@ def main(params: Params, args: argparse.Namespace) -> None:
         "ece": round(expected_calibration_error(scaled, y, bins), 6),
         "nll": round(float(nll.mean()), 6),
     }
-    plots = Path(args.plots)
-    dataset.write_csv(plots / "confusion.csv", confusion_rows(y, proba.argmax(axis=1), classes))
-    dataset.write_csv(plots / "calibration.csv", reliability(proba, y, bins))
-    dataset.write_csv(plots / "calibration_temperature.csv", reliability(scaled, y, bins))
+    plots = {
+        "confusion.csv": confusion_rows(y, proba.argmax(axis=1), classes),
+        "calibration.csv": reliability(proba, y, bins),
+        "calibration_temperature.csv": reliability(scaled, y, bins),
+    }
     metrics["robustness"], curve = robustness(params, model, test)
     if len(curve):
-        dataset.write_csv(plots / "robustness.csv", curve)
+        plots["robustness.csv"] = curve
+    return Result(metrics, plots)
+
+
+def main(params: StageParams, args: argparse.Namespace) -> None:
+    from pipeline.learn import checkpoints, runtime
+
+    split_df, classes = schema.read(args.split, "samples")
+    if not (split_df["split"] == "test").any():
+        raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
+    runtime.set_threads(params.train)  # the same torch threads as training (train.threads)
+    model, _, model_classes = checkpoints.load_model(args.model)
+    model = model.to(runtime.device(params.base.device))
+    if model_classes != classes:
+        raise PipelineError(f"{args.model}: trained on classes {model_classes}, but {args.split} has {classes}")
+    metrics, plots = run(params, model, split_df, classes)
+    for name, table in plots.items():
+        dataset.write_csv(Path(args.plots) / name, table)
     dataset.write_json(args.metrics, metrics)
     record_test_evaluation(args.ledger, params, args.model)
     log.info(
@@ -270,7 +288,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
         metrics["macro_f1"],
         metrics["ece"],
         metrics["temperature"]["ece"],
-        t or 1.0,
+        metrics["temperature"]["t"],
         metrics["n_test"],
     )
     lo, hi = metrics["accuracy_ci95"]

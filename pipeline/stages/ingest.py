@@ -21,6 +21,7 @@ import argparse
 import contextlib
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ import pandas as pd
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.quality import image as quality
 from pipeline.sources.decode import decode_items
 from pipeline.sources.readers import SIDECAR, SOURCES, auto_shape, unlabeled
@@ -47,8 +48,18 @@ def identical_decodes(df: pd.DataFrame, files: dict) -> pd.DataFrame:
     return lost.sort_values(["pixel_sha256", "path"]).reset_index(drop=True)
 
 
-def run(params: Params, out: Path, final_dir: Path) -> dict:
-    """Ingest `params.ingest.source` into the staged folder `out`; return the metrics."""
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the manifest
+    classes: list[str]
+    quarantine: pd.DataFrame  # path, reason, detail
+    identical: pd.DataFrame  # identical_decodes(): path, pixel_sha256, background
+    metrics: dict
+
+
+def run(params: StageParams, store: dataset.ShardWriter) -> Result:
+    """Ingest `params.ingest.source`. The kept images' pixels stream into `store` as they decode
+    (the one output run takes: holding every decoded image until the end would cap a dataset at
+    the memory); the manifest, the quarantine and the metrics come back to be written."""
     cfg = params.ingest
     source = SOURCES[cfg.source]
     items, declared = source(cfg)
@@ -63,7 +74,6 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     size, channels, why = auto_shape(items, cfg)
     if why:
         log.info("ingest: auto %s; set ingest.image_size / ingest.channels to override", why)
-    writer = dataset.ShardWriter(out / "images", final_dir / "images", cfg.shard_size)
     rows, bad, seen = [], [], {}
     # closing(): the pool ends when the loop does, even when the loop raises
     pixels = decode_items(
@@ -83,7 +93,7 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
                 bad.append({"path": item.path, "reason": reason, "detail": detail})
                 continue
             seen[sid], files[sid] = item.path, file_sha
-            store, row = writer.add(pixels)
+            store_name, row = store.add(pixels)
             rows.append(
                 {
                     "sample_id": sid,
@@ -93,12 +103,12 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
                     "source_split": item.source_split,
                     "background": background,
                     "pixel_sha256": dataset.pixel_hash(pixels),
-                    "store": store,
+                    "store": store_name,
                     "row": row,
                     **dict(zip(quality.COLUMNS, props.tolist())),
                 }
             )
-    writer.close()
+    store.close()
     df = pd.DataFrame(
         rows,
         columns=[
@@ -129,11 +139,8 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     df.loc[hidden, "hidden_label"] = df.loc[hidden, "label"]
     df.loc[hidden, "label"], df.loc[hidden, "label_id"] = None, -1
     labeled = df["label"].notna()
-    dataset.write_manifest(df, out / dataset.MANIFEST, classes, final_dir)
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
-    dataset.write_csv(out / QUARANTINE, quarantine)
     lost = identical_decodes(df, files)
-    dataset.write_csv(out / IDENTICAL, lost)
     metrics = {
         "source": cfg.source,
         "executor": params.base.executor,
@@ -156,7 +163,17 @@ def run(params: Params, out: Path, final_dir: Path) -> dict:
     }
     assert metrics["in"] == metrics["kept"] + metrics["quarantined"]
     assert metrics["kept"] == sum(metrics["per_class"].values()) + metrics["unlabeled"]
-    return metrics
+    return Result(df, classes, quarantine, lost, metrics)
+
+
+def write(params: StageParams, out: Path) -> dict:
+    """Run ingest into the folder `out` (replaced only when it succeeds); return the metrics."""
+    with dataset.staged_dir(out) as tmp:
+        result = run(params, dataset.ShardWriter(tmp / "images", out / "images", params.ingest.shard_size))
+        dataset.write_manifest(result.samples, tmp / dataset.MANIFEST, result.classes, out)
+        dataset.write_csv(tmp / QUARANTINE, result.quarantine)
+        dataset.write_csv(tmp / IDENTICAL, result.identical)
+    return result.metrics
 
 
 def hide_labels(df: pd.DataFrame, keep: float, seed: int) -> np.ndarray:
@@ -178,10 +195,9 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     out = Path(args.out)
-    with dataset.staged_dir(out) as tmp:
-        metrics = run(params, tmp, out)
+    metrics = write(params, out)
     dataset.write_json(args.metrics, metrics)
     log.info(
         "ingest: %d in, %d kept (%d unlabeled), %d quarantined %s",

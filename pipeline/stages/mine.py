@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.render import gallery
 
 HARDNESS = "hardness.parquet"
@@ -60,9 +61,13 @@ def data_map(dynamics: pd.DataFrame, burn_in: float = 0.0) -> pd.DataFrame:
     return pd.DataFrame({"confidence": g.mean(), "variability": g.std(ddof=0)})
 
 
-def run(
-    params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, dynamics: pd.DataFrame
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+class Result(NamedTuple):
+    hardness: pd.DataFrame  # one row per train sample: scores, data-map category, hard
+    weights: pd.DataFrame  # sample_id, weight
+    metrics: dict
+
+
+def run(params: StageParams, clean_df: pd.DataFrame, oof_df: pd.DataFrame, dynamics: pd.DataFrame) -> Result:
     cfg = params.mine
     probs = pd.Series(list(oof_df["probs"]), index=oof_df["sample_id"])
     df = clean_df[clean_df["split"].isin(["train", "val"])].reset_index(drop=True)
@@ -95,7 +100,7 @@ def run(
         "categories": {c: int((train["category"] == c).sum()) for c in CATEGORIES},
         "weight_max": round(float(weights["weight"].max()), 6) if len(weights) else 0.0,
     }
-    return out, weights, metrics
+    return Result(out, weights, metrics)
 
 
 def _reason(r) -> str:
@@ -132,7 +137,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     oof_df, _, _, dynamics = artifacts.read_oof(args.oof)
     clean_df, classes = schema.read(args.clean, "samples")
     hardness, weights, metrics = run(params, clean_df, oof_df, dynamics)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import RECIPE_KEYS, InjectNoise, Params, Train
+from pipeline.core.params import RECIPE_KEYS, InjectNoise, Train
+from pipeline.core.wiring import StageParams
 
 DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
 
@@ -88,7 +90,7 @@ def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def train_config(params: Params, n_fit: int | None = None) -> Train:
+def train_config(params: StageParams, n_fit: int | None = None) -> Train:
     """The fold models' recipe; with `n_fit` (samples a fold model trains on) a size-aware number
     of epochs: `oof.epochs`, or more to reach `oof.min_steps` optimizer steps."""
     from pipeline.learn.fit import size_aware_epochs
@@ -167,7 +169,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 
 
 def probe_folds(
-    params: Params,
+    params: StageParams,
     df: pd.DataFrame,
     y: np.ndarray,
     fold: np.ndarray,
@@ -222,16 +224,22 @@ def with_human_labels(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str
     return out
 
 
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the split manifest with fold, probs, agreement, disagreement
+    embeddings: np.ndarray  # (N, D) float32, L2-normalised, in `samples`' order
+    dynamics: pd.DataFrame  # sample_id, fold, epoch, p_given
+    metrics: dict
+    models: list  # each fold's fit.FitResult
+
+
 def run(
-    params: Params,
+    params: StageParams,
     df: pd.DataFrame,
     classes: list[str],
-    models: list | None = None,
     patches: pd.DataFrame | None = None,
     features: np.ndarray | None = None,
-) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict]:
-    """(manifest with fold/probs, embeddings, dynamics, metrics) for a split manifest;
-    each fold's FitResult is appended to `models` when given. The fold models train on the
+) -> Result:
+    """Out-of-fold predictions for a split manifest. The fold models train on the
     labels after the human `patches` (so an active-learning round's answers teach the next
     round's models); the manifest written keeps the split's labels, which clean patches.
     `features`: embed's (in `df`'s order), or None without a backbone. With them, the embeddings
@@ -254,7 +262,7 @@ def run(
     probs = np.zeros((len(df), k), np.float32)
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
-    embeddings, dynamics = [], []
+    embeddings, dynamics, models = [], [], []
     executor, threads = params.base.executor, runtime.threads(cfg)
     if probing:
         dynamics = probe_folds(params, df, y, fold, k, features, models, probs, votes, entropy)
@@ -291,21 +299,22 @@ def run(
             )
 
         result = fit.fit(
-            x[fit_idx],
-            y[fit_idx],
-            x[:0],
-            y[:0],
+            fit.Inputs(
+                x[fit_idx],
+                y[fit_idx],
+                x[:0],
+                y[:0],
+                k,
+                sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
+                online=draws.random_shift(params.oof.shift, params.base.seed + f),
+            ),
             cfg,
-            k,
             params.base.seed + f,
+            device=runtime.device(params.base.device),
             desc=f"oof fold {f + 1}/{params.oof.folds}",
             on_epoch_end=record,
-            online=draws.random_shift(params.oof.shift, params.base.seed + f),
-            sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
-            device=runtime.device(params.base.device),
         )
-        if models is not None:
-            models.append(result)
+        models.append(result)
         # one pass over every row gives the embeddings, the last epoch's dynamics and the
         # unshifted view of the held-out and test predictions (no early stopping here: the
         # model after training is the last epoch's)
@@ -345,7 +354,7 @@ def run(
         emb = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     else:  # the fold models' spaces side by side
         emb = np.concatenate(embeddings, axis=1)
-    return df, emb.astype(np.float32), dyn, metrics
+    return Result(df, emb.astype(np.float32), dyn, metrics, models)
 
 
 STAGE = wiring.Stage(
@@ -362,17 +371,17 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     from pipeline.core import patches as label_patches
     from pipeline.core.executor import session
     from pipeline.learn import checkpoints
 
     split_df, classes = schema.read(args.split, "samples")
-    results, patches = [], label_patches.read_patches(args.labels, classes)
+    patches = label_patches.read_patches(args.labels, classes)
     backbone = params.backbone.name is not None
     features = artifacts.read_embeddings(args.embed, split_df["sample_id"]) if backbone else None
     with session(params.base.executor):
-        df, emb, dyn, metrics = run(params, split_df, classes, results, patches, features)
+        df, emb, dyn, metrics, results = run(params, split_df, classes, patches, features)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)

@@ -50,7 +50,8 @@ from pipeline.augment import policy as pol
 from pipeline.core import dataset, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params, PolicySearch, SearchOp
+from pipeline.core.params import PolicySearch, SearchOp
+from pipeline.core.wiring import StageParams
 
 MAGNITUDES = range(1, 11)  # 0 is the identity for every op that has a magnitude
 PROBE = 64  # images an (op, magnitude) must change a pixel of to be drawn
@@ -192,7 +193,12 @@ IDENTITY = pol.AutoAugment(
 )
 
 
-def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment, dict]:
+class Result(NamedTuple):
+    policy: pol.AutoAugment  # the learned policy (identity when off)
+    metrics: dict
+
+
+def run(params: StageParams, df: pd.DataFrame, models: list) -> Result:
     """(learned policy, metrics) from the oof manifest and its fold models."""
     from pipeline.learn import runtime
 
@@ -252,7 +258,7 @@ def run(params: Params, df: pd.DataFrame, models: list) -> tuple[pol.AutoAugment
         "change_kept": round(float(np.mean([s.change for _, _, s in kept])), 6),
         "op_counts": dict(sorted(Counter(op for _, _, s in kept for op, _ in s.sub).items())),
     }
-    return policy, metrics
+    return Result(policy, metrics)
 
 
 STAGE = wiring.Stage(
@@ -265,7 +271,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     from pipeline.learn import checkpoints, runtime
 
     if not params.policy_search.enabled:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -46,7 +47,8 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import RECIPE_KEYS, Params, Pseudo
+from pipeline.core.params import RECIPE_KEYS, Pseudo
+from pipeline.core.wiring import StageParams
 
 RULES = (
     "below_class_threshold",
@@ -166,7 +168,7 @@ NOISE_KEYS = ("mixup_alpha", "cutmix_alpha", "mix_prob", "switch_prob", "random_
 STUDENT_KEYS = (*RECIPE_KEYS, "patience", "min_steps", "max_epochs", *NOISE_KEYS)  # the train keys a student takes
 
 
-def student_config(params: Params, n: int):
+def student_config(params: StageParams, n: int):
     """The students' recipe: train's, at `pseudo.student_epochs` (size-aware for `n` samples)."""
     from pipeline.core.params import Train
     from pipeline.learn import fit
@@ -175,7 +177,14 @@ def student_config(params: Params, n: int):
     return fit.schedule(Train(**recipe, epochs=params.pseudo.student_epochs), n)
 
 
-def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str]):
+class Result(NamedTuple):
+    labels: pd.DataFrame  # the pseudo-labelled pool samples' manifest rows
+    metrics: dict
+
+
+def run(
+    params: StageParams, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.ndarray, classes: list[str]
+) -> Result:
     """(pseudo manifest, metrics) from the clean manifest and the oof manifest + embeddings."""
     cfg, k = params.pseudo, len(classes)
     clean_df, oof_df = clean_df.reset_index(drop=True), oof_df.reset_index(drop=True)
@@ -188,7 +197,9 @@ def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.nd
     share = np.bincount(y[labeled], minlength=k) / max(1, len(labeled))
     metrics = {"enabled": cfg.enabled, "pool": len(pool), "rounds": []}
     if not len(pool):
-        return _rows(clean_df.iloc[:0], np.zeros(0, np.int64), np.zeros(0), 0, cfg, classes), metrics | _last({})
+        return Result(
+            _rows(clean_df.iloc[:0], np.zeros(0, np.int64), np.zeros(0), 0, cfg, classes), metrics | _last({})
+        )
 
     oof_probs = np.stack(oof_df["probs"].to_numpy()).astype(np.float64)
     neighbours = (
@@ -233,7 +244,7 @@ def run(params: Params, clean_df: pd.DataFrame, oof_df: pd.DataFrame, emb: np.nd
             f", precision {report['precision']}" if "precision" in report else "",
         )
     df = _rows(clean_df.iloc[pool[kept]], pred[kept], conf[kept], cfg.rounds, cfg, classes)
-    return df, metrics | _last(metrics["rounds"][-1])
+    return Result(df, metrics | _last(metrics["rounds"][-1]))
 
 
 def _last(report: dict) -> dict:
@@ -250,7 +261,7 @@ def _labeled_duplicate(df: pd.DataFrame, pool: np.ndarray, labeled: np.ndarray) 
     return df["cluster_id"].iloc[pool].map(by_cluster).fillna(-1).to_numpy(np.int64)
 
 
-def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarray, r: int):
+def _student(params: StageParams, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarray, r: int):
     """Train round `r`'s student on the labeled rows + the pseudo-labeled ones (`rows`: labeled,
     val, pseudo-labeled row indices; `teacher`: the probabilities behind their targets, for
     `train.soft_labels`); (its pool probabilities, its val probabilities, a report)."""
@@ -266,20 +277,24 @@ def _student(params: Params, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarra
     seed, k = params.base.seed + 1000 * r, teacher.shape[1]
     share = train_cfg.soft_labels
     result = fit.fit(
-        x[idx],
-        targets,
-        x[val],
-        y[val],
+        fit.Inputs(
+            x[idx],
+            targets,
+            x[val],
+            y[val],
+            k,
+            sample_weight=weight if weight.sum() > 0 else None,
+            sample_ids=ids[idx].tolist(),
+            soft_targets=losses.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing)
+            if share > 0
+            else None,
+            online=draws.random_shift(cfg.shift, seed),
+            mix=mixing.make_batch_transform(train_cfg, seed),
+        ),
         train_cfg,
-        k,
         seed,
-        sample_weight=weight if weight.sum() > 0 else None,
-        desc=f"pseudo student {r - 1}",
-        online=draws.random_shift(cfg.shift, seed),
-        sample_ids=ids[idx].tolist(),
-        mix=mixing.make_batch_transform(train_cfg, seed),
-        soft_targets=losses.soft_targets(targets, teacher, k, share, train_cfg.label_smoothing) if share > 0 else None,
         device=runtime.device(params.base.device),
+        desc=f"pseudo student {r - 1}",
     )
     best = result.history[result.best_epoch - 1]
     info = {"n_train": len(idx), "best_epoch": result.best_epoch, "val_accuracy": best["val_accuracy"]}
@@ -311,7 +326,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     clean_df, classes = schema.read(args.clean, "samples")
     oof_df, oof_classes, emb, _ = artifacts.read_oof(args.oof)
     if oof_classes != classes:

@@ -19,6 +19,7 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ import pandas as pd
 from pipeline.core import artifacts, catalog, dataset, patches, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 from pipeline.quality.issues import IMAGE_ISSUES
 from pipeline.render import page
 
@@ -37,10 +38,10 @@ ORDER = tuple((s, s.replace("-", "_"), s if s in PLOT_FOLDERS else None) for s i
 
 
 @dataclass
-class Run:
+class Inputs:
     """What the report reads: metrics by file stem, the plots folders by name, manifests on demand."""
 
-    params: Params
+    params: StageParams
     args: argparse.Namespace
     metrics: dict[str, dict]
     plots: dict[str, Path]
@@ -64,12 +65,12 @@ class Run:
 # --- data health ----------------------------------------------------------------------------
 
 
-def health(run: Run) -> dict:
+def health(inputs: Inputs) -> dict:
     """metrics/data_health.json: flat figures of the data's state, None where a stage did not measure it."""
-    m = run.m
+    m = inputs.m
     train_counts = list((m("split", "per_class.train") or {}).values())
     rates = m("clean", "flag_rates") or {}
-    patch = patches.read_patches(run.args.labels)
+    patch = patches.read_patches(inputs.args.labels)
     multi = patch[patch["annotators"].fillna(0) >= 2] if len(patch) else patch
     by_origin = m("assemble", "by_origin") or {}
     total = sum(by_origin.values())
@@ -105,8 +106,8 @@ def health(run: Run) -> dict:
 # --- pictures -------------------------------------------------------------------------------
 
 
-def _plot_images(run: Run, name: str | None) -> list[str]:
-    folder = run.plots.get(name) if name else None
+def _plot_images(inputs: Inputs, name: str | None) -> list[str]:
+    folder = inputs.plots.get(name) if name else None
     if folder is None or not folder.is_dir():
         return []
     caption = "<figcaption>plots/{}/{}</figcaption>"
@@ -119,17 +120,17 @@ def _plot_images(run: Run, name: str | None) -> list[str]:
 # --- sections -------------------------------------------------------------------------------
 
 
-def _figures(run: Run, stem: str, keys: list[tuple]) -> str:
+def _figures(inputs: Inputs, stem: str, keys: list[tuple]) -> str:
     """The key figures of a stage: (label, dotted metric path), those the metrics have."""
-    cells = [(label, run.m(stem, path)) for label, path in keys if run.m(stem, path) is not None]
+    cells = [(label, inputs.m(stem, path)) for label, path in keys if inputs.m(stem, path) is not None]
     return "".join(
         f'<div class="kpi"><b>{page.fmt(v)}</b><span>{html.escape(label)}</span></div>' for label, v in cells
     )
 
 
-def _ingest(run: Run) -> list[str]:
+def _ingest(inputs: Inputs) -> list[str]:
     out = []
-    q = pd.read_csv(Path(run.args.ingest) / "quarantine.csv", dtype=str, keep_default_na=False)
+    q = pd.read_csv(Path(inputs.args.ingest) / "quarantine.csv", dtype=str, keep_default_na=False)
     if len(q):
         reasons = q["reason"].value_counts().sort_index()
         out.append("<h3>Quarantine by reason</h3>" + page.table(list(reasons.items()), ("reason", "files")))
@@ -140,7 +141,7 @@ def _ingest(run: Run) -> list[str]:
         )
     else:
         out.append("<p>Nothing quarantined: every input decoded and passed the checks.</p>")
-    skipped = run.m("ingest", "skipped_by_extension") or {}
+    skipped = inputs.m("ingest", "skipped_by_extension") or {}
     if skipped:
         out.append(
             "<h3>Files skipped beside the images (not an image format, by extension)</h3>"
@@ -149,8 +150,8 @@ def _ingest(run: Run) -> list[str]:
     return out
 
 
-def _split(run: Run) -> list[str]:
-    per = run.m("split", "per_class") or {}
+def _split(inputs: Inputs) -> list[str]:
+    per = inputs.m("split", "per_class") or {}
     splits = [s for s in ("train", "val", "test") if per.get(s)]
     if not splits:
         return []
@@ -161,9 +162,9 @@ def _split(run: Run) -> list[str]:
     return [f"<h3>Class balance by split</h3>{chart}"]
 
 
-def _clean(run: Run) -> list[str]:
-    df, classes = run.frame("clean")
-    n = run.params.report.examples
+def _clean(inputs: Inputs) -> list[str]:
+    df, classes = inputs.frame("clean")
+    n = inputs.params.report.examples
     out = []
     issues = df.iloc[:0]  # no label detector configured: none
     if "is_label_issue" in df:
@@ -205,16 +206,16 @@ def _image_quality(df: pd.DataFrame, n: int) -> list[str]:
     return out
 
 
-def _embed(run: Run) -> list[str]:
+def _embed(inputs: Inputs) -> list[str]:
     """The backbone's space: a 2-D PCA map coloured by label with clean's flags marked, and each
     flagged sample beside its nearest labeled neighbours, so a person sees why it was flagged."""
-    if run.m("embed", "backbone") is None:
+    if inputs.m("embed", "backbone") is None:
         return ["<p>No backbone (<code>backbone.name: null</code>): the models learn from scratch.</p>"]
     from sklearn.decomposition import PCA
 
-    df, classes = run.frame("clean")
+    df, classes = inputs.frame("clean")
     df = df.reset_index(drop=True)
-    z = artifacts.read_embeddings(run.args.embed, df["sample_id"])
+    z = artifacts.read_embeddings(inputs.args.embed, df["sample_id"])
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     xy = PCA(2, random_state=0).fit_transform(z)
     flagged = df["is_label_issue"].fillna(False).astype(bool).to_numpy() if "is_label_issue" in df else df.index < 0
@@ -230,7 +231,7 @@ def _embed(run: Run) -> list[str]:
         ax.legend(fontsize=6, markerscale=2, loc="best", ncol=2)
 
     out = [f"<h3>The backbone's space (PCA of the features; circled: label issues)</h3>{page.figure(draw, 6.5, 4.5)}"]
-    n = min(run.params.report.examples, int(flagged.sum()))
+    n = min(inputs.params.report.examples, int(flagged.sum()))
     if n:
         pool = np.flatnonzero(labeled & ~flagged)
         rows, caps = [], []
@@ -245,8 +246,8 @@ def _embed(run: Run) -> list[str]:
     return out
 
 
-def _pseudo(run: Run) -> list[str]:
-    rounds = run.m("pseudo", "rounds") or []
+def _pseudo(inputs: Inputs) -> list[str]:
+    rounds = inputs.m("pseudo", "rounds") or []
     if not rounds:
         return ["<p>No unlabeled pool (ingest.unlabeled_path), so no pseudo-labels.</p>"]
     rows = [
@@ -266,13 +267,13 @@ def _pseudo(run: Run) -> list[str]:
             rows, ("round", "teacher", "kept", "coverage", "est. precision (val)", "precision (truth)", "dropped")
         )
     ]
-    df, classes = run.frame("pseudo")
+    df, classes = inputs.frame("pseudo")
     if len(df):
-        pool, _ = run.frame("clean")
+        pool, _ = inputs.frame("clean")
         parents = pool.set_index("sample_id").loc[df["parent_id"]].reset_index()
         order = np.lexsort((df["sample_id"].to_numpy(), -df["confidence"].to_numpy()))
-        step = max(1, len(order) // run.params.report.examples)  # from the most to the least confident
-        pick = order[::step][: run.params.report.examples]
+        step = max(1, len(order) // inputs.params.report.examples)  # from the most to the least confident
+        pick = order[::step][: inputs.params.report.examples]
         caps = [f"{df['label'].iloc[i]}\n{df['confidence'].iloc[i]:.2f}" for i in pick]
         out.append(
             "<h3>Pseudo-labels, most to least confident</h3>" + page.thumbs(parents.iloc[pick], caps, "", len(pick))
@@ -282,20 +283,20 @@ def _pseudo(run: Run) -> list[str]:
     return out
 
 
-def _policy(run: Run) -> list[str]:
-    path = Path(run.args.policy)
+def _policy(inputs: Inputs) -> list[str]:
+    path = Path(inputs.args.policy)
     return [f"<h3>Learned policy ({path})</h3><pre>{html.escape(path.read_text())}</pre>"] if path.is_file() else []
 
 
-def _synthesize(run: Run) -> list[str]:
-    rejected = run.m("synthesize", "rejected_by_reason") or {}
-    verdict = run.m("synthesize", "verdict")
-    rows = [("verdict", verdict), ("reason", run.m("synthesize", "verdict_reason") or "–")]
+def _synthesize(inputs: Inputs) -> list[str]:
+    rejected = inputs.m("synthesize", "rejected_by_reason") or {}
+    verdict = inputs.m("synthesize", "verdict")
+    rows = [("verdict", verdict), ("reason", inputs.m("synthesize", "verdict_reason") or "–")]
     return ["<h3>Gate</h3>" + page.table(rows + [(f"rejected: {k}", v) for k, v in rejected.items()])]
 
 
-def _assemble(run: Run) -> list[str]:
-    by = run.m("assemble", "by_origin") or {}
+def _assemble(inputs: Inputs) -> list[str]:
+    by = inputs.m("assemble", "by_origin") or {}
     return (
         [page.figure(page.bars(list(by), {"samples": list(by.values())}, "samples in the training set"), 5, 2.6)]
         if by
@@ -303,8 +304,8 @@ def _assemble(run: Run) -> list[str]:
     )
 
 
-def _train(run: Run) -> list[str]:
-    path = run.plots.get("train", Path("-")) / "curves.csv"
+def _train(inputs: Inputs) -> list[str]:
+    path = inputs.plots.get("train", Path("-")) / "curves.csv"
     if not path.is_file():
         return []
     h = pd.read_csv(path)
@@ -313,7 +314,7 @@ def _train(run: Run) -> list[str]:
         ax.plot(h["epoch"], h["train_loss"], label="train loss")
         if "val_loss" in h:
             ax.plot(h["epoch"], h["val_loss"], label="val loss")
-        best = run.m("train", "best_epoch")
+        best = inputs.m("train", "best_epoch")
         if best:
             ax.axvline(best, color="grey", ls="--", lw=0.8, label=f"best epoch {best}")
         ax.set_xlabel("epoch")
@@ -328,8 +329,8 @@ def _train(run: Run) -> list[str]:
     return [f"<h3>Training curves</h3>{page.figure(draw)}"]
 
 
-def _evaluate(run: Run) -> list[str]:
-    folder = run.plots.get("evaluate", Path("-"))
+def _evaluate(inputs: Inputs) -> list[str]:
+    folder = inputs.plots.get("evaluate", Path("-"))
     out = []
     if (folder / "confusion.csv").is_file():
         c = pd.read_csv(folder / "confusion.csv", dtype=str)
@@ -351,7 +352,7 @@ def _evaluate(run: Run) -> list[str]:
 
         out.append(f"<h3>Confusion matrix (test)</h3>{page.figure(draw, 5.0, 4.6)}")
     if (folder / "calibration.csv").is_file():
-        t, fitted = run.m("evaluate", "temperature.t"), run.m("evaluate", "temperature.fitted")
+        t, fitted = inputs.m("evaluate", "temperature.t"), inputs.m("evaluate", "temperature.fitted")
         curves = [("calibration.csv", "raw")] + [("calibration_temperature.csv", f"T = {t:g}")] * bool(fitted)
 
         def draw(ax):
@@ -359,7 +360,7 @@ def _evaluate(run: Run) -> list[str]:
             for f, label in curves:
                 if (folder / f).is_file():
                     b = pd.read_csv(folder / f)
-                    name = f"ECE {run.m('evaluate', 'ece' if f == 'calibration.csv' else 'temperature.ece'):.4f}"
+                    name = f"ECE {inputs.m('evaluate', 'ece' if f == 'calibration.csv' else 'temperature.ece'):.4f}"
                     ax.plot(b["confidence"], b["accuracy"], marker="o", ms=3, label=f"{label} ({name})")
             ax.set_xlabel("mean confidence in the bin")
             ax.set_ylabel("accuracy in the bin")
@@ -378,7 +379,7 @@ def _evaluate(run: Run) -> list[str]:
             ax.legend()
 
         out.append(f"<h3>Robustness vs eps</h3>{page.figure(draw)}")
-    per = run.m("evaluate", "per_class") or {}
+    per = inputs.m("evaluate", "per_class") or {}
     rows = [(c, v["precision"], v["recall"], v["f1"], v["support"]) for c, v in per.items()]
     if rows:
         out.append("<h3>Per class (test)</h3>" + page.table(rows, ("class", "precision", "recall", "F1", "support")))
@@ -456,22 +457,22 @@ EXTRA = {
 }
 
 
-def _section(run: Run, stage: str, stem: str, plots: str | None) -> str:
-    metrics = run.metrics.get(stem, {})
+def _section(inputs: Inputs, stage: str, stem: str, plots: str | None) -> str:
+    metrics = inputs.metrics.get(stem, {})
     if metrics.get("enabled") is False:
         body = f"<p>Disabled (<code>{stem}.enabled: false</code>).</p>"
     else:
-        body = f'<div class="kpis">{_figures(run, stem, KEY_FIGURES.get(stage, []))}</div>'
-        body += "".join(EXTRA[stage](run) if stage in EXTRA else [])
-        body += "".join(_plot_images(run, plots))
+        body = f'<div class="kpis">{_figures(inputs, stem, KEY_FIGURES.get(stage, []))}</div>'
+        body += "".join(EXTRA[stage](inputs) if stage in EXTRA else [])
+        body += "".join(_plot_images(inputs, plots))
     every = page.table([(k, v) for k, v in page.flat(metrics)], ("metric", "value")) if metrics else "<p>no metrics</p>"
     body += f"<details><summary>all metrics (metrics/{stem}.json)</summary>{every}</details>"
     return f'<section id="stage-{stage}"><h2>{stage}</h2>{body}</section>'
 
 
-def _checks(run: Run) -> list[tuple[str, str, bool]]:
+def _checks(inputs: Inputs) -> list[tuple[str, str, bool]]:
     """(check, the figures, passed) for the counts that must add up and the lineage of the training set."""
-    m = run.m
+    m = inputs.m
     ing = (m("ingest", "in"), m("ingest", "kept"), m("ingest", "quarantined"))
     split = [m("split", k) or 0 for k in ("in", "train", "val", "test", "unlabeled", "removed")]
     out = [
@@ -483,8 +484,8 @@ def _checks(run: Run) -> list[tuple[str, str, bool]]:
             split[0] == sum(split[1:]),
         ),
     ]
-    train, _ = run.frame("assemble")
-    samples, _ = run.frame("split")
+    train, _ = inputs.frame("assemble")
+    samples, _ = inputs.frame("split")
     allowed = {
         o: set(samples.loc[samples["split"] == (schema.POOL if o == "pseudo" else "train"), "sample_id"])
         for o in set(train["origin"]) - {schema.REAL}
@@ -503,19 +504,21 @@ def _checks(run: Run) -> list[tuple[str, str, bool]]:
     return out
 
 
-def _card(run: Run) -> str:
-    p = run.params.ingest
+def _card(inputs: Inputs) -> str:
+    p = inputs.params.ingest
     src = [("source", p.source), ("path", p.path or "(built in)"), ("unlabeled pool", p.unlabeled_path or "none")]
-    src += [("classes", run.m("ingest", "classes")), ("image size", run.m("ingest", "image_size"))]
-    src += [("channels", run.m("ingest", "channels"))]
-    splits = [(s, run.m("split", s)) for s in ("train", "val", "test", "unlabeled") if run.m("split", s) is not None]
-    origin = list((run.m("assemble", "by_origin") or {}).items())
+    src += [("classes", inputs.m("ingest", "classes")), ("image size", inputs.m("ingest", "image_size"))]
+    src += [("channels", inputs.m("ingest", "channels"))]
+    splits = [
+        (s, inputs.m("split", s)) for s in ("train", "val", "test", "unlabeled") if inputs.m("split", s) is not None
+    ]
+    origin = list((inputs.m("assemble", "by_origin") or {}).items())
     checks = "".join(
         f'<tr class="{"ok" if ok else "bad"}"><td>{"✓" if ok else "✗"}</td><td>{html.escape(name)}</td>'
         f"<td>{html.escape(fig)}</td></tr>"
-        for name, fig, ok in _checks(run)
+        for name, fig, ok in _checks(inputs)
     )
-    per = run.m("ingest", "per_class") or {}
+    per = inputs.m("ingest", "per_class") or {}
     balance = page.figure(page.bars(list(per), {"kept": list(per.values())}, "images"), 6.5, 2.6) if per else ""
     return (
         '<section id="data-card"><h2>Data card</h2><div class="cols">'
@@ -545,8 +548,8 @@ def _ablation_bars(rows: list[dict]):
     return draw
 
 
-def _ablation(run: Run) -> str:
-    path = Path(run.args.ablation)
+def _ablation(inputs: Inputs) -> str:
+    path = Path(inputs.args.ablation)
     data = json.loads(path.read_text()) if path.is_file() else {}
     rows = data.get("rows", [])
     if not rows:
@@ -570,17 +573,17 @@ def _ablation(run: Run) -> str:
     return f'<section id="ablation"><h2>Ablation: what each stage bought</h2>{body}</section>'
 
 
-def render(run: Run) -> str:
-    sections = [_section(run, *entry) for entry in ORDER]
+def render(inputs: Inputs) -> str:
+    sections = [_section(inputs, *entry) for entry in ORDER]
     nav = " ".join(f'<a href="#stage-{s}">{s}</a>' for s, _, _ in ORDER)
-    acc = run.m("evaluate", "accuracy")
+    acc = inputs.m("evaluate", "accuracy")
     headline = f"test accuracy {acc:.4f}" if acc is not None else "not evaluated"
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Pipeline report</title>'
         f"<style>{page.STYLE}</style></head><body><h1>Pipeline report</h1><p>{html.escape(headline)}, "
-        f"{run.m('ingest', 'in')} images from {html.escape(run.params.ingest.source)}</p>"
+        f"{inputs.m('ingest', 'in')} images from {html.escape(inputs.params.ingest.source)}</p>"
         f'<nav><a href="#data-card">data card</a> {nav} <a href="#ablation">ablation</a></nav>'
-        f"{_card(run)}{''.join(sections)}{_ablation(run)}</body></html>\n"
+        f"{_card(inputs)}{''.join(sections)}{_ablation(inputs)}</body></html>\n"
     )
 
 
@@ -606,17 +609,28 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+class Result(NamedTuple):
+    page: str  # report/index.html
+    health: dict  # metrics/data_health.json
+
+
+def run(params: StageParams, args: argparse.Namespace, metrics: dict[str, dict], plots: dict[str, Path]) -> Result:
+    """The page and the data's health from the stages' metrics (by file stem), their plots folders
+    (by name) and the manifests `args` names (read when a section needs one)."""
+    inputs = Inputs(params, args, metrics, plots)
+    return Result(render(inputs), health(inputs))
+
+
+def main(params: StageParams, args: argparse.Namespace) -> None:
     metrics = {}
     for path in map(Path, args.stage_metrics):
         if not path.is_file():
             raise PipelineError(f"{path}: no such metrics file (has its stage run?)")
         metrics[path.stem] = json.loads(path.read_text())
-    run = Run(params, args, metrics, {Path(p).name: Path(p) for p in args.stage_plots})
-    dataset.write_json(args.metrics, health(run))
+    page, data_health = run(params, args, metrics, {Path(p).name: Path(p) for p in args.stage_plots})
+    dataset.write_json(args.metrics, data_health)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    page = render(run)
     tmp = out / ".index.html.tmp"
     tmp.write_text(page)
     tmp.replace(out / "index.html")

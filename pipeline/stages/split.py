@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,7 +39,8 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import ClusterLimit, NearDuplicates, Params, Split, Suspects
+from pipeline.core.params import ClusterLimit, NearDuplicates, Split, Suspects
+from pipeline.core.wiring import StageParams
 from pipeline.dedup import leakcheck, neardup, suspects
 from pipeline.render import gallery
 
@@ -274,7 +276,26 @@ def _within_split(df: pd.DataFrame) -> pd.DataFrame:
     return kept.assign(dup_of=first)[kept["sample_id"] != first]
 
 
-def run(
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the manifest with split, cluster_id, duplicate_of
+    duplicates: pd.DataFrame  # DUPLICATES: the near-duplicate and exact pairs (DUPLICATE_COLUMNS)
+    suspected: pd.DataFrame  # SUSPECTED: pairs across splits the looser content check suspects
+    metrics: dict
+
+
+def run(params: StageParams, df: pd.DataFrame, images: neardup.Images, embeddings: np.ndarray | None = None) -> Result:
+    """`df` split under `split.*` and `base.seed`: duplicate clusters found on `images` (the
+    stores' pixels, `store_images`), then `partition`, then the suspects check across the splits
+    (on `embeddings` too: embed's features in `df`'s order, with a backbone)."""
+    cfg = params.split
+    found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
+    df, metrics = partition(df, cfg, params.base.seed, found, executor=params.base.executor)
+    suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images, embeddings=embeddings)
+    metrics["executor"] = params.base.executor
+    return Result(df, found.pairs, suspected, metrics)
+
+
+def partition(
     df: pd.DataFrame,
     cfg: Split,
     seed: int,
@@ -282,8 +303,8 @@ def run(
     images: neardup.Images | None = None,
     executor: str = "local",
 ) -> tuple[pd.DataFrame, dict]:
-    """Cluster (unless `found` is given), split, apply the removal rules, run the checks (their
-    feature passes on `executor` where `images` is not given)."""
+    """(the manifest split, metrics): cluster (unless `found` is given), split, apply the removal
+    rules, run the checks (their feature passes on `executor` where `images` is not given)."""
     df = df.reset_index(drop=True).copy()
     if found is None:
         found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
@@ -479,22 +500,19 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     from pipeline.core.executor import session
 
     df, classes = schema.read(args.ingest, "ingest")
     cfg = params.split
     images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
-    with session(params.base.executor):
-        found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
-        df, metrics = run(df, cfg, params.base.seed, found, executor=params.base.executor)
     embedded = artifacts.read_embeddings(args.embed, df["sample_id"]) if params.backbone.name else None
-    suspected, metrics["suspected"] = suspected_pairs(df, cfg.suspects, images, embeddings=embedded)
-    metrics["executor"] = params.base.executor
+    with session(params.base.executor):
+        df, pairs, suspected, metrics = run(params, df, images, embedded)
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
-        dataset.write_csv(tmp / DUPLICATES, found.pairs)
+        dataset.write_csv(tmp / DUPLICATES, pairs)
         dataset.write_csv(tmp / SUSPECTED, suspected)
     report(df, Path(args.plots), params.split.report_examples, suspected)
     dataset.write_json(args.metrics, metrics)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -36,7 +37,8 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import RECIPE_KEYS, Params, Train
+from pipeline.core.params import RECIPE_KEYS, Train
+from pipeline.core.wiring import StageParams
 from pipeline.render import gallery
 
 COLUMNS = schema.columns(
@@ -102,7 +104,7 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path, device=None):
     return judges, ref, train
 
 
-def tstr_config(params: Params) -> Train:
+def tstr_config(params: StageParams) -> Train:
     """The train recipe (params.RECIPE_KEYS), for `gate.tstr_epochs`, without early stopping."""
     return Train(**{k: getattr(params.train, k) for k in RECIPE_KEYS}, epochs=params.synthesize.gate.tstr_epochs)
 
@@ -122,7 +124,7 @@ def tstr(
 
     if len(x) < 2 or len(x_test) == 0:
         return None
-    model = fit.fit(x, y, x[:0], y[:0], cfg, num_classes, seed, desc="synthesize tstr", device=device).model
+    model = fit.fit(fit.Inputs(x, y, x[:0], y[:0], num_classes), cfg, seed, device=device, desc="synthesize tstr").model
     return round(float((inference.predict_proba(model, x_test).argmax(1) == y_test).mean()), 6)
 
 
@@ -230,24 +232,26 @@ def sample_and_admit(
     return rows.drop(columns="k"), pixels, admitted, metrics
 
 
-def run(
-    params: Params,
-    clean_df: pd.DataFrame,
-    classes: list[str],
-    oof_dir: Path,
-    out: Path,
-    final_dir: Path,
-    plots: Path | None = None,
-    gen=None,
-) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """(admitted manifest rows, rejected rows, metrics); writes images and the generator under `out`.
+class Result(NamedTuple):
+    samples: pd.DataFrame  # the admitted samples' manifest rows; `store`, `row` filled when written
+    pixels: np.ndarray  # their images, one per row
+    rejected: pd.DataFrame  # REJECTED_COLUMNS
+    metrics: dict
+    generator: tuple | None  # (the generator, its training history) for GENERATOR_FILE; None when off
+    pictures: dict  # file name -> a PNG grid for the plots folder
+
+
+def run(params: StageParams, clean_df: pd.DataFrame, classes: list[str], oof_dir: Path, gen=None) -> Result:
+    """Train `synthesize.generator` on the train samples, draw, and admit what the gate passes;
+    the judges are oof's fold models (read from `oof_dir`).
 
     `gen`: a generator object to use instead of `synthesize.generator` (tests plant bad ones).
     """
     cfg = params.synthesize
     metrics = {"enabled": cfg.enabled}
     if not cfg.enabled:
-        return pd.DataFrame(columns=COLUMNS), pd.DataFrame(columns=REJECTED_COLUMNS), metrics
+        none = pd.DataFrame(columns=COLUMNS)
+        return Result(none, np.zeros((0, 1, 1, 1), np.uint8), pd.DataFrame(columns=REJECTED_COLUMNS), metrics, None, {})
     from pipeline.learn import runtime
     from pipeline.synthesize import generators
 
@@ -264,7 +268,6 @@ def run(
         )
     x, y = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
     history = gen.fit(x, y)
-    generators.save(out / GENERATOR_FILE, gen, classes, history)
     targets = counts(y, len(classes), cfg.per_class, cfg.balance)
     rows, pixels, admitted, gated = sample_and_admit(cfg, gen, judges, ref, classes, targets, params.base.seed)
     metrics.update(
@@ -287,24 +290,20 @@ def run(
     )
     if metrics["verdict"] == "rejected":
         log.warning("synthesize: generator %s rejected (%s); nothing admitted", gen.name, metrics["verdict_reason"])
-    rows = store(rows, pixels, admitted, out / "images", final_dir / "images")
+    rows = rows.assign(store=np.full(len(rows), None, object), row=np.full(len(rows), -1, np.int64))
     rejected = rows[~admitted].assign(pred_label=lambda d: [classes[i] for i in d["pred_label_id"]])
-    if plots is not None:
-        gallery.save(sample_grid(rows, pixels, classes, cfg.preview, gen.name), plots / "samples.png")
-        gallery.save(interpolation_grid(gen, len(classes), classes, params.base.seed), plots / "interpolation.png")
-    return rows[admitted][COLUMNS].reset_index(drop=True), rejected[REJECTED_COLUMNS].reset_index(drop=True), metrics
-
-
-def store(
-    rows: pd.DataFrame, pixels: np.ndarray, admitted: np.ndarray, directory: Path, final_dir: Path
-) -> pd.DataFrame:
-    """Write the admitted images to a shard store; `rows` with their `store` and `row`."""
-    writer = dataset.ShardWriter(directory, final_dir)
-    where = [writer.add(pixels[i]) for i in np.flatnonzero(admitted)]
-    writer.close()
-    stores, index = np.full(len(rows), None, object), np.full(len(rows), -1, np.int64)
-    stores[admitted], index[admitted] = [s for s, _ in where], [r for _, r in where]
-    return rows.assign(store=stores, row=index)
+    pictures = {
+        "samples.png": sample_grid(rows, pixels, classes, cfg.preview, gen.name),
+        "interpolation.png": interpolation_grid(gen, len(classes), classes, params.base.seed),
+    }
+    return Result(
+        rows[admitted][COLUMNS].reset_index(drop=True),
+        pixels[admitted],
+        rejected[REJECTED_COLUMNS].reset_index(drop=True),
+        metrics,
+        (gen, history),
+        pictures,
+    )
 
 
 def sample_grid(rows: pd.DataFrame, pixels: np.ndarray, classes: list[str], n: int, name: str):
@@ -351,14 +350,23 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     clean_df, classes = schema.read(args.clean, "samples")
     out, plots = Path(args.out), Path(args.plots)
     plots.mkdir(parents=True, exist_ok=True)
+    result = run(params, clean_df, classes, Path(args.oof))
+    metrics = result.metrics
     with dataset.staged_dir(out) as tmp:
-        df, rejected, metrics = run(params, clean_df, classes, Path(args.oof), tmp, out, plots)
+        if result.generator is not None:
+            from pipeline.synthesize import generators
+
+            gen, history = result.generator
+            generators.save(tmp / GENERATOR_FILE, gen, classes, history)
+        df = dataset.store_pixels(result.samples, result.pixels, tmp / "images", out / "images")
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
-        dataset.write_csv(tmp / REJECTED_FILE, rejected)
+        dataset.write_csv(tmp / REJECTED_FILE, result.rejected)
+    for name, picture in result.pictures.items():
+        gallery.save(picture, plots / name)
     dataset.write_json(args.metrics, metrics)
     if metrics["enabled"]:
         log.info(

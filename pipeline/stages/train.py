@@ -13,6 +13,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -20,10 +21,10 @@ import pandas as pd
 from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import Params
+from pipeline.core.wiring import StageParams
 
 
-def seed(params: Params) -> int:
+def seed(params: StageParams) -> int:
     """The training run's seed: `base.seed` moved by `train.seed`, which no data stage reads."""
     return params.base.seed + params.train.seed
 
@@ -46,15 +47,20 @@ def manifest_soft_targets(
     return losses.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
 
 
+class Result(NamedTuple):
+    fit: object  # fit.FitResult: the model (best val epoch), its config and history
+    metrics: dict
+
+
 def run(
-    params: Params,
+    params: StageParams,
     train_df: pd.DataFrame,
     val_df: pd.DataFrame,
     classes: list[str],
     online=None,
     oof_probs=None,
     unlabeled=None,
-):
+) -> Result:
     """(FitResult, metrics) for a training manifest and a val manifest; `oof_probs`: the oof
     ensemble's probabilities by sample id (for `train.soft_labels`); `unlabeled`: the pool, a
     `fixmatch.Unlabeled` (train.unlabeled)."""
@@ -75,23 +81,25 @@ def run(
         cfg = cfg.model_copy(update={"model": params.backbone.name, "width": width})
     start = time.perf_counter()
     result = fit.fit(
-        x_train,
-        train_df["label_id"].to_numpy(np.int64),
-        dataset.load_pixels(val_df),
-        val_df["label_id"].to_numpy(np.int64),
+        fit.Inputs(
+            x_train,
+            train_df["label_id"].to_numpy(np.int64),
+            dataset.load_pixels(val_df),
+            val_df["label_id"].to_numpy(np.int64),
+            len(classes),
+            sample_weight=weight,
+            sample_ids=train_df["sample_id"].tolist(),
+            difficulty=_difficulty(train_df, cfg),
+            soft_targets=manifest_soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
+            if cfg.soft_labels > 0
+            else None,
+            unlabeled=unlabeled,
+            online=online,
+            mix=mixing.make_batch_transform(cfg, seed(params)),
+            init=init,
+        ),
         cfg,
-        len(classes),
         seed(params),
-        sample_weight=weight,
-        online=online,
-        sample_ids=train_df["sample_id"].tolist(),
-        mix=mixing.make_batch_transform(cfg, seed(params)),
-        difficulty=_difficulty(train_df, cfg),
-        soft_targets=manifest_soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
-        if cfg.soft_labels > 0
-        else None,
-        unlabeled=unlabeled,
-        init=init,
         device=runtime.device(params.base.device),
     )
     best = result.history[result.best_epoch - 1]
@@ -114,7 +122,7 @@ def run(
         stats = {k: last[k] for k in ("unlabeled_loss", "mask_rate", "mask_precision") if k in last}
         metrics["unlabeled"] = {"pool": len(unlabeled.x), "epoch": len(result.history), **stats}
     log.info("train: %.1f s", time.perf_counter() - start)
-    return result, metrics
+    return Result(result, metrics)
 
 
 def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
@@ -127,7 +135,7 @@ def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
     return train_df["hardness"].to_numpy(np.float64)
 
 
-def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
+def pool(params: StageParams, split_df: pd.DataFrame, classes: list[str], path: str):
     """The unlabeled pool as FixMatch's `fixmatch.Unlabeled` (train.unlabeled), or None when it
     is off or the pool is empty. Split's duplicate rules already removed pool images that are
     duplicates of val or test images. `hidden_label` (ingest.keep_labels) gives the truth."""
@@ -168,7 +176,7 @@ def pool(params: Params, split_df: pd.DataFrame, classes: list[str], path: str):
     )
 
 
-def online_policy(params: Params, path: str):
+def online_policy(params: StageParams, path: str):
     """The per-batch augmentation of `augment.mode: online`, or None."""
     if not (params.augment.enabled and params.augment.mode == "online"):
         return None
@@ -199,7 +207,7 @@ STAGE = wiring.Stage(
 add_arguments = STAGE.add_arguments
 
 
-def launch(params: Params, args: argparse.Namespace) -> None:
+def launch(params: StageParams, args: argparse.Namespace) -> None:
     """`train.nproc` > 1: run this stage in that many processes under torch's own launcher
     (`torch.distributed.run --standalone`); each is a DDP worker, and process 0 writes the outputs.
     For several nodes, start the launcher yourself with its rendezvous flags (docs/scale.md)."""
@@ -217,7 +225,7 @@ def launch(params: Params, args: argparse.Namespace) -> None:
         raise PipelineError(f"a DDP process failed (train.nproc {n}); its error is above")
 
 
-def main(params: Params, args: argparse.Namespace) -> None:
+def main(params: StageParams, args: argparse.Namespace) -> None:
     if params.train.nproc > 1 and params.train.unlabeled.weight > 0:
         raise PipelineError("train.unlabeled (FixMatch) runs in one process: set train.nproc 1 or unlabeled.weight 0")
     if params.train.nproc > 1 and "LOCAL_RANK" not in os.environ:
@@ -239,7 +247,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
             dist.destroy_process_group()
 
 
-def _main(params: Params, args: argparse.Namespace) -> None:
+def _main(params: StageParams, args: argparse.Namespace) -> None:
     from pipeline.learn import checkpoints, runtime
 
     train_df, classes = schema.read(args.assemble, "training set")
