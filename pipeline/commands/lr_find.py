@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.core import dataset
+from pipeline.core import dataset, schema
 from pipeline.core.console import log, progress
 from pipeline.core.params import LrFind, Params, Train
 
@@ -92,7 +92,7 @@ def main(params: Params, args: argparse.Namespace) -> None:
     df, classes = dataset.read_manifest(args.train)
     curve, lr = lr_range_test(
         dataset.load_pixels(df),
-        df["label_id"].to_numpy(np.int64),
+        df[schema.LABEL_ID].to_numpy(np.int64),
         params.train,
         len(classes),
         params.base.seed,

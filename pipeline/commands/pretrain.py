@@ -38,12 +38,12 @@ def run(params: Params, df, classes: list[str], epochs: int | None = None):
     if name is None:
         raise PipelineError("backbone.name: pretrain trains the configured backbone; set backbone.name")
     cfg = params.train.model_copy(update={"model": name} | ({"epochs": epochs} if epochs else {}))
-    labeled = df["label_id"].to_numpy() >= 0
-    train, val = df[(df["split"] == "train") & labeled], df[(df["split"] == "val") & labeled]
+    labeled = df[schema.LABEL_ID].to_numpy() >= 0
+    train, val = df[(df[schema.SPLIT] == "train") & labeled], df[(df[schema.SPLIT] == "val") & labeled]
     if len(train) == 0:
         raise PipelineError("pretrain: the split has no labeled train samples")
-    x, y = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
-    xv, yv = dataset.load_pixels(val) if len(val) else x[:0], val["label_id"].to_numpy(np.int64)
+    x, y = dataset.load_pixels(train), train[schema.LABEL_ID].to_numpy(np.int64)
+    xv, yv = dataset.load_pixels(val) if len(val) else x[:0], val[schema.LABEL_ID].to_numpy(np.int64)
     size = params.backbone.image_size
     dev = runtime.device(params.base.device)
     result = fit.fit(

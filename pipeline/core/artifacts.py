@@ -21,7 +21,7 @@ import pandas as pd
 from pipeline.core import dataset, schema
 from pipeline.core.errors import PipelineError
 
-PROBS = "probs"  # manifest column: out-of-fold class probabilities (a list of K floats), written by oof
+PROBS = schema.PROBS  # manifest column: out-of-fold class probabilities (a list of K floats), written by oof
 OOF_EMBEDDINGS = "embeddings.npy"
 OOF_DYNAMICS = "dynamics.parquet"
 OOF_MODELS = "models"  # fold{k}.pt: the fold models (policy search, the synthetic-data gate)

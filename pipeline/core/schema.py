@@ -25,9 +25,26 @@ DERIVED_ORIGINS = (AUGMENTED, ADVERSARIAL, SYNTHETIC, PSEUDO)
 
 POOL = "unlabeled"  # the split of the samples with no label (yet): never val or test
 
-LINEAGE = ("sample_id", "path", "label", "label_id", "group", "split", "origin", "parent_id")
-STORAGE = ("pixel_sha256", "store", "row")
-INHERITED = ("path", "label", "label_id", "group", "split")  # what a derived sample takes from its parent
+# column names: every module outside core spells a manifest column through these (tests/test_names.py)
+SAMPLE_ID, PATH, LABEL, LABEL_ID = "sample_id", "path", "label", "label_id"
+GROUP, SPLIT, ORIGIN, PARENT_ID = "group", "split", "origin", "parent_id"
+PIXEL_SHA256, STORE, ROW = "pixel_sha256", "store", "row"
+WEIGHT = "weight"  # a training row's loss weight (derived manifests and the training set)
+SOURCE_SPLIT = "source_split"  # ingest: the source's own train/test, when it has one
+HIDDEN_LABEL = "hidden_label"  # ingest: a label ingest.keep_labels hid (the pool's truth)
+BACKGROUND = "background"  # ingest: what a transparent image was composited onto
+CLUSTER_ID, DUP_GROUP, DUP_OF = "cluster_id", "dup_group", "dup_of"  # split: duplicate clusters
+REMOVED_REASON = "removed_reason"  # split and clean: why a sample left training
+FOLD = "fold"  # oof: the sample's fold (-1: predicted by the ensemble)
+PROBS = "probs"  # oof: out-of-fold class probabilities
+TRUE_LABEL_ID = "true_label_id"  # oof: the label before clean.inject_noise
+IS_LABEL_ISSUE = "is_label_issue"  # clean: the label detector's flag (each issue type has is_<name>_issue)
+HUMAN_LABEL = "human_label"  # clean: the label a person gave (labels/patches.csv)
+HARDNESS = "hardness"  # mine: higher is harder
+
+LINEAGE = (SAMPLE_ID, PATH, LABEL, LABEL_ID, GROUP, SPLIT, ORIGIN, PARENT_ID)
+STORAGE = (PIXEL_SHA256, STORE, ROW)
+INHERITED = (PATH, LABEL, LABEL_ID, GROUP, SPLIT)  # what a derived sample takes from its parent
 
 # the columns a reader of each artifact relies on (its writer may add more)
 SAMPLES = (*LINEAGE, *STORAGE)  # any manifest of samples: split, clean, a training set

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from pipeline.core import schema
 from pipeline.core.registry import Knobs, Registry
 from pipeline.dedup import neardup
 
@@ -75,7 +76,7 @@ class ExactCheck(LeakCheck):
                 digest[p] = hashlib.blake2b(
                     np.ascontiguousarray(img).tobytes() + str(img.shape).encode(), digest_size=16
                 ).hexdigest()
-        split = df["split"].to_numpy()
+        split = df[schema.SPLIT].to_numpy()
         pairs = []
         groups = pd.Series(np.arange(len(df))).groupby(digest, sort=True)
         for _, members in groups:
@@ -117,7 +118,7 @@ class NearDuplicateCheck(LeakCheck):
     def find(
         self, df: pd.DataFrame, images: "neardup.Images", progress: Callable[[Iterable], Iterable] = lambda it: it
     ) -> pd.DataFrame:
-        split = df["split"].to_numpy()
+        split = df[schema.SPLIT].to_numpy()
         found = self.detector().find(images, _cross(split), progress)
         same = found["rms"].to_numpy() == 0  # pixel-identical after the fit: exact's to count
         ga, gb = found["i"].to_numpy(), found["j"].to_numpy()

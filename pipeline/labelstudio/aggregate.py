@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from pipeline.core import schema
 from pipeline.labelstudio import config
 
 
@@ -57,8 +58,8 @@ def answers(tasks: list[dict], classes: list[str]) -> tuple[pd.DataFrame, dict]:
                 rows.append((str(sid), _annotator(a.get("completed_by")), chosen[0], a.get("id") or 0))
     df = pd.DataFrame(rows, columns=["sample_id", "annotator", "label", "annotation_id"])
     df = (
-        df.sort_values(["sample_id", "annotator", "annotation_id"], kind="stable")
-        .drop_duplicates(["sample_id", "annotator"], keep="last")
+        df.sort_values([schema.SAMPLE_ID, "annotator", "annotation_id"], kind="stable")
+        .drop_duplicates([schema.SAMPLE_ID, "annotator"], keep="last")
         .reset_index(drop=True)
     )
     counts["usable"] = int(len(df))
@@ -73,11 +74,11 @@ def consensus(
 
     `pred_probs` rows follow the sorted unique sample ids of `ans`.
     """
-    samples = np.sort(ans["sample_id"].unique())
+    samples = np.sort(ans[schema.SAMPLE_ID].unique())
     annotators = np.sort(ans["annotator"].unique())
     index = {c: i for i, c in enumerate(classes)}
     matrix = (
-        ans.assign(y=ans["label"].map(index))
+        ans.assign(y=ans[schema.LABEL].map(index))
         .pivot(index="sample_id", columns="annotator", values="y")
         .reindex(index=samples, columns=annotators)
         .astype(float)

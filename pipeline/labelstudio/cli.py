@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.core import schema
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 from pipeline.quality import select
@@ -153,8 +154,8 @@ def _push(params: Params, args) -> dict:
         oof_df, _, emb, _ = artifacts.read_oof(args.oof)
         df = artifacts.with_oof_probs(df, args.oof)
         s.score, s.diversity, s.balance = args.score, args.diversity, args.balance
-        s.embeddings = (oof_df["sample_id"].to_numpy(), emb)
-        s.labeled = df.loc[df["split"] == "train", "sample_id"].to_numpy() if "split" in df else None
+        s.embeddings = (oof_df[schema.SAMPLE_ID].to_numpy(), emb)
+        s.labeled = df.loc[df[schema.SPLIT] == "train", schema.SAMPLE_ID].to_numpy() if schema.SPLIT in df else None
     if args.select == "hard":
         if not Path(args.hardness).exists():
             raise PipelineError(f"{args.hardness}: no hardness table (has the mine stage run?)")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.core import artifacts, dataset, patches
+from pipeline.core import artifacts, dataset, patches, schema
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.labelstudio import aggregate, config
@@ -34,7 +34,7 @@ def manifest_probs(manifest: pd.DataFrame | None, samples: np.ndarray, k: int) -
     """The manifest's out-of-fold probabilities (`artifacts.PROBS`) for `samples`, if it has them all."""
     if manifest is None or artifacts.PROBS not in manifest:
         return None
-    probs = manifest.set_index("sample_id")[artifacts.PROBS].reindex(samples)
+    probs = manifest.set_index(schema.SAMPLE_ID)[artifacts.PROBS].reindex(samples)
     if probs.isna().any() or any(len(p) != k for p in probs):
         return None
     return np.stack([np.asarray(p, float) for p in probs])
@@ -51,13 +51,13 @@ def run(
     classes = classes or config.classes_of(project["label_config"])
     tasks = client.export(project["id"])
     ans, counts = aggregate.answers(tasks, classes)
-    per = ans.groupby("sample_id").size()
+    per = ans.groupby(schema.SAMPLE_ID).size()
     few = per[per < opts.min_annotators].index
-    ans = ans[~ans["sample_id"].isin(few)]
+    ans = ans[~ans[schema.SAMPLE_ID].isin(few)]
     counts["below_min_annotators"] = int(len(few))
-    samples = np.sort(ans["sample_id"].unique())
+    samples = np.sort(ans[schema.SAMPLE_ID].unique())
     task_label = {
-        str(t["data"]["sample_id"]): t["data"].get("label")
+        str(t["data"][schema.SAMPLE_ID]): t["data"].get("label")
         for t in tasks
         if (t.get("data") or {}).get("sample_id") is not None
     }
@@ -66,7 +66,9 @@ def run(
     probs, source = manifest_probs(manifest, samples, len(classes)), "out-of-fold probabilities"
     if probs is None and len(samples):
         task_sample = {
-            t["id"]: str(t["data"]["sample_id"]) for t in tasks if (t.get("data") or {}).get("sample_id") is not None
+            t["id"]: str(t["data"][schema.SAMPLE_ID])
+            for t in tasks
+            if (t.get("data") or {}).get("sample_id") is not None
         }
         probs, n = aggregate.probs_from_predictions(client.predictions(project["id"]), task_sample, samples, classes)
         source = f"pushed prediction scores ({n} of {len(samples)} samples)"
@@ -75,11 +77,11 @@ def run(
         out, annotators, method = aggregate.consensus(ans, classes, probs)
     else:
         out, annotators, method = patches.empty(), pd.DataFrame(columns=["annotator"]), "none (no answers)"
-    old = manifest.set_index("sample_id")["label"] if manifest is not None else pd.Series(dtype=object)
-    out["old_label"] = [old.get(s, task_label.get(s)) for s in out["sample_id"]]
+    old = manifest.set_index(schema.SAMPLE_ID)[schema.LABEL] if manifest is not None else pd.Series(dtype=object)
+    out["old_label"] = [old.get(s, task_label.get(s)) for s in out[schema.SAMPLE_ID]]
     out["revision"], out["project"] = revision, opts.project
     written = patches.write_patches(opts.patches, out)
-    changed = int((out["label"] != out["old_label"]).sum())
+    changed = int((out[schema.LABEL] != out["old_label"]).sum())
     summary = {
         "project": opts.project,
         "revision": revision,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from pipeline.core import artifacts, dataset
+from pipeline.core import artifacts, dataset, schema
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.labelstudio import config
@@ -66,12 +66,12 @@ def suggestion(row: pd.Series, classes: list[str]) -> tuple[str | None, float | 
 def write_images(df: pd.DataFrame, image_dir: Path) -> int:
     """One PNG per sample, `<sample_id>.png`, written only when missing; returns how many."""
     image_dir.mkdir(parents=True, exist_ok=True)
-    todo = df[[not (image_dir / f"{sid}.png").exists() for sid in df["sample_id"]]]
+    todo = df[[not (image_dir / f"{sid}.png").exists() for sid in df[schema.SAMPLE_ID]]]
     if todo.empty:
         return 0
     pixels = dataset.load_pixels(todo)
     scale = max(1, math.ceil(MIN_SIDE / max(pixels.shape[1:3])))
-    for sid, img in zip(todo["sample_id"], pixels):
+    for sid, img in zip(todo[schema.SAMPLE_ID], pixels):
         pil = Image.fromarray(img[:, :, 0] if img.shape[-1] == 1 else img)
         if scale > 1:
             pil = pil.resize((pil.width * scale, pil.height * scale), Image.Resampling.NEAREST)
@@ -154,7 +154,7 @@ def _local_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions) -> dict[s
     if not any(Path(s["path"]).resolve() == folder for s in client.local_storages(pid)):
         client.create_local_storage(pid, str(folder))
     rel = folder.relative_to(root_path).as_posix()
-    return {sid: f"/data/local-files/?d={quote(f'{rel}/{sid}.png')}" for sid in df["sample_id"]}
+    return {sid: f"/data/local-files/?d={quote(f'{rel}/{sid}.png')}" for sid in df[schema.SAMPLE_ID]}
 
 
 def _upload_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions, per_request: int = 100) -> dict[str, str]:
@@ -163,21 +163,21 @@ def _upload_urls(client, pid: int, df: pd.DataFrame, opts: PushOptions, per_requ
         return {Path(u["file"]).name.split("-", 1)[-1]: "/data/" + u["file"].lstrip("/") for u in client.uploads(pid)}
 
     have = listing()
-    todo = [sid for sid in df["sample_id"] if f"{sid}.png" not in have]
+    todo = [sid for sid in df[schema.SAMPLE_ID] if f"{sid}.png" not in have]
     for start in progress(range(0, len(todo), per_request), desc="upload", unit="batch"):
         names = [f"{sid}.png" for sid in todo[start : start + per_request]]
         client.upload_files(pid, [(n, (opts.image_dir / n).read_bytes()) for n in names])
     if todo:
         have = listing()
-    return {sid: have[f"{sid}.png"] for sid in df["sample_id"]}
+    return {sid: have[f"{sid}.png"] for sid in df[schema.SAMPLE_ID]}
 
 
 def build_task(row: pd.Series, url: str, classes: list[str], model_version: str) -> dict:
     label, score = suggestion(row, classes)
     data = {
         "image": url,
-        "sample_id": str(row["sample_id"]),
-        "label": "" if pd.isna(row["label"]) else str(row["label"]),  # "": an unlabeled (pool) sample
+        "sample_id": str(row[schema.SAMPLE_ID]),
+        "label": "" if pd.isna(row[schema.LABEL]) else str(row[schema.LABEL]),  # "": an unlabeled (pool) sample
         "reason": str(row.get("reason", "")),
     }
     for column in ("split", "label_score", "hardness", "active_score"):
@@ -217,7 +217,7 @@ def import_batches(client, pid: int, tasks: list[dict], batch_size: int) -> int:
                 log.info("Label Studio: %s; checking what arrived, retry in %.1f s", e, wait)
                 client.sleep(wait)
                 have = existing_tasks(client, pid)
-                batch = [t for t in batch if t["data"]["sample_id"] not in have]
+                batch = [t for t in batch if t["data"][schema.SAMPLE_ID] not in have]
                 if not batch:
                     break
     return created
@@ -261,16 +261,16 @@ def run(client, df: pd.DataFrame, classes: list[str], opts: PushOptions) -> dict
             opts.project,
             duplicated,
         )
-    new = df[~df["sample_id"].isin(have.keys())]
+    new = df[~df[schema.SAMPLE_ID].isin(have.keys())]
     written = write_images(new, opts.image_dir)
     urls, mode = image_urls(client, pid, new, opts) if len(new) else ({}, "none")
-    tasks = [build_task(row, urls[row["sample_id"]], classes, opts.model_version) for _, row in new.iterrows()]
+    tasks = [build_task(row, urls[row[schema.SAMPLE_ID]], classes, opts.model_version) for _, row in new.iterrows()]
     created = import_batches(client, pid, tasks, opts.batch_size)
     wanted = {}
-    for _, row in df[df["sample_id"].isin(have.keys())].iterrows():
+    for _, row in df[df[schema.SAMPLE_ID].isin(have.keys())].iterrows():
         label, score = suggestion(row, classes)
         if label is not None:
-            for task_id in have[row["sample_id"]]:
+            for task_id in have[row[schema.SAMPLE_ID]]:
                 wanted[task_id] = prediction(label, score, opts.model_version)
     refreshed = refresh_predictions(client, pid, wanted)
     pushed = wanted or any("predictions" in t for t in tasks)

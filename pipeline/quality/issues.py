@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, ValidationError
 
+from pipeline.core import schema
 from pipeline.core.errors import PipelineError
 from pipeline.core.registry import Knobs, Registry, describe
 from pipeline.quality.image import COLUMNS as QUALITY
@@ -86,7 +87,7 @@ class LabelIssues(Detector):
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
 
-        y = df["label_id"].to_numpy(np.int64)
+        y = df[schema.LABEL_ID].to_numpy(np.int64)
         issue = find_label_issues(y, oof.probs, filter_by=self.knobs.filter_by, n_jobs=1)
         score = get_label_quality_scores(y, oof.probs, method=self.knobs.score_method)
         suggested = oof.probs.argmax(1)
@@ -127,7 +128,7 @@ class NearDuplicateKnobs(Knobs):
     # across data: on 64x64 RGB shapes over noisy backgrounds every image had a neighbour within 0.003;
     # embeddings are too close by design (neural collapse: on digits 5% of samples have a same-class
     # neighbour within 0.002, none a copy)
-    features: Literal["split", "pixels", "embeddings"] = "split"
+    features: Literal[schema.SPLIT, "pixels", "embeddings"] = "split"
     threshold: float = Field(0.003, ge=0.0, le=2.0)  # cosine distance at or below: a near duplicate
 
 
@@ -205,7 +206,7 @@ class NearDuplicates(Detector):
     Knobs = NearDuplicateKnobs
 
     def find(self, df, oof):
-        ids = df["sample_id"].to_numpy().astype(object)
+        ids = df[schema.SAMPLE_ID].to_numpy().astype(object)
         dist, nearest = np.ones(len(df)), np.full(len(df), "", dtype=object)
         if self.knobs.features != "split":
             if self.knobs.features == "pixels":
@@ -214,14 +215,14 @@ class NearDuplicates(Detector):
                 feats = dataset.load_pixels(df).reshape(len(df), -1).astype(np.float32)
             else:
                 feats = oof.embeddings
-            for _, idx in df.groupby("split", sort=True).indices.items():
+            for _, idx in df.groupby(schema.SPLIT, sort=True).indices.items():
                 if len(idx) >= 2:
                     d, j = nearest_cosine(feats[idx])
                     dist[idx], nearest[idx] = d, ids[idx][j]
         flag = dist <= self.knobs.threshold
-        if "dup_group" in df:
-            key = df["split"].astype(str) + "\x1f" + df["dup_group"].astype(str)
-            verified = (df["dup_group"].notna() & key.duplicated(keep=False)).to_numpy()
+        if schema.DUP_GROUP in df:
+            key = df[schema.SPLIT].astype(str) + "\x1f" + df[schema.DUP_GROUP].astype(str)
+            verified = (df[schema.DUP_GROUP].notna() & key.duplicated(keep=False)).to_numpy()
             sets = pd.DataFrame({"key": key.to_numpy(), "id": ids}, index=np.arange(len(df)))[verified]
             sets = sets.sort_values("id")
             smallest = sets.groupby("key")["id"].transform("first")
@@ -253,9 +254,9 @@ class ClassImbalance(Detector):
     def find(self, df, oof):
         k = oof.probs.shape[1]
         ratio = np.ones(len(df))
-        for _, idx in df.groupby("split", sort=True).indices.items():
-            counts = np.bincount(df["label_id"].to_numpy()[idx], minlength=k)
-            ratio[idx] = counts[df["label_id"].to_numpy()[idx]] / (len(idx) / k)
+        for _, idx in df.groupby(schema.SPLIT, sort=True).indices.items():
+            counts = np.bincount(df[schema.LABEL_ID].to_numpy()[idx], minlength=k)
+            ratio[idx] = counts[df[schema.LABEL_ID].to_numpy()[idx]] / (len(idx) / k)
         return pd.DataFrame({self.flag: ratio < self.knobs.threshold, self.score: np.clip(ratio, 0, 1).round(6)})
 
 

@@ -58,12 +58,12 @@ def _need(df: pd.DataFrame, columns: tuple[str, ...], what: str) -> None:
 
 def issues(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     _need(df, ("is_label_issue", "label_score"), "issues")
-    out = df[df["is_label_issue"].fillna(False).astype(bool)]
+    out = df[df[schema.IS_LABEL_ISSUE].fillna(False).astype(bool)]
     if s.min_score is not None:
         out = out[out["label_score"] >= s.min_score]
     if s.max_score is not None:
         out = out[out["label_score"] <= s.max_score]
-    return out.sort_values(["label_score", "sample_id"], kind="stable")
+    return out.sort_values(["label_score", schema.SAMPLE_ID], kind="stable")
 
 
 def hard(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
@@ -71,13 +71,13 @@ def hard(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
         raise PipelineError("--select hard needs the hardness table (--hardness)")
     _need(s.hardness, ("sample_id", "hardness"), "hard")
     out = df.drop(columns=["hardness"], errors="ignore").merge(
-        s.hardness[["sample_id", "hardness"]], on="sample_id", how="inner"
+        s.hardness[[schema.SAMPLE_ID, schema.HARDNESS]], on="sample_id", how="inner"
     )
-    return out.sort_values(["hardness", "sample_id"], ascending=[False, True], kind="stable")
+    return out.sort_values([schema.HARDNESS, schema.SAMPLE_ID], ascending=[False, True], kind="stable")
 
 
 def random(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
-    keys = np.array([dataset.sample_seed(s.seed, sid) for sid in df["sample_id"]], dtype=np.uint64)
+    keys = np.array([dataset.sample_seed(s.seed, sid) for sid in df[schema.SAMPLE_ID]], dtype=np.uint64)
     return df.iloc[np.argsort(keys, kind="stable")]
 
 
@@ -85,10 +85,10 @@ def ids(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     if not s.ids:
         raise PipelineError("--select ids needs --ids (a file with one sample_id a line, or a comma list)")
     wanted = list(dict.fromkeys(s.ids))
-    unknown = [i for i in wanted if i not in set(df["sample_id"])]
+    unknown = [i for i in wanted if i not in set(df[schema.SAMPLE_ID])]
     if unknown:
         raise PipelineError(f"{len(unknown)} of {len(wanted)} ids are not in the manifest, e.g. {unknown[:3]}")
-    return df.set_index("sample_id", drop=False).loc[wanted]
+    return df.set_index(schema.SAMPLE_ID, drop=False).loc[wanted]
 
 
 ACTIVE_SCORES = ("activelab", "disagreement")
@@ -96,7 +96,7 @@ ACTIVE_SCORES = ("activelab", "disagreement")
 
 def active(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     _need(df, ("split", artifacts.PROBS), "active")
-    pool = df[df["split"] == schema.POOL]
+    pool = df[df[schema.SPLIT] == schema.POOL]
     if pool.empty:
         raise PipelineError(
             "--select active: no unlabeled samples in the manifest "
@@ -113,7 +113,7 @@ def active(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
         raise PipelineError(f"--score: expected one of {', '.join(ACTIVE_SCORES)}, got {s.score!r}")
     if s.diversity not in DIVERSITY:
         raise PipelineError(f"--diversity: expected one of {', '.join(DIVERSITY)}, got {s.diversity!r}")
-    order = np.lexsort((pool["sample_id"].to_numpy(), score))  # least certain first, ties by id
+    order = np.lexsort((pool[schema.SAMPLE_ID].to_numpy(), score))  # least certain first, ties by id
     if s.balance:  # an equal share per predicted class, round-robin, so a cut keeps the balance
         predicted = np.stack(pool[artifacts.PROBS].to_numpy()).argmax(1)[order]
         classes = np.unique(predicted)
@@ -132,7 +132,7 @@ def _spread(pool: pd.DataFrame, order: np.ndarray, score: np.ndarray, k: int, s:
     if s.embeddings is None or len(short) <= k or k == 0:
         return short[:k]
     ids, vectors = s.embeddings
-    rows = pd.Index(ids).get_indexer(pool["sample_id"].to_numpy()[short])
+    rows = pd.Index(ids).get_indexer(pool[schema.SAMPLE_ID].to_numpy()[short])
     if (rows < 0).any():
         raise PipelineError("--select active: the embeddings lack some pool samples; re-run oof")
     if s.diversity == "kcenter":
@@ -178,12 +178,12 @@ DIVERSITY = ("kcenter", "kmeans")
 
 def _embedded_pool(df: pd.DataFrame, s: Selection, what: str) -> tuple[pd.DataFrame, np.ndarray]:
     """The pool rows of `df` and their rows in `s.embeddings`; a one-line error when either is missing."""
-    pool = df[df["split"] == schema.POOL]
+    pool = df[df[schema.SPLIT] == schema.POOL]
     if pool.empty:
         raise PipelineError(f"--select {what}: no unlabeled samples in the manifest (set ingest.unlabeled_path)")
     if s.embeddings is None:
         raise PipelineError(f"--select {what} needs the oof embeddings (--oof)")
-    rows = pd.Index(s.embeddings[0]).get_indexer(pool["sample_id"].to_numpy())
+    rows = pd.Index(s.embeddings[0]).get_indexer(pool[schema.SAMPLE_ID].to_numpy())
     if (rows < 0).any():
         raise PipelineError(f"--select {what}: the embeddings lack some pool samples; re-run oof")
     return pool, rows
@@ -250,7 +250,7 @@ def badge(df: pd.DataFrame, s: Selection) -> pd.DataFrame:
     picked = kmeans_pp_outer(a, vectors[rows], min(s.limit, len(pool)), s.seed)
     norm = (a * a).sum(1)
     rest = np.setdiff1d(np.arange(len(pool)), picked)
-    rest = rest[np.lexsort((pool["sample_id"].to_numpy()[rest], -norm[rest]))]
+    rest = rest[np.lexsort((pool[schema.SAMPLE_ID].to_numpy()[rest], -norm[rest]))]
     return pool.iloc[np.concatenate([picked, rest])]
 
 
@@ -296,7 +296,7 @@ def select(df: pd.DataFrame, how: str, s: Selection, splits: list[str] | None = 
     pick = SELECTORS[how]  # an unknown name fails here, listing the valid ones
     if splits:
         _need(df, ("split",), "with --split")
-        df = df[df["split"].isin(splits)]
+        df = df[df[schema.SPLIT].isin(splits)]
     out = pick(df, s).head(s.limit).reset_index(drop=True)
     return out.assign(reason=how)
 
@@ -307,6 +307,6 @@ def read_ids(spec: str) -> list[str]:
     if path.is_file():
         text = path.read_text().splitlines()
         if text and text[0].strip() == "sample_id" or path.suffix == ".csv":
-            return pd.read_csv(path, dtype=str)["sample_id"].dropna().str.strip().tolist()
+            return pd.read_csv(path, dtype=str)[schema.SAMPLE_ID].dropna().str.strip().tolist()
         return [line.strip() for line in text if line.strip() and not line.startswith("#")]
     return [i.strip() for i in spec.split(",") if i.strip()]

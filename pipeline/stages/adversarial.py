@@ -37,7 +37,7 @@ COLUMNS = schema.columns("attack", "eps", "norm", "steps", "source_model", "flip
 def select(df: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
     """Train samples chosen by a per-sample draw from (seed, sample_id): stable under additions."""
     train = schema.real_train(df)
-    u = np.array([dataset.sample_seed(seed, f"adversarial:{s}") / 2**64 for s in train["sample_id"]])
+    u = np.array([dataset.sample_seed(seed, f"adversarial:{s}") / 2**64 for s in train[schema.SAMPLE_ID]])
     return train[u < fraction]
 
 
@@ -70,14 +70,14 @@ def source_model(params: StageParams, split_df: pd.DataFrame, classes: list[str]
         if model_classes != classes:
             raise PipelineError(f"adversarial.source_model: {path} was trained on other classes")
         return model, hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    tr, va = split_df[split_df["split"] == "train"], split_df[split_df["split"] == "val"]
+    tr, va = split_df[split_df[schema.SPLIT] == "train"], split_df[split_df[schema.SPLIT] == "val"]
     train_cfg = source_train_config(params)
     result = fit.fit(
         fit.Inputs(
             dataset.load_pixels(tr),
-            tr["label_id"].to_numpy(),
+            tr[schema.LABEL_ID].to_numpy(),
             dataset.load_pixels(va),
-            va["label_id"].to_numpy(),
+            va[schema.LABEL_ID].to_numpy(),
             len(classes),
         ),
         train_cfg,
@@ -171,7 +171,7 @@ def run(params: StageParams, split_df: pd.DataFrame, classes: list[str]) -> Resu
     runtime.set_threads(params.train)
     model, model_id = source_model(params, split_df, classes)
     clean = dataset.load_pixels(chosen)
-    labels = chosen["label_id"].to_numpy()
+    labels = chosen[schema.LABEL_ID].to_numpy()
     executor = params.base.executor
     adv, pred = generate(
         model, clean, labels, cfg, params.base.seed, len(classes), executor, runtime.threads(params.train)
@@ -182,7 +182,10 @@ def run(params: StageParams, split_df: pd.DataFrame, classes: list[str]) -> Resu
     df = schema.derived_rows(
         parents,
         schema.ADVERSARIAL,
-        [dataset.sample_id(p, "adversarial", cfg.attack, cfg.eps, cfg.steps, model_id) for p in parents["sample_id"]],
+        [
+            dataset.sample_id(p, "adversarial", cfg.attack, cfg.eps, cfg.steps, model_id)
+            for p in parents[schema.SAMPLE_ID]
+        ],
         own={
             "attack": cfg.attack,
             "eps": cfg.eps,

@@ -26,27 +26,27 @@ def check_lineage(real: pd.DataFrame, derived: pd.DataFrame, name: str) -> None:
     """Raise PipelineError naming the first rule `derived` breaks against the split `real`."""
 
     def fail(rule: str, rows: pd.DataFrame) -> None:
-        ids = ", ".join(rows["sample_id"].astype(str).head(3))
+        ids = ", ".join(rows[schema.SAMPLE_ID].astype(str).head(3))
         raise PipelineError(f"{name}: {len(rows)} sample(s) {rule} (e.g. {ids})")
 
-    bad_origin = derived[~derived["origin"].isin(schema.DERIVED_ORIGINS)]
+    bad_origin = derived[~derived[schema.ORIGIN].isin(schema.DERIVED_ORIGINS)]
     if len(bad_origin):
         fail(f"have an origin outside {sorted(schema.DERIVED_ORIGINS)}", bad_origin)
-    reused = derived[derived["sample_id"].isin(real["sample_id"]) | derived["sample_id"].duplicated()]
+    reused = derived[derived[schema.SAMPLE_ID].isin(real[schema.SAMPLE_ID]) | derived[schema.SAMPLE_ID].duplicated()]
     if len(reused):
         fail("reuse an existing sample_id", reused)
-    if (derived["split"] != "train").any():
-        fail("are not in the train split", derived[derived["split"] != "train"])
-    has_parent = derived["parent_id"].notna() & (derived["parent_id"].astype(str) != "")
-    if (has_parent & (derived["origin"] == schema.SYNTHETIC)).any():
-        fail("are synthetic but name a parent", derived[has_parent & (derived["origin"] == schema.SYNTHETIC)])
-    needs_parent = derived["origin"] != schema.SYNTHETIC
+    if (derived[schema.SPLIT] != "train").any():
+        fail("are not in the train split", derived[derived[schema.SPLIT] != "train"])
+    has_parent = derived[schema.PARENT_ID].notna() & (derived[schema.PARENT_ID].astype(str) != "")
+    if (has_parent & (derived[schema.ORIGIN] == schema.SYNTHETIC)).any():
+        fail("are synthetic but name a parent", derived[has_parent & (derived[schema.ORIGIN] == schema.SYNTHETIC)])
+    needs_parent = derived[schema.ORIGIN] != schema.SYNTHETIC
     if (needs_parent & ~has_parent).any():
         fail("are derived but name no parent_id", derived[needs_parent & ~has_parent])
-    parent_split = derived.loc[has_parent, "parent_id"].map(real.set_index("sample_id")["split"])
+    parent_split = derived.loc[has_parent, schema.PARENT_ID].map(real.set_index(schema.SAMPLE_ID)[schema.SPLIT])
     if parent_split.isna().any():
         fail("name a parent_id that is not a real sample", derived.loc[parent_split[parent_split.isna()].index])
-    pseudo = derived.loc[has_parent, "origin"] == schema.PSEUDO
+    pseudo = derived.loc[has_parent, schema.ORIGIN] == schema.PSEUDO
     if (pseudo & (parent_split != schema.POOL)).any():
         bad = parent_split[pseudo & (parent_split != schema.POOL)]
         fail("are pseudo-labels of a sample outside the unlabeled pool", derived.loc[bad.index])
@@ -74,24 +74,26 @@ def combine(
 ) -> Result:
     """run's work, with the params it reads as arguments."""
     real = schema.real_train(split_df).copy()
-    real["weight"] = real_weight
+    real[schema.WEIGHT] = real_weight
     if weights is not None:
-        real["weight"] *= real["sample_id"].map(weights.set_index("sample_id")["weight"]).fillna(1.0).to_numpy()
+        real[schema.WEIGHT] *= (
+            real[schema.SAMPLE_ID].map(weights.set_index(schema.SAMPLE_ID)[schema.WEIGHT]).fillna(1.0).to_numpy()
+        )
     parts, counts = [real], {schema.REAL: len(real)}
     for name, df in derived.items():
         check_lineage(split_df, df, name)
         df = df.copy()
-        if "weight" not in df:
-            df["weight"] = 1.0
+        if schema.WEIGHT not in df:
+            df[schema.WEIGHT] = 1.0
         parts.append(df)
         counts[name] = len(df)
     out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else real.reset_index(drop=True)
-    if weights is not None and "hardness" in weights:
-        out["hardness"] = hardness(out, weights)
+    if weights is not None and schema.HARDNESS in weights:
+        out[schema.HARDNESS] = hardness(out, weights)
     metrics = {
         "total": len(out),
         "by_source": counts,
-        "by_origin": {str(k): int(v) for k, v in out["origin"].value_counts().sort_index().items()},
+        "by_origin": {str(k): int(v) for k, v in out[schema.ORIGIN].value_counts().sort_index().items()},
     }
     return Result(out, metrics)
 
@@ -99,8 +101,8 @@ def combine(
 def hardness(out: pd.DataFrame, weights: pd.DataFrame) -> np.ndarray:
     """Per training sample, mine's hardness (what `train.curriculum` orders by): a real sample's
     own, a derived copy its parent's; where there is none (synthetic, pseudo-labeled), the median."""
-    by_id = weights.set_index("sample_id")["hardness"]
-    h = out["sample_id"].map(by_id).fillna(out["parent_id"].map(by_id)).to_numpy(np.float64)
+    by_id = weights.set_index(schema.SAMPLE_ID)[schema.HARDNESS]
+    h = out[schema.SAMPLE_ID].map(by_id).fillna(out[schema.PARENT_ID].map(by_id)).to_numpy(np.float64)
     fill = float(np.nanmedian(h)) if np.isfinite(h).any() else 0.5
     return np.where(np.isfinite(h), h, fill).round(6)
 

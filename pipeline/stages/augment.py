@@ -43,10 +43,10 @@ class Source:
     """The parents' pixels, read lazily from their memory-mapped stores (cheap to send to a worker)."""
 
     def __init__(self, df: pd.DataFrame):
-        self.stores = tuple(pd.unique(df["store"]))
+        self.stores = tuple(pd.unique(df[schema.STORE]))
         index = {s: i for i, s in enumerate(self.stores)}
-        self.store_of = np.array([index[s] for s in df["store"]], np.int32)
-        self.rows = df["row"].to_numpy(np.int64)
+        self.store_of = np.array([index[s] for s in df[schema.STORE]], np.int32)
+        self.rows = df[schema.ROW].to_numpy(np.int64)
         self._maps: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -163,7 +163,7 @@ def run(params: StageParams, split_df: pd.DataFrame, policy_name: str, policy, s
     if not active or len(parents) == 0:
         metrics.update(augmented=0, unchanged=0, op_counts={})
         return Result(pd.DataFrame(columns=COLUMNS), metrics)
-    job = Job(Source(parents), tuple(parents["sample_id"]), policy, cfg.copies, params.base.seed)
+    job = Job(Source(parents), tuple(parents[schema.SAMPLE_ID]), policy, cfg.copies, params.base.seed)
     records, seeds, hashes, locs, counts = [], [], [], [], Counter()
     for px, rec, sd, hs, cnt in augment(job, cfg.workers, params.base.executor, desc=f"augment {policy_name}"):
         locs.extend(store.add(p) for p in px)
@@ -177,12 +177,12 @@ def run(params: StageParams, split_df: pd.DataFrame, policy_name: str, policy, s
     df = schema.derived_rows(
         rep,
         schema.AUGMENTED,
-        [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep["sample_id"], copy)],
+        [dataset.sample_id(p, "augment", policy_name, k) for p, k in zip(rep[schema.SAMPLE_ID], copy)],
         own={"policy": policy_name, "ops": records, "seed": np.array(seeds, np.int64)},
         weight=cfg.weight,
         storage={"pixel_sha256": hashes, "store": [s for s, _ in locs], "row": [r for _, r in locs]},
     )
-    unchanged = int((df["pixel_sha256"].to_numpy() == rep["pixel_sha256"].to_numpy()).sum())
+    unchanged = int((df[schema.PIXEL_SHA256].to_numpy() == rep[schema.PIXEL_SHA256].to_numpy()).sum())
     metrics.update(augmented=len(df), unchanged=unchanged, op_counts=dict(sorted(counts.items())))
     return Result(df, metrics)
 
@@ -200,11 +200,11 @@ def preview(
     parents = schema.real_train(split_df)
     if n == 0 or len(parents) == 0:
         return None
-    job = Job(Source(parents), tuple(parents["sample_id"]), policy, copies, seed)
+    job = Job(Source(parents), tuple(parents[schema.SAMPLE_ID]), policy, copies, seed)
     images, captions = [], []
     for i in range(min(n, len(parents))):
         images.append(job.source[i])
-        captions.append(classes[int(parents["label_id"].iloc[i])][:10])
+        captions.append(classes[int(parents[schema.LABEL_ID].iloc[i])][:10])
         for k in range(copies):
             px, trace, _ = augment_one(job, i, k)
             images.append(px)

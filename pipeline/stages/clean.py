@@ -43,8 +43,8 @@ def detect(params: StageParams, df: pd.DataFrame, arrays: issues.OofArrays, clas
     label, on every row); the unlabeled pool is never flagged by the others (its score columns are
     NaN) and gets the ensemble's class as `suggested_label`."""
     detectors = [issues.get(name, opts) for name, opts in params.clean.issues.items()]
-    reviewed = (df["human_label"] != "").to_numpy()
-    labeled = np.flatnonzero(df["label_id"].to_numpy() >= 0)
+    reviewed = (df[schema.HUMAN_LABEL] != "").to_numpy()
+    labeled = np.flatnonzero(df[schema.LABEL_ID].to_numpy() >= 0)
     for d in detectors:
         rows = labeled if d.needs_labels else np.arange(len(df))  # image-quality issues: the pool too
         part = df.iloc[rows].reset_index(drop=True)
@@ -54,7 +54,7 @@ def detect(params: StageParams, df: pd.DataFrame, arrays: issues.OofArrays, clas
         for c in found:
             df[c] = _spread(found[c].to_numpy(), rows, len(df))
     if "suggested_label_id" in df:
-        pool = df["label_id"].to_numpy() < 0
+        pool = df[schema.LABEL_ID].to_numpy() < 0
         df.loc[pool, "suggested_label_id"] = arrays.probs[pool].argmax(1)
         df.loc[pool, "suggested_prob"] = arrays.probs[pool].max(1).round(6)
         df["suggested_label_id"] = df["suggested_label_id"].astype(np.int64)
@@ -76,47 +76,51 @@ def _spread(values: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
 
 def act(params: StageParams, df: pd.DataFrame, classes: list[str]) -> tuple[pd.DataFrame, dict]:
     cfg = params.clean
-    train = (df["split"] == "train").to_numpy()
+    train = (df[schema.SPLIT] == "train").to_numpy()
     flags = [c for c in df if c.startswith("is_") and c.endswith("_issue")]
     any_issue = df[flags].any(axis=1).to_numpy() if flags else np.zeros(len(df), bool)
-    df["given_label"] = df["label"]
+    df["given_label"] = df[schema.LABEL]
     # keep the split stage's removals (e.g. near_duplicate_of_test) and their reasons
     upstream = (
-        df["removed_reason"].fillna("").astype(str) if "removed_reason" in df else pd.Series("", index=df.index)
+        df[schema.REMOVED_REASON].fillna("").astype(str)
+        if schema.REMOVED_REASON in df
+        else pd.Series("", index=df.index)
     ).to_numpy()
-    df["removed_reason"] = upstream
+    df[schema.REMOVED_REASON] = upstream
     counts = {"removed": 0, "relabeled": 0}
     if cfg.action == "remove":
         for name in cfg.remove_issues:
-            hit = train & df[f"is_{name}_issue"].to_numpy() & (df["removed_reason"] == "").to_numpy()
+            hit = train & df[f"is_{name}_issue"].to_numpy() & (df[schema.REMOVED_REASON] == "").to_numpy()
             if name == "near_duplicate":  # of a pair, remove one: the one with the larger id
-                hit &= (df["sample_id"] > df["near_duplicate_of"]).to_numpy()
-            df.loc[hit, "removed_reason"] = f"{name}_issue"
-        gone = (df["removed_reason"] != "").to_numpy() & (upstream == "")
-        df.loc[gone, "split"] = "removed"
+                hit &= (df[schema.SAMPLE_ID] > df["near_duplicate_of"]).to_numpy()
+            df.loc[hit, schema.REMOVED_REASON] = f"{name}_issue"
+        gone = (df[schema.REMOVED_REASON] != "").to_numpy() & (upstream == "")
+        df.loc[gone, schema.SPLIT] = "removed"
         counts["removed"] = int(gone.sum())
-    elif cfg.action == "relabel" and "is_label_issue" in df:
+    elif cfg.action == "relabel" and schema.IS_LABEL_ISSUE in df:
         confident = (df["suggested_prob"] >= cfg.relabel_threshold).to_numpy()
         hit = (
             train
-            & df["is_label_issue"].to_numpy()
+            & df[schema.IS_LABEL_ISSUE].to_numpy()
             & confident
-            & (df["suggested_label_id"] != df["label_id"]).to_numpy()
+            & (df["suggested_label_id"] != df[schema.LABEL_ID]).to_numpy()
         )
-        df.loc[hit, "label_id"] = df.loc[hit, "suggested_label_id"]
-        df.loc[hit, "label"] = [classes[i] for i in df.loc[hit, "label_id"]]
+        df.loc[hit, schema.LABEL_ID] = df.loc[hit, "suggested_label_id"]
+        df.loc[hit, schema.LABEL] = [classes[i] for i in df.loc[hit, schema.LABEL_ID]]
         counts["relabeled"] = int(hit.sum())
-    acted = ((df["removed_reason"] != "").to_numpy() & (upstream == "")) | (df["label"] != df["given_label"]).to_numpy()
+    acted = ((df[schema.REMOVED_REASON] != "").to_numpy() & (upstream == "")) | (
+        df[schema.LABEL] != df["given_label"]
+    ).to_numpy()
     df["needs_review"] = any_issue & ~acted
     return df, counts
 
 
 def detection(df: pd.DataFrame) -> dict:
     """Precision/recall/F1 of `is_label_issue` against injected noise, on train."""
-    removed_here = df["removed_reason"].astype(str).str.endswith("_issue")  # by clean, not by split
-    train = (((df["split"] == "train") | removed_here) & (df["human_label"] == "")).to_numpy()
+    removed_here = df[schema.REMOVED_REASON].astype(str).str.endswith("_issue")  # by clean, not by split
+    train = (((df[schema.SPLIT] == "train") | removed_here) & (df[schema.HUMAN_LABEL] == "")).to_numpy()
     noisy = (df["given_label"] != df["true_label"]).to_numpy()[train]
-    found = df["is_label_issue"].to_numpy()[train]
+    found = df[schema.IS_LABEL_ISSUE].to_numpy()[train]
     tp = int((noisy & found).sum())
     p = tp / max(1, found.sum())
     r = tp / max(1, noisy.sum())
@@ -127,9 +131,9 @@ def detection(df: pd.DataFrame) -> dict:
         "recall": round(r, 6),
         "f1": round(2 * p * r / (p + r), 6) if p + r else 0.0,
     }
-    fixed = df[df["label"] != df["given_label"]]
+    fixed = df[df[schema.LABEL] != df["given_label"]]
     if len(fixed):
-        out["relabel_accuracy"] = round(float((fixed["label"] == fixed["true_label"]).mean()), 6)
+        out["relabel_accuracy"] = round(float((fixed[schema.LABEL] == fixed["true_label"]).mean()), 6)
     return out
 
 
@@ -143,35 +147,35 @@ def run(
 ) -> Result:
     df, patch_counts = label_patches.apply_patches(oof_df.reset_index(drop=True), patches, classes)
     # a pool sample a person labeled joins train (val and test stay fixed, so rounds stay comparable)
-    joined = ((df["split"] == schema.POOL) & (df["human_label"] != "")).to_numpy()
-    df.loc[joined, "split"] = "train"
+    joined = ((df[schema.SPLIT] == schema.POOL) & (df[schema.HUMAN_LABEL] != "")).to_numpy()
+    df.loc[joined, schema.SPLIT] = "train"
     patch_counts["pool_to_train"] = int(joined.sum())
-    probs = np.stack(df["probs"].to_numpy()).astype(np.float64)
+    probs = np.stack(df[schema.PROBS].to_numpy()).astype(np.float64)
     df = detect(params, df.drop(columns=["probs"]), issues.OofArrays(probs, emb), classes)
     found = {}
     for name in params.clean.issues:
         flag = df[f"is_{name}_issue"]
-        found[name] = {s: int(flag[df["split"] == s].sum()) for s in ("train", "val", "test")}
+        found[name] = {s: int(flag[df[schema.SPLIT] == s].sum()) for s in ("train", "val", "test")}
         found[name]["total"] = int(flag.sum())
     df, action_counts = act(params, df, classes)
     metrics = {
         "action": params.clean.action,
-        "unlabeled": int((df["split"] == schema.POOL).sum()),
+        "unlabeled": int((df[schema.SPLIT] == schema.POOL).sum()),
         "patches": patch_counts,
         **action_counts,
         "needs_review": int(df["needs_review"].sum()),
         "issues": found,
     }
-    pool = df["fold"].to_numpy() >= 0
+    pool = df[schema.FOLD].to_numpy() >= 0
     metrics["oof_accuracy"] = (
-        round(float((probs[pool].argmax(1) == df["label_id"].to_numpy()[pool]).mean()), 6) if pool.any() else None
+        round(float((probs[pool].argmax(1) == df[schema.LABEL_ID].to_numpy()[pool]).mean()), 6) if pool.any() else None
     )
     metrics["oof_trusted"] = (
         metrics["oof_accuracy"] is not None and metrics["oof_accuracy"] >= params.clean.min_oof_accuracy
     )
     metrics["flag_rates"] = {name: round(c["total"] / max(len(df), 1), 6) for name, c in found.items()}
-    if "is_label_issue" in df:
-        metrics["estimated_noise_rate"] = round(float(df["is_label_issue"].to_numpy()[pool].mean()), 6)
+    if schema.IS_LABEL_ISSUE in df:
+        metrics["estimated_noise_rate"] = round(float(df[schema.IS_LABEL_ISSUE].to_numpy()[pool].mean()), 6)
         metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).knobs.filter_by
         if "true_label" in df and (df["true_label"] != df["given_label"]).any():
             metrics["detection"] = detection(df)
@@ -179,7 +183,7 @@ def run(
 
 
 def label_issue_gallery(df: pd.DataFrame, n: int):
-    top = df[df["is_label_issue"]].sort_values("label_score", kind="stable").head(n)
+    top = df[df[schema.IS_LABEL_ISSUE]].sort_values("label_score", kind="stable").head(n)
     caps = [f"{g} ->\n{s}\n{q:.3f}" for g, s, q in zip(top["given_label"], top["suggested_label"], top["label_score"])]
     title = "top label issues: given -> suggested, label score"
     return gallery.grid(
@@ -203,7 +207,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
     with dataset.staged_dir(out) as tmp:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     dataset.write_json(args.metrics, metrics)
-    if "is_label_issue" in df:
+    if schema.IS_LABEL_ISSUE in df:
         gallery.save(label_issue_gallery(df, params.clean.gallery), Path(args.plots) / "label_issues.png")
     log.info(
         "clean: %s; %d removed, %d relabeled, %d to review",

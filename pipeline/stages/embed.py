@@ -79,7 +79,7 @@ def run(params: StageParams, df: pd.DataFrame, channels: int) -> Result:
     size, ch = loaded.image_size, loaded.channels
     log.info("embed: %s (%s) at %d px, %s, %s", cfg.name, loaded.weights, size, dev, "bf16" if bf16 else "fp32")
     ing = params.ingest
-    items = source_items(params, df["path"])
+    items = source_items(params, df[schema.PATH])
     decoded = decode_items(
         items, size, ch, ing.max_pixels, ing.min_side, ing.workers, params.base.executor, ing.background
     )
@@ -121,7 +121,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
     out = Path(args.out)
     with dataset.staged_dir(out) as tmp:
         np.save(tmp / artifacts.EMBEDDINGS, emb)
-        df[["sample_id"]].to_parquet(tmp / artifacts.EMBED_SAMPLES, index=False)
+        df[[schema.SAMPLE_ID]].to_parquet(tmp / artifacts.EMBED_SAMPLES, index=False)
     dataset.write_json(args.metrics, metrics)
     if metrics["backbone"] is None:
         log.info("embed: no backbone.name: nothing to embed (the models learn from scratch)")

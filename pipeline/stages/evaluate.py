@@ -194,13 +194,13 @@ def robustness(params: StageParams, model, test: pd.DataFrame) -> tuple[dict, pd
     if not cfg.attacks or not cfg.eps:
         return {}, pd.DataFrame()
     if cfg.max_samples and len(test) > cfg.max_samples:
-        keys = [dataset.sample_seed(params.base.seed, f"robustness:{s}") for s in test["sample_id"]]
+        keys = [dataset.sample_seed(params.base.seed, f"robustness:{s}") for s in test[schema.SAMPLE_ID]]
         test = test.iloc[np.sort(np.argsort(keys, kind="stable")[: cfg.max_samples])]
     eps = sorted({0.0, *cfg.eps})
     rows = robust_accuracy(
         model,
         dataset.load_pixels(test),
-        test["label_id"].to_numpy(np.int64),
+        test[schema.LABEL_ID].to_numpy(np.int64),
         list(cfg.attacks),
         eps,
         cfg.steps,
@@ -236,15 +236,15 @@ def run(params: StageParams, model, split_df: pd.DataFrame, classes: list[str]) 
     after temperature scaling fitted on val), and the robustness curve."""
     from pipeline.learn import inference
 
-    test = split_df[split_df["split"] == "test"]
-    y = test["label_id"].to_numpy(np.int64)
+    test = split_df[split_df[schema.SPLIT] == "test"]
+    y = test[schema.LABEL_ID].to_numpy(np.int64)
     batch, bins = params.evaluate.batch_size, params.evaluate.ece_bins
     logits = inference.predict_logits(model, dataset.load_pixels(test), batch)
     proba = softmax(logits).astype(np.float32)
     metrics = score(proba, y, classes, bins)
-    val = split_df[split_df["split"] == "val"]
+    val = split_df[split_df[schema.SPLIT] == "val"]
     t = fit_temperature(
-        inference.predict_logits(model, dataset.load_pixels(val), batch), val["label_id"].to_numpy(np.int64)
+        inference.predict_logits(model, dataset.load_pixels(val), batch), val[schema.LABEL_ID].to_numpy(np.int64)
     )
     scaled = softmax(logits, t or 1.0)
     nll = -np.log(np.clip(scaled[np.arange(len(y)), y], 1e-12, None))
@@ -270,7 +270,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
     from pipeline.learn import checkpoints, runtime
 
     split_df, classes = schema.read(args.split, "samples")
-    if not (split_df["split"] == "test").any():
+    if not (split_df[schema.SPLIT] == "test").any():
         raise PipelineError(f"{args.split}: no test samples to evaluate (check split.fractions)")
     runtime.set_threads(params.train)  # the same torch threads as training (train.threads)
     model, _, model_classes = checkpoints.load_model(args.model)

@@ -42,10 +42,10 @@ def identical_decodes(df: pd.DataFrame, files: dict) -> pd.DataFrame:
     """(path, pixel_sha256, background) of the kept samples whose pixels equal another's although
     their files differ: the decode lost what told them apart (transparency onto one colour, a
     resize), which split would otherwise call exact duplicates. Byte-identical copies are not here."""
-    sha = df["sample_id"].map(files)
-    groups = df.assign(file_sha256=sha)[sha.notna()].groupby("pixel_sha256")["file_sha256"].transform("nunique")
+    sha = df[schema.SAMPLE_ID].map(files)
+    groups = df.assign(file_sha256=sha)[sha.notna()].groupby(schema.PIXEL_SHA256)["file_sha256"].transform("nunique")
     lost = df.loc[groups.index[groups.to_numpy() > 1], ["path", "pixel_sha256", "background"]]
-    return lost.sort_values(["pixel_sha256", "path"]).reset_index(drop=True)
+    return lost.sort_values([schema.PIXEL_SHA256, schema.PATH]).reset_index(drop=True)
 
 
 class Result(NamedTuple):
@@ -125,20 +125,20 @@ def run(params: StageParams, store: dataset.ShardWriter) -> Result:
         ],
     )
     df["quality_grey"] = df["quality_grey"].astype(bool)
-    present = set(df["label"].dropna())
+    present = set(df[schema.LABEL].dropna())
     if cfg.classes is None:
         classes = [c for c in declared if c in present]
         empty = [c for c in declared if c not in present]
     else:
         classes, empty = list(cfg.classes), [c for c in cfg.classes if c not in present]
-    df.insert(3, "label_id", df["label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64"))
+    df.insert(3, "label_id", df[schema.LABEL].map({c: i for i, c in enumerate(classes)}).fillna(-1).astype("int64"))
     df.insert(5, "origin", schema.REAL)
     df.insert(6, "parent_id", None)
     df.insert(8, "hidden_label", None)
     hidden = hide_labels(df, cfg.keep_labels, params.base.seed)
-    df.loc[hidden, "hidden_label"] = df.loc[hidden, "label"]
-    df.loc[hidden, "label"], df.loc[hidden, "label_id"] = None, -1
-    labeled = df["label"].notna()
+    df.loc[hidden, schema.HIDDEN_LABEL] = df.loc[hidden, schema.LABEL]
+    df.loc[hidden, schema.LABEL], df.loc[hidden, schema.LABEL_ID] = None, -1
+    labeled = df[schema.LABEL].notna()
     quarantine = pd.DataFrame(bad, columns=["path", "reason", "detail"])
     lost = identical_decodes(df, files)
     metrics = {
@@ -149,14 +149,17 @@ def run(params: StageParams, store: dataset.ShardWriter) -> Result:
         "quarantined": len(quarantine),
         "quarantined_fraction": round(len(quarantine) / max(len(items), 1), 6),
         "by_reason": dict(sorted(Counter(quarantine["reason"]).items())),
-        "transparent": {k: int(v) for k, v in sorted(df["background"].value_counts().items())},
-        "identical_decodes": {"files": len(lost), "groups": int(lost["pixel_sha256"].nunique()) if len(lost) else 0},
+        "transparent": {k: int(v) for k, v in sorted(df[schema.BACKGROUND].value_counts().items())},
+        "identical_decodes": {
+            "files": len(lost),
+            "groups": int(lost[schema.PIXEL_SHA256].nunique()) if len(lost) else 0,
+        },
         "skipped": sum(skipped.values()),  # not images (by extension): neither kept nor quarantined
         "skipped_by_extension": dict(sorted(skipped.items())),
         "unlabeled": int((~labeled).sum()),
         "hidden_labels": int(hidden.sum()),
         "classes": len(classes),
-        "per_class": {c: int((df["label"] == c).sum()) for c in classes},
+        "per_class": {c: int((df[schema.LABEL] == c).sum()) for c in classes},
         "empty_classes": empty,
         "image_size": size,
         "channels": channels,
@@ -182,9 +185,9 @@ def hide_labels(df: pd.DataFrame, keep: float, seed: int) -> np.ndarray:
     hide = np.zeros(len(df), bool)
     if keep >= 1:
         return hide
-    candidates = df[df["label"].notna() & (df["source_split"].fillna("") != "test")]
-    order = candidates.assign(key=[dataset.sample_seed(seed, f"keep-label:{s}") for s in candidates["sample_id"]])
-    for _, rows in order.sort_values("key", kind="stable").groupby("label", sort=False):
+    candidates = df[df[schema.LABEL].notna() & (df[schema.SOURCE_SPLIT].fillna("") != "test")]
+    order = candidates.assign(key=[dataset.sample_seed(seed, f"keep-label:{s}") for s in candidates[schema.SAMPLE_ID]])
+    for _, rows in order.sort_values("key", kind="stable").groupby(schema.LABEL, sort=False):
         hide[rows.index[max(1, round(keep * len(rows))) :]] = True
     return hide
 

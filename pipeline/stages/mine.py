@@ -56,7 +56,7 @@ def data_map(dynamics: pd.DataFrame, burn_in: float = 0.0) -> pd.DataFrame:
     """confidence, variability per sample_id: p_given averaged over folds per epoch, then over
     the epochs after the first `burn_in` fraction of them."""
     dynamics = dynamics[dynamics["epoch"] > int(burn_in * dynamics["epoch"].max())]
-    per_epoch = dynamics.groupby(["sample_id", "epoch"], sort=True)["p_given"].mean()
+    per_epoch = dynamics.groupby([schema.SAMPLE_ID, "epoch"], sort=True)["p_given"].mean()
     g = per_epoch.groupby(level=0)
     return pd.DataFrame({"confidence": g.mean(), "variability": g.std(ddof=0)})
 
@@ -69,36 +69,38 @@ class Result(NamedTuple):
 
 def run(params: StageParams, clean_df: pd.DataFrame, oof_df: pd.DataFrame, dynamics: pd.DataFrame) -> Result:
     cfg = params.mine
-    probs = pd.Series(list(oof_df["probs"]), index=oof_df["sample_id"])
-    df = clean_df[clean_df["split"].isin(["train", "val"])].reset_index(drop=True)
-    p = np.stack(probs.loc[df["sample_id"]].to_numpy()).astype(np.float64)
-    out = pd.concat([df[["sample_id", "split", "label"]], scores(p, df["label_id"].to_numpy())], axis=1)
-    dm = data_map(dynamics).reindex(df["sample_id"])
+    probs = pd.Series(list(oof_df[schema.PROBS]), index=oof_df[schema.SAMPLE_ID])
+    df = clean_df[clean_df[schema.SPLIT].isin(["train", "val"])].reset_index(drop=True)
+    p = np.stack(probs.loc[df[schema.SAMPLE_ID]].to_numpy()).astype(np.float64)
+    out = pd.concat(
+        [df[[schema.SAMPLE_ID, schema.SPLIT, schema.LABEL]], scores(p, df[schema.LABEL_ID].to_numpy())], axis=1
+    )
+    dm = data_map(dynamics).reindex(df[schema.SAMPLE_ID])
     out["confidence"], out["variability"] = dm["confidence"].to_numpy(), dm["variability"].to_numpy()
     out["category"] = np.where(
         out["variability"] >= cfg.ambiguous_variability,
         "ambiguous",
         np.where(out["confidence"] >= cfg.easy_confidence, "easy", "hard-to-learn"),
     )
-    out["suspect"] = df["is_label_issue"].to_numpy() if "is_label_issue" in df else False
+    out["suspect"] = df[schema.IS_LABEL_ISSUE].to_numpy() if schema.IS_LABEL_ISSUE in df else False
     out["hard"] = (out["category"] != "easy") & ~out["suspect"]
     out["reason"] = [_reason(r) for r in out.itertuples()]
     for c in ("hardness", "loss", "margin", "entropy", "confidence", "variability"):
         out[c] = out[c].astype(float).round(6)
     weights = (
-        _weights(out[out["split"] == "train"], cfg)
+        _weights(out[out[schema.SPLIT] == "train"], cfg)
         if cfg.enabled
-        else out.loc[out["split"] == "train", ["sample_id"]].assign(weight=1.0)
+        else out.loc[out[schema.SPLIT] == "train", ["sample_id"]].assign(weight=1.0)
     )
-    train = out[out["split"] == "train"]
-    weights["hardness"] = train["hardness"].to_numpy()  # for train.curriculum, through assemble
+    train = out[out[schema.SPLIT] == "train"]
+    weights[schema.HARDNESS] = train[schema.HARDNESS].to_numpy()  # for train.curriculum, through assemble
     metrics = {
         "enabled": cfg.enabled,
         "n": len(out),
         "hard_fraction": round(float(train["hard"].mean()), 6) if len(train) else 0.0,
         "suspect_fraction": round(float(train["suspect"].mean()), 6) if len(train) else 0.0,
         "categories": {c: int((train["category"] == c).sum()) for c in CATEGORIES},
-        "weight_max": round(float(weights["weight"].max()), 6) if len(weights) else 0.0,
+        "weight_max": round(float(weights[schema.WEIGHT].max()), 6) if len(weights) else 0.0,
     }
     return Result(out, weights, metrics)
 
@@ -113,7 +115,7 @@ def _reason(r) -> str:
 
 
 def _weights(train: pd.DataFrame, cfg) -> pd.DataFrame:
-    h = train["hardness"].to_numpy(np.float64)
+    h = train[schema.HARDNESS].to_numpy(np.float64)
     ok = ~train["suspect"].to_numpy(bool)
     w = np.full(len(train), cfg.suspect_weight)
     if ok.any():
@@ -121,11 +123,11 @@ def _weights(train: pd.DataFrame, cfg) -> pd.DataFrame:
         for _ in range(3):  # clipping moves the mean; a few rounds bring it back to 1
             raw = np.clip(raw / raw.mean(), cfg.min_weight, cfg.max_weight)
         w[ok] = raw
-    return pd.DataFrame({"sample_id": train["sample_id"].to_numpy(), "weight": w.round(6)})
+    return pd.DataFrame({"sample_id": train[schema.SAMPLE_ID].to_numpy(), "weight": w.round(6)})
 
 
 def top_hard(hardness: pd.DataFrame, n: int) -> pd.DataFrame:
-    return hardness[hardness["hard"]].sort_values("hardness", ascending=False, kind="stable").head(n)
+    return hardness[hardness["hard"]].sort_values(schema.HARDNESS, ascending=False, kind="stable").head(n)
 
 
 STAGE = wiring.Stage(
@@ -148,10 +150,10 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
         weights.to_parquet(tmp / artifacts.MINE_WEIGHTS, index=False)
         dataset.write_csv(tmp / TOP, top)
     dataset.write_json(args.metrics, metrics)
-    rows = clean_df.set_index("sample_id").loc[top["sample_id"]].reset_index()
+    rows = clean_df.set_index(schema.SAMPLE_ID).loc[top[schema.SAMPLE_ID]].reset_index()
     caps = [
         f"{lab} {c.replace('-to-learn', '')}\n{h:.2f}"
-        for lab, c, h in zip(top["label"], top["category"], top["hardness"])
+        for lab, c, h in zip(top[schema.LABEL], top["category"], top[schema.HARDNESS])
     ]
     pixels = dataset.load_pixels(rows) if len(rows) else np.zeros((0, 8, 8, 1), np.uint8)
     gallery.save(

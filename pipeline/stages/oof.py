@@ -46,14 +46,14 @@ DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spa
 def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
     """Train labels corrupted per sample from (seed, sample_id); truth kept in `true_label*`."""
     df = df.copy()
-    df["true_label"], df["true_label_id"] = df["label"], df["label_id"].astype(np.int64)
+    df["true_label"], df[schema.TRUE_LABEL_ID] = df[schema.LABEL], df[schema.LABEL_ID].astype(np.int64)
     if cfg.rate <= 0:
         return df
     k = len(classes)
-    ids = df["sample_id"].to_numpy()
+    ids = df[schema.SAMPLE_ID].to_numpy()
     u = np.array([dataset.sample_seed(cfg.seed, f"noise:{s}") / 2**64 for s in ids])
     shift = np.array([1 + dataset.sample_seed(cfg.seed, f"noise-to:{s}") % (k - 1) for s in ids])
-    y = df["label_id"].to_numpy(np.int64).copy()
+    y = df[schema.LABEL_ID].to_numpy(np.int64).copy()
     target = (y + shift) % k
     if cfg.kind == "pairwise":
         target = (y + 1) % k
@@ -65,10 +65,10 @@ def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.D
                         raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; classes are {classes}")
                 partner[classes.index(a)], partner[classes.index(b)] = classes.index(b), classes.index(a)
             target = partner[y]
-    flip = (df["split"].to_numpy() == "train") & (u < cfg.rate) & (target != y)
+    flip = (df[schema.SPLIT].to_numpy() == "train") & (u < cfg.rate) & (target != y)
     y[flip] = target[flip]
-    df["label_id"] = y
-    df.loc[flip, "label"] = [classes[i] for i in y[flip]]
+    df[schema.LABEL_ID] = y
+    df.loc[flip, schema.LABEL] = [classes[i] for i in y[flip]]
     return df
 
 
@@ -77,15 +77,15 @@ def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
     from sklearn.model_selection import StratifiedGroupKFold
 
     out = np.full(len(df), -1, np.int64)
-    pool = np.flatnonzero(df["split"].isin(["train", "val"]).to_numpy())
-    groups = (df["cluster_id"] if "cluster_id" in df else df["sample_id"]).astype(str).to_numpy()[pool]
+    pool = np.flatnonzero(df[schema.SPLIT].isin(["train", "val"]).to_numpy())
+    groups = (df[schema.CLUSTER_ID] if schema.CLUSTER_ID in df else df[schema.SAMPLE_ID]).astype(str).to_numpy()[pool]
     if len(np.unique(groups)) < n_folds:
         raise PipelineError(
             f"oof.folds: expected at most {len(np.unique(groups))} folds "
             f"(one per cluster of train + val), got {n_folds}"
         )
     cv = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for k, (_, held) in enumerate(cv.split(pool, df["label_id"].to_numpy()[pool], groups)):
+    for k, (_, held) in enumerate(cv.split(pool, df[schema.LABEL_ID].to_numpy()[pool], groups)):
         out[pool[held]] = k
     return out
 
@@ -192,7 +192,7 @@ def probe_folds(
 
         def record(step: int, pr, fit_idx=fit_idx, f=f) -> None:
             p = pr.predict_proba(features[fit_idx])
-            ids = df["sample_id"].to_numpy()[fit_idx]
+            ids = df[schema.SAMPLE_ID].to_numpy()[fit_idx]
             p_given = p[np.arange(len(fit_idx)), y[fit_idx]].astype(np.float32)
             dynamics.append(pd.DataFrame({"sample_id": ids, "fold": f, "epoch": step, "p_given": p_given}))
 
@@ -220,7 +220,7 @@ def with_human_labels(df: pd.DataFrame, patches: pd.DataFrame, classes: list[str
     from pipeline.core import patches as label_patches
 
     out, _ = label_patches.apply_patches(df, patches, classes)
-    out.loc[((out["split"] == schema.POOL) & (out["human_label"] != "")).to_numpy(), "split"] = "train"
+    out.loc[((out[schema.SPLIT] == schema.POOL) & (out[schema.HUMAN_LABEL] != "")).to_numpy(), schema.SPLIT] = "train"
     return out
 
 
@@ -258,7 +258,7 @@ def run(
     if probing and features is None:
         raise PipelineError("oof.model: probe needs the embed stage's features (backbone.name is set?)")
     x = None if probing else dataset.load_pixels(df)
-    y = human["label_id"].to_numpy(np.int64)
+    y = human[schema.LABEL_ID].to_numpy(np.int64)
     probs = np.zeros((len(df), k), np.float32)
     test = np.flatnonzero(fold < 0)  # test, the pool and removed rows: the ensemble predicts them
     votes, entropy = np.zeros((len(test), k), np.float32), np.zeros(len(test), np.float64)
@@ -290,7 +290,7 @@ def run(
             dynamics.append(
                 pd.DataFrame(
                     {
-                        "sample_id": df["sample_id"].to_numpy()[fit_idx],
+                        "sample_id": df[schema.SAMPLE_ID].to_numpy()[fit_idx],
                         "fold": f,
                         "epoch": epoch,
                         "p_given": p[np.arange(len(fit_idx)), y[fit_idx]].astype(np.float32),
@@ -305,7 +305,7 @@ def run(
                 x[:0],
                 y[:0],
                 k,
-                sample_ids=df["sample_id"].to_numpy()[fit_idx].tolist(),
+                sample_ids=df[schema.SAMPLE_ID].to_numpy()[fit_idx].tolist(),
                 online=draws.random_shift(params.oof.shift, params.base.seed + f),
             ),
             cfg,
@@ -325,7 +325,7 @@ def run(
             votes[np.arange(len(test)), p.argmax(1)] += 1
             entropy += _entropy(p) / params.oof.folds
         embeddings.append(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12))
-    df["fold"], df["probs"] = fold, list(probs)
+    df[schema.FOLD], df[schema.PROBS] = fold, list(probs)
     df["agreement"], df["disagreement"] = np.nan, np.nan
     if len(test):
         df.loc[test, "agreement"] = votes[np.arange(len(test)), probs[test].argmax(1)] / params.oof.folds
@@ -341,14 +341,14 @@ def run(
         "executor": executor,
         "tta": params.oof.tta and not probing,
         "n_oof": int(pool.sum()),
-        "n_test": int((df["split"] == "test").sum()),
-        "n_unlabeled": int((human["split"] == schema.POOL).sum()),
-        "human_labels": int((human["human_label"] != "").sum()) if "human_label" in human else 0,
+        "n_test": int((df[schema.SPLIT] == "test").sum()),
+        "n_unlabeled": int((human[schema.SPLIT] == schema.POOL).sum()),
+        "human_labels": int((human[schema.HUMAN_LABEL] != "").sum()) if schema.HUMAN_LABEL in human else 0,
         "oof_accuracy": round(float((probs[pool].argmax(1) == y[pool]).mean()), 6),
-        "injected_noise": int((df["label_id"] != df["true_label_id"]).sum()),
+        "injected_noise": int((df[schema.LABEL_ID] != df[schema.TRUE_LABEL_ID]).sum()),
     }
     if metrics["injected_noise"]:
-        truth = df["true_label_id"].to_numpy()
+        truth = df[schema.TRUE_LABEL_ID].to_numpy()
         metrics["oof_accuracy_vs_truth"] = round(float((probs[pool].argmax(1) == truth[pool]).mean()), 6)
     if features is not None:  # a backbone's space, for clean's detectors, pseudo and active learning
         emb = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
@@ -379,7 +379,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
     split_df, classes = schema.read(args.split, "samples")
     patches = label_patches.read_patches(args.labels, classes)
     backbone = params.backbone.name is not None
-    features = artifacts.read_embeddings(args.embed, split_df["sample_id"]) if backbone else None
+    features = artifacts.read_embeddings(args.embed, split_df[schema.SAMPLE_ID]) if backbone else None
     with session(params.base.executor):
         df, emb, dyn, metrics, results = run(params, split_df, classes, patches, features)
     out = Path(args.out)

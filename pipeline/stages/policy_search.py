@@ -47,7 +47,7 @@ import pandas as pd
 
 from pipeline.augment import ops
 from pipeline.augment import policy as pol
-from pipeline.core import dataset, wiring
+from pipeline.core import dataset, schema, wiring
 from pipeline.core.console import log, progress
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import PolicySearch, SearchOp
@@ -85,9 +85,9 @@ def draw_candidates(
 
 def held_out(df: pd.DataFrame, fold: int, max_samples: int, seed: int) -> np.ndarray:
     """Row positions of fold `fold`'s held-out samples: a per-sample seeded subset of at most `max_samples`."""
-    rows = np.flatnonzero(df["fold"].to_numpy() == fold)
+    rows = np.flatnonzero(df[schema.FOLD].to_numpy() == fold)
     if len(rows) > max_samples:
-        keys = [dataset.sample_seed(seed, f"policy-search:{s}") for s in df["sample_id"].to_numpy()[rows]]
+        keys = [dataset.sample_seed(seed, f"policy-search:{s}") for s in df[schema.SAMPLE_ID].to_numpy()[rows]]
         rows = np.sort(rows[np.argsort(keys, kind="stable")[:max_samples]])
     return rows
 
@@ -203,14 +203,14 @@ def run(params: StageParams, df: pd.DataFrame, models: list) -> Result:
     from pipeline.learn import runtime
 
     cfg = params.policy_search
-    folds = sorted(int(f) for f in np.unique(df["fold"]) if f >= 0)
+    folds = sorted(int(f) for f in np.unique(df[schema.FOLD]) if f >= 0)
     if folds != list(range(len(models))):
         raise PipelineError(
             f"expected one fold model per fold of the oof manifest ({len(folds)}), got {len(models)}; re-run oof"
         )
     runtime.set_threads(params.train)
     seed = params.base.seed + cfg.seed
-    labels = df["label_id"].to_numpy(np.int64)
+    labels = df[schema.LABEL_ID].to_numpy(np.int64)
     kept, clean, feasible, held, idle = [], [], [], [], []
     for k, model in zip(folds, models):
         rows = held_out(df, k, cfg.max_samples, seed)

@@ -188,12 +188,12 @@ def run(
     """(pseudo manifest, metrics) from the clean manifest and the oof manifest + embeddings."""
     cfg, k = params.pseudo, len(classes)
     clean_df, oof_df = clean_df.reset_index(drop=True), oof_df.reset_index(drop=True)
-    if not clean_df["sample_id"].equals(oof_df["sample_id"]):
+    if not clean_df[schema.SAMPLE_ID].equals(oof_df[schema.SAMPLE_ID]):
         raise PipelineError("clean and oof manifests list different samples; re-run clean")
-    pool = np.flatnonzero((clean_df["split"] == schema.POOL).to_numpy()) if cfg.enabled else np.zeros(0, np.int64)
-    labeled = np.flatnonzero(((clean_df["split"] == "train") & (clean_df["label_id"] >= 0)).to_numpy())
-    val = np.flatnonzero((clean_df["split"] == "val").to_numpy())
-    y = clean_df["label_id"].to_numpy(np.int64)
+    pool = np.flatnonzero((clean_df[schema.SPLIT] == schema.POOL).to_numpy()) if cfg.enabled else np.zeros(0, np.int64)
+    labeled = np.flatnonzero(((clean_df[schema.SPLIT] == "train") & (clean_df[schema.LABEL_ID] >= 0)).to_numpy())
+    val = np.flatnonzero((clean_df[schema.SPLIT] == "val").to_numpy())
+    y = clean_df[schema.LABEL_ID].to_numpy(np.int64)
     share = np.bincount(y[labeled], minlength=k) / max(1, len(labeled))
     metrics = {"enabled": cfg.enabled, "pool": len(pool), "rounds": []}
     if not len(pool):
@@ -201,22 +201,22 @@ def run(
             _rows(clean_df.iloc[:0], np.zeros(0, np.int64), np.zeros(0), 0, cfg, classes), metrics | _last({})
         )
 
-    oof_probs = np.stack(oof_df["probs"].to_numpy()).astype(np.float64)
+    oof_probs = np.stack(oof_df[schema.PROBS].to_numpy()).astype(np.float64)
     neighbours = (
         neighbour_vote(emb[pool], emb[labeled], y[labeled], cfg.neighbours) if cfg.neighbours and len(labeled) else None
     )
     duplicate = _labeled_duplicate(clean_df, pool, labeled)
-    truth = clean_df["hidden_label"].iloc[pool] if "hidden_label" in clean_df else pd.Series(dtype=object)
+    truth = clean_df[schema.HIDDEN_LABEL].iloc[pool] if schema.HIDDEN_LABEL in clean_df else pd.Series(dtype=object)
     known = truth.notna().to_numpy() if len(truth) else np.zeros(len(pool), bool)
     truth_id = truth.map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64) if len(truth) else None
 
     # round 1's floor comes from the out-of-fold predictions of the labeled train samples and is
     # checked on val's (both out-of-fold); a student's from val, where it also early-stopped
-    oof_train = labeled[oof_df["fold"].to_numpy()[labeled] >= 0]
+    oof_train = labeled[oof_df[schema.FOLD].to_numpy()[labeled] >= 0]
     probs_pool, probs_val, agreement = oof_probs[pool], oof_probs[val], clean_df["agreement"].to_numpy()[pool]
     floor = confidence_floor(oof_probs[oof_train], y[oof_train], cfg.precision)
     x = dataset.load_pixels(clean_df) if cfg.rounds > 1 else None  # the students' pixels
-    ids, kept, pred = clean_df["sample_id"].to_numpy(), None, None  # the last round's selection
+    ids, kept, pred = clean_df[schema.SAMPLE_ID].to_numpy(), None, None  # the last round's selection
     for r in range(1, cfg.rounds + 1):
         report = {"round": r, "teacher": "oof ensemble" if r == 1 else f"student {r - 1}"}
         if r > 1:
@@ -255,10 +255,10 @@ def _last(report: dict) -> dict:
 
 def _labeled_duplicate(df: pd.DataFrame, pool: np.ndarray, labeled: np.ndarray) -> np.ndarray | None:
     """Per pool row, the label id of a labeled train sample in its duplicate cluster (-1: none)."""
-    if "cluster_id" not in df or not len(labeled):
+    if schema.CLUSTER_ID not in df or not len(labeled):
         return None
-    by_cluster = df.iloc[labeled].drop_duplicates("cluster_id").set_index("cluster_id")["label_id"]
-    return df["cluster_id"].iloc[pool].map(by_cluster).fillna(-1).to_numpy(np.int64)
+    by_cluster = df.iloc[labeled].drop_duplicates(schema.CLUSTER_ID).set_index(schema.CLUSTER_ID)[schema.LABEL_ID]
+    return df[schema.CLUSTER_ID].iloc[pool].map(by_cluster).fillna(-1).to_numpy(np.int64)
 
 
 def _student(params: StageParams, x, y, ids, rows, pool, pseudo_y, teacher: np.ndarray, r: int):
@@ -306,7 +306,7 @@ def _rows(parents: pd.DataFrame, label_id: np.ndarray, conf: np.ndarray, rnd: in
     return schema.derived_rows(
         parents,
         schema.PSEUDO,
-        [dataset.sample_id(p, "pseudo") for p in parents["sample_id"]],
+        [dataset.sample_id(p, "pseudo") for p in parents[schema.SAMPLE_ID]],
         {"confidence": np.round(conf, 6), "pseudo_round": np.full(len(parents), rnd, np.int64)},
         cfg.weight,
         {c: parents[c].to_numpy() for c in schema.STORAGE},

@@ -134,7 +134,7 @@ def _ingest(inputs: Inputs) -> list[str]:
     if len(q):
         reasons = q["reason"].value_counts().sort_index()
         out.append("<h3>Quarantine by reason</h3>" + page.table(list(reasons.items()), ("reason", "files")))
-        shown = q.sort_values(["reason", "path"]).groupby("reason").head(3)
+        shown = q.sort_values(["reason", schema.PATH]).groupby("reason").head(3)
         out.append(
             "<h3>Examples</h3>"
             + page.table([(r.reason, r.path, r.detail) for r in shown.itertuples()], ("reason", "file", "detail"))
@@ -167,8 +167,8 @@ def _clean(inputs: Inputs) -> list[str]:
     n = inputs.params.report.examples
     out = []
     issues = df.iloc[:0]  # no label detector configured: none
-    if "is_label_issue" in df:
-        issues = df[df["is_label_issue"].fillna(False).astype(bool)].sort_values(["label_score", "sample_id"])
+    if schema.IS_LABEL_ISSUE in df:
+        issues = df[df[schema.IS_LABEL_ISSUE].fillna(False).astype(bool)].sort_values(["label_score", schema.SAMPLE_ID])
     if len(issues):
         rows = [(r.sample_id, r.split, r.label, r.suggested_label, r.label_score) for r in issues.head(n).itertuples()]
         out.append(
@@ -176,7 +176,9 @@ def _clean(inputs: Inputs) -> list[str]:
             + page.table(rows, ("sample", "split", "given", "suggested", "label quality"))
         )
     if "is_outlier_issue" in df:
-        outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(["outlier_score", "sample_id"])
+        outliers = df[df["is_outlier_issue"].fillna(False).astype(bool)].sort_values(
+            ["outlier_score", schema.SAMPLE_ID]
+        )
         caps = [f"{r.label}\n{r.outlier_score:.3g}" for r in outliers.itertuples()]
         out.append("<h3>Outliers (lowest outlier score first)</h3>" + page.thumbs(outliers, caps, "outliers", n))
     return out + _image_quality(df, n)
@@ -196,8 +198,8 @@ def _image_quality(df: pd.DataFrame, n: int) -> list[str]:
     ]
     for k, f in flags.items():
         if f.any():
-            worst = df[f].sort_values([f"{k}_score", "sample_id"])
-            label = worst["label"].fillna("-").to_numpy()
+            worst = df[f].sort_values([f"{k}_score", schema.SAMPLE_ID])
+            label = worst[schema.LABEL].fillna("-").to_numpy()
             size = [f"{w:.0f}x{h:.0f}" for w, h in zip(worst["quality_width"], worst["quality_height"])]
             caps = [f"{a}\n{b} {c:.3g}" for a, b, c in zip(label, size, worst[f"{k}_score"])]
             out.append(
@@ -215,15 +217,17 @@ def _embed(inputs: Inputs) -> list[str]:
 
     df, classes = inputs.frame("clean")
     df = df.reset_index(drop=True)
-    z = artifacts.read_embeddings(inputs.args.embed, df["sample_id"])
+    z = artifacts.read_embeddings(inputs.args.embed, df[schema.SAMPLE_ID])
     z = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     xy = PCA(2, random_state=0).fit_transform(z)
-    flagged = df["is_label_issue"].fillna(False).astype(bool).to_numpy() if "is_label_issue" in df else df.index < 0
-    labeled = df["label_id"].to_numpy() >= 0
+    flagged = (
+        df[schema.IS_LABEL_ISSUE].fillna(False).astype(bool).to_numpy() if schema.IS_LABEL_ISSUE in df else df.index < 0
+    )
+    labeled = df[schema.LABEL_ID].to_numpy() >= 0
 
     def draw(ax):
         for k, name in enumerate(classes):
-            rows = df["label_id"].to_numpy() == k
+            rows = df[schema.LABEL_ID].to_numpy() == k
             ax.scatter(xy[rows, 0], xy[rows, 1], s=4, alpha=0.5, label=name)
         ax.scatter(xy[~labeled, 0], xy[~labeled, 1], s=3, c="lightgrey", label="unlabeled")
         ax.scatter(xy[flagged, 0], xy[flagged, 1], s=30, facecolors="none", edgecolors="black", label="label issue")
@@ -238,7 +242,7 @@ def _embed(inputs: Inputs) -> list[str]:
         for i in np.flatnonzero(flagged)[:n]:
             near = pool[np.argsort(-(z[pool] @ z[i]), kind="stable")[:7]]
             rows += [i, *near]
-            caps += [f"flagged: {df.at[i, 'label']}", *(f"{df.at[j, 'label']}" for j in near)]
+            caps += [f"flagged: {df.at[i, schema.LABEL]}", *(f"{df.at[j, schema.LABEL]}" for j in near)]
         title = "each row: a flagged sample (its given label), then its 7 nearest labeled neighbours"
         out.append(
             "<h3>Label issues beside their nearest neighbours</h3>" + page.thumbs(df.iloc[rows], caps, title, 8 * n)
@@ -270,11 +274,11 @@ def _pseudo(inputs: Inputs) -> list[str]:
     df, classes = inputs.frame("pseudo")
     if len(df):
         pool, _ = inputs.frame("clean")
-        parents = pool.set_index("sample_id").loc[df["parent_id"]].reset_index()
-        order = np.lexsort((df["sample_id"].to_numpy(), -df["confidence"].to_numpy()))
+        parents = pool.set_index(schema.SAMPLE_ID).loc[df[schema.PARENT_ID]].reset_index()
+        order = np.lexsort((df[schema.SAMPLE_ID].to_numpy(), -df["confidence"].to_numpy()))
         step = max(1, len(order) // inputs.params.report.examples)  # from the most to the least confident
         pick = order[::step][: inputs.params.report.examples]
-        caps = [f"{df['label'].iloc[i]}\n{df['confidence'].iloc[i]:.2f}" for i in pick]
+        caps = [f"{df[schema.LABEL].iloc[i]}\n{df['confidence'].iloc[i]:.2f}" for i in pick]
         out.append(
             "<h3>Pseudo-labels, most to least confident</h3>" + page.thumbs(parents.iloc[pick], caps, "", len(pick))
         )
@@ -487,13 +491,15 @@ def _checks(inputs: Inputs) -> list[tuple[str, str, bool]]:
     train, _ = inputs.frame("assemble")
     samples, _ = inputs.frame("split")
     allowed = {
-        o: set(samples.loc[samples["split"] == (schema.POOL if o == "pseudo" else "train"), "sample_id"])
-        for o in set(train["origin"]) - {schema.REAL}
+        o: set(samples.loc[samples[schema.SPLIT] == (schema.POOL if o == "pseudo" else "train"), schema.SAMPLE_ID])
+        for o in set(train[schema.ORIGIN]) - {schema.REAL}
     }
-    derived = train[(train["origin"] != schema.REAL) & train["parent_id"].notna()]  # synthetic: no parent
-    bad = sum(pid not in allowed[o] for o, pid in zip(derived["origin"], derived["parent_id"]))
-    real_ok = bool(train.loc[train["origin"] == schema.REAL, "split"].eq("train").all())
-    out.append(("assemble: real samples are all train", f"{int((train['origin'] == schema.REAL).sum())} real", real_ok))
+    derived = train[(train[schema.ORIGIN] != schema.REAL) & train[schema.PARENT_ID].notna()]  # synthetic: no parent
+    bad = sum(pid not in allowed[o] for o, pid in zip(derived[schema.ORIGIN], derived[schema.PARENT_ID]))
+    real_ok = bool(train.loc[train[schema.ORIGIN] == schema.REAL, schema.SPLIT].eq("train").all())
+    out.append(
+        ("assemble: real samples are all train", f"{int((train[schema.ORIGIN] == schema.REAL).sum())} real", real_ok)
+    )
     out.append(
         (
             "assemble: each derived sample's parent is a train (pseudo: pool) sample",

@@ -67,15 +67,15 @@ def store_images(df: pd.DataFrame, chunk: int = 8192, executor: str = "local") -
     """The pixels of `df`'s rows, read store by store in chunks of at most `chunk`; the feature
     passes over them run on `executor` (`base.executor`)."""
     df = df.reset_index(drop=True)
-    order = np.lexsort((df["row"].to_numpy(), df["store"].to_numpy()))
+    order = np.lexsort((df[schema.ROW].to_numpy(), df[schema.STORE].to_numpy()))
     spans = [order[a : a + chunk] for a in range(0, len(df), chunk)]
     return neardup.Images(len(df), spans, lambda pos: dataset.load_pixels(df.iloc[np.asarray(pos)]), executor)
 
 
 def _unit_keys(df: pd.DataFrame) -> np.ndarray:
-    group = df["group"].astype(object) if "group" in df else pd.Series(None, index=df.index)
+    group = df[schema.GROUP].astype(object) if schema.GROUP in df else pd.Series(None, index=df.index)
     has_group = (group.notna() & (group.astype(str) != "")).to_numpy()
-    return np.where(has_group, "g:" + group.astype(str), "s:" + df["sample_id"].astype(str))
+    return np.where(has_group, "g:" + group.astype(str), "s:" + df[schema.SAMPLE_ID].astype(str))
 
 
 def _min_per_component(labels: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -97,10 +97,10 @@ def clusters(
     never makes a split its own check refuses; the checks then run again, after splitting, as an
     independent guard."""
     n = len(df)
-    sids = df["sample_id"].astype(str).to_numpy()
+    sids = df[schema.SAMPLE_ID].astype(str).to_numpy()
     images = images if images is not None else store_images(df, cfg.chunk)
-    if "pixel_sha256" in df:
-        digest = df["pixel_sha256"].to_numpy()
+    if schema.PIXEL_SHA256 in df:
+        digest = df[schema.PIXEL_SHA256].to_numpy()
     else:
         digest = np.empty(n, object)
         for pos, pix in images.chunks():
@@ -158,7 +158,7 @@ def _limits(df: pd.DataFrame, i: np.ndarray, j: np.ndarray, cfg: ClusterLimit | 
     least `cfg.min_size`; no limit without `cfg`."""
     if cfg is None:
         return np.full(len(i), len(df) + 1)
-    label = df["label"].astype(object).to_numpy()
+    label = df[schema.LABEL].astype(object).to_numpy()
     counts = pd.Series(label[pd.notna(label)]).value_counts()
     size = pd.Series(label[i]).where(pd.notna(label[i]), pd.Series(label[j])).map(counts)
     size = size.fillna(counts.max() if len(counts) else len(df)).to_numpy()
@@ -177,15 +177,15 @@ def suspected_pairs(
     the data's own threshold (pipeline/dedup/suspects.py); with a backbone's `embeddings` (rows of
     `df`), the same search in their space too (`by`: content or embedding). (pairs, metrics)."""
     columns = ["sample_a", "split_a", "sample_b", "split_b", "distance", "by"]
-    kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
-    side = df["split"].to_numpy()[kept]
+    kept = np.flatnonzero(df[schema.SPLIT].isin((*KEPT, POOL)).to_numpy())
+    side = df[schema.SPLIT].to_numpy()[kept]
     side = np.where(side == POOL, "train", side)
     queries = np.flatnonzero(np.isin(side, HELD_OUT))
     if not cfg.enabled or not len(queries) or len(kept) < 2:
         return pd.DataFrame(columns=columns), {"enabled": cfg.enabled, "pairs": 0, "checked": int(len(queries))}
     sub = images.subset(kept) if images is not None else store_images(df.iloc[kept], chunk)
-    cluster = df["cluster_id"].to_numpy()[kept]
-    sids, splits = df["sample_id"].to_numpy(), df["split"].to_numpy()
+    cluster = df[schema.CLUSTER_ID].to_numpy()[kept]
+    sids, splits = df[schema.SAMPLE_ID].to_numpy(), df[schema.SPLIT].to_numpy()
 
     def allowed(q, rows):  # another split, another cluster
         return (side[rows] != side[q][:, None]) & (cluster[rows] != cluster[q][:, None])
@@ -230,19 +230,19 @@ def detector(cfg: NearDuplicates) -> neardup.Cascade:
 
 def assign(df: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.Series:
     """Split name per row of `df` (needs `cluster_id`, `label`), stratified by label."""
-    votes = df.groupby(["cluster_id", "label"]).size().rename("n").reset_index()
-    votes = votes.sort_values(["cluster_id", "n", "label"], ascending=[True, False, True])
-    units = votes.drop_duplicates("cluster_id").set_index("cluster_id")[["label"]]
-    units["size"] = df.groupby("cluster_id").size()
+    votes = df.groupby([schema.CLUSTER_ID, schema.LABEL]).size().rename("n").reset_index()
+    votes = votes.sort_values([schema.CLUSTER_ID, "n", schema.LABEL], ascending=[True, False, True])
+    units = votes.drop_duplicates(schema.CLUSTER_ID).set_index(schema.CLUSTER_ID)[[schema.LABEL]]
+    units["size"] = df.groupby(schema.CLUSTER_ID).size()
     units["key"] = [dataset.sample_seed(seed, c) for c in units.index]
-    units = units.sort_values(["label", "key"], kind="stable")
+    units = units.sort_values([schema.LABEL, "key"], kind="stable")
     edges = np.cumsum([fractions[s] for s in ORDER])
     out = pd.Series("", index=units.index, dtype=object)
-    for _, stratum in units.groupby("label", sort=False):
+    for _, stratum in units.groupby(schema.LABEL, sort=False):
         mid = (stratum["size"].cumsum() - stratum["size"] / 2) / stratum["size"].sum()
         idx = np.minimum(np.searchsorted(edges, mid.to_numpy(), side="right"), len(ORDER) - 1)
         out[stratum.index] = np.asarray(ORDER)[idx]
-    return df["cluster_id"].map(out)
+    return df[schema.CLUSTER_ID].map(out)
 
 
 def _remove_duplicates_of(
@@ -251,29 +251,29 @@ def _remove_duplicates_of(
     """Rules *_of_<name>: the `candidates` rows clustered with a `held` row (of the fixed split
     `name`) are removed, never moved into it; `rule` prefixes the rule names (pool_ for the pool)."""
     test = df[held]
-    hit = candidates & df["cluster_id"].isin(test["cluster_id"]).to_numpy()
+    hit = candidates & df[schema.CLUSTER_ID].isin(test[schema.CLUSTER_ID]).to_numpy()
     if not hit.any():
         return
     rows = df[hit]
 
     def first(key):
-        return rows[key].map(test.dropna(subset=[key]).groupby(key)["sample_id"].min())
+        return rows[key].map(test.dropna(subset=[key]).groupby(key)[schema.SAMPLE_ID].min())
 
-    exact = first("pixel_sha256") if "pixel_sha256" in df else pd.Series(None, index=rows.index)
+    exact = first("pixel_sha256") if schema.PIXEL_SHA256 in df else pd.Series(None, index=rows.index)
     near = first("dup_group")
     kind = np.where(
         exact.notna(), "exact_duplicate_of_", np.where(near.notna(), "near_duplicate_of_", "group_shared_with_")
     )
-    df.loc[hit, "split"] = REMOVED
-    df.loc[hit, "removed_reason"] = [f"{rule}{k}{name}" for k in kind]
-    df.loc[hit, "dup_of"] = exact.fillna(near).fillna(first("cluster_id")).to_numpy()
+    df.loc[hit, schema.SPLIT] = REMOVED
+    df.loc[hit, schema.REMOVED_REASON] = [f"{rule}{k}{name}" for k in kind]
+    df.loc[hit, schema.DUP_OF] = exact.fillna(near).fillna(first("cluster_id")).to_numpy()
 
 
 def _within_split(df: pd.DataFrame) -> pd.DataFrame:
     """Kept rows that have a duplicate in the same split, but the first (smallest id) of each."""
-    kept = df[df["split"].isin(KEPT) & df["dup_group"].notna()]
-    first = kept.groupby(["dup_group", "split"])["sample_id"].transform("min")
-    return kept.assign(dup_of=first)[kept["sample_id"] != first]
+    kept = df[df[schema.SPLIT].isin(KEPT) & df[schema.DUP_GROUP].notna()]
+    first = kept.groupby([schema.DUP_GROUP, schema.SPLIT])[schema.SAMPLE_ID].transform("min")
+    return kept.assign(dup_of=first)[kept[schema.SAMPLE_ID] != first]
 
 
 class Result(NamedTuple):
@@ -308,31 +308,33 @@ def partition(
     df = df.reset_index(drop=True).copy()
     if found is None:
         found = clusters(df, cfg.near_duplicates, images, cfg.checks, cfg.suspects, cfg.cluster_limit)
-    df["cluster_id"], df["dup_group"] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
-    df["split"], df["removed_reason"], df["dup_of"] = "", None, None
-    pool = df["label"].isna().to_numpy()
-    source = df["source_split"].fillna("").to_numpy() if "source_split" in df else np.full(len(df), "")
+    df[schema.CLUSTER_ID], df[schema.DUP_GROUP] = found.cluster_id.to_numpy(), found.dup_group.to_numpy()
+    df[schema.SPLIT], df[schema.REMOVED_REASON], df[schema.DUP_OF] = "", None, None
+    pool = df[schema.LABEL].isna().to_numpy()
+    source = df[schema.SOURCE_SPLIT].fillna("").to_numpy() if schema.SOURCE_SPLIT in df else np.full(len(df), "")
     fixed = [name for name in HELD_OUT if cfg.respect_source_split and (source[~pool] == name).any()]
     for name in fixed:  # test first: a val sample clustered with a test one is removed
-        todo = ~pool & (df["split"] == "").to_numpy()
+        todo = ~pool & (df[schema.SPLIT] == "").to_numpy()
         held = todo & (source == name)
-        df.loc[held, "split"] = name
+        df.loc[held, schema.SPLIT] = name
         _remove_duplicates_of(df, held, name, todo & ~held)
         log.info("split: keeping the source's %s set (%d samples)", name, held.sum())
-    todo = ~pool & (df["split"] == "").to_numpy()
+    todo = ~pool & (df[schema.SPLIT] == "").to_numpy()
     free = [name for name in ORDER if name not in fixed]
     total = sum(cfg.fractions[name] for name in free)
     fractions = {name: (cfg.fractions[name] / total if name in free else 0.0) for name in ORDER}
-    df.loc[todo, "split"] = assign(df[todo], fractions, seed)
-    df.loc[pool, "split"] = POOL
+    df.loc[todo, schema.SPLIT] = assign(df[todo], fractions, seed)
+    df.loc[pool, schema.SPLIT] = POOL
     for name in HELD_OUT:  # the pool feeds train: never a duplicate of a val or test sample
-        _remove_duplicates_of(df, (df["split"] == name).to_numpy(), name, (df["split"] == POOL).to_numpy(), "pool_")
+        _remove_duplicates_of(
+            df, (df[schema.SPLIT] == name).to_numpy(), name, (df[schema.SPLIT] == POOL).to_numpy(), "pool_"
+        )
     fixed_test = "test" in fixed
     within = _within_split(df)
     if cfg.drop_duplicates:
-        drop = within[~((within["split"] == "test") & fixed_test)]
+        drop = within[~((within[schema.SPLIT] == "test") & fixed_test)]
         df.loc[drop.index, ["split", "removed_reason", "dup_of"]] = np.column_stack(
-            [np.full(len(drop), REMOVED), np.full(len(drop), "within_split_duplicate"), drop["dup_of"].to_numpy()]
+            [np.full(len(drop), REMOVED), np.full(len(drop), "within_split_duplicate"), drop[schema.DUP_OF].to_numpy()]
         )
         within = _within_split(df)
     metrics = _metrics(df, found, within, fixed_test)
@@ -346,7 +348,7 @@ def partition(
         counts = ", ".join(f"{name} {len(p)}" for name, p in leaks.items())
         raise PipelineError(
             f"{total} duplicate pairs cross splits after splitting ({counts}; e.g. "
-            f"{a['sample_id']} in {a['split']} ~ {b['sample_id']} in {b['split']}); "
+            f"{a[schema.SAMPLE_ID]} in {a[schema.SPLIT]} ~ {b[schema.SAMPLE_ID]} in {b[schema.SPLIT]}); "
             "set split.fail_on_leak: false to keep this split anyway"
         )
     return df, metrics
@@ -357,9 +359,9 @@ def check(
 ) -> dict[str, pd.DataFrame]:
     """Post-hoc checks over the kept rows: {check name: pairs (a, b) as positions in df}. The pool
     counts as train (it feeds train): a pool sample may duplicate a train one, not a val or test one."""
-    kept = np.flatnonzero(df["split"].isin((*KEPT, POOL)).to_numpy())
+    kept = np.flatnonzero(df[schema.SPLIT].isin((*KEPT, POOL)).to_numpy())
     sub = df.iloc[kept].reset_index(drop=True)
-    sub["split"] = sub["split"].replace(POOL, "train")
+    sub[schema.SPLIT] = sub[schema.SPLIT].replace(POOL, "train")
     images = images.subset(kept) if images is not None else store_images(sub, cfg.near_duplicates.chunk, executor)
     out = {}
     for name, knobs in cfg.checks.items():
@@ -373,12 +375,12 @@ def _limit_report(df: pd.DataFrame, found: Clusters, cfg: ClusterLimit) -> dict:
     because exact copies, checked pairs or groups hold them (kept whole: those are never cut)."""
     pairs = found.pairs.reindex(columns=list(DUPLICATE_COLUMNS))  # a hand-made Clusters may lack some
     cut = pairs[pairs["cut"].fillna(False).astype(bool)]
-    labeled = df["label"].notna()
-    counts = df.loc[labeled, "label"].value_counts()
-    sizes = df.groupby("cluster_id").size()
-    big = df[labeled & df["cluster_id"].isin(sizes.index[sizes > cfg.min_size])]  # none smaller can pass
-    major = big.groupby(["cluster_id", "label"]).size().sort_values(ascending=False, kind="stable")
-    major = major.reset_index().drop_duplicates("cluster_id").set_index("cluster_id")["label"]
+    labeled = df[schema.LABEL].notna()
+    counts = df.loc[labeled, schema.LABEL].value_counts()
+    sizes = df.groupby(schema.CLUSTER_ID).size()
+    big = df[labeled & df[schema.CLUSTER_ID].isin(sizes.index[sizes > cfg.min_size])]  # none smaller can pass
+    major = big.groupby([schema.CLUSTER_ID, schema.LABEL]).size().sort_values(ascending=False, kind="stable")
+    major = major.reset_index().drop_duplicates(schema.CLUSTER_ID).set_index(schema.CLUSTER_ID)[schema.LABEL]
     allowed = np.maximum(cfg.min_size, np.floor(cfg.share * major.map(counts).to_numpy(dtype=float)))
     over = sizes[major.index][sizes[major.index].to_numpy() > allowed].sort_values(ascending=False, kind="stable")
     weakest = cut.sort_values(["rms", "distance"], ascending=False, kind="stable").head(5)
@@ -400,15 +402,15 @@ def _num(v) -> float | None:
 
 
 def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test: bool) -> dict:
-    counts = df["split"].value_counts()
-    sizes = df.groupby("cluster_id").size()
-    dup_sizes = df.dropna(subset=["dup_group"]).groupby("dup_group").size()
-    conflicts = df.dropna(subset=["dup_group"]).groupby("dup_group")["label"].nunique()
+    counts = df[schema.SPLIT].value_counts()
+    sizes = df.groupby(schema.CLUSTER_ID).size()
+    dup_sizes = df.dropna(subset=["dup_group"]).groupby(schema.DUP_GROUP).size()
+    conflicts = df.dropna(subset=["dup_group"]).groupby(schema.DUP_GROUP)[schema.LABEL].nunique()
     bins = {"2": (2, 2), "3": (3, 3), "4-7": (4, 7), "8+": (8, np.inf)}
-    removed = df.loc[df["split"] == REMOVED, "removed_reason"].value_counts().sort_index()
+    removed = df.loc[df[schema.SPLIT] == REMOVED, schema.REMOVED_REASON].value_counts().sort_index()
     m = {
         "in": len(df),
-        "kept": int(df["split"].isin(KEPT).sum()),
+        "kept": int(df[schema.SPLIT].isin(KEPT).sum()),
         "unlabeled": int(counts.get(POOL, 0)),
         "removed": int(counts.get(REMOVED, 0)),
         "removed_by_rule": {str(k): int(v) for k, v in removed.items()},
@@ -425,13 +427,16 @@ def _metrics(df: pd.DataFrame, found: Clusters, within: pd.DataFrame, fixed_test
             "set_sizes": {k: int(((dup_sizes >= lo) & (dup_sizes <= hi)).sum()) for k, (lo, hi) in bins.items()},
             "label_conflicts": int((conflicts > 1).sum()),
         },
-        "within_split_duplicates": {s: int((within["split"] == s).sum()) for s in KEPT},
+        "within_split_duplicates": {s: int((within[schema.SPLIT] == s).sum()) for s in KEPT},
         "per_class": {
-            s: {str(k): int(v) for k, v in df.loc[df["split"] == s, "label"].value_counts().sort_index().items()}
+            s: {
+                str(k): int(v)
+                for k, v in df.loc[df[schema.SPLIT] == s, schema.LABEL].value_counts().sort_index().items()
+            }
             for s in ORDER
         },
     }
-    labels = sorted(df.loc[df["split"].isin(KEPT), "label"].astype(str).unique())
+    labels = sorted(df.loc[df[schema.SPLIT].isin(KEPT), schema.LABEL].astype(str).unique())
     m["classes_missing_from"] = {s: [c for c in labels if c not in m["per_class"][s]] for s in ("val", "test")}
     assert (
         m["in"] == m["kept"] + m["unlabeled"] + m["removed"] == sum(m[s] for s in ORDER) + m["unlabeled"] + m["removed"]
@@ -443,11 +448,11 @@ def report(df: pd.DataFrame, plots: Path, examples: int, suspected: pd.DataFrame
     """PNG grids: the largest clusters, removed samples beside what they duplicate, and suspected
     pairs across splits."""
     plots.mkdir(parents=True, exist_ok=True)
-    sizes = df.groupby("cluster_id").size()
+    sizes = df.groupby(schema.CLUSTER_ID).size()
     top = sizes[sizes > 1].sort_values(ascending=False, kind="stable").head(examples)
     rows, caps = [], []
     for cid in top.index:
-        members = df[df["cluster_id"] == cid].head(8)
+        members = df[df[schema.CLUSTER_ID] == cid].head(8)
         rows += list(members.index) + [None] * (8 - len(members))
         caps += [f"{r.split}\n{str(r.label)[:9]}" for r in members.itertuples()] + [""] * (8 - len(members))
     _grid(
@@ -457,8 +462,8 @@ def report(df: pd.DataFrame, plots: Path, examples: int, suspected: pd.DataFrame
         plots / "largest_clusters.png",
         f"{len(top)} largest clusters (of {int((sizes > 1).sum())} with several samples), one per row",
     )
-    removed = df[df["split"] == REMOVED].head(4 * examples)
-    ids = df.reset_index().set_index("sample_id")["index"]
+    removed = df[df[schema.SPLIT] == REMOVED].head(4 * examples)
+    ids = df.reset_index().set_index(schema.SAMPLE_ID)["index"]
     rows = [x for r in removed.itertuples() for x in (r.Index, ids.get(r.dup_of))]
     caps = [c for r in removed.itertuples() for c in (f"removed\n{r.removed_reason.split('_of')[0][:14]}", "kept")]
     _grid(
@@ -466,7 +471,7 @@ def report(df: pd.DataFrame, plots: Path, examples: int, suspected: pd.DataFrame
         rows,
         caps,
         plots / "removed_pairs.png",
-        f"removed samples (left) and what they duplicate; {int((df['split'] == REMOVED).sum())} removed",
+        f"removed samples (left) and what they duplicate; {int((df[schema.SPLIT] == REMOVED).sum())} removed",
     )
     if suspected is not None:
         shown = suspected.head(4 * examples)
@@ -506,7 +511,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
     df, classes = schema.read(args.ingest, "ingest")
     cfg = params.split
     images = store_images(df, cfg.near_duplicates.chunk, params.base.executor)
-    embedded = artifacts.read_embeddings(args.embed, df["sample_id"]) if params.backbone.name else None
+    embedded = artifacts.read_embeddings(args.embed, df[schema.SAMPLE_ID]) if params.backbone.name else None
     with session(params.base.executor):
         df, pairs, suspected, metrics = run(params, df, images, embedded)
     out = Path(args.out)
@@ -568,7 +573,7 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
         log.warning("the val split is empty: training cannot early-stop")
     for split_name, missing in metrics["classes_missing_from"].items():
         if missing and metrics[split_name] > 0:
-            sizes = df[df["split"].isin(KEPT)]["label"].value_counts()
+            sizes = df[df[schema.SPLIT].isin(KEPT)][schema.LABEL].value_counts()
             log.warning(
                 "split: %d class(es) with no %s sample, too small to be %s: %s",
                 len(missing),

@@ -75,17 +75,17 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path, device=None):
         raise PipelineError(f"{oof_dir / artifacts.OOF_MODELS}: no fold models (re-run the oof stage)")
     judges = checkpoints.fold_models(oof_dir, device)
     oof_df, _, emb, _ = artifacts.read_oof(oof_dir)
-    row_of = pd.Series(np.arange(len(oof_df)), index=oof_df["sample_id"].to_numpy())
-    missing = ~clean_df["sample_id"].isin(row_of.index)
+    row_of = pd.Series(np.arange(len(oof_df)), index=oof_df[schema.SAMPLE_ID].to_numpy())
+    missing = ~clean_df[schema.SAMPLE_ID].isin(row_of.index)
     if missing.any():
         raise PipelineError(
             f"{oof_dir}: no embedding for {int(missing.sum())} samples of the clean manifest; re-run oof"
         )
-    real = clean_df["origin"] == schema.REAL
-    train = clean_df[real & (clean_df["split"] == "train")]
-    holdout = clean_df[real & clean_df["split"].isin(["val", "test"])]
-    val = clean_df[real & (clean_df["split"] == "val")]
-    feats = lambda df: emb[row_of.loc[df["sample_id"]].to_numpy()]  # noqa: E731
+    real = clean_df[schema.ORIGIN] == schema.REAL
+    train = clean_df[real & (clean_df[schema.SPLIT] == "train")]
+    holdout = clean_df[real & clean_df[schema.SPLIT].isin(["val", "test"])]
+    val = clean_df[real & (clean_df[schema.SPLIT] == "val")]
+    feats = lambda df: emb[row_of.loc[df[schema.SAMPLE_ID]].to_numpy()]  # noqa: E731
     probe = gate.features(judges, dataset.load_pixels(train.head(1)))
     if probe.shape[1] != emb.shape[1]:
         # oof's embeddings are a backbone's (backbone.name set), not the judges' space: the judges
@@ -94,12 +94,12 @@ def judges_and_reference(clean_df: pd.DataFrame, oof_dir: Path, device=None):
         feats = lambda df: gate.features(judges, dataset.load_pixels(df))  # noqa: E731
     ref = gate.Reference(
         train=feats(train),
-        train_labels=train["label_id"].to_numpy(np.int64),
-        train_hashes=set(train["pixel_sha256"]),
+        train_labels=train[schema.LABEL_ID].to_numpy(np.int64),
+        train_hashes=set(train[schema.PIXEL_SHA256]),
         holdout=feats(holdout),
-        holdout_hashes=set(holdout["pixel_sha256"]),
+        holdout_hashes=set(holdout[schema.PIXEL_SHA256]),
         val=feats(val),
-        val_labels=val["label_id"].to_numpy(np.int64),
+        val_labels=val[schema.LABEL_ID].to_numpy(np.int64),
     )
     return judges, ref, train
 
@@ -185,7 +185,7 @@ def sample_and_admit(
         rows, px = draw(gen, model_id, labels, index, classes, cfg.weight, seed)
         feats, probs = gate.features(judges, px), gate.judge_probs(judges, px)
         rows = pd.concat(
-            [rows, gate.assess(ref, th, feats, probs, labels, list(rows["pixel_sha256"]), cfg.gate.tau)], axis=1
+            [rows, gate.assess(ref, th, feats, probs, labels, list(rows[schema.PIXEL_SHA256]), cfg.gate.tau)], axis=1
         ).assign(first_draw=not parts)
         parts.append((rows, px, feats))
         drawn += n
@@ -195,16 +195,16 @@ def sample_and_admit(
             break
         n = _more(targets, drawn, passed, cfg.max_draws)
     rows = pd.concat([p[0] for p in parts], ignore_index=True)
-    order = np.lexsort((rows["k"].to_numpy(), rows["label_id"].to_numpy()))
+    order = np.lexsort((rows["k"].to_numpy(), rows[schema.LABEL_ID].to_numpy()))
     rows = rows.iloc[order].reset_index(drop=True)
     pixels, feats = np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
     first, ok = rows["first_draw"].to_numpy(), (rows["reason"] == "").to_numpy()
     fraction = float(ok[first].mean()) if first.any() else 0.0
     verdict = "admitted" if first.any() and fraction >= cfg.gate.min_admitted else "rejected"
-    rank = rows.assign(ok=ok).groupby("label_id")["ok"].cumsum().to_numpy()  # passing samples so far, per class
-    admitted = ok & (rank <= targets[rows["label_id"].to_numpy()]) & (verdict == "admitted")
+    rank = rows.assign(ok=ok).groupby(schema.LABEL_ID)["ok"].cumsum().to_numpy()  # passing samples so far, per class
+    admitted = ok & (rank <= targets[rows[schema.LABEL_ID].to_numpy()]) & (verdict == "admitted")
     rows.loc[ok & ~admitted, "reason"] = "surplus" if verdict == "admitted" else "generator_rejected"
-    labels = rows["label_id"].to_numpy()
+    labels = rows[schema.LABEL_ID].to_numpy()
     metrics = {
         "generated": int(first.sum()),
         "passed_fraction": round(fraction, 6),
@@ -266,7 +266,7 @@ def run(params: StageParams, clean_df: pd.DataFrame, classes: list[str], oof_dir
             len(classes),
             params.base.seed,
         )
-    x, y = dataset.load_pixels(train), train["label_id"].to_numpy(np.int64)
+    x, y = dataset.load_pixels(train), train[schema.LABEL_ID].to_numpy(np.int64)
     history = gen.fit(x, y)
     targets = counts(y, len(classes), cfg.per_class, cfg.balance)
     rows, pixels, admitted, gated = sample_and_admit(cfg, gen, judges, ref, classes, targets, params.base.seed)
@@ -277,12 +277,12 @@ def run(params: StageParams, clean_df: pd.DataFrame, classes: list[str], oof_dir
         final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "epoch"},
         **gated,
     )
-    val = clean_df[(clean_df["origin"] == schema.REAL) & (clean_df["split"] == "val")]
+    val = clean_df[(clean_df[schema.ORIGIN] == schema.REAL) & (clean_df[schema.SPLIT] == "val")]
     metrics["tstr_val_accuracy"] = tstr(
         pixels[admitted],
-        rows["label_id"].to_numpy()[admitted],
+        rows[schema.LABEL_ID].to_numpy()[admitted],
         dataset.load_pixels(val),
-        val["label_id"].to_numpy(np.int64),
+        val[schema.LABEL_ID].to_numpy(np.int64),
         tstr_config(params),
         len(classes),
         params.base.seed,
@@ -311,7 +311,7 @@ def sample_grid(rows: pd.DataFrame, pixels: np.ndarray, classes: list[str], n: i
     shape = pixels.shape[1:] if len(pixels) else (8, 8, 1)
     images, caps = [], []
     for c, label in enumerate(classes):
-        idx = np.flatnonzero(rows["label_id"].to_numpy() == c)[:n]
+        idx = np.flatnonzero(rows[schema.LABEL_ID].to_numpy() == c)[:n]
         for j in range(n):
             if j < len(idx):
                 r = rows.iloc[idx[j]]

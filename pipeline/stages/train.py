@@ -38,13 +38,13 @@ def manifest_soft_targets(
     (synthetic samples)."""
     from pipeline.learn import losses
 
-    own = train_df["sample_id"].map(probs)
-    key = own.where(own.notna(), train_df["parent_id"].map(probs)) if "parent_id" in train_df else own
+    own = train_df[schema.SAMPLE_ID].map(probs)
+    key = own.where(own.notna(), train_df[schema.PARENT_ID].map(probs)) if schema.PARENT_ID in train_df else own
     found = key.notna().to_numpy()
     teacher = np.full((len(train_df), k), np.nan)
     if found.any():
         teacher[found] = np.stack(key[found].to_numpy())
-    return losses.soft_targets(train_df["label_id"].to_numpy(), teacher, k, share, smoothing)
+    return losses.soft_targets(train_df[schema.LABEL_ID].to_numpy(), teacher, k, share, smoothing)
 
 
 class Result(NamedTuple):
@@ -67,7 +67,7 @@ def run(
     from pipeline.augment import mixing
     from pipeline.learn import fit, models, runtime
 
-    weight = train_df["weight"].to_numpy(np.float64) if "weight" in train_df else None
+    weight = train_df[schema.WEIGHT].to_numpy(np.float64) if schema.WEIGHT in train_df else None
     cfg = fit.schedule(params.train, len(train_df))
     x_train = dataset.load_pixels(train_df)
     init = None
@@ -83,12 +83,12 @@ def run(
     result = fit.fit(
         fit.Inputs(
             x_train,
-            train_df["label_id"].to_numpy(np.int64),
+            train_df[schema.LABEL_ID].to_numpy(np.int64),
             dataset.load_pixels(val_df),
-            val_df["label_id"].to_numpy(np.int64),
+            val_df[schema.LABEL_ID].to_numpy(np.int64),
             len(classes),
             sample_weight=weight,
-            sample_ids=train_df["sample_id"].tolist(),
+            sample_ids=train_df[schema.SAMPLE_ID].tolist(),
             difficulty=_difficulty(train_df, cfg),
             soft_targets=manifest_soft_targets(train_df, oof_probs, len(classes), cfg.soft_labels, cfg.label_smoothing)
             if cfg.soft_labels > 0
@@ -128,11 +128,11 @@ def run(
 def _difficulty(train_df: pd.DataFrame, cfg) -> np.ndarray | None:
     if cfg.curriculum == "none":
         return None
-    if "hardness" not in train_df:
+    if schema.HARDNESS not in train_df:
         raise PipelineError(
             f"train.curriculum {cfg.curriculum}: the training set has no hardness column (re-run mine and assemble)"
         )
-    return train_df["hardness"].to_numpy(np.float64)
+    return train_df[schema.HARDNESS].to_numpy(np.float64)
 
 
 def pool(params: StageParams, split_df: pd.DataFrame, classes: list[str], path: str):
@@ -142,7 +142,7 @@ def pool(params: StageParams, split_df: pd.DataFrame, classes: list[str], path: 
     cfg = params.train.unlabeled
     if cfg.weight <= 0:
         return None
-    pool_df = split_df[split_df["split"] == schema.POOL]
+    pool_df = split_df[split_df[schema.SPLIT] == schema.POOL]
     if not len(pool_df):
         log.warning("train: train.unlabeled.weight is %s but the pool is empty: supervised training", cfg.weight)
         return None
@@ -160,12 +160,12 @@ def pool(params: StageParams, split_df: pd.DataFrame, classes: list[str], path: 
 
     _, strong = policy.load_path(path)
     truth = None
-    if "hidden_label" in pool_df and pool_df["hidden_label"].notna().any():
-        truth = pool_df["hidden_label"].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64)
+    if schema.HIDDEN_LABEL in pool_df and pool_df[schema.HIDDEN_LABEL].notna().any():
+        truth = pool_df[schema.HIDDEN_LABEL].map({c: i for i, c in enumerate(classes)}).fillna(-1).to_numpy(np.int64)
     log.info("train: FixMatch on a pool of %d, %d per labeled image in a step (at most all)", len(pool_df), cfg.ratio)
     return fixmatch.make(
         dataset.load_pixels(pool_df),
-        pool_df["sample_id"].tolist(),
+        pool_df[schema.SAMPLE_ID].tolist(),
         mixing.make_online_policy(strong, seed(params)),
         seed(params),
         cfg.weight,
@@ -254,20 +254,20 @@ def _main(params: StageParams, args: argparse.Namespace) -> None:
     split_df, split_classes = schema.read(args.split, "samples")
     if split_classes != classes:
         raise PipelineError(f"{args.assemble}: class list differs from {args.split}'s")
-    val_df = split_df[split_df["split"] == "val"]
+    val_df = split_df[split_df[schema.SPLIT] == "val"]
     log.info("train: %s on %d samples, %d val", params.train.model, len(train_df), len(val_df))
     probs = None
     if params.train.soft_labels > 0:
         from pipeline.core import artifacts
 
         oof_df = artifacts.read_oof(args.oof)[0]
-        probs = oof_df.set_index("sample_id")[artifacts.PROBS].dropna()
+        probs = oof_df.set_index(schema.SAMPLE_ID)[artifacts.PROBS].dropna()
     unlabeled = pool(params, split_df, classes, args.unlabeled_policy)
-    if unlabeled is not None and "origin" in train_df and (train_df["origin"] == "pseudo").any():
+    if unlabeled is not None and schema.ORIGIN in train_df and (train_df[schema.ORIGIN] == "pseudo").any():
         log.warning(
             "train: the pool trains twice, as %d pseudo-labeled rows (fixed labels) and as FixMatch's draws "
             "(the model's own targets); pseudo.enabled=false leaves it to FixMatch",
-            int((train_df["origin"] == "pseudo").sum()),
+            int((train_df[schema.ORIGIN] == "pseudo").sum()),
         )
     result, metrics = run(params, train_df, val_df, classes, online_policy(params, args.policy), probs, unlabeled)
     if runtime.world()[0] != 0:
