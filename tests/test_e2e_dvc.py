@@ -75,6 +75,20 @@ def test_repro_runs_all_then_nothing_then_only_downstream(project: Path):
     assert (project / "models/model.pt").read_bytes() == model_bytes
 
 
+def test_every_metric_key_read_across_modules_is_written(project: Path):
+    from pipeline.core import metric_keys
+
+    run(["dvc", "repro"], project)
+    missing = {
+        stem: [k for k in keys if k not in written and k not in metric_keys.OPTIONAL.get(stem, ())]
+        for stem, keys in metric_keys.READ.items()
+        if (written := json.loads((project / f"metrics/{stem}.json").read_text()))
+    }
+    assert {stem: keys for stem, keys in missing.items() if keys} == {}
+    health = json.loads((project / "metrics/data_health.json").read_text())
+    assert set(health) == set(metric_keys.DATA_HEALTH)
+
+
 def test_summary_and_the_exp_show_recipe_are_short(project: Path):
     from pipeline.commands import summary
 

@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pipeline.core import metric_keys
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
@@ -25,9 +26,9 @@ KEEP = (
 EXP_SHOW = f"dvc exp show --drop '.*' --keep '{KEEP}'"
 
 
-def _read(folder: Path, name: str) -> dict:
+def _read(folder: Path, name: str) -> metric_keys.Metrics:
     path = folder / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    return metric_keys.Metrics(name, json.loads(path.read_text()) if path.exists() else {})
 
 
 def lines(metrics: Path, plots: Path, times: Path = Path(".pipeline/stage_times.json")) -> list[str]:

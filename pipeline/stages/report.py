@@ -24,7 +24,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from pipeline.core import artifacts, catalog, dataset, patches, schema, wiring
+from pipeline.core import artifacts, catalog, dataset, metric_keys, patches, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.core.wiring import StageParams
@@ -50,7 +50,9 @@ class Inputs:
     def m(self, stem: str, path: str | tuple, default=None):
         """A metric by dotted path ("split.duplicates.sets") or tuple of keys, or `default`."""
         value = self.metrics.get(stem, {})
-        for part in path.split(".") if isinstance(path, str) else path:
+        parts = path.split(".") if isinstance(path, str) else path
+        metric_keys.check(stem, parts[0])  # what the report reads from a stage is listed in core
+        for part in parts:
             if not isinstance(value, dict) or part not in value:
                 return default
             value = value[part]
