@@ -18,10 +18,10 @@ from labelstudio_util import CLASSES, annotate, make_manifest
 from pipeline import __main__ as entry
 from pipeline.core import artifacts, dataset, patches
 from pipeline.core.errors import PipelineError
-from pipeline.labelstudio import aggregate, cli, config, pull, push
+from pipeline.labelstudio import answers, cli, config, pull, push
 from pipeline.labelstudio.client import AmbiguousError, Client, Retry, UnavailableError
 from pipeline.labelstudio.fake import FakeClient
-from pipeline.quality import select
+from pipeline.quality import consensus, select
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "0123456789abcdef0123456789abcdef01234567"
@@ -272,7 +272,7 @@ def test_pull_uses_manifest_probabilities_and_merges_with_earlier_patches(work):
 
 def test_majority_vote_fallback_for_a_single_annotator():
     ans = pd.DataFrame({"sample_id": ["a", "b"], "annotator": ["1", "1"], "label": ["x", "y"], "annotation_id": [1, 2]})
-    out, ann, method = aggregate.consensus(ans, ["x", "y"], np.array([[0.9, 0.1], [0.5, 0.5]]))
+    out, ann, method = consensus.consensus(ans, ["x", "y"], np.array([[0.9, 0.1], [0.5, 0.5]]))
     assert method.startswith("majority_vote") and out["label"].tolist() == ["x", "y"]
     assert out["consensus_quality"].tolist() == [1.0, 1.0] and ann["labeled"].tolist() == [2]
 
@@ -294,7 +294,7 @@ def test_answers_count_what_they_drop():
         },
         {"id": 2, "data": {}, "annotations": []},
     ]
-    ans, counts = aggregate.answers(tasks, ["x", "y"])
+    ans, counts = answers.answers(tasks, ["x", "y"])
     assert ans[["sample_id", "annotator", "label"]].values.tolist() == [["a", "5", "y"]]
     assert counts == dict(
         tasks=2, annotations=6, skipped=1, unsure=1, empty=1, not_a_class=1, tasks_without_sample_id=1, usable=1

@@ -7,6 +7,7 @@ from fit_util import TINY_OOF, TINY_TRAIN, patterns, run_oof, write_split
 from pipeline.core import artifacts, dataset, params
 from pipeline.core.errors import PipelineError
 from pipeline.learn import checkpoints, draws, fit, inference
+from pipeline.quality import noise
 from pipeline.stages import oof
 
 
@@ -68,24 +69,24 @@ def test_noise_injection_is_deterministic_train_only_and_keeps_truth(tmp_path):
     split, _, classes = write_split(tmp_path, n=400)
     df, _ = dataset.read_manifest(split)
     cfg = params.InjectNoise(rate=0.3, seed=1)
-    a, b = oof.inject_noise(df, cfg, classes), oof.inject_noise(df, cfg, classes)
+    a, b = noise.inject_noise(df, cfg, classes), noise.inject_noise(df, cfg, classes)
     assert a.equals(b)
     flipped = a["label_id"] != a["true_label_id"]
     assert (a.loc[flipped, "split"] == "train").all() and 0.2 < flipped[a["split"] == "train"].mean() < 0.4
     assert (a["true_label"] == df["label"]).all()
-    pair = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise"}), classes)
+    pair = noise.inject_noise(df, cfg.model_copy(update={"kind": "pairwise"}), classes)
     moved = pair["label_id"] != pair["true_label_id"]
     assert ((pair.loc[moved, "true_label_id"] + 1) % 4 == pair.loc[moved, "label_id"]).all()
     # explicit pairs swap both ways and leave the other classes alone
     pairs = [(classes[0], classes[2])]
-    swap = oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": pairs}), classes)
+    swap = noise.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": pairs}), classes)
     moved = swap["label_id"] != swap["true_label_id"]
     assert (
         set(swap.loc[moved, "true_label_id"]) == {0, 2}
         and (swap.loc[moved, "label_id"] == 2 - swap.loc[moved, "true_label_id"]).all()
     )
     with pytest.raises(PipelineError, match="unknown class 'nope'"):
-        oof.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": [("nope", classes[0])]}), classes)
+        noise.inject_noise(df, cfg.model_copy(update={"kind": "pairwise", "pairs": [("nope", classes[0])]}), classes)
 
 
 def test_on_epoch_end_does_not_change_training():

@@ -18,8 +18,9 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, patches, schema
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.labelstudio import aggregate, config
+from pipeline.labelstudio import answers, config
 from pipeline.labelstudio.revision import git_revision
+from pipeline.quality import consensus
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ def run(
         )
     classes = classes or config.classes_of(project["label_config"])
     tasks = client.export(project["id"])
-    ans, counts = aggregate.answers(tasks, classes)
+    ans, counts = answers.answers(tasks, classes)
     per = ans.groupby(schema.SAMPLE_ID).size()
     few = per[per < opts.min_annotators].index
     ans = ans[~ans[schema.SAMPLE_ID].isin(few)]
@@ -70,11 +71,11 @@ def run(
             for t in tasks
             if (t.get("data") or {}).get("sample_id") is not None
         }
-        probs, n = aggregate.probs_from_predictions(client.predictions(project["id"]), task_sample, samples, classes)
+        probs, n = answers.probs_from_predictions(client.predictions(project["id"]), task_sample, samples, classes)
         source = f"pushed prediction scores ({n} of {len(samples)} samples)"
     revision = git_revision()
     if len(samples):
-        out, annotators, method = aggregate.consensus(ans, classes, probs)
+        out, annotators, method = consensus.consensus(ans, classes, probs)
     else:
         out, annotators, method = patches.empty(), pd.DataFrame(columns=["annotator"]), "none (no answers)"
     old = manifest.set_index(schema.SAMPLE_ID)[schema.LABEL] if manifest is not None else pd.Series(dtype=object)

@@ -178,7 +178,7 @@ def _decode_chunk(shape: tuple, files: list[str]) -> list:
 
 
 class Decoded(NamedTuple):
-    item: object  # the `readers.Item`
+    item: object  # the `items.Item`
     pixels: np.ndarray | None  # (size, size, channels) uint8, or None when quarantined ...
     reason: str | None  # ... with this reason
     detail: str | None
@@ -198,7 +198,7 @@ def decode_items(
     background: str = "black",
     measure: bool = False,
 ) -> Iterator[Decoded]:
-    """Each item (a `readers.Item`) decoded, or with the reason it is quarantined, in input order.
+    """Each item (a `items.Item`) decoded, or with the reason it is quarantined, in input order.
 
     Decoding files is CPU-bound: chunks of paths go out to `executor`'s workers and bytes come
     back, in input order, so the output depends on neither the executor nor the worker count.

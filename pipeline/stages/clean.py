@@ -119,7 +119,7 @@ def detection(df: pd.DataFrame) -> dict:
     """Precision/recall/F1 of `is_label_issue` against injected noise, on train."""
     removed_here = df[schema.REMOVED_REASON].astype(str).str.endswith("_issue")  # by clean, not by split
     train = (((df[schema.SPLIT] == "train") | removed_here) & (df[schema.HUMAN_LABEL] == "")).to_numpy()
-    noisy = (df["given_label"] != df["true_label"]).to_numpy()[train]
+    noisy = (df["given_label"] != df[schema.TRUE_LABEL]).to_numpy()[train]
     found = df[schema.IS_LABEL_ISSUE].to_numpy()[train]
     tp = int((noisy & found).sum())
     p = tp / max(1, found.sum())
@@ -133,7 +133,7 @@ def detection(df: pd.DataFrame) -> dict:
     }
     fixed = df[df[schema.LABEL] != df["given_label"]]
     if len(fixed):
-        out["relabel_accuracy"] = round(float((fixed[schema.LABEL] == fixed["true_label"]).mean()), 6)
+        out["relabel_accuracy"] = round(float((fixed[schema.LABEL] == fixed[schema.TRUE_LABEL]).mean()), 6)
     return out
 
 
@@ -177,7 +177,7 @@ def run(
     if schema.IS_LABEL_ISSUE in df:
         metrics["estimated_noise_rate"] = round(float(df[schema.IS_LABEL_ISSUE].to_numpy()[pool].mean()), 6)
         metrics["filter_by"] = issues.get("label", params.clean.issues["label"]).knobs.filter_by
-        if "true_label" in df and (df["true_label"] != df["given_label"]).any():
+        if schema.TRUE_LABEL in df and (df[schema.TRUE_LABEL] != df["given_label"]).any():
             metrics["detection"] = detection(df)
     return Result(df, metrics)
 

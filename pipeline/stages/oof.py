@@ -37,39 +37,11 @@ import pandas as pd
 from pipeline.core import artifacts, dataset, schema, wiring
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
-from pipeline.core.params import RECIPE_KEYS, InjectNoise, Train
+from pipeline.core.params import RECIPE_KEYS, Train
 from pipeline.core.wiring import StageParams
+from pipeline.quality import noise
 
 DYNAMICS_EPOCHS = 16  # epochs of training dynamics recorded at most (evenly spaced), for the data maps
-
-
-def inject_noise(df: pd.DataFrame, cfg: InjectNoise, classes: list[str]) -> pd.DataFrame:
-    """Train labels corrupted per sample from (seed, sample_id); truth kept in `true_label*`."""
-    df = df.copy()
-    df["true_label"], df[schema.TRUE_LABEL_ID] = df[schema.LABEL], df[schema.LABEL_ID].astype(np.int64)
-    if cfg.rate <= 0:
-        return df
-    k = len(classes)
-    ids = df[schema.SAMPLE_ID].to_numpy()
-    u = np.array([dataset.sample_seed(cfg.seed, f"noise:{s}") / 2**64 for s in ids])
-    shift = np.array([1 + dataset.sample_seed(cfg.seed, f"noise-to:{s}") % (k - 1) for s in ids])
-    y = df[schema.LABEL_ID].to_numpy(np.int64).copy()
-    target = (y + shift) % k
-    if cfg.kind == "pairwise":
-        target = (y + 1) % k
-        if cfg.pairs:
-            partner = np.arange(k)
-            for a, b in cfg.pairs:
-                for name in (a, b):
-                    if name not in classes:
-                        raise PipelineError(f"clean.inject_noise.pairs: unknown class {name!r}; classes are {classes}")
-                partner[classes.index(a)], partner[classes.index(b)] = classes.index(b), classes.index(a)
-            target = partner[y]
-    flip = (df[schema.SPLIT].to_numpy() == "train") & (u < cfg.rate) & (target != y)
-    y[flip] = target[flip]
-    df[schema.LABEL_ID] = y
-    df.loc[flip, schema.LABEL] = [classes[i] for i in y[flip]]
-    return df
 
 
 def folds(df: pd.DataFrame, n_folds: int, seed: int) -> np.ndarray:
@@ -247,7 +219,7 @@ def run(
     models are linear probes on them, not CNNs trained from scratch."""
     from pipeline.learn import draws, fit, inference, probe, runtime
 
-    df = inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
+    df = noise.inject_noise(df.reset_index(drop=True), params.clean.inject_noise, classes)
     human = with_human_labels(df, patches, classes) if patches is not None and len(patches) else df
     fold = folds(human, params.oof.folds, params.base.seed)
     n_fit = int(min(((fold >= 0) & (fold != f)).sum() for f in range(params.oof.folds)))
