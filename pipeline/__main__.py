@@ -70,7 +70,9 @@ def stage_parser(name: str, params_file: str = "params.yaml") -> tuple[argparse.
     )
     p.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or info logs")
-    module.add_arguments(p)
+    # a stage's flags come from its STAGE declaration; a module may add more (evaluate's --ledger)
+    add_arguments = getattr(module, "add_arguments", None) or module.STAGE.add_arguments
+    add_arguments(p)
     return p, module
 
 

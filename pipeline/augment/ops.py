@@ -83,25 +83,20 @@ SPACES: dict[str, dict[str, Range | None]] = {
         "Cutout": Range("size", 0.0, 0.2),
         "SamplePairing": Range("weight", 0.0, 0.4),
     },
-    "wide": {
-        "Identity": None,
-        "ShearX": Range("shear", 0.0, 0.99, signed=True),
-        "ShearY": Range("shear", 0.0, 0.99, signed=True),
-        "TranslateX": Range("fraction", 0.0, 1.0, signed=True),
-        "TranslateY": Range("fraction", 0.0, 1.0, signed=True),
-        "Rotate": Range("degrees", 0.0, 135.0, signed=True),
-        "AutoContrast": None,
-        "Invert": None,
-        "Equalize": None,
-        "Solarize": Range("threshold", 256, 0, integer=True),
-        "Posterize": Range("bits", 8, 2, integer=True),
-        "Contrast": _enhance(0.99),
-        "Color": _enhance(0.99),
-        "Brightness": _enhance(0.99),
-        "Sharpness": _enhance(0.99),
-        "Cutout": Range("size", 0.0, 0.2),
-        "SamplePairing": Range("weight", 0.0, 0.4),
-    },
+}
+# TrivialAugment's wide space: the same ops, larger magnitudes
+SPACES["wide"] = {
+    **SPACES["standard"],
+    "ShearX": Range("shear", 0.0, 0.99, signed=True),
+    "ShearY": Range("shear", 0.0, 0.99, signed=True),
+    "TranslateX": Range("fraction", 0.0, 1.0, signed=True),
+    "TranslateY": Range("fraction", 0.0, 1.0, signed=True),
+    "Rotate": Range("degrees", 0.0, 135.0, signed=True),
+    "Posterize": Range("bits", 8, 2, integer=True),
+    "Contrast": _enhance(0.99),
+    "Color": _enhance(0.99),
+    "Brightness": _enhance(0.99),
+    "Sharpness": _enhance(0.99),
 }
 
 

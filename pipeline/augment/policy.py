@@ -53,6 +53,7 @@ from pydantic import (
 
 from pipeline.augment import ops
 from pipeline.core.errors import PipelineError
+from pipeline.core.params import read_yaml
 from pipeline.core.registry import Registry, describe
 
 FORMAT_VERSION = 1
@@ -165,14 +166,7 @@ def parse(raw: object, origin: str = "policy") -> AutoAugment | RandAugment | Tr
 
 
 def load(path: str | Path):
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such policy file")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
-    return parse(raw, str(path))
+    return parse(read_yaml(path, "policy file"), str(path))
 
 
 def load_path(path: str | Path, **overrides):

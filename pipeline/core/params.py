@@ -639,16 +639,22 @@ def check_references(params: Params, root: str | Path, origin: str = PARAMS_FILE
         )
 
 
-def load(path: str | Path = PARAMS_FILE) -> Params:
+def read_yaml(path: str | Path, what: str):
+    """The YAML document at `path`; a missing file or bad YAML is one line naming it (`what`: the
+    kind of file, for the error)."""
     path = Path(path)
-    if not path.exists():
-        raise PipelineError(f"{path}: no such params file (run from the project root)")
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such {what}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML: {e}".splitlines()[0]) from None
+
+
+def load(path: str | Path = PARAMS_FILE) -> Params:
+    raw = read_yaml(path, "params file (run from the project root)")
     params = parse(raw, str(path))
-    check_references(params, path.parent, str(path))
+    check_references(params, Path(path).parent, str(path))
     return params
 
 

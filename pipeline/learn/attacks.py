@@ -61,17 +61,25 @@ class FGSM(Attack):
 class PGD(Attack):
     name, norm = "pgd", "linf"
 
+    def start(self, x, cfg, generator):
+        return cfg.eps * (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1)
+
+    def step(self, grad, cfg):
+        return cfg.alpha * grad.sign()
+
+    def project(self, delta, cfg):
+        return delta.clamp(-cfg.eps, cfg.eps)
+
     def perturb(self, model, x, y, cfg, generator=None):
+        """Projected gradient descent from `start` (cfg.random_start) in `cfg.steps` steps."""
         x = x.detach()
         x_adv = x.clone()
         if cfg.random_start:
-            noise = (torch.rand(x.shape, generator=generator, dtype=x.dtype) * 2 - 1).to(x.device)  # a CPU generator
-            x_adv = (x_adv + cfg.eps * noise).clamp(0, 1)
+            x_adv = (x + self.start(x, cfg, generator).to(x.device)).clamp(0, 1)  # drawn on a CPU generator
         for _ in range(cfg.steps):
             grad = _grad(model, x_adv, y, cfg.targeted)
-            x_adv = x_adv.detach() + cfg.alpha * grad.sign()
-            delta = (x_adv - x).clamp(-cfg.eps, cfg.eps)
-            x_adv = (x + delta).clamp(0, 1).detach()
+            x_adv = x_adv.detach() + self.step(grad, cfg)
+            x_adv = (x + self.project(x_adv - x, cfg)).clamp(0, 1).detach()
         return x_adv
 
 
@@ -79,25 +87,20 @@ def _l2(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (v.dim() - 1)))
 
 
-class PGDL2(Attack):
+class PGDL2(PGD):
     name, norm = "pgd_l2", "l2"
 
-    def perturb(self, model, x, y, cfg, generator=None):
-        x = x.detach()
-        x_adv = x.clone()
-        if cfg.random_start:
-            # A uniform draw from the L2 ball: a random direction, a random radius.
-            delta = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
-            delta = (delta / (_l2(delta) + 1e-12) * r * cfg.eps).to(x.device)  # a CPU generator
-            x_adv = (x + delta).clamp(0, 1)
-        for _ in range(cfg.steps):
-            grad = _grad(model, x_adv, y, cfg.targeted)
-            x_adv = x_adv.detach() + cfg.alpha * grad / (_l2(grad) + 1e-10)
-            delta = x_adv - x
-            delta = delta * torch.clamp(cfg.eps / (_l2(delta) + 1e-12), max=1.0)
-            x_adv = (x + delta).clamp(0, 1).detach()
-        return x_adv
+    def start(self, x, cfg, generator):
+        """A uniform draw from the L2 ball: a random direction, a random radius."""
+        delta = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator, dtype=x.dtype)
+        return delta / (_l2(delta) + 1e-12) * r * cfg.eps
+
+    def step(self, grad, cfg):
+        return cfg.alpha * grad / (_l2(grad) + 1e-10)
+
+    def project(self, delta, cfg):
+        return delta * torch.clamp(cfg.eps / (_l2(delta) + 1e-12), max=1.0)
 
 
 ATTACKS: Registry[Attack] = Registry("attack", ((a.name, a) for a in (FGSM(), PGD(), PGDL2())))

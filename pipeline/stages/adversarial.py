@@ -228,7 +228,6 @@ STAGE = wiring.Stage(
     writes=(wiring.Flag("--out", "output folder"),),
     params=("base", "adversarial", *(f"train.{k}" for k in SOURCE_TRAIN_KEYS)),
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

@@ -118,7 +118,6 @@ STAGE = wiring.Stage(
     params=("assemble",),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

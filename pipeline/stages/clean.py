@@ -197,7 +197,6 @@ STAGE = wiring.Stage(
     writes=(wiring.Flag("--out", "output folder"),),
     params=("base", "clean"),
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

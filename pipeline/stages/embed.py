@@ -39,7 +39,6 @@ STAGE = wiring.Stage(
     params=("base", "ingest", "backbone"),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 def source_items(params: StageParams, paths: pd.Series) -> list:

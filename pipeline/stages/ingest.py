@@ -195,7 +195,6 @@ def hide_labels(df: pd.DataFrame, keep: float, seed: int) -> np.ndarray:
 STAGE = wiring.Stage(
     "ingest", reads=(), writes=(wiring.Flag("--out", "output folder"),), params=("base", "ingest"), plots=False
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

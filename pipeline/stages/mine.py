@@ -136,7 +136,6 @@ STAGE = wiring.Stage(
     writes=(wiring.Flag("--out", "output folder"),),
     params=("mine",),
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

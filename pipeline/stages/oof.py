@@ -340,7 +340,6 @@ STAGE = wiring.Stage(
     params=("base", "backbone", "oof", "clean.inject_noise", *(f"train.{k}" for k in RECIPE_KEYS)),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

@@ -268,7 +268,6 @@ STAGE = wiring.Stage(
     params=("base", "policy_search", "train.threads"),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

@@ -323,7 +323,6 @@ STAGE = wiring.Stage(
     params=("base", "pseudo", *(f"train.{k}" for k in STUDENT_KEYS)),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

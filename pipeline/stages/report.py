@@ -614,7 +614,6 @@ STAGE = wiring.Stage(
     params=("report", "ingest.source", "ingest.path", "ingest.unlabeled_path"),
     plots=False,
 )
-add_arguments = STAGE.add_arguments
 
 
 class Result(NamedTuple):

@@ -502,7 +502,6 @@ STAGE = wiring.Stage(
     writes=(wiring.Flag("--out", "output folder"),),
     params=("base", "split", "backbone"),
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

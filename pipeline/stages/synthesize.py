@@ -347,7 +347,6 @@ STAGE = wiring.Stage(
     writes=(wiring.Flag("--out", "output folder"),),
     params=("base", "synthesize", *(f"train.{k}" for k in RECIPE_KEYS)),
 )
-add_arguments = STAGE.add_arguments
 
 
 def main(params: StageParams, args: argparse.Namespace) -> None:

@@ -204,7 +204,6 @@ STAGE = wiring.Stage(
         *(f"augment.{k}" for k in ("enabled", "mode", "policy", "num_ops", "magnitude")),
     ),
 )
-add_arguments = STAGE.add_arguments
 
 
 def launch(params: StageParams, args: argparse.Namespace) -> None:
