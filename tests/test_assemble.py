@@ -76,3 +76,22 @@ def test_missing_or_malformed_mine_weights_fail_naming_the_file(tmp_path):
     pd.DataFrame({"sample_id": ["a"], "weight": [float("nan")]}).to_parquet(tmp_path / artifacts.MINE_WEIGHTS)
     with pytest.raises(PipelineError, match="finite and non-negative"):
         artifacts.read_mine_weights(tmp_path)
+
+
+def test_assemble_use_leaves_out_an_origin_and_counts_what_it_left():
+    from pipeline.core import params
+
+    derived = {
+        "aug": _derived(),
+        "adv": _derived(sample_id="a1", origin="adversarial"),
+        "pseudo": _derived(sample_id="p1", origin="pseudo", parent_id="u1"),
+    }
+    default = params.parse({})  # pseudo-labels only, by the ablation's evidence
+    out, m = assemble.run(default, _split(), derived)
+    assert list(out["sample_id"]) == ["t1", "t2", "p1"]
+    assert m["not_used"] == {"adversarial": 1, "augmented": 1} and m["use"]["pseudo"] is True
+    every = params.parse({"assemble": {"use": {"augmented": True, "adversarial": True}}})
+    out, m = assemble.run(every, _split(), derived)
+    assert list(out["sample_id"]) == ["t1", "t2", "d1", "a1", "p1"] and m["not_used"] == {}
+    with pytest.raises(PipelineError, match="assemble.use.augmnted"):
+        params.parse({"assemble": {"use": {"augmnted": True}}})

@@ -75,7 +75,8 @@ def lines(metrics: Path, plots: Path, times: Path = Path(".pipeline/stage_times.
             f"{len(p['rounds'])} round(s); estimated precision {p['estimated_precision']}{precision}"
         )
     if a := m["assemble"]:
-        out.append(f"train set {a['total']} samples {a['by_origin']}")
+        unused = f"; made, not trained on (assemble.use): {a['not_used']}" if a.get("not_used") else ""
+        out.append(f"train set {a['total']} samples {a['by_origin']}{unused}")
     if t := m["train"]:
         out.append(f"training  best epoch {t['best_epoch']} of {t['epochs_run']}: val accuracy {t['val_accuracy']:.4f}")
     if e := m["evaluate"]:

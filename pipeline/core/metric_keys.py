@@ -69,7 +69,7 @@ READ: dict[str, tuple[str, ...]] = {
         "tstr_val_accuracy",
         "quality",
     ),
-    "assemble": ("total", "by_origin"),
+    "assemble": ("total", "by_origin", "not_used"),
     "train": ("val_accuracy", "best_epoch", "epochs_run"),
     "evaluate": (
         "accuracy",

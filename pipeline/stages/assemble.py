@@ -1,7 +1,9 @@
 """assemble: the training set, one manifest of real train samples plus derived ones.
 
-Writes `<out>/manifest.parquet` with a `weight` column. Derived manifests (augmented,
-adversarial, synthetic) are admitted only if their lineage holds (see `check_lineage`):
+Writes `<out>/manifest.parquet` with a `weight` column. `assemble.use` says which derived
+origins it takes (by default pseudo-labels only: the ablation's evidence, params.AssembleUse);
+the rows of an origin it does not use are counted in the metrics (`not_used`), not trained on.
+Derived manifests (augmented, adversarial, synthetic) are admitted only if their lineage holds (see `check_lineage`):
 a derived sample's parent is a real train sample and the child inherits its split;
 nothing derives from val or test, and no id is reused. A pseudo-labeled sample's parent is an
 unlabeled (pool) sample; the child is in train with the label the models gave it.
@@ -65,14 +67,25 @@ def run(
 ) -> Result:
     """The training set: `split_df`'s real train samples at `assemble.real_weight` and the
     `derived` manifests by name, their lineage checked. `weights` (sample_id, weight), e.g. the
-    mine stage's, multiply the real rows' weight (missing: 1)."""
-    return combine(split_df, derived, params.assemble.real_weight, weights)
+    mine stage's, multiply the real rows' weight (missing: 1). Rows of an origin `assemble.use`
+    leaves out are counted, not taken."""
+    cfg = params.assemble
+    use = cfg.use.model_dump()
+    taken, not_used = {}, {}
+    for name, df in derived.items():
+        keep = df[schema.ORIGIN].map(lambda o: use.get(o, True)).astype(bool).to_numpy() if len(df) else []
+        taken[name] = df[keep] if len(df) else df
+        for origin, n in df.loc[~np.asarray(keep, bool), schema.ORIGIN].value_counts().sort_index().items():
+            not_used[str(origin)] = not_used.get(str(origin), 0) + int(n)
+    out, metrics = combine(split_df, taken, cfg.real_weight, weights)
+    metrics["use"], metrics["not_used"] = use, not_used
+    return Result(out, metrics)
 
 
 def combine(
     split_df: pd.DataFrame, derived: dict[str, pd.DataFrame], real_weight: float, weights: pd.DataFrame | None = None
 ) -> Result:
-    """run's work, with the params it reads as arguments."""
+    """run's work, with the params it reads as arguments (every derived row is taken)."""
     real = schema.real_train(split_df).copy()
     real[schema.WEIGHT] = real_weight
     if weights is not None:
@@ -135,3 +148,9 @@ def main(params: StageParams, args: argparse.Namespace) -> None:
         dataset.write_manifest(df, tmp / dataset.MANIFEST, classes, final_dir=out)
     dataset.write_json(args.metrics, metrics)
     log.info("assemble: %d training samples %s", metrics["total"], metrics["by_origin"])
+    if metrics["not_used"]:
+        log.info(
+            "assemble: made but not trained on (assemble.use): %s; the ablation (docs/report.md) found they cost "
+            "accuracy at the default budget; set assemble.use.<origin>: true to train on them",
+            metrics["not_used"],
+        )

@@ -303,11 +303,18 @@ def _synthesize(inputs: Inputs) -> list[str]:
 
 def _assemble(inputs: Inputs) -> list[str]:
     by = inputs.m("assemble", "by_origin") or {}
-    return (
+    out = (
         [page.figure(page.bars(list(by), {"samples": list(by.values())}, "samples in the training set"), 5, 2.6)]
         if by
         else []
     )
+    if unused := inputs.m("assemble", "not_used"):
+        made = ", ".join(f"{n} {origin}" for origin, n in unused.items())
+        out.append(
+            f"<p>Made but not trained on ({html.escape(made)}): <code>assemble.use</code> leaves them out, because the "
+            "ablation found they cost accuracy at the default budget; their galleries are above.</p>"
+        )
+    return out
 
 
 def _train(inputs: Inputs) -> list[str]:
