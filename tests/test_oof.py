@@ -162,3 +162,24 @@ def test_shifted_training_with_tta_and_subsampled_dynamics(tmp_path):
     _, _, _, dyn = artifacts.read_oof(out)
     assert metrics["epochs"] == 40 and sorted(set(dyn["epoch"])) == [*range(21, 40, 3), 40]  # after the burn-in
     assert metrics["oof_accuracy"] > 0.6
+
+
+def test_stopping_rows_are_a_seeded_share_of_the_folds_training_rows():
+    ids = np.array([f"s{i}" for i in range(300)])
+    fit_idx = np.arange(0, 300, 2)  # the other rows are the held-out fold
+    train, stop = oof.stopping_rows(ids, fit_idx, 0.1, seed=0, fold=1)
+    assert len(stop) == 15 and len(train) == 135 and set(train) | set(stop) == set(fit_idx)
+    assert not set(train) & set(stop)
+    again = oof.stopping_rows(ids, fit_idx, 0.1, seed=0, fold=1)
+    assert np.array_equal(stop, again[1]) and not np.array_equal(stop, oof.stopping_rows(ids, fit_idx, 0.1, 0, 2)[1])
+    assert len(oof.stopping_rows(ids, fit_idx, 0.0, 0, 1)[1]) == 0
+
+
+def test_a_plateau_stops_the_fold_models_and_large_images_are_seen_smaller(tmp_path):
+    _, out, metrics = run_oof(tmp_path / "stop", epochs=40, holdout=0.2, patience=2)
+    assert metrics["epochs"] == 40 and all(e < 40 for e in metrics["epochs_run"]), metrics["epochs_run"]
+    assert metrics["input_size"] is None  # 8 px images: under oof.image_size, taken as they are
+    x, _ = patterns(120, 16, 1, 4, 0)
+    assert (
+        oof.fold_input_size(8, x) == 8 and oof.fold_input_size(32, x) is None and oof.fold_input_size(None, x) is None
+    )

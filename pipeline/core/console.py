@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from tqdm.auto import tqdm
 
@@ -21,3 +22,19 @@ def progress(iterable=None, **kwargs):
     """tqdm that `--quiet` (or PIPELINE_QUIET=1) turns off."""
     disable = _quiet or os.environ.get("PIPELINE_QUIET") == "1"
     return tqdm(iterable, disable=disable, dynamic_ncols=True, mininterval=0.5, **kwargs)
+
+
+def tell_estimate(what: str, started: float, epochs: int, images: int, models: int = 1, more: str = "") -> None:
+    """After a long stage's first epoch: its time on this machine, from that epoch's
+    (`started`: time.perf_counter() when training began)."""
+    per_epoch = time.perf_counter() - started
+    log.info(
+        "%s: %s%d epochs on %d images: about %.1f min%s (the first epoch took %.1f s)",
+        what,
+        f"{models} models x " if models > 1 else "",
+        epochs,
+        images,
+        per_epoch * epochs * models / 60,
+        more,
+        per_epoch,
+    )

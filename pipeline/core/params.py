@@ -474,6 +474,13 @@ class Oof(Section):
     model: MODEL | Literal["probe"] | None = None
     width: int | None = Field(None, ge=4)  # None: train.width
     probe_c: float = Field(1.0, gt=0.0)  # the probe's inverse L2 strength (sklearn's C)
+    # a share of each fold model's training rows held out to stop it where their loss stops falling
+    # for `patience` epochs (the best epoch is kept); 0: train every planned epoch
+    holdout: float = Field(0.0, ge=0.0, lt=0.5)
+    patience: int = Field(10, ge=1)
+    # the fold models resize larger images to this side (None: never): fast, and their job is to
+    # tell a wrong label, not to be the final model
+    image_size: int | None = Field(32, ge=8)
     tta: bool = True  # average probabilities over the image and its four 1-pixel shifts
     shift: float = Field(
         0.08, ge=0.0, le=0.25

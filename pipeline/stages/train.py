@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import dataset, schema, wiring
-from pipeline.core.console import log
+from pipeline.core.console import log, tell_estimate
 from pipeline.core.errors import PipelineError
 from pipeline.core.wiring import StageParams
 
@@ -101,6 +101,12 @@ def run(
         cfg,
         seed(params),
         device=runtime.device(params.base.device),
+        on_epoch_end=lambda _, epoch: (
+            epoch == 1
+            and tell_estimate(
+                "train", start, cfg.epochs, len(train_df), more=" at most (early stopping ends it sooner)"
+            )
+        ),
     )
     best = result.history[result.best_epoch - 1]
     metrics = {
