@@ -8,7 +8,8 @@ export PATH="$root/.venv/bin:$PATH" PIPELINE_QUIET=1
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r pipeline augment_policies dvc.yaml params.yaml .dvcignore .gitignore "$work"/
-mkdir -p "$work/.dvc" && cp .dvc/config "$work/.dvc/" && cp -r labels "$work/"
+mkdir -p "$work/.dvc" "$work/metrics" && cp .dvc/config "$work/.dvc/" && cp -r labels "$work/"
+cp metrics/ablation.json "$work/metrics/"  # the report reads it (an empty table until ablate --collect)
 cd "$work"
 git init -q && git add -A && git -c user.name=b -c user.email=b@b commit -qm bench
 now() { date +%s.%N; }

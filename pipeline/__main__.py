@@ -7,7 +7,6 @@ import importlib
 import json
 import sys
 import time
-from pathlib import Path
 
 from pipeline.core import catalog
 from pipeline.core.errors import PipelineError
@@ -104,19 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline {name}: error: {e}", file=sys.stderr)
         return e.exit_code
     if name in catalog.STAGES:
-        record_time(name, time.perf_counter() - start)
+        console.record_time(name, time.perf_counter() - start)
     return 0
-
-
-TIMES = Path(".pipeline/stage_times.json")  # outside DVC: wall times would make outputs differ run to run
-
-
-def record_time(stage: str, seconds: float) -> None:
-    """The stage's wall time, for the summary's "where the time went" (the last run of each stage)."""
-    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
-    times[stage] = round(seconds, 2)
-    TIMES.parent.mkdir(parents=True, exist_ok=True)
-    TIMES.write_text(json.dumps(times, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def project(tmp_path_factory) -> Path:
         tmp_path_factory.mktemp("queue") / "project",
         **QUICK,
         evaluate={"robustness": {"attacks": ["fgsm"], "eps": [0.1], "max_samples": 100}},
-        ablate={"seeds": 2, "recipe": recipe, "set": {"train.epochs": 2}},
+        ablate={"seeds": 2, "recipe": recipe, "budget": {"train.epochs": 2}},
     )
     run(["dvc", "repro"], project)
     run(["git", "add", "-A"], project)

@@ -43,7 +43,8 @@ def _params(**ablate_section) -> params.Params:
 
 
 def test_rows_are_all_none_and_all_but_one_without_repeats():
-    p = _params(recipe={"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}, seeds=1)
+    mine = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
+    p = _params(recipe=mine, seeds=1, budget={})
     assert ablate.rows(p) == {"all": {"mine.enabled": True}, "none": {"mine.enabled": False}}  # no-mine = none
     full = ablate.rows(params.parse({}))
     assert list(full) == [
@@ -66,8 +67,27 @@ def test_a_recipe_entry_needs_both_sides():
         ablate.rows(_params(recipe={"mine": {"with": {"mine.enabled": True}}}))
 
 
+def test_every_row_gets_the_small_budget_unless_set_says_otherwise():
+    rows = ablate.rows(params.parse({}))
+    assert all(r["train.epochs"] == 12 and r["train.min_steps"] == 300 for r in rows.values())
+    assert ablate.rows(_params(set={"train.epochs": 30}))["none"]["train.epochs"] == 30  # set wins
+    assert "train.epochs" not in ablate.rows(_params(budget={}))["all"]  # {}: the shipped budget
+
+
+def test_the_estimate_scales_the_last_runs_epoch_time_to_the_budget(tmp_path):
+    times, train = tmp_path / "times.json", tmp_path / "train.json"
+    p = _params(budget={"train.epochs": 12, "train.min_steps": 0})
+    assert ablate.estimate(p, 10, times, train) == ""  # before any run
+    times.write_text(json.dumps({"train": 100.0, "evaluate": 6.0}))
+    train.write_text(json.dumps({"epochs_run": 50, "n_train": 1000}))
+    assert ablate.estimate(p, 10, times, train).startswith(", at most about 5 min")  # 10 x (2 s x 12 + 6 s)
+    p = _params(budget={"train.epochs": 12, "train.min_steps": 800, "train.max_epochs": 60})  # 8 steps an epoch
+    assert ablate.estimate(p, 10, times, train).startswith(", at most about 21 min")  # 10 x (2 s x 60 + 6)
+
+
 def test_queue_commands_name_each_row_and_seed_and_set_train_seed():
-    p = _params(recipe={"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}, seeds=2)
+    mine = {"mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}}}
+    p = _params(recipe=mine, seeds=2, budget={})
     cmds = ablate.queue_commands(p)
     assert [c[4] for c in cmds] == ["abl-all-s0", "abl-all-s1", "abl-none-s0", "abl-none-s1"]
     assert cmds[1][:4] == ["exp", "run", "--queue", "-n"]

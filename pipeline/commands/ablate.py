@@ -4,7 +4,9 @@ The recipe (params `ablate.recipe`) gives, per data stage, the settings `with` i
 "all" (every stage with), "none" (every stage without) and "no-<stage>" (all but that one); rows with the
 same settings are run once (with one stage, "no-<stage>" is "none"). Each row runs with
 `ablate.seeds` train seeds (`train.seed`: only training re-runs between seeds; the split, oof
-and the data stages stay, so the spread is training noise). Every (row, seed) is one queued
+and the data stages stay, so the spread is training noise) and `ablate.budget`, a small training
+budget by default (12 epochs, at least 300 steps), so that it costs minutes on the user's own
+data: its rows compare stages, they are not the shipped model. Every (row, seed) is one queued
 experiment `abl-<row>-s<seed>`, run by `dvc exp run --run-all` (stages shared between rows come
 from DVC's run cache).
 
@@ -22,24 +24,27 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import dataset
+from pipeline.core import console, dataset
 from pipeline.core.console import log
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
+from pipeline.learn.fit import size_aware_epochs
 
 OUT = "metrics/ablation.json"
 PREFIX = "abl-"
 METRICS = ("accuracy", "ece", "robust_accuracy", "robust_mean")
+EPOCH_KEYS = ("epochs", "min_steps", "max_epochs")  # train's, as size_aware_epochs takes them
 
 
 def rows(params: Params) -> dict[str, dict]:
     """{row name: the params it sets}, in order all, none, no-<stage>, without repeats of a setting.
     A pseudo entry counts only where there is a pool (an unlabeled folder or hidden labels)."""
     recipe = dict(params.ablate.recipe)
-    settings = {**params.ablate.set}
+    settings = {**params.ablate.budget, **params.ablate.set}
     pool = (
         settings.get("ingest.unlabeled_path", params.ingest.unlabeled_path)
         or settings.get("ingest.keep_labels", params.ingest.keep_labels) < 1
@@ -67,6 +72,22 @@ def rows(params: Params) -> dict[str, dict]:
             seen.add(key)
             out[name] = setting
     return out
+
+
+def estimate(params: Params, n: int, times: Path = console.TIMES, train: Path = Path("metrics/train.json")) -> str:
+    """ ", at most about N min on this machine" from the last `dvc repro`'s train and evaluate
+    times, scaled to the budget's epochs (early stopping ends some sooner; the data stages a row
+    changes run once per setting and are not counted); "" before any run."""
+    if not (times.exists() and train.exists()):
+        return ""
+    seconds, last = json.loads(times.read_text()), json.loads(train.read_text())
+    if not {"train", "evaluate"} <= set(seconds) or not last.get("epochs_run") or not last.get("n_train"):
+        return ""
+    budget = {**params.ablate.budget, **params.ablate.set}
+    epochs, min_steps, cap = (budget.get(f"train.{k}", getattr(params.train, k)) for k in EPOCH_KEYS)
+    epochs = size_aware_epochs(last["n_train"], params.train.batch_size, epochs, min_steps, cap)
+    each = seconds["train"] / last["epochs_run"] * epochs + seconds["evaluate"]
+    return f", at most about {n * each / 60:.0f} min on this machine ({each:.0f} s each, from the last run)"
 
 
 def _value(v) -> str:
@@ -186,7 +207,12 @@ def main(params: Params, args: argparse.Namespace) -> None:
         if args.dry_run:
             return
         log.info(
-            "ablate: queued %d experiments (%d rows x %d seeds)", len(commands), len(rows(params)), params.ablate.seeds
+            "ablate: queued %d experiments (%d rows x %d seeds), each trained with %s%s",
+            len(commands),
+            len(rows(params)),
+            params.ablate.seeds,
+            ", ".join(f"{k}={_value(v)}" for k, v in params.ablate.budget.items()) or "the shipped budget",
+            estimate(params, len(commands)),
         )
         if not args.run:
             log.info("ablate: run them with `dvc exp run --run-all`, then `python -m pipeline ablate --collect`")

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.core import metric_keys
+from pipeline.core import console, metric_keys
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import Params
 
@@ -31,7 +31,7 @@ def _read(folder: Path, name: str) -> metric_keys.Metrics:
     return metric_keys.Metrics(name, json.loads(path.read_text()) if path.exists() else {})
 
 
-def lines(metrics: Path, plots: Path, times: Path = Path(".pipeline/stage_times.json")) -> list[str]:
+def lines(metrics: Path, plots: Path, times: Path = console.TIMES) -> list[str]:
     """The summary's lines; the last, where the time went, from `times` (written by each stage's run)."""
     names = ("ingest", "embed", "split", "oof", "clean", "pseudo", "assemble", "train", "evaluate")
     m = {n: _read(metrics, n) for n in names}

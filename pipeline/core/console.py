@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger("pipeline")
+TIMES = Path(".pipeline/stage_times.json")  # outside DVC: wall times would make outputs differ run to run
 _quiet = False
 
 
@@ -38,3 +41,12 @@ def tell_estimate(what: str, started: float, epochs: int, images: int, models: i
         more,
         per_epoch,
     )
+
+
+def record_time(stage: str, seconds: float) -> None:
+    """The stage's wall time, for the summary's "where the time went" and ablate's estimate (the
+    last run of each stage)."""
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    times[stage] = round(seconds, 2)
+    TIMES.parent.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text(json.dumps(times, indent=1) + "\n")

@@ -337,7 +337,14 @@ class Report(Section):
     examples: int = Field(16, ge=1, le=128)  # images per gallery the report draws (outliers, pseudo-labels)
 
 
-# `python -m pipeline ablate`: the recipe's rows switch data stages on and off (pipeline/commands/ablate.py)
+# `python -m pipeline ablate`: a small training budget for every row ...
+DEFAULT_BUDGET = {
+    "train.epochs": 12,
+    "train.min_steps": 300,
+    "train.max_epochs": 60,
+    "evaluate.robustness.max_samples": 200,
+}
+# ... and the recipe's rows switch data stages on and off (pipeline/commands/ablate.py)
 DEFAULT_RECIPE = {
     "clean": {"with": {"clean.action": "remove"}, "without": {"clean.action": "flag"}},
     "mine": {"with": {"mine.enabled": True}, "without": {"mine.enabled": False}},
@@ -363,7 +370,10 @@ class Ablate(Section):
     # {stage: {with: {key: value}, without: {key: value}}}: rows "all" (every with), "none" (every without) and
     # "no-<stage>" (all but that one)
     recipe: dict[str, dict[Literal["with", "without"], dict[str, bool | int | float | str]]] = DEFAULT_RECIPE
-    set: dict[str, bool | int | float | str] = {}  # applied to every row (a budget, a dataset)
+    # every row's training budget: small, so that the ablation costs minutes on the user's own data (each row's
+    # figures compare rows; they are not the shipped model's); {} trains each row as `dvc repro` would
+    budget: dict[str, bool | int | float | str] = DEFAULT_BUDGET
+    set: dict[str, bool | int | float | str] = {}  # applied to every row after the budget (a dataset, other params)
 
 
 class LrFind(Section):
@@ -466,7 +476,7 @@ class Oof(Section):
     folds: int = Field(3, ge=2)
     epochs: int = Field(7, ge=1)  # at least; more on small data (min_steps)
     min_steps: int = Field(1500, ge=0)  # optimizer steps per fold model at least, up to max_epochs
-    max_epochs: int = Field(150, ge=1)
+    max_epochs: int = Field(100, ge=1)
     # training dynamics (mine's data maps) are recorded over the epochs after this fraction of them:
     # a model trained from scratch starts at chance, so the first epochs measure learning, not the sample
     burn_in: float = Field(0.5, ge=0.0, lt=1.0)
