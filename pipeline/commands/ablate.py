@@ -204,16 +204,17 @@ def main(params: Params, args: argparse.Namespace) -> None:
                 print("dvc " + " ".join(argv))
             else:
                 dvc(argv, capture=True)
-        if args.dry_run:
-            return
         log.info(
-            "ablate: queued %d experiments (%d rows x %d seeds), each trained with %s%s",
+            "ablate: %s %d experiments (%d rows x %d seeds), each trained with %s%s",
+            "would queue" if args.dry_run else "queued",
             len(commands),
-            len(rows(params)),
+            len(commands) // params.ablate.seeds,
             params.ablate.seeds,
             ", ".join(f"{k}={_value(v)}" for k, v in params.ablate.budget.items()) or "the shipped budget",
             estimate(params, len(commands)),
         )
+        if args.dry_run:
+            return
         if not args.run:
             log.info("ablate: run them with `dvc exp run --run-all`, then `python -m pipeline ablate --collect`")
             return
