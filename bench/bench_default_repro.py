@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_oof_clean import with_sets  # noqa: E402
+from bench_oof_clean import finish, with_sets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 COPIED = ("pipeline", "augment_policies", "labels", "metrics/ablation.json", "dvc.yaml", ".dvcignore", ".gitignore")
@@ -104,12 +104,11 @@ def main() -> None:
             f"test accuracy {r['test_accuracy']}\n  seconds per stage: {stages}",
             flush=True,
         )
-    if "baseline" in results:
-        ratio = results["baseline"]["total_seconds"] / results["default"]["total_seconds"]
-        print(f"default is {ratio:.2f}x as fast as the baseline")
-    if args.json:
-        meta = {"folder": str(args.folder), "noise": args.noise, "set": args.set, "threads": os.cpu_count()}
-        args.json.write_text(json.dumps({**meta, "runs": results}, indent=1) + "\n")
+    finish(
+        results,
+        args.json,
+        {"folder": str(args.folder), "noise": args.noise, "set": args.set, "threads": os.cpu_count()},
+    )
 
 
 if __name__ == "__main__":

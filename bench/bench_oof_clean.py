@@ -113,11 +113,16 @@ def main() -> None:
                 f"(P {d.get('precision')}, R {d.get('recall')}), oof accuracy {oof.get('oof_accuracy')}",
                 flush=True,
             )
+    finish(results, args.json, {"noise": args.noise, "set": args.set})
+
+
+def finish(results: dict, path: Path | None, meta: dict) -> None:
+    """The default's speed-up over the baseline, and the JSON file (meta + runs) if asked for."""
     if "baseline" in results:
         ratio = results["baseline"]["total_seconds"] / results["default"]["total_seconds"]
         print(f"default is {ratio:.2f}x as fast as the baseline")
-    if args.json:
-        args.json.write_text(json.dumps({"noise": args.noise, "set": args.set, "runs": results}, indent=1) + "\n")
+    if path:
+        path.write_text(json.dumps({**meta, "runs": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
