@@ -111,7 +111,7 @@ def main() -> None:
                 "seeds": rows,
                 "mean": round(float(np.mean(acc)), 4),
                 "pool_kept_out": pool_kept_out(folder) if sets else None,
-                "pseudo": {k: pseudo.get(k) for k in ("n_pseudo", "rounds", "precision")},
+                "pseudo": {k: pseudo.get(k) for k in ("kept", "coverage", "estimated_precision")},
                 "n_test": evaluate.get("n"),
             }
             print(

@@ -213,7 +213,19 @@ def test_train_online_policy_refuses_an_override_the_policy_cannot_take():
 
     p = params.parse({"augment": {"mode": "online", "policy": "augment_policies/trivialaugment.yaml", "magnitude": 5}})
     with pytest.raises(PipelineError, match=r"augment\.magnitude: expected null for trivialaugment\.yaml"):
-        train.online_policy(p, ROOT / p.augment.policy)
+        train.online_policy(p, ROOT / p.augment.policy, 10)
     ok = params.parse({"augment": {"mode": "online", "num_ops": 1, "magnitude": 0}})
     x = np.random.default_rng(0).integers(0, 256, (4, 10, 10, 1), dtype=np.uint8)
-    assert train.online_policy(ok, ROOT / ok.augment.policy)(x, list("abcd"), 1).shape == x.shape
+    assert train.online_policy(ok, ROOT / ok.augment.policy, 10)(x, list("abcd"), 1).shape == x.shape
+
+
+def test_auto_mode_augments_online_only_a_small_labeled_set():
+    from pipeline.stages import train
+
+    auto = params.parse({})
+    assert auto.augment.mode == "auto" and auto.augment.online_below == 4000
+    path = ROOT / auto.augment.policy
+    assert train.online_policy(auto, path, 3999) is not None
+    assert train.online_policy(auto, path, 4000) is None
+    assert train.online_policy(params.parse({"augment": {"mode": "offline"}}), path, 10) is None
+    assert train.online_policy(params.parse({"augment": {"enabled": False}}), path, 10) is None

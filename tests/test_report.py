@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.commands import ablate, dvcplots
-from pipeline.core import params
+from pipeline.core import console, params
 from pipeline.core.errors import PipelineError
 from pipeline.stages import evaluate
 
@@ -72,6 +72,22 @@ def test_every_row_gets_the_small_budget_unless_set_says_otherwise():
     assert all(r["train.epochs"] == 12 and r["train.min_steps"] == 300 for r in rows.values())
     assert ablate.rows(_params(set={"train.epochs": 30}))["none"]["train.epochs"] == 30  # set wins
     assert "train.epochs" not in ablate.rows(_params(budget={}))["all"]  # {}: the shipped budget
+
+
+def test_a_stages_estimate_comes_from_its_second_epoch_not_the_warm_up(monkeypatch, caplog):
+    """The first epoch carries the warm-up: 2 s, then 0.5 s an epoch. 3 models x 10 epochs are
+    2 + 29 x 0.5 = 16.5 s; from the first epoch alone it would say 60 s."""
+    clock = iter([100.0, 102.0, 102.5, 103.0])
+    monkeypatch.setattr(console.time, "perf_counter", lambda: next(clock))
+    estimate = console.Estimate("oof", epochs=10, images=800, models=3)
+    with caplog.at_level("INFO", logger="pipeline"):
+        estimate.epoch_done(1)
+        assert not caplog.records  # not yet: the first epoch is the warm-up
+        estimate.epoch_done(2)
+        estimate.epoch_done(3)  # told once
+    assert [r.getMessage() for r in caplog.records] == [
+        "oof: 3 models x 10 epochs on 800 images: about 0.3 min (0.50 s an epoch after the first's 2.0 s)"
+    ]
 
 
 def test_the_estimate_scales_the_last_runs_epoch_time_to_the_budget(tmp_path):

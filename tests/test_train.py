@@ -14,10 +14,10 @@ from pipeline.core.errors import PipelineError
 from pipeline.learn import checkpoints, fit
 
 
-def _train(tmp_path, out, split, assemble, **train) -> int:
+def _train(tmp_path, out, split, assemble, augment=None, **train) -> int:
     params_file = tmp_path / "params.yaml"
     recipe = {"epochs": 3, "batch_size": 32, "width": 8, "lr": 0.01, "threads": 1, "min_steps": 0}
-    params_file.write_text(yaml.safe_dump({"train": recipe | train}))
+    params_file.write_text(yaml.safe_dump({"train": recipe | train, "augment": augment or {}}))
     flags = {"--assemble": assemble, "--policy": RANDAUGMENT, "--unlabeled-policy": RANDAUGMENT, "--split": split}
     flags |= {"--model": out / "model.pt"}
     flags |= {"--oof": tmp_path / "no-oof"}  # read only for train.soft_labels
@@ -67,7 +67,7 @@ def test_train_seed_moves_training_only(tmp_path):
 @pytest.mark.slow  # starts two DDP worker processes
 def test_ddp_two_processes_train_digits_reproducibly(tmp_path):
     split, assemble, _ = digits_split(tmp_path)
-    recipe = {"epochs": 3, "batch_size": 64, "threads": 1}
+    recipe = {"epochs": 3, "batch_size": 64, "threads": 1, "augment": {"mode": "offline"}}  # 3 epochs: no noise
     assert _train(tmp_path, tmp_path / "one", split, assemble, **recipe) == 0
     for run in ("a", "b"):
         assert _train(tmp_path, tmp_path / run, split, assemble, **recipe, nproc=2) == 0

@@ -319,3 +319,9 @@ def record(trace: list[Drawn]) -> str:
         separators=(",", ":"),
         sort_keys=True,
     )
+
+
+def trains_online(cfg, n_train: int) -> bool:
+    """Whether train applies the policy per batch (`cfg`: params' augment section) to a training
+    set of `n_train` labeled images: `mode` online, or auto below `online_below`."""
+    return cfg.enabled and (cfg.mode == "online" or cfg.mode == "auto" and n_train < cfg.online_below)

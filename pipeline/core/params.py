@@ -409,7 +409,10 @@ class Augment(Section):
     enabled: bool = True
     policy: str = "augment_policies/randaugment.yaml"  # a policy file, or data/policy-search/learned.yaml
     copies: int = Field(1, ge=1, le=100)  # augmented copies of each train sample (offline)
-    mode: Literal["offline", "online"] = "offline"  # online: train applies the policy per batch
+    # offline: stored copies (data/augment); online: train applies the policy per batch; auto:
+    # copies as offline, and train also online below `online_below` labeled train images
+    mode: Literal["offline", "online", "auto"] = "auto"
+    online_below: int = Field(4000, ge=0)
     weight: float = Field(1.0, gt=0.0)  # sample weight of a copy in the assembled training set
     workers: int = Field(0, ge=0)  # processes; 0: all cores
     preview: int = Field(8, ge=0)  # originals per preview grid in plots/augment/

@@ -148,10 +148,11 @@ def run(params: StageParams, split_df: pd.DataFrame, policy_name: str, policy, s
     rows and the metrics come back."""
     cfg = params.augment
     parents = schema.real_train(split_df)
-    active = cfg.enabled and cfg.mode == "offline"
+    active = cfg.enabled and cfg.mode != "online"
     metrics = {
         "enabled": cfg.enabled,
         "mode": cfg.mode,
+        "train_online": pol.trains_online(cfg, len(parents)),
         "policy": policy_name,
         "executor": params.base.executor,
         "kind": policy.kind,

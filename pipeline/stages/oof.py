@@ -27,7 +27,6 @@ not a network trained per fold). Writes, under `<out>/`:
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.core import artifacts, dataset, schema, wiring
-from pipeline.core.console import log, tell_estimate
+from pipeline.core.console import Estimate, log
 from pipeline.core.errors import PipelineError
 from pipeline.core.params import RECIPE_KEYS, Train
 from pipeline.core.wiring import StageParams
@@ -262,19 +261,20 @@ def run(
     executor, threads = params.base.executor, runtime.threads(cfg)
     if probing:
         dynamics = probe_folds(params, df, y, fold, k, features, models, probs, votes, entropy)
-    started = time.perf_counter()
     for f in range(0 if probing else params.oof.folds):
         fit_idx, held = np.flatnonzero((fold >= 0) & (fold != f)), np.flatnonzero(fold == f)
         fit_idx, stop_idx = stopping_rows(
             df[schema.SAMPLE_ID].to_numpy(), fit_idx, params.oof.holdout, params.base.seed, f
         )
+        if f == 0:
+            estimate = Estimate("oof", cfg.epochs, len(fit_idx), params.oof.folds)
 
         def record(model, epoch, fit_idx=fit_idx, f=f, p=None):
             """Training dynamics: p(given label) of the samples the fold model trains on. The
             last epoch's come from the pass over every row after training (`p` given). After the
-            first fold's first epoch: the time the stage will take, told once."""
-            if f == 0 and epoch == 1 and p is None:
-                tell_estimate("oof", started, cfg.epochs, len(fit_idx), params.oof.folds)
+            first fold's second epoch: the time the stage will take, told once."""
+            if f == 0 and p is None:
+                estimate.epoch_done(epoch)
             if epoch <= after or epoch % every and epoch != cfg.epochs or epoch == cfg.epochs and p is None:
                 return
             p = inference.predict_proba(model, x[fit_idx]) if p is None else p
