@@ -99,6 +99,8 @@ def test_the_estimate_scales_the_last_runs_epoch_time_to_the_budget(tmp_path):
     assert ablate.estimate(p, 10, times, train).startswith(", at most about 5 min")  # 10 x (2 s x 12 + 6 s)
     p = _params(budget={"train.epochs": 12, "train.min_steps": 800, "train.max_epochs": 60})  # 8 steps an epoch
     assert ablate.estimate(p, 10, times, train).startswith(", at most about 21 min")  # 10 x (2 s x 60 + 6)
+    train.write_text(json.dumps({"epochs_run": 50, "n_train": 5000, "n_schedule": 1000}))  # 4,000 pseudo rows
+    assert ablate.estimate(p, 10, times, train).startswith(", at most about 21 min")  # their schedule is the 1,000's
 
 
 def test_queue_commands_name_each_row_and_seed_and_set_train_seed():

@@ -39,13 +39,14 @@ def test_train_stage_writes_model_metrics_and_curves(tmp_path):
         "val_accuracy",
         "val_loss",
         "n_train",
+        "n_schedule",
         "n_val",
         "parameters",
         "threads",
         "seed",
         "world_size",
     }
-    assert m["n_train"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
+    assert m["n_train"] == m["n_schedule"] == 144 and m["n_val"] == 48 and m["epochs_run"] == 3
     curves = pd.read_csv(out / "plots" / "curves.csv")
     assert list(curves.columns) == ["epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy"]
     assert list(curves["epoch"]) == [1, 2, 3]

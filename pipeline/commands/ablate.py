@@ -85,7 +85,8 @@ def estimate(params: Params, n: int, times: Path = console.TIMES, train: Path = 
         return ""
     budget = {**params.ablate.budget, **params.ablate.set}
     epochs, min_steps, cap = (budget.get(f"train.{k}", getattr(params.train, k)) for k in EPOCH_KEYS)
-    epochs = size_aware_epochs(last["n_train"], params.train.batch_size, epochs, min_steps, cap)
+    n_rows = last.get("n_schedule", last["n_train"])  # a train.json before 2026-12-08 has no n_schedule
+    epochs = size_aware_epochs(n_rows, params.train.batch_size, epochs, min_steps, cap)
     each = seconds["train"] / last["epochs_run"] * epochs + seconds["evaluate"]
     return f", at most about {n * each / 60:.0f} min on this machine ({each:.0f} s each, from the last run)"
 

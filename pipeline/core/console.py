@@ -35,7 +35,7 @@ class Estimate:
 
     def __init__(self, what: str, epochs: int, images: int, models: int = 1, more: str = "") -> None:
         self.what, self.epochs, self.images, self.models, self.more = what, epochs, images, models, more
-        self.started, self.first = time.perf_counter(), None
+        self.started, self.first, self.mark = time.perf_counter(), None, None
 
     def epoch_done(self, epoch: int) -> None:
         now = time.perf_counter()

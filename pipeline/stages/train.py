@@ -72,7 +72,8 @@ def run(
     # take passes away (1,000 labeled Fashion-MNIST images: 30 epochs over 4,300 pseudo rows
     # more, augmented online, scored 0.840, below the labeled rows alone; docs/labeling.md)
     pseudo = train_df[schema.ORIGIN].eq(schema.PSEUDO).sum() if schema.ORIGIN in train_df else 0
-    cfg = fit.schedule(params.train, len(train_df) - int(pseudo))
+    n_schedule = len(train_df) - int(pseudo)
+    cfg = fit.schedule(params.train, n_schedule)
     x_train = dataset.load_pixels(train_df)
     init = None
     if cfg.init == "backbone":  # fine-tuning: the backbone's weights and a new head
@@ -117,6 +118,7 @@ def run(
         "val_accuracy": best["val_accuracy"],
         "val_loss": best["val_loss"],
         "n_train": len(train_df),
+        "n_schedule": n_schedule,  # the rows the size-aware schedule counted: all but pseudo rows
         "n_val": len(val_df),
         "parameters": models.count_parameters(result.model),
         "threads": runtime.threads(cfg),
